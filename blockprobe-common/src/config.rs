@@ -1,0 +1,75 @@
+//! Configuration written by userspace, read by the BPF programs.
+
+use crate::{assert_size, user_pod};
+
+/// Which processes the kernel side announces as candidates for tracing.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only the processes userspace attached explicitly (`trace -p`).
+    Explicit = 0,
+    /// The process tree rooted at the command of `blockprobe run` ([`crate::maps::FAMILY`]).
+    Family = 1,
+    /// Every process on the host (`trace` without `-p`).
+    Host = 2,
+}
+
+/// Global settings: entry 0 of [`crate::maps::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GlobalConfig {
+    /// Off-await time from which a loop iteration is reported as a stall.
+    pub threshold_ns: u64,
+    /// Blocking syscalls on a loop thread shorter than this are not reported.
+    pub min_block_ns: u64,
+    /// Offset of `thread.fsbase` in the kernel's `task_struct` (from BTF).
+    pub task_fsbase_offset: u64,
+    /// Re-examine a thread found not to be a loop after this long.
+    pub reclassify_after_ns: u64,
+    /// A [`Scope`] value.
+    pub scope: u32,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` record (from its format file).
+    pub fork_child_pid_offset: u32,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record; 0 when the kernel
+    /// lacks it (then a process is gone when its leader thread exits).
+    pub exit_group_dead_offset: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+assert_size!(GlobalConfig, 48);
+
+/// How to find and walk the Python stack of a thread of one process
+/// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.
+///
+/// The walk, done by BPF:
+/// `tstate = *(fsbase + tstate_slot_offset)`;
+/// `frame = *(tstate + frame_path[0])`, then `frame = *(frame + frame_path[1])` when
+/// `frame_path_len == 2`; then for each frame: `code = *(frame + frame_code) & code_mask`,
+/// `instr = *(frame + frame_instr)`, skip it when `owner_skip_min != 0` and
+/// `*(u8*)(frame + frame_owner) >= owner_skip_min`, and go on with `*(frame + frame_previous)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProcess {
+    /// Offset from the thread pointer (`fs_base`, glibc's `struct pthread`) to the
+    /// pthread TSS slot that holds this thread's `PyThreadState*`.
+    pub tstate_slot_offset: u64,
+    /// Mask applied to the code pointer read from a frame (3.14 tags its low bits).
+    pub code_mask: u64,
+    /// Offsets of the pointer chain from the thread state to the innermost frame.
+    pub frame_path: [u32; 2],
+    /// How many entries of `frame_path` to follow (1 or 2).
+    pub frame_path_len: u32,
+    /// Offset of the code object pointer in a frame.
+    pub frame_code: u32,
+    /// Offset of the previous (outer) frame pointer in a frame.
+    pub frame_previous: u32,
+    /// Offset of the instruction pointer (or index) in a frame.
+    pub frame_instr: u32,
+    /// Offset of the one-byte `owner` field in a frame.
+    pub frame_owner: u32,
+    /// Frames whose owner is at least this are interpreter shims and skipped; 0: none.
+    pub owner_skip_min: u32,
+}
+assert_size!(PyProcess, 48);
+
+user_pod!(GlobalConfig, PyProcess);

@@ -1,0 +1,135 @@
+//! Events sent from BPF to userspace through [`crate::maps::EVENTS`].
+//!
+//! Every event starts with an [`EventHeader`]; its `kind` says which struct follows.
+
+use crate::{assert_size, stack::RawStack};
+
+/// Values of [`EventHeader::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// [`CandidateEvent`]: a process in scope may be Python; userspace should inspect it.
+    Candidate = 1,
+    /// [`ProcessGoneEvent`]: a traced process exited or exec'd.
+    ProcessGone = 2,
+    /// [`PollStackEvent`]: a thread of a traced process polled; is it an asyncio loop?
+    PollStack = 3,
+    /// [`BlockedCallEvent`]: a loop thread spent long in a blocking syscall off-await.
+    BlockedCall = 4,
+    /// [`StallEvent`]: a loop thread came back to its poller after a long off-await time.
+    Stall = 5,
+}
+
+impl EventKind {
+    /// Decodes a header's kind.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Candidate,
+            2 => Self::ProcessGone,
+            3 => Self::PollStack,
+            4 => Self::BlockedCall,
+            5 => Self::Stall,
+            _ => return None,
+        })
+    }
+}
+
+/// First bytes of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Process id (tgid) in the host's pid namespace.
+    pub pid: u32,
+    /// Thread id in the host's pid namespace.
+    pub tid: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// When the event happened (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+assert_size!(EventHeader, 24);
+
+/// Why a process became a candidate.
+pub mod candidate_reason {
+    /// It exec'd while in scope.
+    pub const EXEC: u32 = 1;
+    /// It called an epoll wait while in scope and not yet traced.
+    pub const POLL: u32 = 2;
+}
+
+/// A process that userspace should inspect (and attach to if it is Python).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CandidateEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// A [`candidate_reason`] value.
+    pub reason: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+assert_size!(CandidateEvent, 32);
+
+/// Why a traced process is gone.
+pub mod gone_reason {
+    /// The process exited.
+    pub const EXIT: u32 = 1;
+    /// The process replaced its image (its Python state is gone).
+    pub const EXEC: u32 = 2;
+}
+
+/// A traced process exited or exec'd; its walk configuration was removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessGoneEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// A [`gone_reason`] value.
+    pub reason: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+assert_size!(ProcessGoneEvent, 32);
+
+/// The Python stack of a thread at its poll call, for loop classification.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PollStackEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// The stack at the poll call.
+    pub stack: RawStack,
+}
+assert_size!(PollStackEvent, 24 + core::mem::size_of::<RawStack>());
+
+/// A blocking syscall made by a loop thread while off-await.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockedCallEvent {
+    /// Common header (`ts_ns` is when the call returned).
+    pub header: EventHeader,
+    /// The syscall number (x86_64).
+    pub syscall_nr: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// When the call was entered.
+    pub start_ns: u64,
+    /// The call's return value.
+    pub ret: i64,
+    /// The Python stack making the call (unchanged between entry and return).
+    pub stack: RawStack,
+}
+assert_size!(BlockedCallEvent, 48 + core::mem::size_of::<RawStack>());
+
+/// A loop iteration whose off-await time reached the threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StallEvent {
+    /// Common header (`ts_ns` is when the loop re-entered its poller).
+    pub header: EventHeader,
+    /// When the loop left its poller.
+    pub start_ns: u64,
+}
+assert_size!(StallEvent, 32);

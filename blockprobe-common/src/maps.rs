@@ -1,0 +1,29 @@
+//! Names and capacities of the BPF maps, shared by the kernel side and the loader.
+
+/// `Array<GlobalConfig>` with one entry: settings written by userspace before attaching.
+pub const CONFIG: &str = "CONFIG";
+/// `HashMap<u32 tgid, PyProcess>`: the Python processes being traced and how to walk them.
+pub const PROCESSES: &str = "PROCESSES";
+/// `HashMap<u32 tgid, u8>`: the process tree of `blockprobe run` (children join on fork).
+pub const FAMILY: &str = "FAMILY";
+/// `LruHashMap<u32 tgid, u8>`: processes already announced to userspace as candidates.
+pub const ANNOUNCED: &str = "ANNOUNCED";
+/// `HashMap<u32 tid, ThreadClass>`: what each polling thread is (pending, loop, not a loop).
+pub const THREAD_CLASS: &str = "THREAD_CLASS";
+/// `HashMap<u32 tid, LoopTiming>`: per loop thread timestamps, written only by BPF.
+pub const LOOP_TIMING: &str = "LOOP_TIMING";
+/// `RingBuf`: every event sent to userspace.
+pub const EVENTS: &str = "EVENTS";
+/// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+
+/// Capacity of [`PROCESSES`].
+pub const MAX_PROCESSES: u32 = 4096;
+/// Capacity of [`FAMILY`] (threads join too, so leave room).
+pub const MAX_FAMILY: u32 = 65536;
+/// Capacity of [`ANNOUNCED`].
+pub const MAX_ANNOUNCED: u32 = 16384;
+/// Capacity of [`THREAD_CLASS`] and [`LOOP_TIMING`].
+pub const MAX_THREADS: u32 = 65536;
+/// Default size of [`EVENTS`] in bytes (a power of two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;

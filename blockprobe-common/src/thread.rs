@@ -1,0 +1,43 @@
+//! Per-thread state kept by BPF for polling threads.
+
+use crate::{assert_size, user_pod};
+
+/// What userspace (or BPF, for `PENDING`) decided a polling thread is.
+pub mod class {
+    /// BPF sent its stack at a poll call; userspace has not answered yet.
+    pub const PENDING: u32 = 1;
+    /// The thread runs an asyncio event loop: its off-await time is measured.
+    pub const LOOP: u32 = 2;
+    /// The thread polls for another reason (sync selectors, …): ignored.
+    pub const NOT_LOOP: u32 = 3;
+}
+
+/// Value of [`crate::maps::THREAD_CLASS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadClass {
+    /// One of the [`class`] constants.
+    pub class: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// When the class was set (monotonic ns); NOT_LOOP threads are re-examined later.
+    pub since_ns: u64,
+}
+assert_size!(ThreadClass, 16);
+
+/// Value of [`crate::maps::LOOP_TIMING`], written only by BPF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopTiming {
+    /// When the loop thread last returned from its poller; 0 while it is polling.
+    pub poll_exit_ns: u64,
+    /// When the current blocking syscall began; 0 when none is in progress.
+    pub syscall_enter_ns: u64,
+    /// Number of the current blocking syscall.
+    pub syscall_nr: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+assert_size!(LoopTiming, 24);
+
+user_pod!(ThreadClass, LoopTiming);

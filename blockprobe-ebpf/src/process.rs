@@ -1,0 +1,108 @@
+//! Process lifecycle: the `run` family, candidates for tracing, exec and exit.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
+use blockprobe_common::{
+    config::Scope,
+    counters::Counter,
+    event::{CandidateEvent, EventKind, ProcessGoneEvent, candidate_reason, gone_reason},
+};
+
+use crate::{
+    emit::{current_ids, header, now_ns, reserve},
+    maps::{ANNOUNCED, FAMILY, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
+};
+
+/// Tells userspace, once per process, that an untraced process in scope may be Python.
+#[inline(always)]
+pub fn announce_if_in_scope(tgid: u32, reason: u32) {
+    let Some(config) = config() else { return };
+    let in_scope = match config.scope {
+        s if s == Scope::Host as u32 => true,
+        // SAFETY: read-only lookup.
+        s if s == Scope::Family as u32 => unsafe { FAMILY.get(tgid) }.is_some(),
+        _ => false,
+    };
+    if !in_scope || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
+        return;
+    }
+    if let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) {
+        entry.write(CandidateEvent {
+            header: header(EventKind::Candidate, now_ns()),
+            reason,
+            _pad: 0,
+        });
+        entry.submit(0);
+    }
+}
+
+/// A fork or clone: in `run` scope, the child joins the family of its parent.
+#[inline(always)]
+pub fn on_fork(ctx: &TracePointContext) {
+    let Some(config) = config() else { return };
+    if config.scope != Scope::Family as u32 {
+        return;
+    }
+    let (tgid, _) = current_ids();
+    // SAFETY: read-only lookup.
+    if unsafe { FAMILY.get(tgid) }.is_none() {
+        return;
+    }
+    // SAFETY: userspace read this offset from the tracepoint's format file.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(config.fork_child_pid_offset as usize) }) else {
+        return;
+    };
+    if FAMILY.insert(child as u32, 1u8, 0).is_err() {
+        count(Counter::FamilyMapFull);
+    }
+}
+
+/// An exec: the old image's walk recipe is void; in `run` scope the new image may be Python.
+#[inline(always)]
+pub fn on_exec(_ctx: &TracePointContext) {
+    let (tgid, _) = current_ids();
+    let _ = ANNOUNCED.remove(tgid);
+    if PROCESSES.remove(tgid).is_ok() {
+        send_gone(gone_reason::EXEC);
+    }
+    if let Some(config) = config()
+        && config.scope == Scope::Family as u32
+    {
+        announce_if_in_scope(tgid, candidate_reason::EXEC);
+    }
+}
+
+/// A thread exits: forget it, and forget the process when its thread group is dead.
+#[inline(always)]
+pub fn on_exit(ctx: &TracePointContext) {
+    let (tgid, tid) = current_ids();
+    let _ = THREAD_CLASS.remove(tid);
+    let _ = LOOP_TIMING.remove(tid);
+    let Some(config) = config() else { return };
+    let group_dead = if config.exit_group_dead_offset != 0 {
+        // SAFETY: userspace read this offset from the tracepoint's format file.
+        unsafe { ctx.read_at::<u8>(config.exit_group_dead_offset as usize) }.unwrap_or(0) != 0
+    } else {
+        tid == tgid
+    };
+    if !group_dead {
+        return;
+    }
+    let _ = FAMILY.remove(tgid);
+    let _ = ANNOUNCED.remove(tgid);
+    if PROCESSES.remove(tgid).is_ok() {
+        send_gone(gone_reason::EXIT);
+    }
+}
+
+/// Tells userspace a traced process is gone.
+#[inline(always)]
+fn send_gone(reason: u32) {
+    if let Some(mut entry) = reserve::<ProcessGoneEvent>(Counter::LostProcessGone) {
+        entry.write(ProcessGoneEvent {
+            header: header(EventKind::ProcessGone, now_ns()),
+            reason,
+            _pad: 0,
+        });
+        entry.submit(0);
+    }
+}

@@ -1,0 +1,595 @@
+//! Aggregation of stalls into per-function histograms, with bounded memory.
+//!
+//! The [`Aggregator`] is fed every [`Stall`] of a run and keeps:
+//! - one [`FunctionStats`] (a [`Log2Histogram`] of stall durations plus the per-cause
+//!   blocked time) per culprit function, keyed by `(qualname, file)`; stalls without a
+//!   culprit go under [`UNKNOWN_FUNCTION`]. At most `max_functions` distinct keys are
+//!   kept; stalls of further functions are folded into the [`OTHER_FUNCTION`] key.
+//! - the `max_stalls` longest stalls themselves (ties keep the earlier stall), and the
+//!   number of stalls dropped to stay under that bound;
+//! - the processes registered by the caller (bounded by `max_processes`);
+//! - the loss counters reported by the caller.
+//!
+//! [`Aggregator::report`] turns all of it into a [`Report`].
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use blockprobe_common::counters::Counter;
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::Log2Histogram;
+use crate::model::{Cause, Stall};
+use crate::report::{FunctionReport, Report};
+
+/// Function name used for stalls that have no culprit frame.
+pub const UNKNOWN_FUNCTION: &str = "<unknown>";
+/// Function name under which stalls of functions past `max_functions` are folded.
+pub const OTHER_FUNCTION: &str = "<other>";
+
+/// Identifies a culprit function: its qualified name and its file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionKey {
+    /// `co_qualname` (or [`UNKNOWN_FUNCTION`] / [`OTHER_FUNCTION`]).
+    pub function: String,
+    /// `co_filename` (empty for the two special keys).
+    pub file: String,
+}
+
+impl FunctionKey {
+    /// The key a stall is aggregated under (before the `max_functions` bound).
+    pub fn of_stall(stall: &Stall) -> Self {
+        match &stall.culprit {
+            Some(f) => FunctionKey {
+                function: f.function.clone(),
+                file: f.file.clone(),
+            },
+            None => Self::special(UNKNOWN_FUNCTION),
+        }
+    }
+
+    fn special(name: &str) -> Self {
+        FunctionKey {
+            function: name.to_owned(),
+            file: String::new(),
+        }
+    }
+}
+
+/// What is known about one culprit function.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionStats {
+    /// Stall durations.
+    pub histogram: Log2Histogram,
+    /// Time blocked in syscalls during those stalls, by cause (sum of `Stall::causes`).
+    pub causes: BTreeMap<Cause, u64>,
+}
+
+impl FunctionStats {
+    /// Adds one stall.
+    pub fn record(&mut self, stall: &Stall) {
+        self.histogram.record(stall.duration_ns);
+        add_causes(&mut self.causes, &stall.causes);
+    }
+
+    /// Adds every stall of `other`. Exact, associative and commutative.
+    #[allow(dead_code)] // For merging reports of several hosts.
+    pub fn merge(&mut self, other: &FunctionStats) {
+        self.histogram.merge(&other.histogram);
+        add_causes(&mut self.causes, &other.causes);
+    }
+}
+
+fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
+    for (&cause, &ns) in from {
+        let slot = into.entry(cause).or_insert(0);
+        *slot = slot.saturating_add(ns);
+    }
+}
+
+/// A traced Python process, as registered by the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Process id (host pid namespace).
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Interpreter version, e.g. `"3.11.7"`.
+    pub python_version: String,
+    /// Thread ids of the threads running an asyncio event loop, ascending.
+    pub loop_threads: Vec<u32>,
+}
+
+/// Memory bounds of an [`Aggregator`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct culprit functions kept; later ones are folded into [`OTHER_FUNCTION`]
+    /// (which, with [`UNKNOWN_FUNCTION`] if present, comes on top of this number).
+    pub max_functions: usize,
+    /// Stalls kept for the report: the longest ones.
+    pub max_stalls: usize,
+    /// Processes kept for the report; later registrations are counted and dropped.
+    pub max_processes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_functions: 10_000,
+            max_stalls: 10_000,
+            max_processes: 10_000,
+        }
+    }
+}
+
+/// Run-level facts the aggregator does not know; see [`Aggregator::report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    /// Host name.
+    pub host: String,
+    /// Wall-clock start of the run, nanoseconds since the Unix epoch.
+    pub started_unix_ns: u64,
+    /// Length of the run.
+    pub duration_ns: u64,
+    /// Stall threshold the run used.
+    pub threshold_ns: u64,
+}
+
+/// A kept stall, ordered so that the heap's top is the first one to drop:
+/// the shortest, and among equally short ones the latest.
+struct Kept {
+    seq: u64,
+    stall: Stall,
+}
+
+impl Kept {
+    fn rank(&self) -> (u64, Reverse<u64>) {
+        (self.stall.duration_ns, Reverse(self.seq))
+    }
+}
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+impl Eq for Kept {}
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Kept {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// Collects the stalls of a run.
+pub struct Aggregator {
+    limits: Limits,
+    functions: HashMap<FunctionKey, FunctionStats>,
+    /// Stalls of functions past `max_functions`.
+    other: FunctionStats,
+    /// Min-heap (via `Reverse`) of the longest stalls.
+    stalls: BinaryHeap<Reverse<Kept>>,
+    seq: u64,
+    stalls_dropped: u64,
+    processes: BTreeMap<u32, ProcessInfo>,
+    processes_dropped: u64,
+    lost: BTreeMap<String, u64>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+impl Aggregator {
+    /// An empty aggregator with the given bounds.
+    pub fn new(limits: Limits) -> Self {
+        Aggregator {
+            limits,
+            functions: HashMap::new(),
+            other: FunctionStats::default(),
+            stalls: BinaryHeap::new(),
+            seq: 0,
+            stalls_dropped: 0,
+            processes: BTreeMap::new(),
+            processes_dropped: 0,
+            lost: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one stall. If its process is registered, its thread is added to the
+    /// process's loop threads.
+    pub fn record(&mut self, stall: Stall) {
+        self.seq += 1;
+        let key = FunctionKey::of_stall(&stall);
+        let special = key.function == UNKNOWN_FUNCTION && key.file.is_empty();
+        if let Some(stats) = self.functions.get_mut(&key) {
+            stats.record(&stall);
+        } else if special || self.real_function_keys() < self.limits.max_functions {
+            self.functions.entry(key).or_default().record(&stall);
+        } else {
+            self.other.record(&stall);
+        }
+
+        if let Some(p) = self.processes.get_mut(&stall.pid) {
+            insert_sorted(&mut p.loop_threads, stall.tid);
+        }
+
+        let kept = Kept {
+            seq: self.seq,
+            stall,
+        };
+        if self.stalls.len() < self.limits.max_stalls {
+            self.stalls.push(Reverse(kept));
+        } else {
+            self.stalls_dropped += 1;
+            if let Some(mut shortest) = self.stalls.peek_mut()
+                && kept > shortest.0
+            {
+                shortest.0 = kept;
+            }
+        }
+    }
+
+    fn real_function_keys(&self) -> usize {
+        let unknown = FunctionKey::special(UNKNOWN_FUNCTION);
+        self.functions.len() - usize::from(self.functions.contains_key(&unknown))
+    }
+
+    /// Registers a process, or updates it: `comm` and `python_version` are replaced,
+    /// loop threads are merged.
+    pub fn register_process(&mut self, info: ProcessInfo) {
+        let mut info = info;
+        info.loop_threads.sort_unstable();
+        info.loop_threads.dedup();
+        if let Some(p) = self.processes.get_mut(&info.pid) {
+            p.comm = info.comm;
+            p.python_version = info.python_version;
+            for tid in info.loop_threads {
+                insert_sorted(&mut p.loop_threads, tid);
+            }
+        } else if self.processes.len() < self.limits.max_processes {
+            self.processes.insert(info.pid, info);
+        } else {
+            self.processes_dropped += 1;
+        }
+    }
+
+    /// Records that thread `tid` of registered process `pid` runs an event loop.
+    /// Ignored if the process is not registered.
+    pub fn add_loop_thread(&mut self, pid: u32, tid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            insert_sorted(&mut p.loop_threads, tid);
+        }
+    }
+
+    /// Sets the total of a kernel-side loss counter (BPF counters are cumulative, so
+    /// this replaces the previous value).
+    pub fn set_lost(&mut self, counter: Counter, total: u64) {
+        self.set_lost_named(counter.name(), total);
+    }
+
+    /// Sets the total of a loss counter by name (for losses counted in userspace).
+    pub fn set_lost_named(&mut self, name: &str, total: u64) {
+        if total == 0 {
+            self.lost.remove(name);
+        } else {
+            self.lost.insert(name.to_owned(), total);
+        }
+    }
+
+    /// Adds to a loss counter by name.
+    pub fn add_lost(&mut self, name: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let slot = self.lost.entry(name.to_owned()).or_insert(0);
+        *slot = slot.saturating_add(count);
+    }
+}
+
+/// Read access to the aggregate while it runs.
+#[allow(dead_code)] // For the tracer's status display and for tests.
+impl Aggregator {
+    /// Number of stalls recorded.
+    pub fn stall_count(&self) -> u64 {
+        self.seq
+    }
+
+    /// Number of stalls not kept for the report.
+    pub fn stalls_dropped(&self) -> u64 {
+        self.stalls_dropped
+    }
+
+    /// The stats of one function key, if it has any.
+    pub fn function(&self, key: &FunctionKey) -> Option<&FunctionStats> {
+        if key.function == OTHER_FUNCTION && key.file.is_empty() && !self.other.histogram.is_empty()
+        {
+            return Some(&self.other);
+        }
+        self.functions.get(key)
+    }
+
+    /// Number of function keys, including the special ones that are in use.
+    pub fn function_count(&self) -> usize {
+        self.functions.len() + usize::from(!self.other.histogram.is_empty())
+    }
+
+    /// Builds the report: functions by total stall time (descending; ties by count,
+    /// then name and file), kept stalls in chronological order.
+    pub fn report(&self, run: RunInfo) -> Report {
+        let mut functions: Vec<FunctionReport> = self
+            .functions
+            .iter()
+            .map(|(k, s)| FunctionReport::new(k.function.clone(), k.file.clone(), s))
+            .collect();
+        if !self.other.histogram.is_empty() {
+            functions.push(FunctionReport::new(
+                OTHER_FUNCTION.to_owned(),
+                String::new(),
+                &self.other,
+            ));
+        }
+        crate::report::sort_functions(&mut functions);
+
+        let mut kept: Vec<&Kept> = self.stalls.iter().map(|r| &r.0).collect();
+        kept.sort_by_key(|k| (k.stall.start_unix_ns, k.seq));
+        let stalls = kept.into_iter().map(|k| k.stall.clone()).collect();
+
+        let lost_events = self.lost.values().fold(0u64, |a, &b| a.saturating_add(b));
+        Report {
+            schema: crate::report::SCHEMA.to_owned(),
+            blockprobe_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: run.host,
+            started_unix_ns: run.started_unix_ns,
+            duration_ns: run.duration_ns,
+            threshold_ns: run.threshold_ns,
+            lost_events,
+            lost: self.lost.clone(),
+            stalls_dropped: self.stalls_dropped,
+            processes_dropped: self.processes_dropped,
+            processes: self.processes.values().cloned().collect(),
+            stalls,
+            functions,
+        }
+    }
+}
+
+fn insert_sorted(v: &mut Vec<u32>, x: u32) {
+    if let Err(pos) = v.binary_search(&x) {
+        v.insert(pos, x);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::Frame;
+
+    pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line,
+        }
+    }
+
+    pub(crate) fn stall(pid: u32, start: u64, dur: u64, culprit: Option<Frame>) -> Stall {
+        let mut causes = BTreeMap::new();
+        causes.insert(Cause::Sleep, dur / 4 * 3);
+        causes.insert(Cause::Io, dur / 8);
+        Stall {
+            pid,
+            tid: pid.wrapping_add(1),
+            comm: "python3".into(),
+            start_unix_ns: start,
+            duration_ns: dur,
+            cause: Cause::Sleep,
+            syscall: Some("clock_nanosleep".into()),
+            causes,
+            stack: culprit.iter().cloned().collect(),
+            culprit,
+        }
+    }
+
+    fn run() -> RunInfo {
+        RunInfo {
+            host: "h".into(),
+            started_unix_ns: 1,
+            duration_ns: 2,
+            threshold_ns: 3,
+        }
+    }
+
+    #[test]
+    fn groups_by_function_and_file() {
+        let mut a = Aggregator::default();
+        a.record(stall(1, 10, 1_000_000, Some(frame("f", "a.py", 1))));
+        a.record(stall(1, 20, 3_000_000, Some(frame("f", "a.py", 7))));
+        a.record(stall(1, 30, 2_000_000, Some(frame("f", "b.py", 1))));
+        a.record(stall(1, 40, 5_000_000, None));
+        let key = |f: &str, file: &str| FunctionKey {
+            function: f.into(),
+            file: file.into(),
+        };
+        let fa = a.function(&key("f", "a.py")).unwrap();
+        assert_eq!(fa.histogram.count(), 2);
+        assert_eq!(fa.histogram.total_ns(), 4_000_000);
+        assert_eq!(fa.histogram.max_ns(), 3_000_000);
+        assert_eq!(fa.causes[&Cause::Sleep], 3_000_000);
+        assert_eq!(fa.causes[&Cause::Io], 500_000);
+        assert_eq!(a.function(&key("f", "b.py")).unwrap().histogram.count(), 1);
+        let unknown = a.function(&key(UNKNOWN_FUNCTION, "")).unwrap();
+        assert_eq!(unknown.histogram.total_ns(), 5_000_000);
+        assert_eq!(a.function_count(), 3);
+
+        let r = a.report(run());
+        let names: Vec<(&str, &str, u64)> = r
+            .functions
+            .iter()
+            .map(|f| (f.function.as_str(), f.file.as_str(), f.histogram.total_ns()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("<unknown>", "", 5_000_000),
+                ("f", "a.py", 4_000_000),
+                ("f", "b.py", 2_000_000),
+            ]
+        );
+        assert_eq!(r.stall_count(), 4);
+    }
+
+    #[test]
+    fn folds_functions_past_the_limit_into_other() {
+        let mut a = Aggregator::new(Limits {
+            max_functions: 2,
+            ..Limits::default()
+        });
+        a.record(stall(1, 0, 100, None));
+        for (i, name) in ["a", "b", "c", "d", "a"].iter().enumerate() {
+            a.record(stall(
+                1,
+                i as u64,
+                1000 + i as u64,
+                Some(frame(name, "x.py", 1)),
+            ));
+        }
+        let r = a.report(run());
+        let mut names: Vec<&str> = r.functions.iter().map(|f| f.function.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["<other>", "<unknown>", "a", "b"]);
+        let other = r
+            .functions
+            .iter()
+            .find(|f| f.function == "<other>")
+            .unwrap();
+        assert_eq!(other.histogram.count(), 2, "c and d");
+        let a_stats = r.functions.iter().find(|f| f.function == "a").unwrap();
+        assert_eq!(
+            a_stats.histogram.count(),
+            2,
+            "a keeps its key after the limit"
+        );
+        let total: u64 = r.functions.iter().map(|f| f.histogram.count()).sum();
+        assert_eq!(total, 6, "nothing lost");
+    }
+
+    #[test]
+    fn keeps_the_longest_stalls_in_time_order() {
+        let mut a = Aggregator::new(Limits {
+            max_stalls: 3,
+            ..Limits::default()
+        });
+        let durations = [5, 1, 9, 3, 7, 9, 2];
+        for (i, d) in durations.iter().enumerate() {
+            a.record(stall(1, 100 - i as u64, *d, None));
+        }
+        assert_eq!(a.stalls_dropped(), 4);
+        let r = a.report(run());
+        assert_eq!(r.stalls_dropped, 4);
+        let kept: Vec<(u64, u64)> = r
+            .stalls
+            .iter()
+            .map(|s| (s.start_unix_ns, s.duration_ns))
+            .collect();
+        // The two 9s and the 7, sorted by start time.
+        assert_eq!(kept, vec![(95, 9), (96, 7), (98, 9)]);
+        // All of them still count in the histogram.
+        assert_eq!(r.functions[0].histogram.count(), 7);
+    }
+
+    #[test]
+    fn equal_durations_keep_the_earliest() {
+        let mut a = Aggregator::new(Limits {
+            max_stalls: 2,
+            ..Limits::default()
+        });
+        for i in 0..5 {
+            a.record(stall(1, i, 10, None));
+        }
+        let r = a.report(run());
+        let starts: Vec<u64> = r.stalls.iter().map(|s| s.start_unix_ns).collect();
+        assert_eq!(starts, vec![0, 1]);
+    }
+
+    #[test]
+    fn zero_stall_limit_keeps_none() {
+        let mut a = Aggregator::new(Limits {
+            max_stalls: 0,
+            ..Limits::default()
+        });
+        a.record(stall(1, 0, 10, None));
+        assert_eq!(a.report(run()).stalls.len(), 0);
+        assert_eq!(a.stalls_dropped(), 1);
+    }
+
+    #[test]
+    fn processes_and_loss_counters() {
+        let mut a = Aggregator::new(Limits {
+            max_processes: 2,
+            ..Limits::default()
+        });
+        a.register_process(ProcessInfo {
+            pid: 7,
+            comm: "old".into(),
+            python_version: "3.10.1".into(),
+            loop_threads: vec![9, 8, 9],
+        });
+        a.register_process(ProcessInfo {
+            pid: 7,
+            comm: "python3".into(),
+            python_version: "3.11.7".into(),
+            loop_threads: vec![10],
+        });
+        a.register_process(ProcessInfo {
+            pid: 3,
+            comm: "x".into(),
+            python_version: "3.12.0".into(),
+            loop_threads: vec![],
+        });
+        a.register_process(ProcessInfo {
+            pid: 4,
+            comm: "y".into(),
+            python_version: "3.12.0".into(),
+            loop_threads: vec![],
+        });
+        a.add_loop_thread(3, 5);
+        a.add_loop_thread(99, 5);
+        a.record(stall(7, 0, 10, None)); // tid 8, already known
+        a.record(stall(3, 0, 10, None)); // tid 4
+        a.set_lost(Counter::LostStall, 5);
+        a.set_lost(Counter::LostStall, 6);
+        a.set_lost(Counter::ThreadMapFull, 0);
+        a.add_lost("userspace_decode", 2);
+        a.add_lost("userspace_decode", 1);
+        let r = a.report(run());
+        assert_eq!(
+            r.processes,
+            vec![
+                ProcessInfo {
+                    pid: 3,
+                    comm: "x".into(),
+                    python_version: "3.12.0".into(),
+                    loop_threads: vec![4, 5],
+                },
+                ProcessInfo {
+                    pid: 7,
+                    comm: "python3".into(),
+                    python_version: "3.11.7".into(),
+                    loop_threads: vec![8, 9, 10],
+                },
+            ]
+        );
+        assert_eq!(r.processes_dropped, 1);
+        assert_eq!(r.lost_events, 9);
+        assert_eq!(r.lost.get("ringbuf_stall"), Some(&6));
+        assert_eq!(r.lost.get("userspace_decode"), Some(&3));
+        assert!(!r.lost.contains_key("thread_map_full"));
+    }
+}

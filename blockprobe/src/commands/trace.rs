@@ -1,0 +1,38 @@
+//! `blockprobe trace`: trace running processes (-p) or every Python process on the host.
+
+use anyhow::bail;
+use blockprobe_common::config::Scope;
+
+use crate::{
+    cli::TraceOptions,
+    commands::tracing,
+    session::{Attach, StopReason},
+};
+
+/// Traces `pids`, or the whole host when empty, until a signal or `--duration`.
+pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
+    for &pid in &pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid}");
+        }
+    }
+    let scope = if pids.is_empty() { Scope::Host } else { Scope::Explicit };
+    let mut prepared = tracing::prepare(&options, scope)?;
+    let session = &mut prepared.session;
+    if pids.is_empty() {
+        session.attach_existing()?;
+    }
+    for pid in pids {
+        match session.attach(pid)? {
+            Attach::Attached => {}
+            Attach::NotPython => bail!("pid {pid} is not a Python process (no libpython or python runtime in its memory map)"),
+            Attach::Waiting => bail!("pid {pid} is a Python process whose interpreter is not initialized yet; try again in a moment"),
+        }
+    }
+    let started = prepared.started();
+    let reason = prepared.session.run(prepared.ring, options.duration, None).await?;
+    tracing::finish(prepared.session, &options, started)?;
+    Ok(match reason {
+        StopReason::Duration | StopReason::Signal(_) | StopReason::ChildExited(_) => 0,
+    })
+}

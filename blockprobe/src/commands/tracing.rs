@@ -1,0 +1,79 @@
+//! What `run` and `trace` share: checking the host, attaching the probes, choosing the
+//! live output, and finishing with a report and a summary.
+
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use blockprobe_common::{config::Scope, maps::DEFAULT_RING_BYTES};
+
+use crate::{
+    aggregate::{Aggregator, Limits, RunInfo},
+    cli::TraceOptions,
+    render::live::LiveFormat,
+    preflight,
+    probes::{Probes, Settings},
+    render::{live, summary},
+    session::Session,
+};
+
+/// A session ready to run, with what is needed to finish it.
+pub struct Prepared {
+    /// The session.
+    pub session: Session,
+    /// The event ring buffer, read by the session.
+    pub ring: aya::maps::RingBuf<aya::maps::MapData>,
+    started: SystemTime,
+}
+
+/// Checks the host, loads and attaches the probes for `scope`, and opens the live output.
+pub fn prepare(options: &TraceOptions, scope: Scope) -> anyhow::Result<Prepared> {
+    let tracefs = preflight::check()?;
+    let threshold_ns = u64::try_from(options.threshold.as_nanos()).context("threshold too large")?;
+    let settings = Settings {
+        scope,
+        threshold_ns,
+        // Calls shorter than a tenth of the threshold cannot explain a stall on their own.
+        min_block_ns: threshold_ns / 10,
+        ring_bytes: DEFAULT_RING_BYTES,
+    };
+    let mut probes = Probes::attach(&tracefs, &settings)?;
+    let ring = probes
+        .take_events()
+        .context("the event ring buffer was already taken")?;
+    let sink = if options.quiet {
+        live::quiet_sink()
+    } else {
+        live::sink_for(options.format)
+    };
+    Ok(Prepared {
+        session: Session::new(probes, sink, Aggregator::new(Limits::default())),
+        ring,
+        started: SystemTime::now(),
+    })
+}
+
+/// Ends a session: writes the report file if asked and prints the summary.
+pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> anyhow::Result<()> {
+    let (aggregator, _sink, _clock) = session.into_parts();
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let report = aggregator.report(RunInfo {
+        host: crate::report::local_hostname(),
+        started_unix_ns: nanos(started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()),
+        duration_ns: nanos(started.elapsed().unwrap_or_default()),
+        threshold_ns: nanos(options.threshold),
+    });
+    if let Some(path) = &options.output {
+        report.write_atomic(path)?;
+    }
+    if !options.quiet && options.format == LiveFormat::Text {
+        print!("{}", summary::summary(&report, &summary::SummaryOptions::default()));
+    }
+    Ok(())
+}
+
+impl Prepared {
+    /// When the session started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+}

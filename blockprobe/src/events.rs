@@ -1,0 +1,208 @@
+//! Decoding the raw records of the event ring buffer into typed events.
+//!
+//! The kernel side is trusted to write well-formed records, but a decoder that reads
+//! memory by size must still check sizes: a short or unknown record is an error.
+
+use std::mem::size_of;
+
+use anyhow::{anyhow, bail};
+use blockprobe_common::{
+    event::{
+        BlockedCallEvent, CandidateEvent, EventHeader, EventKind, PollStackEvent,
+        ProcessGoneEvent, StallEvent, gone_reason,
+    },
+    stack::{MAX_FRAMES, RawStack},
+};
+
+/// One decoded event.
+pub enum Event {
+    /// A process in scope that may be Python.
+    Candidate {
+        /// Process id.
+        pid: u32,
+    },
+    /// A traced process exited (`exec == false`) or exec'd.
+    ProcessGone {
+        /// Process id.
+        pid: u32,
+        /// It exec'd rather than exited.
+        exec: bool,
+    },
+    /// A thread's stack at a poll call, for classification.
+    PollStack {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// The Python stack at the poll call.
+        stack: Box<RawStack>,
+    },
+    /// A long blocking syscall on a loop thread, off-await.
+    BlockedCall {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// Syscall number.
+        nr: u32,
+        /// Entry time (monotonic ns).
+        start_ns: u64,
+        /// Return time (monotonic ns).
+        end_ns: u64,
+        /// The Python stack that made the call.
+        stack: Box<RawStack>,
+    },
+    /// A loop iteration that reached the threshold.
+    Stall {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// When the loop left its poller (monotonic ns).
+        start_ns: u64,
+        /// When it came back (monotonic ns).
+        end_ns: u64,
+    },
+}
+
+/// Reads a `T` from the start of `bytes`, which must be at least that long.
+fn read<T: Copy>(bytes: &[u8]) -> anyhow::Result<T> {
+    if bytes.len() < size_of::<T>() {
+        bail!(
+            "event record of {} bytes is shorter than {} ({} bytes)",
+            bytes.len(),
+            std::any::type_name::<T>(),
+            size_of::<T>()
+        );
+    }
+    // SAFETY: length checked above; T is a plain `#[repr(C)]` type valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Reads a stack-carrying event into a heap box (the stacks are 2 KiB).
+fn read_boxed<T: Copy>(bytes: &[u8]) -> anyhow::Result<Box<T>> {
+    read::<T>(bytes).map(Box::new)
+}
+
+/// Clamps a stack's length to what it can hold.
+fn sane(mut stack: RawStack) -> Box<RawStack> {
+    stack.len = stack.len.min(MAX_FRAMES as u32);
+    Box::new(stack)
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
+    let header: EventHeader = read(bytes)?;
+    let kind = EventKind::from_u32(header.kind)
+        .ok_or_else(|| anyhow!("unknown event kind {}", header.kind))?;
+    let (pid, tid) = (header.pid, header.tid);
+    Ok(match kind {
+        EventKind::Candidate => {
+            read::<CandidateEvent>(bytes)?;
+            Event::Candidate { pid }
+        }
+        EventKind::ProcessGone => {
+            let e: ProcessGoneEvent = read(bytes)?;
+            Event::ProcessGone {
+                pid,
+                exec: e.reason == gone_reason::EXEC,
+            }
+        }
+        EventKind::PollStack => {
+            let e = read_boxed::<PollStackEvent>(bytes)?;
+            Event::PollStack {
+                pid,
+                tid,
+                stack: sane(e.stack),
+            }
+        }
+        EventKind::BlockedCall => {
+            let e = read_boxed::<BlockedCallEvent>(bytes)?;
+            Event::BlockedCall {
+                pid,
+                tid,
+                nr: e.syscall_nr,
+                start_ns: e.start_ns,
+                end_ns: header.ts_ns,
+                stack: sane(e.stack),
+            }
+        }
+        EventKind::Stall => {
+            let e: StallEvent = read(bytes)?;
+            Event::Stall {
+                pid,
+                tid,
+                start_ns: e.start_ns,
+                end_ns: header.ts_ns,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain `#[repr(C)]` value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn header(kind: EventKind) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            pid: 10,
+            tid: 11,
+            _pad: 0,
+            ts_ns: 5_000,
+        }
+    }
+
+    #[test]
+    fn decodes_a_stall() {
+        let e = StallEvent {
+            header: header(EventKind::Stall),
+            start_ns: 1_000,
+        };
+        match decode(&bytes_of(&e)).unwrap() {
+            Event::Stall {
+                pid,
+                tid,
+                start_ns,
+                end_ns,
+            } => assert_eq!((pid, tid, start_ns, end_ns), (10, 11, 1_000, 5_000)),
+            _ => panic!("wrong kind"),
+        }
+    }
+
+    #[test]
+    fn clamps_stack_length() {
+        let mut e: PollStackEvent = unsafe { std::mem::zeroed() };
+        e.header = header(EventKind::PollStack);
+        e.stack.len = 100_000;
+        match decode(&bytes_of(&e)).unwrap() {
+            Event::PollStack { stack, .. } => assert_eq!(stack.len as usize, MAX_FRAMES),
+            _ => panic!("wrong kind"),
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let e = StallEvent {
+            header: header(EventKind::Stall),
+            start_ns: 1,
+        };
+        let bytes = bytes_of(&e);
+        assert!(decode(&bytes[..20]).is_err());
+        assert!(decode(&bytes[..30]).unwrap_err().to_string().contains("shorter"));
+        let mut unknown = bytes.clone();
+        unknown[0] = 99;
+        assert!(decode(&unknown).unwrap_err().to_string().contains("unknown event kind 99"));
+        let blocked = BlockedCallEvent {
+            header: header(EventKind::BlockedCall),
+            ..unsafe { std::mem::zeroed() }
+        };
+        assert!(decode(&bytes_of(&blocked)[..100]).is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! Facts about the running kernel that the BPF programs need, read from its BTF.
+
+use anyhow::{Context as _, anyhow, bail};
+use btf_rs::{Btf, Type};
+
+/// The kernel's own BTF.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Offset of `thread.fsbase` (the user thread pointer) in `struct task_struct`.
+pub fn task_fsbase_offset() -> anyhow::Result<u64> {
+    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
+        format!("this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF")
+    })?;
+    let task = named_struct(&btf, "task_struct")?;
+    let (thread_offset, thread_type) = member(&btf, &task, "thread")?;
+    let Type::Struct(thread) = thread_type else {
+        bail!("task_struct.thread is not a struct in this kernel's BTF");
+    };
+    let (fsbase_offset, _) = member(&btf, &thread, "fsbase")?;
+    Ok(thread_offset + fsbase_offset)
+}
+
+/// The struct called `name`.
+fn named_struct(btf: &Btf, name: &str) -> anyhow::Result<btf_rs::Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("no type {name} in the kernel's BTF"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("{name} is not a struct in the kernel's BTF"))
+}
+
+/// Byte offset and (typedef-resolved) type of the member `name` of `parent`.
+fn member(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<(u64, Type)> {
+    for m in &parent.members {
+        if btf.resolve_name(m).ok().as_deref() == Some(name) {
+            let mut ty = btf.resolve_chained_type(m)?;
+            while let Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) = ty {
+                let inner = ty.as_btf_type().context("unresolvable BTF type chain")?;
+                ty = btf.resolve_chained_type(inner)?;
+            }
+            return Ok((u64::from(m.bit_offset() / 8), ty));
+        }
+    }
+    bail!("no member {name} in a struct of the kernel's BTF")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fsbase_offset_is_inside_task_struct() {
+        // Every x86_64 kernel blockprobe supports has BTF; thread comes late in task_struct.
+        let offset = super::task_fsbase_offset().expect("kernel BTF readable");
+        assert!(offset > 1000 && offset < 16384, "implausible offset {offset}");
+        assert_eq!(offset % 8, 0, "fsbase must be 8-byte aligned");
+    }
+}

@@ -1,0 +1,53 @@
+//! blockprobe: find what blocks Python asyncio event loops, system-wide, with eBPF.
+
+mod aggregate;
+mod attribution;
+mod classify;
+mod cli;
+mod clock;
+mod commands;
+mod events;
+mod histogram;
+mod kernel;
+mod model;
+mod preflight;
+mod probes;
+mod python;
+mod render;
+mod report;
+mod session;
+mod syscalls;
+mod tracefs;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("blockprobe: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs one subcommand; returns the process exit code.
+fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Report { file, format } => commands::report::run(&file, format).map(|()| 0),
+        Command::Run { options, command } => runtime()?.block_on(commands::run::run(options, command)),
+        Command::Trace { options, pids } => runtime()?.block_on(commands::trace::run(options, pids)),
+    }
+}
+
+/// A single-threaded runtime: blockprobe's userspace is one event pump.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

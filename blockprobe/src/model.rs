@@ -1,0 +1,68 @@
+//! What blockprobe reports, independent of how it was measured or rendered.
+
+use serde::{Deserialize, Serialize};
+
+/// One symbolized Python frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// The code object's qualified name (`co_qualname`, or `co_name` before 3.11).
+    pub function: String,
+    /// The code object's file name (`co_filename`).
+    pub file: String,
+    /// The line being executed (0 when unknown).
+    pub line: u32,
+}
+
+/// Why a loop was stuck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// Sleeping (`time.sleep`, nanosleep, select/poll used as a sleep).
+    Sleep,
+    /// Blocking I/O on a file, pipe or socket.
+    Io,
+    /// Waiting on a lock (a futex that is not the GIL).
+    Lock,
+    /// Waiting for a child process.
+    Wait,
+    /// Anything else, or not known.
+    Other,
+}
+
+impl Cause {
+    /// The name used in reports and live output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Sleep => "sleep",
+            Cause::Io => "io",
+            Cause::Lock => "lock",
+            Cause::Wait => "wait",
+            Cause::Other => "other",
+        }
+    }
+}
+
+/// One stall: a loop iteration whose off-await time reached the threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stall {
+    /// Process id (host pid namespace).
+    pub pid: u32,
+    /// Thread id of the loop thread.
+    pub tid: u32,
+    /// The process's command name.
+    pub comm: String,
+    /// Wall-clock time the stall began, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// Off-await time: from leaving the poller to coming back.
+    pub duration_ns: u64,
+    /// The main reason (largest share of the stall).
+    pub cause: Cause,
+    /// The blocking syscall that took longest, if any.
+    pub syscall: Option<String>,
+    /// Time spent blocked in syscalls during the stall, by cause.
+    pub causes: std::collections::BTreeMap<Cause, u64>,
+    /// The loop thread's Python stack while stalled, innermost first.
+    pub stack: Vec<Frame>,
+    /// The innermost first-party frame (not stdlib, not site-packages), if any.
+    pub culprit: Option<Frame>,
+}

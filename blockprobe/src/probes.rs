@@ -1,0 +1,191 @@
+//! Loading blockprobe's BPF object, attaching its programs and handling its maps.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use blockprobe_common::{
+    config::{GlobalConfig, PyProcess, Scope},
+    counters::Counter,
+    maps,
+    thread::{ThreadClass, class},
+};
+
+use crate::{syscalls, tracefs};
+
+/// The compiled kernel side, built by aya-build from blockprobe-ebpf.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blockprobe"));
+
+/// What the kernel side needs to know before it is attached.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Which processes become candidates.
+    pub scope: Scope,
+    /// Stall threshold.
+    pub threshold_ns: u64,
+    /// Shortest blocking call reported.
+    pub min_block_ns: u64,
+    /// Size of the event ring buffer in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+/// The loaded and attached BPF programs and the maps userspace writes.
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    processes: HashMap<MapData, u32, PyProcess>,
+    family: HashMap<MapData, u32, u8>,
+    thread_class: HashMap<MapData, u32, ThreadClass>,
+    counters: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Probes {
+    /// Loads the BPF object, writes its configuration and attaches every program.
+    pub fn attach(tracefs: &Path, settings: &Settings) -> anyhow::Result<Self> {
+        let config = GlobalConfig {
+            threshold_ns: settings.threshold_ns,
+            min_block_ns: settings.min_block_ns,
+            task_fsbase_offset: crate::kernel::task_fsbase_offset()?,
+            reclassify_after_ns: 5_000_000_000,
+            scope: settings.scope as u32,
+            fork_child_pid_offset: tracefs::field_offset(
+                tracefs,
+                "sched",
+                "sched_process_fork",
+                "child_pid",
+            )?
+            .context("sched_process_fork has no child_pid field")?,
+            exit_group_dead_offset: tracefs::field_offset(
+                tracefs,
+                "sched",
+                "sched_process_exit",
+                "group_dead",
+            )?
+            .unwrap_or(0),
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::EVENTS, settings.ring_bytes)
+            .load(BPF_OBJECT)
+            .context("loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)")?;
+        let mut config_map: Array<_, GlobalConfig> = Array::try_from(take(&mut ebpf, maps::CONFIG)?)?;
+        config_map.set(0, config, 0).context("writing the BPF configuration")?;
+
+        let mut probes = Probes {
+            processes: HashMap::try_from(take(&mut ebpf, maps::PROCESSES)?)?,
+            family: HashMap::try_from(take(&mut ebpf, maps::FAMILY)?)?,
+            thread_class: HashMap::try_from(take(&mut ebpf, maps::THREAD_CLASS)?)?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
+            events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
+            _ebpf: ebpf,
+        };
+        probes.attach_all(tracefs)?;
+        Ok(probes)
+    }
+
+    fn attach_all(&mut self, tracefs: &Path) -> anyhow::Result<()> {
+        let ebpf = &mut self._ebpf;
+        let pollers: Vec<&str> = syscalls::POLLERS
+            .iter()
+            .copied()
+            .filter(|p| tracefs::has_tracepoint(tracefs, "syscalls", &format!("sys_enter_{p}")))
+            .collect();
+        if pollers.is_empty() {
+            return Err(anyhow!("this kernel has no epoll syscall tracepoints"));
+        }
+        let blocking: Vec<&str> = syscalls::BLOCKING
+            .iter()
+            .map(|s| s.name)
+            .filter(|n| tracefs::has_tracepoint(tracefs, "syscalls", &format!("sys_enter_{n}")))
+            .collect();
+        let syscall_points = |names: &[&str], dir: &str| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| ("syscalls".to_owned(), format!("sys_{dir}_{n}")))
+                .collect()
+        };
+        let sched = |name: &str| vec![("sched".to_owned(), name.to_owned())];
+        let plan = [
+            ("poll_enter", syscall_points(&pollers, "enter")),
+            ("poll_exit", syscall_points(&pollers, "exit")),
+            ("block_enter", syscall_points(&blocking, "enter")),
+            ("block_exit", syscall_points(&blocking, "exit")),
+            ("process_fork", sched("sched_process_fork")),
+            ("process_exec", sched("sched_process_exec")),
+            ("process_exit", sched("sched_process_exit")),
+        ];
+        for (program, points) in plan {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("BPF program {program} missing from the object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
+            for (category, name) in points {
+                tp.attach(&category, &name)
+                    .with_context(|| format!("attaching {program} to {category}:{name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands out the event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Starts tracing process `pid` with the given stack-walk recipe.
+    pub fn trace_process(&mut self, pid: u32, recipe: PyProcess) -> anyhow::Result<()> {
+        self.processes
+            .insert(pid, recipe, 0)
+            .with_context(|| format!("tracing pid {pid}: process map full?"))
+    }
+
+    /// Adds `pid` to `blockprobe run`'s family: its future children join it.
+    pub fn add_to_family(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.family
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the traced family"))
+    }
+
+    /// Removes `pid` from the family (its children stay in it).
+    pub fn remove_from_family(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.family
+            .remove(&pid)
+            .with_context(|| format!("removing pid {pid} from the traced family"))
+    }
+
+    /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`).
+    pub fn classify_thread(&mut self, tid: u32, is_loop: bool, now_ns: u64) -> anyhow::Result<()> {
+        let value = ThreadClass {
+            class: if is_loop { class::LOOP } else { class::NOT_LOOP },
+            _pad: 0,
+            since_ns: now_ns,
+        };
+        self.thread_class
+            .insert(tid, value, 0)
+            .with_context(|| format!("classifying thread {tid}"))
+    }
+
+    /// Current totals of the kernel side's loss counters (summed over CPUs).
+    pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self.counters.get(&(c as u32), 0)?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+/// Takes the map `name` out of the loaded object.
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("BPF map {name} missing from the object"))
+}

@@ -1,0 +1,232 @@
+//! Finding the ELF file that holds a process's `_PyRuntime` (the python executable or
+//! `libpython3.X.so`), its symbols and where it is loaded.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use object::read::ReadCache;
+use object::read::elf::ElfFile64;
+use object::{Object as _, ObjectSegment as _, ObjectSymbol};
+
+/// Size of a page: the granularity of file mappings.
+const PAGE_MASK: u64 = !0xfff;
+
+/// One line of `/proc/PID/maps` that maps a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past the last address of the mapping.
+    pub end: u64,
+    /// Offset in the file of the byte mapped at `start`.
+    pub offset: u64,
+    /// Path of the file as the process sees it (may end in ` (deleted)`).
+    pub path: String,
+}
+
+/// Reads the file-backed mappings of process `pid`.
+pub fn mappings(pid: u32) -> anyhow::Result<Vec<Mapping>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
+    Ok(maps.lines().filter_map(parse_mapping).collect())
+}
+
+/// Parses a `/proc/PID/maps` line; `None` for anonymous and pseudo (`[heap]`) mappings.
+fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let _perms = fields.next()?;
+    let offset = fields.next()?;
+    let _dev = fields.next()?;
+    let _inode = fields.next()?;
+    let path = fields.next()?.trim_start();
+    if !path.starts_with('/') {
+        return None;
+    }
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path: path.to_owned(),
+    })
+}
+
+/// The ELF file holding the interpreter, with run-time addresses of its symbols.
+#[derive(Clone, Debug)]
+pub struct PythonBinary {
+    /// Path of the file inside the process's mount namespace.
+    pub path: String,
+    /// Address of `_PyRuntime`.
+    pub runtime: u64,
+    /// Address of `Py_Version` (3.11+).
+    pub py_version: Option<u64>,
+    /// Address of `PyCode_Type`.
+    pub code_type: u64,
+}
+
+/// What the mappings of a process say about Python.
+#[derive(Clone, Debug)]
+pub enum Discovery {
+    /// No mapped file defines `_PyRuntime`, and none is waiting for a libpython.
+    Absent,
+    /// A python executable is mapped but the libpython it needs is not yet (just exec'd).
+    Loading,
+    /// The file that defines `_PyRuntime`.
+    Found(PythonBinary),
+}
+
+/// Looks for the interpreter among the files mapped by process `pid`.
+///
+/// Only files named `python*` or `libpython*` are considered; each is opened through
+/// `/proc/PID/root` so processes in containers work.
+pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
+    let maps = mappings(pid)?;
+    let mut candidates: Vec<&Mapping> = Vec::new();
+    for m in &maps {
+        let name = file_name(&m.path);
+        if (name.starts_with("python") || name.starts_with("libpython"))
+            && !candidates.iter().any(|c| c.path == m.path)
+        {
+            candidates.push(m);
+        }
+    }
+    let mut loading = false;
+    for first in candidates {
+        let file = open_mapped(pid, first)?;
+        let cache = ReadCache::new(file);
+        let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
+            .with_context(|| format!("cannot parse ELF file {}", first.path))?;
+        let symbols = find_symbols(&elf, &["_PyRuntime", "Py_Version", "PyCode_Type"]);
+        let [Some(runtime), py_version, code_type] = symbols else {
+            loading |= needs_libpython(&elf)?;
+            continue;
+        };
+        let code_type = code_type
+            .with_context(|| format!("{} defines _PyRuntime but not PyCode_Type", first.path))?;
+        let bias = load_bias(&elf, &maps, &first.path)?;
+        return Ok(Discovery::Found(PythonBinary {
+            path: first.path.clone(),
+            runtime: runtime.wrapping_add(bias),
+            py_version: py_version.map(|a| a.wrapping_add(bias)),
+            code_type: code_type.wrapping_add(bias),
+        }));
+    }
+    Ok(if loading {
+        Discovery::Loading
+    } else {
+        Discovery::Absent
+    })
+}
+
+/// The last component of a mapped path, without a ` (deleted)` suffix.
+pub fn file_name(path: &str) -> &str {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
+/// (an upgraded package) through `/proc/PID/map_files`.
+fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {
+    let path: PathBuf = match m.path.strip_suffix(" (deleted)") {
+        Some(_) => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
+        None => Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
+    };
+    File::open(&path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+type Elf<'a> = ElfFile64<'a, object::Endianness, &'a ReadCache<File>>;
+
+/// Link-time addresses of `names`, in the same order: from `.dynsym` (small, and where
+/// the exported C API lives), or from `.symtab` when `.dynsym` has none of them.
+fn find_symbols<const N: usize>(elf: &Elf<'_>, names: &[&str; N]) -> [Option<u64>; N] {
+    let exported = lookup(elf.dynamic_symbols(), names);
+    if exported.iter().any(Option::is_some) {
+        exported
+    } else {
+        lookup(elf.symbols(), names)
+    }
+}
+
+/// Addresses of the defined symbols among `symbols` named `names`.
+fn lookup<'a, const N: usize>(
+    symbols: impl Iterator<Item = impl ObjectSymbol<'a>>,
+    names: &[&str; N],
+) -> [Option<u64>; N] {
+    let mut found = [None; N];
+    for sym in symbols {
+        if sym.is_undefined() {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i].get_or_insert(sym.address());
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found
+}
+
+/// Whether the file lists a `libpython*` in its `DT_NEEDED` entries.
+fn needs_libpython(elf: &Elf<'_>) -> anyhow::Result<bool> {
+    let table = elf.elf_dynamic_table().context("bad ELF dynamic section")?;
+    Ok(table
+        .iter()
+        .filter(|d| d.tag == object::elf::DT_NEEDED)
+        .filter_map(|d| table.string(d).ok())
+        .any(|name| name.starts_with(b"libpython")))
+}
+
+/// Difference between run-time and link-time addresses of the file mapped at `path`.
+fn load_bias(elf: &Elf<'_>, maps: &[Mapping], path: &str) -> anyhow::Result<u64> {
+    for m in maps.iter().filter(|m| m.path == path) {
+        for seg in elf.segments() {
+            let (file_offset, _) = seg.file_range();
+            if file_offset & PAGE_MASK == m.offset {
+                return Ok(m.start.wrapping_sub(seg.address() & PAGE_MASK));
+            }
+        }
+    }
+    bail!("no mapping of {path} matches one of its loadable segments")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let line = "7f0e2c400000-7f0e2c4a6000 r--p 00001000 fe:01 1312321                    /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0";
+        assert_eq!(
+            parse_mapping(line),
+            Some(Mapping {
+                start: 0x7f0e_2c40_0000,
+                end: 0x7f0e_2c4a_6000,
+                offset: 0x1000,
+                path: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+            })
+        );
+        let spaced = "00400000-00401000 r-xp 00000000 08:01 42 /opt/my app/python3 (deleted)";
+        let m = parse_mapping(spaced).unwrap();
+        assert_eq!(m.path, "/opt/my app/python3 (deleted)");
+        assert_eq!(file_name(&m.path), "python3");
+        assert_eq!(
+            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]"),
+            None
+        );
+        assert_eq!(
+            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0"),
+            None
+        );
+    }
+
+    #[test]
+    fn non_python_process_has_no_runtime() {
+        assert!(matches!(
+            discover(std::process::id()).unwrap(),
+            Discovery::Absent
+        ));
+    }
+}

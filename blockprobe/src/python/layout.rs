@@ -1,0 +1,227 @@
+//! Offsets of the CPython structures blockprobe reads, per minor version (x86_64, GIL
+//! builds). Every version listed here is checked live by this module's tests.
+
+use anyhow::bail;
+
+use super::version::Version;
+
+/// How to turn a frame's instruction field into a byte offset in the bytecode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstrKind {
+    /// `int f_lasti`, a byte offset (3.9).
+    LastiBytes,
+    /// `int f_lasti`, in 2-byte code units (3.10).
+    LastiUnits,
+    /// Pointer into the code object's inline bytecode, which starts `bytecode` bytes into
+    /// the code object (3.11+).
+    Pointer {
+        /// Offset of `co_code_adaptive` in the code object.
+        bytecode: u64,
+    },
+}
+
+/// Encoding of a code object's line table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineTableFormat {
+    /// `co_lnotab` (3.9).
+    Lnotab,
+    /// `co_linetable` of 3.10.
+    Linetable310,
+    /// The 3.11+ location table (`Objects/locations.md`).
+    Locations,
+}
+
+/// Byte offsets of the fields blockprobe reads in one CPython minor version.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// `_PyRuntime.initialized` (int).
+    pub runtime_initialized: u64,
+    /// `_PyRuntime.interpreters.main`.
+    pub runtime_main_interp: u64,
+    /// `_PyRuntime.(gilstate.)autoTSSkey`, a `Py_tss_t`.
+    pub runtime_tss_key: u64,
+    /// Whether `_PyRuntime` starts with `_Py_DebugOffsets` (3.13+).
+    pub debug_offsets: bool,
+    /// `PyInterpreterState.threads.head` (`tstate_head` before 3.11).
+    pub interp_threads_head: u64,
+    /// `PyThreadState.next`.
+    pub tstate_next: u64,
+    /// `PyThreadState.thread_id` (`pthread_self()`).
+    pub tstate_thread_id: u64,
+    /// `PyThreadState.native_thread_id` (3.11+).
+    pub tstate_native_thread_id: Option<u64>,
+    /// Pointer chain from the thread state to the innermost frame.
+    pub tstate_frame_path: &'static [u32],
+    /// Frame: code object pointer.
+    pub frame_code: u32,
+    /// Frame: previous (outer) frame pointer.
+    pub frame_previous: u32,
+    /// Frame: instruction field.
+    pub frame_instr: u32,
+    /// Frame: `owner` byte (3.11+; 0 before).
+    pub frame_owner: u32,
+    /// Frames with an owner at least this are C-stack shims to skip; 0: none.
+    pub owner_skip_min: u32,
+    /// What the frame's instruction field holds.
+    pub instr: InstrKind,
+    /// `PyCode_Type.tp_basicsize`, a run-time check of this table.
+    pub code_basicsize: u64,
+    /// Code: `co_flags` (int).
+    pub code_flags: u64,
+    /// Code: `co_firstlineno` (int).
+    pub code_firstlineno: u64,
+    /// Code: `co_filename`.
+    pub code_filename: u64,
+    /// Code: the function name shown, `co_qualname` (3.11+) or `co_name`.
+    pub code_name: u64,
+    /// Code: the line table (a bytes object).
+    pub code_linetable: u64,
+    /// Encoding of the line table.
+    pub linetable: LineTableFormat,
+    /// Start of the characters of a compact ASCII string (`sizeof(PyASCIIObject)`).
+    pub unicode_ascii_data: u64,
+    /// Start of the characters of another compact string (`sizeof(PyCompactUnicodeObject)`).
+    pub unicode_compact_data: u64,
+}
+
+/// Offset of `tp_basicsize` in a type object.
+pub const TYPE_BASICSIZE: u64 = 32;
+/// Offset of `ob_type` in every object.
+pub const OBJECT_TYPE: u64 = 8;
+/// Offset of `ob_size` in a bytes object.
+pub const BYTES_SIZE: u64 = 16;
+/// Offset of the data of a bytes object.
+pub const BYTES_DATA: u64 = 32;
+/// Offset of `length` in a string.
+pub const UNICODE_LENGTH: u64 = 16;
+/// Offset of the `state` bit field in a string.
+pub const UNICODE_STATE: u64 = 32;
+
+/// The layout of `version`, or an error naming it when it is not supported.
+pub fn layout(version: Version) -> anyhow::Result<&'static Layout> {
+    Ok(match (version.major, version.minor) {
+        (3, 9) => &PY39,
+        (3, 10) => &PY310,
+        (3, 11) => &PY311,
+        (3, 12) => &PY312,
+        (3, 13) => &PY313,
+        _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.13)"),
+    })
+}
+
+const PY39: Layout = Layout {
+    runtime_initialized: 12,
+    runtime_main_interp: 40,
+    runtime_tss_key: 584,
+    debug_offsets: false,
+    interp_threads_head: 8,
+    tstate_next: 8,
+    tstate_thread_id: 176,
+    tstate_native_thread_id: None,
+    tstate_frame_path: &[24],
+    frame_code: 32,
+    frame_previous: 24,
+    frame_instr: 104,
+    frame_owner: 0,
+    owner_skip_min: 0,
+    instr: InstrKind::LastiBytes,
+    code_basicsize: 176,
+    code_flags: 36,
+    code_firstlineno: 40,
+    code_filename: 104,
+    code_name: 112,
+    code_linetable: 120,
+    linetable: LineTableFormat::Lnotab,
+    unicode_ascii_data: 48,
+    unicode_compact_data: 72,
+};
+
+const PY310: Layout = Layout {
+    frame_instr: 96,
+    instr: InstrKind::LastiUnits,
+    linetable: LineTableFormat::Linetable310,
+    ..PY39
+};
+
+const PY311: Layout = Layout {
+    runtime_initialized: 16,
+    runtime_main_interp: 48,
+    runtime_tss_key: 592,
+    debug_offsets: false,
+    interp_threads_head: 16,
+    tstate_next: 8,
+    tstate_thread_id: 152,
+    tstate_native_thread_id: Some(160),
+    tstate_frame_path: &[56, 8],
+    frame_code: 32,
+    frame_previous: 48,
+    frame_instr: 56,
+    frame_owner: 69,
+    owner_skip_min: 0,
+    instr: InstrKind::Pointer { bytecode: 184 },
+    code_basicsize: 184,
+    code_flags: 48,
+    code_firstlineno: 72,
+    code_filename: 112,
+    code_name: 128,
+    code_linetable: 136,
+    linetable: LineTableFormat::Locations,
+    unicode_ascii_data: 48,
+    unicode_compact_data: 72,
+};
+
+const PY312: Layout = Layout {
+    runtime_tss_key: 1544,
+    interp_threads_head: 72,
+    tstate_thread_id: 136,
+    tstate_native_thread_id: Some(144),
+    tstate_frame_path: &[56, 0],
+    frame_code: 0,
+    frame_previous: 8,
+    frame_owner: 70,
+    owner_skip_min: 3,
+    instr: InstrKind::Pointer { bytecode: 192 },
+    code_basicsize: 192,
+    code_firstlineno: 68,
+    unicode_ascii_data: 40,
+    unicode_compact_data: 56,
+    ..PY311
+};
+
+const PY313: Layout = Layout {
+    runtime_initialized: 600,
+    runtime_main_interp: 640,
+    runtime_tss_key: 2160,
+    debug_offsets: true,
+    interp_threads_head: 7344,
+    tstate_thread_id: 152,
+    tstate_native_thread_id: Some(160),
+    tstate_frame_path: &[72],
+    instr: InstrKind::Pointer { bytecode: 200 },
+    code_basicsize: 200,
+    ..PY312
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_versions_are_named() {
+        let v = Version {
+            major: 3,
+            minor: 8,
+            patch: Some(18),
+        };
+        let err = layout(v).unwrap_err().to_string();
+        assert!(err.contains("3.8.18"), "{err}");
+        for minor in 9..=13 {
+            let v = Version {
+                major: 3,
+                minor,
+                patch: None,
+            };
+            assert!(layout(v).is_ok());
+        }
+    }
+}

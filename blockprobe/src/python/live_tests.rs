@@ -1,0 +1,338 @@
+//! Live tests: real interpreters, stopped at known places, walked exactly as BPF walks
+//! them, and symbolized. They need root (or ptrace rights over children).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use blockprobe_common::config::PyProcess;
+use blockprobe_common::stack::{MAX_FRAMES, RawFrame, RawStack};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::memory::ProcessMemory;
+use super::origin::{Origin, classify};
+use super::{Inspection, PythonProcess};
+use crate::model::Frame;
+
+/// A child process killed and reaped when the test ends, even by a panic.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Guard {
+    fn spawn(cmd: &mut Command) -> Self {
+        Guard(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Reads the child's first line of output.
+    fn first_line(&mut self) -> String {
+        let out: ChildStdout = self.0.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read child output");
+        line.trim_end().to_owned()
+    }
+}
+
+/// Main thread: `<module>` → `outer` → `inner` sleeping; a worker thread sleeping in
+/// `wörker` (a Latin-1 name); a watcher `watch_待つ` (a UCS-2 name) that prints `ready`
+/// once both are on their sleep lines, then sleeps too. The file name is UCS-4.
+const SCRIPT: &str = r#"import sys, threading, time
+
+def inner():
+    time.sleep(60)  # @inner
+
+def outer():
+    inner()  # @outer
+
+def wörker():
+    time.sleep(60)  # @worker
+
+def watch_待つ(main_ident, worker):
+    want = {main_ident: (inner.__code__, inner.__code__.co_firstlineno + 1),
+            worker.ident: (wörker.__code__, wörker.__code__.co_firstlineno + 1)}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frames = sys._current_frames()
+        if all(i in frames and (frames[i].f_code, frames[i].f_lineno) == w
+               for i, w in want.items()):
+            print("ready", flush=True)
+            time.sleep(60)  # @watch
+        time.sleep(0.01)
+    print("timeout", flush=True)
+
+worker = threading.Thread(target=wörker, daemon=True)
+worker.start()
+threading.Thread(target=watch_待つ, args=(threading.get_ident(), worker), daemon=True).start()
+outer()  # @module
+"#;
+
+/// The 1-based line of `SCRIPT` carrying `marker`.
+fn line_of(marker: &str) -> u32 {
+    let index = SCRIPT
+        .lines()
+        .position(|l| l.ends_with(marker))
+        .expect(marker);
+    index as u32 + 1
+}
+
+/// Walks one thread's stack the way the BPF program does, from its thread pointer.
+fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
+    let mut stack = RawStack {
+        len: 0,
+        flags: 0,
+        tstate: 0,
+        frames: [RawFrame::default(); MAX_FRAMES],
+    };
+    stack.tstate = mem.read_u64(fsbase + cfg.tstate_slot_offset).unwrap();
+    let path = &cfg.frame_path[..cfg.frame_path_len as usize];
+    let mut frame = stack.tstate;
+    for &offset in path {
+        frame = mem.read_u64(frame + u64::from(offset)).unwrap();
+    }
+    while frame != 0 && (stack.len as usize) < MAX_FRAMES {
+        let code = mem.read_u64(frame + u64::from(cfg.frame_code)).unwrap() & cfg.code_mask;
+        let instr = mem.read_u64(frame + u64::from(cfg.frame_instr)).unwrap();
+        let skip = cfg.owner_skip_min != 0
+            && u32::from(mem.read_u8(frame + u64::from(cfg.frame_owner)).unwrap())
+                >= cfg.owner_skip_min;
+        if !skip {
+            stack.frames[stack.len as usize] = RawFrame { code, instr };
+            stack.len += 1;
+        }
+        frame = mem.read_u64(frame + u64::from(cfg.frame_previous)).unwrap();
+    }
+    stack
+}
+
+fn frame(function: &str, file: &str, line: u32) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line,
+    }
+}
+
+fn inspect_ready(pid: u32) -> PythonProcess {
+    match PythonProcess::inspect(pid).expect("inspect") {
+        Inspection::Ready(p) => p,
+        other => panic!("process {pid} not ready: {other:?}"),
+    }
+}
+
+/// Runs `SCRIPT` with `python`, then checks version, walk configuration, the threads and
+/// the symbolized stack of each thread.
+fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
+    assert!(Path::new(python).exists(), "{python} is not installed");
+    let dir = tempfile::tempdir().unwrap();
+    let script: PathBuf = dir.path().join("stall_😴.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let file = script.to_str().unwrap();
+    let mut child = Guard::spawn(
+        Command::new(python)
+            .arg(&script)
+            .env_remove("PYTHONPATH")
+            .stdout(Stdio::piped()),
+    );
+    assert_eq!(child.first_line(), "ready");
+    let pid = child.pid();
+
+    let mut process = inspect_ready(pid);
+    assert_eq!(process.pid(), pid);
+    let version = process.version();
+    assert_eq!(
+        (version.major, version.minor, version.patch),
+        (3, minor, patch)
+    );
+    let cfg = process.walk_config();
+    // glibc's own slot for the key, not a scanned one.
+    assert!(cfg.tstate_slot_offset >= 0x318 && (cfg.tstate_slot_offset - 0x318).is_multiple_of(16));
+    eprintln!("{python}: Python {version}, walk config {cfg:?}");
+
+    let threads = process.threads().unwrap();
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    if minor >= 11 {
+        let tids: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        let native: BTreeSet<u32> = threads.iter().map(|t| t.native_id.unwrap()).collect();
+        assert_eq!(native, tids);
+    } else {
+        assert!(threads.iter().all(|t| t.native_id.is_none()));
+    }
+
+    let mem = ProcessMemory::new(pid);
+    let mut stacks = BTreeMap::new();
+    for t in &threads {
+        let raw = bpf_walk(&mem, &cfg, t.thread_id);
+        assert_eq!(
+            raw.tstate, t.tstate,
+            "the slot holds the thread's own state"
+        );
+        let t0 = std::time::Instant::now();
+        let frames = process.symbolize(&raw);
+        let t1 = std::time::Instant::now();
+        for _ in 0..1000 { std::hint::black_box(process.symbolize(&raw)); }
+        eprintln!("TIMING {python}: cold {:?} for {} frames; warm {:?} per stack", t1 - t0, raw.len, t1.elapsed() / 1000);
+        assert_eq!(process.symbolize(&raw), frames, "cached lookups agree");
+        stacks.insert(frames[0].function.clone(), frames);
+    }
+    assert_eq!(
+        stacks.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["inner", "watch_待つ", "wörker"]
+    );
+    assert_eq!(
+        stacks["inner"],
+        [
+            frame("inner", file, line_of("# @inner")),
+            frame("outer", file, line_of("# @outer")),
+            frame("<module>", file, line_of("# @module")),
+        ]
+    );
+    let worker = &stacks["wörker"];
+    assert_eq!(worker[0], frame("wörker", file, line_of("# @worker")));
+    let names: Vec<&str> = worker[1..].iter().map(|f| f.function.as_str()).collect();
+    let want = if minor >= 11 {
+        ["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"]
+    } else {
+        ["run", "_bootstrap_inner", "_bootstrap"]
+    };
+    assert_eq!(names, want);
+    for f in &worker[1..] {
+        assert!(f.file.ends_with("/threading.py") && f.line > 0, "{f:?}");
+        assert_eq!(classify(&f.file), Origin::Stdlib, "{f:?}");
+    }
+    assert_eq!(classify(file), Origin::FirstParty);
+    let watcher = &stacks["watch_待つ"][0];
+    assert_eq!(watcher.file, file);
+
+    // Garbage frames become <unreadable>; a bad instruction pointer only loses the line.
+    let main_code = bpf_walk(&mem, &cfg, threads.last().unwrap().thread_id).frames[0].code;
+    let mut raw = bpf_walk(&mem, &cfg, threads[0].thread_id);
+    raw.len = 4;
+    raw.frames[..4].copy_from_slice(&[
+        RawFrame { code: 0, instr: 0 },
+        RawFrame {
+            code: u64::MAX - 8,
+            instr: 0,
+        },
+        RawFrame {
+            code: raw.tstate,
+            instr: 0,
+        },
+        RawFrame {
+            code: main_code,
+            instr: 0x7fff_0000_0000,
+        },
+    ]);
+    let frames = process.symbolize(&raw);
+    for f in &frames[..3] {
+        assert_eq!(*f, frame("<unreadable>", "<unknown>", 0));
+    }
+    assert_eq!(frames[3].file, file);
+}
+
+#[test]
+fn pyenv_3_9() {
+    check_interpreter("/root/.pyenv/versions/3.9.18/bin/python3.9", 9, None);
+}
+
+#[test]
+fn pyenv_3_10() {
+    check_interpreter("/root/.pyenv/versions/3.10.13/bin/python3.10", 10, None);
+}
+
+#[test]
+fn pyenv_3_11() {
+    check_interpreter("/root/.pyenv/versions/3.11.7/bin/python3.11", 11, Some(7));
+}
+
+#[test]
+fn debian_3_11() {
+    check_interpreter("/usr/bin/python3.11", 11, Some(2));
+}
+
+#[test]
+fn pyenv_3_12() {
+    check_interpreter("/root/.pyenv/versions/3.12.1/bin/python3.12", 12, Some(1));
+}
+
+#[test]
+fn pyenv_3_13() {
+    check_interpreter("/root/.pyenv/versions/3.13.0/bin/python3.13", 13, Some(0));
+}
+
+#[test]
+fn not_python() {
+    let child = Guard::spawn(Command::new("sleep").arg("60"));
+    let inspection = PythonProcess::inspect(child.pid()).unwrap();
+    assert!(
+        matches!(inspection, Inspection::NotPython),
+        "{inspection:?}"
+    );
+}
+
+#[test]
+fn unsupported_version_is_named() {
+    let python = "/root/.pyenv/versions/3.8.18/bin/python3.8";
+    let mut child = Guard::spawn(
+        Command::new(python)
+            .args([
+                "-c",
+                "import time; print('ready', flush=True); time.sleep(60)",
+            ])
+            .stdout(Stdio::piped()),
+    );
+    assert_eq!(child.first_line(), "ready");
+    let err = PythonProcess::inspect(child.pid()).unwrap_err().to_string();
+    assert!(err.contains("Python 3.8 is not supported"), "{err}");
+}
+
+/// Right after exec (stopped by ptrace before the dynamic loader ran), a Python process
+/// is not ready: libpython is not mapped yet, or the runtime is not initialized.
+#[test]
+fn just_execed_is_not_ready() {
+    for python in [
+        "/usr/bin/python3.11",
+        "/root/.pyenv/versions/3.11.7/bin/python3.11",
+        "/root/.pyenv/versions/3.13.0/bin/python3.13",
+    ] {
+        let mut cmd = Command::new(python);
+        cmd.args(["-c", "pass"]);
+        // SAFETY: only an async-signal-safe system call runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = Guard::spawn(&mut cmd);
+        let status = waitpid(Pid::from_raw(child.pid() as i32), None).unwrap();
+        assert!(matches!(status, WaitStatus::Stopped(_, _)), "{status:?}");
+        let inspection = PythonProcess::inspect(child.pid()).unwrap();
+        assert!(
+            matches!(inspection, Inspection::NotReady(_)),
+            "{python}: {inspection:?}"
+        );
+        eprintln!("{python} after exec: {inspection:?}");
+    }
+}

@@ -1,0 +1,24 @@
+//! Knowledge of CPython: finding a process's interpreter, its version and layout,
+//! configuring the BPF stack walk, and symbolizing the frames BPF captured.
+//!
+//! Public surface (used by the rest of blockprobe):
+//! - `PythonProcess::inspect(pid) -> anyhow::Result<Inspection>`
+//! - `PythonProcess::walk_config(&self) -> blockprobe_common::config::PyProcess`
+//! - `PythonProcess::threads(&self) -> anyhow::Result<Vec<PyThread>>` (pthread ids, native tids)
+//! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
+//! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
+//! - `origin::classify(file) -> origin::Origin`
+
+mod elf;
+mod layout;
+mod linetable;
+mod memory;
+pub mod origin;
+mod process;
+mod symbolize;
+pub mod version;
+
+#[cfg(test)]
+mod live_tests;
+
+pub use process::{Inspection, PythonProcess};

@@ -1,0 +1,341 @@
+//! A Python process: finding its interpreter, checking it is ready, and calibrating how
+//! BPF finds each thread's `PyThreadState`.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, bail, ensure};
+use blockprobe_common::config::PyProcess;
+use blockprobe_common::stack::RawStack;
+
+use super::elf::{self, Discovery};
+use super::layout::{self, Layout, TYPE_BASICSIZE};
+use super::memory::ProcessMemory;
+use super::symbolize::Symbolizer;
+use super::version::Version;
+use crate::model::Frame;
+
+/// Most thread states followed in an interpreter's list (guards against cycles).
+const MAX_THREADS: usize = 4096;
+/// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
+/// (`specific_1stblock`, 32 entries of `{seq, data}`).
+const GLIBC_SPECIFIC: u64 = 0x310;
+/// Keys below this live in `specific_1stblock`, at a fixed offset from the thread pointer.
+const GLIBC_FIRST_BLOCK_KEYS: u32 = 32;
+/// How far from the thread pointer the slot is searched for when glibc's layout fails.
+const SLOT_SEARCH_BYTES: usize = 0x1000;
+/// Offset of the key in a `Py_tss_t {int initialized; pthread_key_t key}`.
+const TSS_KEY: u64 = 4;
+
+/// What [`PythonProcess::inspect`] found.
+#[derive(Debug)]
+pub enum Inspection {
+    /// No mapped file defines `_PyRuntime`: not a Python process.
+    NotPython,
+    /// A Python process that is still starting (or changing threads): try again later.
+    NotReady(String),
+    /// A Python process ready to be traced.
+    Ready(PythonProcess),
+}
+
+/// One Python thread of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyThread {
+    /// Address of its `PyThreadState`.
+    pub tstate: u64,
+    /// `pthread_self()` of the thread: its thread pointer (`fs_base`) on glibc.
+    pub thread_id: u64,
+    /// Its tid in the process's pid namespace (3.11+).
+    pub native_id: Option<u32>,
+}
+
+/// A running Python process whose stacks blockprobe can walk and symbolize.
+#[derive(Debug)]
+pub struct PythonProcess {
+    pid: u32,
+    version: Version,
+    layout: &'static Layout,
+    memory: ProcessMemory,
+    interp: u64,
+    tstate_slot_offset: u64,
+    symbolizer: Symbolizer,
+}
+
+impl PythonProcess {
+    /// Examines process `pid`: is it Python, is its interpreter supported and running,
+    /// and where does each thread keep its thread state?
+    pub fn inspect(pid: u32) -> anyhow::Result<Inspection> {
+        let binary = match elf::discover(pid)? {
+            Discovery::Absent => return Ok(Inspection::NotPython),
+            Discovery::Loading => {
+                return Ok(Inspection::NotReady("libpython is not loaded yet".into()));
+            }
+            Discovery::Found(binary) => binary,
+        };
+        let memory = ProcessMemory::new(pid);
+        let version = Version::detect(&memory, &binary)?;
+        let layout = layout::layout(version)?;
+        check_layout(&memory, layout, &binary, version).with_context(|| {
+            format!(
+                "Python {version} in {} has an unexpected layout",
+                binary.path
+            )
+        })?;
+        let runtime = binary.runtime;
+        let initialized = memory.read_u32(runtime.wrapping_add(layout.runtime_initialized))?;
+        let interp = memory.read_u64(runtime.wrapping_add(layout.runtime_main_interp))?;
+        let tss = runtime.wrapping_add(layout.runtime_tss_key);
+        let tss_created = memory.read_u32(tss)?;
+        if initialized == 0 || interp == 0 || tss_created == 0 {
+            return Ok(Inspection::NotReady(
+                "the Python runtime is not initialized yet".into(),
+            ));
+        }
+        let key = memory.read_u32(tss.wrapping_add(TSS_KEY))?;
+        let threads = list_threads(&memory, layout, interp)?;
+        let tstate_slot_offset = match locate_slot(&memory, &threads, key)? {
+            Slot::Found(offset) => offset,
+            Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
+        };
+        Ok(Inspection::Ready(PythonProcess {
+            pid,
+            version,
+            layout,
+            memory,
+            interp,
+            tstate_slot_offset,
+            symbolizer: Symbolizer::new(memory, layout, binary.code_type),
+        }))
+    }
+
+    /// The process id (host pid namespace).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The interpreter's version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// How BPF finds and walks this process's Python stacks.
+    pub fn walk_config(&self) -> PyProcess {
+        let l = self.layout;
+        let path = l.tstate_frame_path;
+        PyProcess {
+            tstate_slot_offset: self.tstate_slot_offset,
+            code_mask: u64::MAX,
+            frame_path: [
+                path.first().copied().unwrap_or(0),
+                path.get(1).copied().unwrap_or(0),
+            ],
+            frame_path_len: path.len() as u32,
+            frame_code: l.frame_code,
+            frame_previous: l.frame_previous,
+            frame_instr: l.frame_instr,
+            frame_owner: l.frame_owner,
+            owner_skip_min: l.owner_skip_min,
+        }
+    }
+
+    /// The threads of the main interpreter, as they are now.
+    pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
+        list_threads(&self.memory, self.layout, self.interp)
+    }
+
+    /// Function, file and line of each frame of `stack` (innermost first).
+    pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
+        self.symbolizer.symbolize(stack)
+    }
+}
+
+/// Cross-checks the layout table against the running interpreter.
+fn check_layout(
+    memory: &ProcessMemory,
+    layout: &Layout,
+    binary: &elf::PythonBinary,
+    version: Version,
+) -> anyhow::Result<()> {
+    let basicsize = memory.read_u64(binary.code_type.wrapping_add(TYPE_BASICSIZE))?;
+    ensure!(
+        basicsize == layout.code_basicsize,
+        "PyCode_Type.tp_basicsize is {basicsize}, expected {}",
+        layout.code_basicsize
+    );
+    if layout.debug_offsets {
+        // _Py_DebugOffsets: char cookie[8]; u64 version; u64 free_threaded; ...
+        let mut head = [0u8; 24];
+        memory.read_bytes(binary.runtime, &mut head)?;
+        ensure!(
+            &head[..8] == b"xdebugpy",
+            "_PyRuntime has no debug offsets cookie"
+        );
+        let hex = u64::from_ne_bytes(head[8..16].try_into()?);
+        ensure!(
+            Version::from_hex(hex as u32) == version,
+            "_PyRuntime says version {hex:#x}"
+        );
+        if head[16..24] != [0; 8] {
+            bail!("free-threaded builds are not supported");
+        }
+    }
+    Ok(())
+}
+
+/// The thread states of the interpreter at `interp`, newest first.
+fn list_threads(
+    memory: &ProcessMemory,
+    layout: &Layout,
+    interp: u64,
+) -> anyhow::Result<Vec<PyThread>> {
+    let mut threads = Vec::new();
+    let mut tstate = memory
+        .read_u64(interp.wrapping_add(layout.interp_threads_head))
+        .context("cannot read the interpreter's thread list")?;
+    while tstate != 0 {
+        ensure!(
+            threads.len() < MAX_THREADS,
+            "more than {MAX_THREADS} thread states"
+        );
+        let native_id = match layout.tstate_native_thread_id {
+            Some(offset) => Some(memory.read_u32(tstate.wrapping_add(offset))?),
+            None => None,
+        };
+        threads.push(PyThread {
+            tstate,
+            thread_id: memory.read_u64(tstate.wrapping_add(layout.tstate_thread_id))?,
+            native_id,
+        });
+        tstate = memory.read_u64(tstate.wrapping_add(layout.tstate_next))?;
+    }
+    Ok(threads)
+}
+
+/// Where each thread's `PyThreadState*` is, relative to its thread pointer.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot {
+    /// At this offset for every thread.
+    Found(u64),
+    /// Not consistent yet (threads starting or exiting): why.
+    Unsettled(String),
+}
+
+/// Finds the offset from a thread's pointer (`pthread_self()`, which CPython stores as
+/// `thread_id`) to the pthread TSS slot that holds its thread state: glibc's place for
+/// `key` when it holds for every thread, else the one offset below [`SLOT_SEARCH_BYTES`]
+/// that does.
+fn locate_slot(memory: &ProcessMemory, threads: &[PyThread], key: u32) -> anyhow::Result<Slot> {
+    let thread_ids: BTreeSet<u64> = threads
+        .iter()
+        .map(|t| t.thread_id)
+        .filter(|&id| id != 0)
+        .collect();
+    if thread_ids.is_empty() {
+        return Ok(Slot::Unsettled("no Python thread is running yet".into()));
+    }
+    let glibc = (key < GLIBC_FIRST_BLOCK_KEYS).then(|| GLIBC_SPECIFIC + 16 * u64::from(key) + 8);
+    let mut common: Option<BTreeSet<u64>> = None;
+    let mut glibc_matches = 0;
+    for &id in &thread_ids {
+        let mut block = vec![0u8; SLOT_SEARCH_BYTES];
+        let n = memory.read_prefix(id, &mut block)?;
+        // A thread can own several thread states (one preallocated by its parent, or
+        // more created by C code): any of them in the slot identifies the slot.
+        let offsets: BTreeSet<u64> = block[..n]
+            .chunks_exact(8)
+            .enumerate()
+            .filter(|(_, word)| {
+                let value = <[u8; 8]>::try_from(*word).map_or(0, u64::from_ne_bytes);
+                threads
+                    .iter()
+                    .any(|t| t.thread_id == id && t.tstate == value)
+            })
+            .map(|(i, _)| 8 * i as u64)
+            .collect();
+        if glibc.is_some_and(|g| offsets.contains(&g)) {
+            glibc_matches += 1;
+        }
+        common = Some(match common {
+            None => offsets,
+            Some(c) => c.intersection(&offsets).copied().collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    if let Some(g) = glibc.filter(|g| common.contains(g)) {
+        return Ok(Slot::Found(g));
+    }
+    if let Some(&offset) = common.first() {
+        return Ok(Slot::Found(offset));
+    }
+    if glibc_matches > 0 {
+        return Ok(Slot::Unsettled(format!(
+            "the thread-state slot holds for {glibc_matches} of {} threads",
+            thread_ids.len()
+        )));
+    }
+    bail!("cannot locate the thread-state slot (non-glibc libc?); pthread key {key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fake thread pointers: blocks of this process's own memory.
+    struct Blocks(Vec<Vec<u64>>);
+
+    impl Blocks {
+        fn new(n: usize) -> Self {
+            Blocks(vec![vec![0; SLOT_SEARCH_BYTES / 8]; n])
+        }
+        fn base(&self, i: usize) -> u64 {
+            self.0[i].as_ptr() as u64
+        }
+        fn thread(&self, i: usize, tstate: u64) -> PyThread {
+            PyThread {
+                tstate,
+                thread_id: self.base(i),
+                native_id: None,
+            }
+        }
+    }
+
+    fn locate(threads: &[PyThread], key: u32) -> anyhow::Result<Slot> {
+        locate_slot(&ProcessMemory::new(std::process::id()), threads, key)
+    }
+
+    #[test]
+    fn slot_calibration() {
+        let glibc = |key: u64| (0x318 + 16 * key) as usize / 8;
+        let mut b = Blocks::new(2);
+        let threads = [b.thread(0, 0xa000), b.thread(1, 0xb000)];
+        // glibc's slot for key 2 holds each thread's own state.
+        b.0[0][glibc(2)] = 0xa000;
+        b.0[1][glibc(2)] = 0xb000;
+        assert_eq!(locate(&threads, 2).unwrap(), Slot::Found(0x338));
+        // A parent-preallocated state shares the parent's thread id: either may be in the slot.
+        let with_prealloc = [threads[0], threads[1], b.thread(1, 0xc000)];
+        assert_eq!(locate(&with_prealloc, 2).unwrap(), Slot::Found(0x338));
+        // Another libc layout: found by scanning, when the same offset holds for all.
+        b.0[0][glibc(2)] = 0;
+        b.0[1][glibc(2)] = 0;
+        b.0[0][100] = 0xa000;
+        b.0[1][100] = 0xb000;
+        b.0[1][7] = 0xb000;
+        assert_eq!(locate(&threads, 2).unwrap(), Slot::Found(800));
+        // glibc's slot holds for one thread only and nothing else is common: a thread is
+        // starting or exiting, try later.
+        b.0[1][100] = 0;
+        b.0[0][glibc(2)] = 0xa000;
+        assert!(matches!(locate(&threads, 2).unwrap(), Slot::Unsettled(_)));
+        // Nothing anywhere: an error.
+        b.0[0][glibc(2)] = 0;
+        let err = locate(&threads, 2).unwrap_err().to_string();
+        assert!(err.contains("cannot locate the thread-state slot"), "{err}");
+        // No thread has started yet.
+        let unborn = [PyThread {
+            tstate: 0xa000,
+            thread_id: 0,
+            native_id: None,
+        }];
+        assert!(matches!(locate(&unborn, 0).unwrap(), Slot::Unsettled(_)));
+    }
+}

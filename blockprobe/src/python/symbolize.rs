@@ -1,0 +1,304 @@
+//! Turning the code and instruction pointers BPF captured into function, file and line.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, bail, ensure};
+use blockprobe_common::stack::{MAX_FRAMES, RawFrame, RawStack};
+
+use super::layout::{
+    BYTES_DATA, BYTES_SIZE, InstrKind, Layout, OBJECT_TYPE, UNICODE_LENGTH, UNICODE_STATE,
+};
+use super::linetable;
+use super::memory::ProcessMemory;
+use crate::model::Frame;
+
+/// Longest string read, in bytes of character data; longer strings are truncated.
+const MAX_STRING_BYTES: usize = 4096;
+/// Longest line table read; lines past its end are reported as unknown.
+const MAX_LINETABLE_BYTES: usize = 64 * 1024;
+/// Code objects remembered per process before the cache starts over.
+const MAX_CACHED_CODES: usize = 16 * 1024;
+
+/// Symbolizes the frames of one process, caching what it learnt about each code object.
+#[derive(Debug)]
+pub struct Symbolizer {
+    memory: ProcessMemory,
+    layout: &'static Layout,
+    code_type: u64,
+    codes: HashMap<u64, CodeInfo>,
+}
+
+/// The fields of a code object's header that identify it: they are compared on every
+/// lookup, so a cached entry is not used for another code object at a reused address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    ob_type: u64,
+    flags: u32,
+    first_line: i32,
+    filename: u64,
+    name: u64,
+    linetable: u64,
+}
+
+/// What the symbolizer learnt about a code object.
+#[derive(Debug)]
+struct CodeInfo {
+    header: Header,
+    function: String,
+    file: String,
+    linetable: Vec<u8>,
+}
+
+impl Symbolizer {
+    /// A symbolizer for the process behind `memory`, whose `PyCode_Type` is at `code_type`.
+    pub fn new(memory: ProcessMemory, layout: &'static Layout, code_type: u64) -> Self {
+        Self {
+            memory,
+            layout,
+            code_type,
+            codes: HashMap::new(),
+        }
+    }
+
+    /// The frames of `stack`, innermost first; a frame that cannot be read becomes
+    /// `<unreadable>` in `<unknown>` at line 0.
+    pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
+        let len = (stack.len as usize).min(MAX_FRAMES);
+        stack.frames[..len]
+            .iter()
+            .map(|raw| {
+                self.frame(raw).unwrap_or_else(|_| Frame {
+                    function: "<unreadable>".into(),
+                    file: "<unknown>".into(),
+                    line: 0,
+                })
+            })
+            .collect()
+    }
+
+    fn frame(&mut self, raw: &RawFrame) -> anyhow::Result<Frame> {
+        let header = self.header(raw.code)?;
+        ensure!(
+            header.ob_type == self.code_type,
+            "{:#x} is not a code object",
+            raw.code
+        );
+        if self
+            .codes
+            .get(&raw.code)
+            .is_none_or(|info| info.header != header)
+        {
+            let info = self.load(header)?;
+            if self.codes.len() >= MAX_CACHED_CODES {
+                self.codes.clear();
+            }
+            self.codes.insert(raw.code, info);
+        }
+        let info = self
+            .codes
+            .get(&raw.code)
+            .context("code cache lost an entry")?;
+        let offset = match self.layout.instr {
+            InstrKind::Pointer { bytecode } => {
+                raw.instr.wrapping_sub(raw.code.wrapping_add(bytecode)) as i64
+            }
+            // `f_lasti` is an int: the upper half of the 8 bytes read is the next field.
+            InstrKind::LastiBytes => i64::from(raw.instr as u32 as i32),
+            InstrKind::LastiUnits => 2 * i64::from(raw.instr as u32 as i32),
+        };
+        let line = linetable::line_at(
+            self.layout.linetable,
+            &info.linetable,
+            info.header.first_line,
+            offset,
+        );
+        Ok(Frame {
+            function: info.function.clone(),
+            file: info.file.clone(),
+            line: line.unwrap_or(0),
+        })
+    }
+
+    fn header(&self, code: u64) -> anyhow::Result<Header> {
+        let l = self.layout;
+        let fields = [
+            OBJECT_TYPE,
+            l.code_flags,
+            l.code_firstlineno,
+            l.code_filename,
+            l.code_name,
+            l.code_linetable,
+        ];
+        let end = fields.iter().max().map_or(0, |&o| o + 8);
+        let mut buf = vec![0u8; end as usize];
+        self.memory.read_bytes(code, &mut buf)?;
+        Ok(Header {
+            ob_type: u64::from_ne_bytes(field(&buf, OBJECT_TYPE)?),
+            flags: u32::from_ne_bytes(field(&buf, l.code_flags)?),
+            first_line: i32::from_ne_bytes(field(&buf, l.code_firstlineno)?),
+            filename: u64::from_ne_bytes(field(&buf, l.code_filename)?),
+            name: u64::from_ne_bytes(field(&buf, l.code_name)?),
+            linetable: u64::from_ne_bytes(field(&buf, l.code_linetable)?),
+        })
+    }
+
+    fn load(&self, header: Header) -> anyhow::Result<CodeInfo> {
+        Ok(CodeInfo {
+            header,
+            function: self.string(header.name).context("code name")?,
+            file: self.string(header.filename).context("code file name")?,
+            linetable: self.bytes(header.linetable).context("line table")?,
+        })
+    }
+
+    /// Reads a `str` object (compact, as all code object strings are).
+    fn string(&self, addr: u64) -> anyhow::Result<String> {
+        let mut head = [0u8; UNICODE_STATE as usize + 4];
+        self.memory.read_bytes(addr, &mut head)?;
+        let length = i64::from_ne_bytes(field(&head, UNICODE_LENGTH)?);
+        let state = u32::from_ne_bytes(field(&head, UNICODE_STATE)?);
+        let kind = (state >> 2) & 7;
+        let (compact, ascii) = (state & (1 << 5) != 0, state & (1 << 6) != 0);
+        ensure!(compact, "string at {addr:#x} is not compact");
+        let (data, width) = match (ascii, kind) {
+            (true, 1) => (self.layout.unicode_ascii_data, 1),
+            (false, 1 | 2 | 4) => (self.layout.unicode_compact_data, kind as usize),
+            _ => bail!("string at {addr:#x} has kind {kind}"),
+        };
+        let length = usize::try_from(length).context("negative string length")?;
+        let mut raw = vec![0u8; length.min(MAX_STRING_BYTES / width) * width];
+        self.memory.read_bytes(addr.wrapping_add(data), &mut raw)?;
+        let replace = |c: u32| char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER);
+        Ok(match width {
+            1 => raw.iter().map(|&b| char::from(b)).collect(),
+            2 => raw
+                .chunks_exact(2)
+                .map(|c| replace(u32::from(u16::from_ne_bytes([c[0], c[1]]))))
+                .collect(),
+            _ => raw
+                .chunks_exact(4)
+                .map(|c| replace(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        })
+    }
+
+    /// Reads the contents of a `bytes` object, at most [`MAX_LINETABLE_BYTES`].
+    fn bytes(&self, addr: u64) -> anyhow::Result<Vec<u8>> {
+        let size = self.memory.read_u64(addr.wrapping_add(BYTES_SIZE))? as i64;
+        let size = usize::try_from(size).context("negative bytes size")?;
+        let mut data = vec![0u8; size.min(MAX_LINETABLE_BYTES)];
+        self.memory
+            .read_bytes(addr.wrapping_add(BYTES_DATA), &mut data)?;
+        Ok(data)
+    }
+}
+
+/// The `N` bytes at `offset` in `buf`.
+fn field<const N: usize>(buf: &[u8], offset: u64) -> anyhow::Result<[u8; N]> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|o| buf.get(o..)?.get(..N)?.try_into().ok())
+        .with_context(|| format!("field at {offset} is outside the {} bytes read", buf.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::layout::layout;
+    use crate::python::version::Version;
+
+    const PY311: Version = Version {
+        major: 3,
+        minor: 11,
+        patch: None,
+    };
+
+    /// A fake 3.11 `str` in this process's memory.
+    fn string(kind: u32, ascii: bool, length: i64, data: &[u8]) -> Vec<u8> {
+        let start = if ascii { 48 } else { 72 };
+        let mut obj = vec![0u8; start + data.len()];
+        obj[16..24].copy_from_slice(&length.to_ne_bytes());
+        let state = (kind << 2) | (1 << 5) | (u32::from(ascii) << 6);
+        obj[32..36].copy_from_slice(&state.to_ne_bytes());
+        obj[start..].copy_from_slice(data);
+        obj
+    }
+
+    fn addr(v: &[u8]) -> u64 {
+        v.as_ptr() as u64
+    }
+
+    fn set(obj: &mut [u8], offset: usize, value: u64) {
+        obj[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    #[test]
+    fn symbolizes_fake_code_objects() {
+        let code_type = 0x1234_5678;
+        let ucs2: Vec<u8> = "wörk_待つ"
+            .encode_utf16()
+            .flat_map(u16::to_ne_bytes)
+            .collect();
+        let name = string(2, false, 7, &ucs2);
+        let ucs4: Vec<u8> = "/x/😴.py"
+            .chars()
+            .flat_map(|c| (c as u32).to_ne_bytes())
+            .collect();
+        let file = string(4, false, 7, &ucs4);
+        let latin1 = string(1, false, 3, &[0xfc, b'b', 0xe9]);
+        let long = string(1, true, 10_000, &[b'a'; 10_000]);
+        let negative = string(1, true, -1, b"");
+        let bad_kind = string(3, false, 1, b"abc");
+        // Line table: one unit at first line + 1 (no-column form, svarint 2), then two
+        // units on the same line (short form).
+        let mut table = vec![0u8; 32 + 4];
+        set(&mut table, 16, 4);
+        table[32..].copy_from_slice(&[0xe8, 0x02, 0x81, 0x00]);
+        let mut code = vec![0u8; 256];
+        set(&mut code, 8, code_type);
+        code[72..76].copy_from_slice(&10i32.to_ne_bytes());
+        set(&mut code, 112, addr(&file));
+        set(&mut code, 128, addr(&name));
+        set(&mut code, 136, addr(&table));
+
+        let mut symbolizer = Symbolizer::new(
+            ProcessMemory::new(std::process::id()),
+            layout(PY311).unwrap(),
+            code_type,
+        );
+        let mut stack = RawStack {
+            len: 1,
+            flags: 0,
+            tstate: 0,
+            frames: [RawFrame::default(); MAX_FRAMES],
+        };
+        let mut at = |code: &[u8], unit: u64| {
+            stack.frames[0] = RawFrame {
+                code: addr(code),
+                instr: addr(code) + 184 + 2 * unit,
+            };
+            symbolizer.symbolize(&stack).remove(0)
+        };
+        let frame = |function: &str, file: &str, line| Frame {
+            function: function.into(),
+            file: file.into(),
+            line,
+        };
+        assert_eq!(at(&code, 0), frame("wörk_待つ", "/x/😴.py", 11));
+        assert_eq!(at(&code, 2), frame("wörk_待つ", "/x/😴.py", 11));
+        assert_eq!(at(&code, 3), frame("wörk_待つ", "/x/😴.py", 0));
+        // Same address, different header: the cached entry is not reused.
+        set(&mut code, 128, addr(&latin1));
+        assert_eq!(at(&code, 0).function, "übé");
+        set(&mut code, 128, addr(&long));
+        assert_eq!(at(&code, 0).function, "a".repeat(MAX_STRING_BYTES));
+        let unreadable = frame("<unreadable>", "<unknown>", 0);
+        for bad in [&negative, &bad_kind] {
+            set(&mut code, 128, addr(bad));
+            assert_eq!(at(&code, 0), unreadable);
+        }
+        set(&mut code, 128, addr(&name));
+        set(&mut code, 8, code_type + 1);
+        assert_eq!(at(&code, 0), unreadable);
+    }
+}

@@ -1,0 +1,603 @@
+//! The live stream: one line per stall as it happens, plus status events.
+//!
+//! Everything the tracer shows while running goes through a [`StallSink`]:
+//! - [`TextSink`]: stalls as aligned text lines on stdout (a header first), status
+//!   events as `blockprobe: ...` lines on stderr, names escaped;
+//! - [`JsonlSink`]: one JSON object per line on stdout for both, field `event` first:
+//!   `{"event":"stall",...}` (the stall object exactly as in the report) and the
+//!   [`Status`] events;
+//! - [`QuietSink`]: no stalls; only warnings and losses, on stderr.
+//!
+//! Every sink flushes after each event, so a pipe reader sees events as they happen.
+//! Write errors (such as a closed pipe, see [`is_broken_pipe`]) are returned.
+
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::{escape, local_clock, ms, short_path, truncate_left};
+use crate::model::{Frame, Stall};
+
+/// Live output format as chosen on the command line. `json` and `jsonl` are the same:
+/// one JSON object per line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LiveFormat {
+    /// Aligned text lines.
+    #[default]
+    Text,
+    /// One JSON object per line (same as `jsonl`).
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// Why the tracer stopped following a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetachReason {
+    /// The process exited.
+    Exit,
+    /// The process called exec (it is no longer the same program).
+    Exec,
+}
+
+/// A status event of the tracer. In JSON lines:
+/// `{"event":"attached","pid":..,"comm":..,"python_version":".."}`,
+/// `{"event":"loop","pid":..,"tid":..}`,
+/// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
+/// `{"event":"lost","kind":..,"count":..}`,
+/// `{"event":"warning","message":..}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Status {
+    /// A Python process is now traced.
+    Attached {
+        pid: u32,
+        comm: String,
+        python_version: String,
+    },
+    /// A thread of a traced process runs an asyncio event loop.
+    Loop { pid: u32, tid: u32 },
+    /// A process is no longer traced.
+    Detached { pid: u32, reason: DetachReason },
+    /// Events were lost: `kind` is a loss counter name (`Counter::name()`), `count` the
+    /// number newly lost since the previous `lost` event of that kind.
+    Lost { kind: String, count: u64 },
+    /// Something the user should know.
+    Warning { message: String },
+}
+
+/// Where live events go. Implementations must be usable from the tracer's event loop:
+/// each call writes and flushes one event.
+pub trait StallSink {
+    /// One stall.
+    fn stall(&mut self, stall: &Stall) -> anyhow::Result<()>;
+    /// One status event.
+    fn status(&mut self, status: &Status) -> anyhow::Result<()>;
+}
+
+impl<S: StallSink + ?Sized> StallSink for Box<S> {
+    fn stall(&mut self, stall: &Stall) -> anyhow::Result<()> {
+        (**self).stall(stall)
+    }
+    fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        (**self).status(status)
+    }
+}
+
+/// The sink for `format`, writing to this process's stdout and stderr.
+pub fn sink_for(format: LiveFormat) -> Box<dyn StallSink + Send> {
+    match format {
+        LiveFormat::Text => Box::new(TextSink::new(io::stdout(), io::stderr())),
+        LiveFormat::Json | LiveFormat::Jsonl => Box::new(JsonlSink::new(io::stdout())),
+    }
+}
+
+/// A sink that shows nothing but warnings and losses (on stderr).
+pub fn quiet_sink() -> Box<dyn StallSink + Send> {
+    Box::new(QuietSink::new(io::stderr()))
+}
+
+/// Whether an error returned by a sink is a closed pipe (the reader went away): the
+/// tracer may then stop printing without reporting an error.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Width the text lines are laid out for.
+pub const LINE_WIDTH: usize = 120;
+
+/// The header line of the text stream (no newline).
+pub fn text_header() -> String {
+    format!(
+        "{:<12} {:>7} {:<15} {:>7} {:>8} {:<5} {:<15} {}",
+        "TIME", "PID", "COMM", "TID", "STALL_MS", "CAUSE", "SYSCALL", "CULPRIT"
+    )
+}
+
+/// One stall as a text line (no newline), in the local time zone, laid out for
+/// `width` columns: the culprit comes last and is shortened to fit (function names lose
+/// their start, files are shown by their last two components). Names are escaped.
+pub fn stall_line(stall: &Stall, width: usize) -> String {
+    stall_line_at(stall, &local_clock(stall.start_unix_ns), width)
+}
+
+fn stall_line_at(stall: &Stall, clock: &str, width: usize) -> String {
+    let comm: String = escape(&stall.comm).chars().take(15).collect();
+    let syscall = stall.syscall.as_deref().map_or("-".into(), escape);
+    let head = format!(
+        "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<5} {:<15} ",
+        stall.pid,
+        stall.tid,
+        ms(stall.duration_ns),
+        stall.cause.as_str(),
+        syscall,
+    );
+    let avail = width.saturating_sub(head.chars().count()).max(30);
+    let culprit = match (&stall.culprit, stall.stack.first()) {
+        (Some(f), _) => frame_text(f, avail),
+        (None, None) => "<unknown>".to_owned(),
+        (None, Some(innermost)) => {
+            let prefix = "<unknown> in ";
+            let rest = frame_text(innermost, avail.saturating_sub(prefix.len()).max(20));
+            format!("{prefix}{rest}")
+        }
+    };
+    head + &culprit
+}
+
+/// `function (dir/file.py:line)` in at most `avail` characters if it can be done while
+/// keeping 12 characters of the function name.
+fn frame_text(f: &Frame, avail: usize) -> String {
+    let file = escape(short_path(&f.file)).into_owned();
+    let file = truncate_left(&file, avail / 2);
+    let loc = format!(" ({file}:{})", f.line);
+    let function = escape(&f.function);
+    let budget = avail.saturating_sub(loc.chars().count()).max(12);
+    format!("{}{loc}", truncate_left(&function, budget))
+}
+
+/// A status event as a text line (no newline), `blockprobe: ...`, names escaped.
+pub fn status_line(status: &Status) -> String {
+    let text = match status {
+        Status::Attached {
+            pid,
+            comm,
+            python_version,
+        } => format!(
+            "attached to pid {pid} ({}, Python {})",
+            escape(comm),
+            escape(python_version)
+        ),
+        Status::Loop { pid, tid } => format!("event loop in pid {pid}, thread {tid}"),
+        Status::Detached { pid, reason } => format!(
+            "detached from pid {pid} ({})",
+            match reason {
+                DetachReason::Exit => "process exited",
+                DetachReason::Exec => "process called exec",
+            }
+        ),
+        Status::Lost { kind, count } => {
+            let s = if *count == 1 { "" } else { "s" };
+            format!("lost {count} event{s} ({})", escape(kind))
+        }
+        Status::Warning { message } => format!("warning: {}", escape(message)),
+    };
+    format!("blockprobe: {text}")
+}
+
+/// One stall as a JSON line (no newline): `{"event":"stall", <the report's stall fields>}`.
+pub fn stall_json(stall: &Stall) -> String {
+    #[derive(Serialize)]
+    struct StallEvent<'a> {
+        event: &'static str,
+        #[serde(flatten)]
+        stall: &'a Stall,
+    }
+    serde_json::to_string(&StallEvent {
+        event: "stall",
+        stall,
+    })
+    .expect("a stall always serializes")
+}
+
+/// One status event as a JSON line (no newline), `event` first.
+pub fn status_json(status: &Status) -> String {
+    serde_json::to_string(status).expect("a status always serializes")
+}
+
+fn write_line(w: &mut dyn Write, line: &str) -> io::Result<()> {
+    w.write_all(line.as_bytes())?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+/// Text: stalls on `out` (after a header), status on `err`.
+pub struct TextSink<O: Write, E: Write> {
+    out: O,
+    err: E,
+    header: bool,
+    width: usize,
+}
+
+#[allow(dead_code)] // Options and accessors for callers that need them, and tests.
+impl<O: Write, E: Write> TextSink<O, E> {
+    /// A text sink laid out for [`LINE_WIDTH`] columns, printing a header before the
+    /// first stall.
+    pub fn new(out: O, err: E) -> Self {
+        TextSink {
+            out,
+            err,
+            header: true,
+            width: LINE_WIDTH,
+        }
+    }
+
+    /// Whether to print the header before the first stall (default: yes).
+    pub fn with_header(mut self, header: bool) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Columns to lay lines out for (default [`LINE_WIDTH`]).
+    pub fn with_width(mut self, width: usize) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// The writers back.
+    pub fn into_inner(self) -> (O, E) {
+        (self.out, self.err)
+    }
+}
+
+impl<O: Write, E: Write> StallSink for TextSink<O, E> {
+    fn stall(&mut self, stall: &Stall) -> anyhow::Result<()> {
+        if std::mem::take(&mut self.header) {
+            self.out.write_all(text_header().as_bytes())?;
+            self.out.write_all(b"\n")?;
+        }
+        write_line(&mut self.out, &stall_line(stall, self.width))?;
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        write_line(&mut self.err, &status_line(status))?;
+        Ok(())
+    }
+}
+
+/// JSON lines: stalls and status on `out`.
+pub struct JsonlSink<O: Write> {
+    out: O,
+}
+
+impl<O: Write> JsonlSink<O> {
+    /// A JSON-lines sink.
+    pub fn new(out: O) -> Self {
+        JsonlSink { out }
+    }
+
+    /// The writer back.
+    #[allow(dead_code)] // For tests and callers that write to a buffer.
+    pub fn into_inner(self) -> O {
+        self.out
+    }
+}
+
+impl<O: Write> StallSink for JsonlSink<O> {
+    fn stall(&mut self, stall: &Stall) -> anyhow::Result<()> {
+        write_line(&mut self.out, &stall_json(stall))?;
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        write_line(&mut self.out, &status_json(status))?;
+        Ok(())
+    }
+}
+
+/// No live stream: stalls and routine status are dropped; warnings and losses are
+/// still shown on `err` as `blockprobe: ...` lines.
+pub struct QuietSink<E: Write> {
+    err: E,
+}
+
+impl<E: Write> QuietSink<E> {
+    /// A quiet sink.
+    pub fn new(err: E) -> Self {
+        QuietSink { err }
+    }
+
+    /// The writer back.
+    #[allow(dead_code)] // For tests and callers that write to a buffer.
+    pub fn into_inner(self) -> E {
+        self.err
+    }
+}
+
+impl<E: Write> StallSink for QuietSink<E> {
+    fn stall(&mut self, _stall: &Stall) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        if matches!(status, Status::Warning { .. } | Status::Lost { .. }) {
+            write_line(&mut self.err, &status_line(status))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tests::{frame, stall};
+    use crate::model::Cause;
+
+    fn sample() -> Stall {
+        let mut s = stall(4242, 1_700_000_000_123_456_789, 152_340_000, None);
+        s.tid = 4250;
+        s.culprit = Some(frame("Client.fetch_data", "/srv/app/services/db.py", 42));
+        s.stack = vec![
+            frame("sleep", "/usr/lib/python3.11/asyncio/x.py", 3),
+            frame("Client.fetch_data", "/srv/app/services/db.py", 42),
+        ];
+        s
+    }
+
+    #[test]
+    fn text_line_layout() {
+        let line = stall_line_at(&sample(), "22:13:20.123", LINE_WIDTH);
+        assert_eq!(
+            line,
+            "22:13:20.123    4242 python3            4250    152.3 sleep clock_nanosleep Client.fetch_data (services/db.py:42)"
+        );
+        assert!(line.chars().count() <= LINE_WIDTH);
+        let header = text_header();
+        // The header's columns line up with the line's.
+        assert_eq!(header.find("CULPRIT"), line.find("Client"));
+        assert_eq!(header.find("CAUSE"), line.find("sleep"));
+    }
+
+    #[test]
+    fn text_line_fits_with_long_names() {
+        let mut s = sample();
+        s.comm = "a_very_long_command_name".into();
+        s.culprit = Some(frame(
+            &format!("{}.handler", "Outer".repeat(30)),
+            &format!("/srv/app/{}/module.py", "d".repeat(60)),
+            123456,
+        ));
+        let line = stall_line_at(&s, "22:13:20.123", LINE_WIDTH);
+        assert!(
+            line.chars().count() <= LINE_WIDTH,
+            "{} chars: {line}",
+            line.chars().count()
+        );
+        assert!(line.contains(".handler (…"), "{line}");
+        assert!(line.ends_with("dddd/module.py:123456)"), "{line}");
+        assert!(line.contains(" a_very_long_com "), "{line}");
+    }
+
+    #[test]
+    fn text_line_without_culprit() {
+        let mut s = sample();
+        s.culprit = None;
+        s.syscall = None;
+        s.cause = Cause::Other;
+        let line = stall_line_at(&s, "x", LINE_WIDTH);
+        assert!(
+            line.ends_with(" <unknown> in sleep (asyncio/x.py:3)"),
+            "{line}"
+        );
+        assert!(line.contains(" other -  "), "{line}");
+        s.stack.clear();
+        assert!(stall_line_at(&s, "x", LINE_WIDTH).ends_with(" <unknown>"));
+    }
+
+    #[test]
+    fn text_escapes_names_but_json_keeps_them() {
+        let mut s = sample();
+        s.comm = "py\u{1b}[2J".into();
+        s.culprit = Some(frame("evil\n\u{1b}[31mfn", "/a/b\rc.py", 1));
+        s.syscall = Some("read\u{7}".into());
+        let line = stall_line(&s, LINE_WIDTH);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(line.contains("py\\x1b[2J"), "{line}");
+        assert!(line.contains("evil\\n\\x1b[31mfn (a/b\\rc.py:1)"), "{line}");
+        assert!(line.contains("read\\x07"), "{line}");
+
+        let json = stall_json(&s);
+        assert!(!json.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["comm"], "py\u{1b}[2J");
+        assert_eq!(v["culprit"]["function"], "evil\n\u{1b}[31mfn");
+        assert_eq!(v["syscall"], "read\u{7}");
+    }
+
+    #[test]
+    fn json_stall_is_the_report_stall_with_event_first() {
+        let s = sample();
+        let json = stall_json(&s);
+        assert!(
+            json.starts_with(r#"{"event":"stall","pid":4242,"#),
+            "{json}"
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("event");
+        assert_eq!(v, serde_json::to_value(&s).unwrap());
+        let back: Stall = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn status_json_shapes() {
+        let cases = [
+            (
+                Status::Attached {
+                    pid: 1,
+                    comm: "python3".into(),
+                    python_version: "3.11.7".into(),
+                },
+                r#"{"event":"attached","pid":1,"comm":"python3","python_version":"3.11.7"}"#,
+            ),
+            (
+                Status::Loop { pid: 1, tid: 2 },
+                r#"{"event":"loop","pid":1,"tid":2}"#,
+            ),
+            (
+                Status::Detached {
+                    pid: 1,
+                    reason: DetachReason::Exit,
+                },
+                r#"{"event":"detached","pid":1,"reason":"exit"}"#,
+            ),
+            (
+                Status::Detached {
+                    pid: 1,
+                    reason: DetachReason::Exec,
+                },
+                r#"{"event":"detached","pid":1,"reason":"exec"}"#,
+            ),
+            (
+                Status::Lost {
+                    kind: "ringbuf_stall".into(),
+                    count: 3,
+                },
+                r#"{"event":"lost","kind":"ringbuf_stall","count":3}"#,
+            ),
+            (
+                Status::Warning {
+                    message: "m\n".into(),
+                },
+                r#"{"event":"warning","message":"m\n"}"#,
+            ),
+        ];
+        for (status, want) in cases {
+            assert_eq!(status_json(&status), want);
+            assert_eq!(serde_json::from_str::<Status>(want).unwrap(), status);
+        }
+    }
+
+    #[test]
+    fn status_text_lines() {
+        assert_eq!(
+            status_line(&Status::Attached {
+                pid: 7,
+                comm: "py\u{1b}".into(),
+                python_version: "3.12.1".into()
+            }),
+            "blockprobe: attached to pid 7 (py\\x1b, Python 3.12.1)"
+        );
+        assert_eq!(
+            status_line(&Status::Loop { pid: 7, tid: 9 }),
+            "blockprobe: event loop in pid 7, thread 9"
+        );
+        assert_eq!(
+            status_line(&Status::Detached {
+                pid: 7,
+                reason: DetachReason::Exec
+            }),
+            "blockprobe: detached from pid 7 (process called exec)"
+        );
+        assert_eq!(
+            status_line(&Status::Lost {
+                kind: "ringbuf_stall".into(),
+                count: 1
+            }),
+            "blockprobe: lost 1 event (ringbuf_stall)"
+        );
+        assert_eq!(
+            status_line(&Status::Warning {
+                message: "line1\nline2".into()
+            }),
+            "blockprobe: warning: line1\\nline2"
+        );
+    }
+
+    #[test]
+    fn text_sink_splits_stdout_and_stderr() {
+        let mut sink = TextSink::new(Vec::new(), Vec::new());
+        sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
+        sink.stall(&sample()).unwrap();
+        sink.stall(&sample()).unwrap();
+        let (out, err) = sink.into_inner();
+        let out = String::from_utf8(out).unwrap();
+        let err = String::from_utf8(err).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("TIME "), "{out}");
+        assert!(lines[1].contains("Client.fetch_data"));
+        assert_eq!(err, "blockprobe: event loop in pid 1, thread 2\n");
+
+        let mut sink = TextSink::new(Vec::new(), Vec::new()).with_header(false);
+        sink.stall(&sample()).unwrap();
+        assert_eq!(
+            String::from_utf8(sink.into_inner().0)
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn jsonl_sink_writes_one_object_per_line() {
+        let mut sink = JsonlSink::new(Vec::new());
+        sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
+        let mut s = sample();
+        s.culprit = Some(frame("multi\nline", "f.py", 1));
+        sink.stall(&s).unwrap();
+        let out = String::from_utf8(sink.into_inner()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        for l in &lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["event"].is_string());
+        }
+        assert!(lines[1].starts_with(r#"{"event":"stall""#));
+    }
+
+    #[test]
+    fn quiet_sink_shows_only_warnings_and_losses() {
+        let mut sink = QuietSink::new(Vec::new());
+        sink.stall(&sample()).unwrap();
+        sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
+        sink.status(&Status::Warning {
+            message: "w".into(),
+        })
+        .unwrap();
+        sink.status(&Status::Lost {
+            kind: "k".into(),
+            count: 2,
+        })
+        .unwrap();
+        let err = String::from_utf8(sink.into_inner()).unwrap();
+        assert_eq!(
+            err,
+            "blockprobe: warning: w\nblockprobe: lost 2 events (k)\n"
+        );
+    }
+
+    struct ClosedPipe;
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn broken_pipe_is_recognisable() {
+        let mut sink = JsonlSink::new(ClosedPipe);
+        let err = sink.stall(&sample()).unwrap_err();
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

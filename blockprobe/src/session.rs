@@ -1,0 +1,342 @@
+//! A tracing session: attaches to Python processes, turns kernel events into stalls,
+//! and feeds them to the live output and the aggregate report.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use blockprobe_common::stack::RawStack;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    aggregate::{Aggregator, ProcessInfo},
+    attribution::{Attributor, BlockedCall, StallWindow},
+    classify,
+    clock::Clock,
+    events::{self, Event},
+    model::Frame,
+    probes::Probes,
+    python::{Inspection, PythonProcess},
+    render::live::{DetachReason, StallSink, Status},
+};
+
+/// How long a Python process that is still starting up is retried before giving up.
+const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
+/// How often startup retries and loss counters are checked.
+const TICK: Duration = Duration::from_millis(5);
+/// How often the kernel-side loss counters are read.
+const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A Python process being traced.
+struct Traced {
+    python: PythonProcess,
+    comm: String,
+}
+
+/// What happened when blockprobe tried to attach to a process.
+pub enum Attach {
+    /// Now traced.
+    Attached,
+    /// Not a Python process.
+    NotPython,
+    /// Python, but its interpreter is not initialized yet; retried on ticks.
+    Waiting,
+}
+
+/// Why the event loop of a session ended.
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT or SIGTERM, with the signal number.
+    Signal(i32),
+    /// The command of `blockprobe run` exited, with its wait status.
+    ChildExited(std::process::ExitStatus),
+}
+
+/// A running session.
+pub struct Session {
+    probes: Probes,
+    processes: HashMap<u32, Traced>,
+    starting: HashMap<u32, Instant>,
+    given_up: HashSet<u32>,
+    attributor: Attributor,
+    aggregator: Aggregator,
+    sink: Box<dyn StallSink + Send>,
+    clock: Clock,
+    lost_reported: HashMap<&'static str, u64>,
+    last_counter_read: Instant,
+    own_pid: u32,
+}
+
+impl Session {
+    /// A session over attached probes, reporting to `sink` and aggregating into `aggregator`.
+    pub fn new(probes: Probes, sink: Box<dyn StallSink + Send>, aggregator: Aggregator) -> Self {
+        Session {
+            probes,
+            processes: HashMap::new(),
+            starting: HashMap::new(),
+            given_up: HashSet::new(),
+            attributor: Attributor::default(),
+            aggregator,
+            sink,
+            clock: Clock::now(),
+            lost_reported: HashMap::new(),
+            last_counter_read: Instant::now(),
+            own_pid: std::process::id(),
+        }
+    }
+
+    /// The probes, e.g. to add the `run` command to the family.
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
+    }
+
+    /// Tries to trace `pid`: Python processes are attached (or retried while starting).
+    pub fn attach(&mut self, pid: u32) -> anyhow::Result<Attach> {
+        if pid == self.own_pid || self.processes.contains_key(&pid) {
+            return Ok(Attach::Attached);
+        }
+        match PythonProcess::inspect(pid)? {
+            Inspection::NotPython => Ok(Attach::NotPython),
+            Inspection::NotReady(_) => {
+                self.starting.entry(pid).or_insert_with(Instant::now);
+                Ok(Attach::Waiting)
+            }
+            Inspection::Ready(python) => {
+                self.starting.remove(&pid);
+                self.probes.trace_process(pid, python.walk_config())?;
+                let comm = comm_of(pid);
+                let version = python.version().to_string();
+                self.sink.status(&Status::Attached {
+                    pid,
+                    comm: comm.clone(),
+                    python_version: version.clone(),
+                })?;
+                self.aggregator.register_process(ProcessInfo {
+                    pid,
+                    comm: comm.clone(),
+                    python_version: version,
+                    loop_threads: Vec::new(),
+                });
+                self.processes.insert(pid, Traced { python, comm });
+                Ok(Attach::Attached)
+            }
+        }
+    }
+
+    /// Attaches to every Python process already running on the host.
+    pub fn attach_existing(&mut self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            self.attach_quietly(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `pid` if it is Python; an error becomes one warning, not a failure.
+    fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
+        if let Err(e) = self.attach(pid) {
+            self.starting.remove(&pid);
+            if self.given_up.insert(pid) {
+                self.warn(format!("not tracing pid {pid}: {e:#}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` says so, reading events as they come.
+    pub async fn run(
+        &mut self,
+        ring: RingBuf<MapData>,
+        duration: Option<Duration>,
+        mut child: Option<&mut tokio::process::Child>,
+    ) -> anyhow::Result<StopReason> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("polling the BPF ring buffer: {e}"))?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let reason = loop {
+            tokio::select! {
+                ready = ring.readable_mut() => {
+                    let mut guard = ready.context("waiting on the BPF ring buffer")?;
+                    self.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                _ = sigint.recv() => break StopReason::Signal(libc::SIGINT),
+                _ = sigterm.recv() => break StopReason::Signal(libc::SIGTERM),
+                _ = sleep_until(deadline) => break StopReason::Duration,
+                status = wait_child(&mut child) => break StopReason::ChildExited(status?),
+                _ = tick.tick() => self.tick()?,
+            }
+        };
+        self.drain(ring.get_mut())?;
+        self.read_counters()?;
+        Ok(reason)
+    }
+
+    /// Handles every event waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Ok(event) => {
+                    drop(item);
+                    self.handle(event)?;
+                }
+                Err(e) => {
+                    drop(item);
+                    self.aggregator.add_lost("undecodable_event", 1);
+                    self.warn(format!("dropped an undecodable event: {e:#}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one kernel event.
+    fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Candidate { pid } => self.attach_quietly(pid)?,
+            Event::ProcessGone { pid, exec } => {
+                self.starting.remove(&pid);
+                if self.processes.remove(&pid).is_some() {
+                    let reason = if exec { DetachReason::Exec } else { DetachReason::Exit };
+                    self.sink.status(&Status::Detached { pid, reason })?;
+                }
+            }
+            Event::PollStack { pid, tid, stack } => {
+                let frames = self.symbolize(pid, &stack);
+                let is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+                self.probes.classify_thread(tid, is_loop, self.clock.monotonic_ns())?;
+                if is_loop {
+                    self.aggregator.add_loop_thread(pid, tid);
+                    self.sink.status(&Status::Loop { pid, tid })?;
+                }
+            }
+            Event::BlockedCall {
+                pid,
+                tid,
+                nr,
+                start_ns,
+                end_ns,
+                stack,
+            } => {
+                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                self.attributor.blocked_call(
+                    tid,
+                    BlockedCall {
+                        nr,
+                        start_ns,
+                        end_ns,
+                        stack,
+                    },
+                );
+            }
+            Event::Stall {
+                pid,
+                tid,
+                start_ns,
+                end_ns,
+            } => {
+                let comm = self.processes.get(&pid).map(|p| p.comm.clone()).unwrap_or_default();
+                let window = StallWindow {
+                    pid,
+                    tid,
+                    comm,
+                    start_ns,
+                    end_ns,
+                };
+                let clock = self.clock;
+                let stall = self.attributor.close(window, |t| clock.to_unix_ns(t));
+                self.sink.stall(&stall)?;
+                self.aggregator.record(stall);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shows a warning.
+    fn warn(&mut self, message: String) -> anyhow::Result<()> {
+        self.sink.status(&Status::Warning { message })
+    }
+
+    /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
+    fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
+        self.processes.get_mut(&pid).map(|p| p.python.symbolize(stack))
+    }
+
+    /// Periodic work: retry processes that were starting up, read the loss counters.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let starting: Vec<(u32, Instant)> = self.starting.iter().map(|(p, t)| (*p, *t)).collect();
+        for (pid, since) in starting {
+            if now.duration_since(since) > ATTACH_PATIENCE {
+                self.starting.remove(&pid);
+                self.warn(format!(
+                    "pid {pid} is Python but its interpreter did not finish starting within {ATTACH_PATIENCE:?}; not traced"
+                ))?;
+                continue;
+            }
+            self.attach_quietly(pid)?;
+        }
+        if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
+            self.read_counters()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the kernel-side loss counters and reports any increase.
+    fn read_counters(&mut self) -> anyhow::Result<()> {
+        self.last_counter_read = Instant::now();
+        for (counter, total) in self.probes.counters()? {
+            let reported = self.lost_reported.entry(counter.name()).or_default();
+            if total > *reported {
+                let new = total - *reported;
+                *reported = total;
+                self.aggregator.set_lost(counter, total);
+                self.sink.status(&Status::Lost {
+                    kind: counter.name().to_owned(),
+                    count: new,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session: the aggregate so far and the sink, for the summary.
+    pub fn into_parts(self) -> (Aggregator, Box<dyn StallSink + Send>, Clock) {
+        (self.aggregator, self.sink, self.clock)
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the child to exit, or forever without one.
+async fn wait_child(child: &mut Option<&mut tokio::process::Child>) -> anyhow::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await.context("waiting for the traced command"),
+        None => std::future::pending().await,
+    }
+}
+
+/// The command name of `pid` (empty when gone).
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
