@@ -24,6 +24,8 @@ pub struct GlobalConfig {
     pub min_block_ns: u64,
     /// Offset of `thread.fsbase` in the kernel's `task_struct` (from BTF).
     pub task_fsbase_offset: u64,
+    /// Offset of `orig_ax` (the syscall number) in the kernel's `struct pt_regs` (from BTF).
+    pub pt_regs_syscall_nr_offset: u64,
     /// Re-examine a thread found not to be a loop after this long.
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
@@ -36,7 +38,7 @@ pub struct GlobalConfig {
     /// Padding, zero.
     pub _pad: u32,
 }
-assert_size!(GlobalConfig, 48);
+assert_size!(GlobalConfig, 56);
 
 /// How to find and walk the Python stack of a thread of one process
 /// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod event;
 pub mod maps;
 pub mod stack;
+pub mod syscalls;
 pub mod thread;
 
 /// Asserts at compile time that a shared type has the size both sides expect.

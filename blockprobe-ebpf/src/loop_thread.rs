@@ -6,7 +6,6 @@
 //! starts an off-await interval, coming back ends it (a stall when it reached the
 //! threshold), and blocking syscalls inside it are reported with their Python stack.
 
-use aya_ebpf::programs::TracePointContext;
 use blockprobe_common::{
     counters::Counter,
     event::{BlockedCallEvent, EventKind, PollStackEvent, StallEvent},
@@ -20,12 +19,9 @@ use crate::{
     walk,
 };
 
-/// Offset of `long ret` in every `syscalls:sys_exit_*` record.
-const SYSCALL_RET_OFFSET: usize = 16;
-
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2.
 #[inline(always)]
-pub fn on_poll_enter(ctx: &TracePointContext) {
+pub fn on_poll_enter() {
     let (tgid, tid) = current_ids();
     // SAFETY: map values are only read here; userspace writes whole values.
     if unsafe { PROCESSES.get(tgid) }.is_none() {
@@ -44,7 +40,7 @@ pub fn on_poll_enter(ctx: &TracePointContext) {
             count(Counter::ThreadMapFull);
             return;
         }
-        send_poll_stack(ctx, tgid, now);
+        send_poll_stack(tgid, now);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -54,7 +50,7 @@ pub fn on_poll_enter(ctx: &TracePointContext) {
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
             thread.class = class::PENDING;
             thread.since_ns = now;
-            send_poll_stack(ctx, tgid, now);
+            send_poll_stack(tgid, now);
         }
         _ => {}
     }
@@ -83,7 +79,7 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
 
 /// Sends the thread's stack at a poll call so userspace can classify the thread.
 #[inline(always)]
-fn send_poll_stack(_ctx: &TracePointContext, tgid: u32, now: u64) {
+fn send_poll_stack(tgid: u32, now: u64) {
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
@@ -141,7 +137,7 @@ pub fn on_block_enter(nr: u32) {
 /// Python frames cannot change while the thread is inside the syscall, so the stack
 /// walked at return is the stack that made the call.
 #[inline(always)]
-pub fn on_block_exit(ctx: &TracePointContext) {
+pub fn on_block_exit(ret: i64) {
     let (tgid, tid) = current_ids();
     let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else { return };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -167,8 +163,7 @@ pub fn on_block_exit(ctx: &TracePointContext) {
     event.syscall_nr = timing.syscall_nr;
     event._pad = 0;
     event.start_ns = start;
-    // SAFETY: every syscall exit record has `long ret` at this offset.
-    event.ret = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(0);
+    event.ret = ret;
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
 }

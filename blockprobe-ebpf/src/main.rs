@@ -1,7 +1,7 @@
 //! blockprobe's kernel side.
 //!
-//! Tracepoints only (no kprobes, no uprobes): the epoll-family syscalls time each asyncio
-//! loop thread's off-await intervals, blocking syscalls made inside those intervals are
+//! Tracepoints only (no kprobes, no uprobes): two raw syscall tracepoints see the
+//! epoll-family pollers, which time each asyncio loop thread's off-await intervals, blocking syscalls made inside those intervals are
 //! reported with the Python stack that made them, and scheduler process events keep the
 //! set of traced processes current. Knowledge of CPython lives in userspace, which hands
 //! each process's stack-walk recipe to [`maps::PROCESSES`].
@@ -14,39 +14,40 @@ mod maps;
 mod process;
 mod walk;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use blockprobe_common::syscalls::{is_blocking, is_poller};
 
-/// Offset of `__syscall_nr` in every `syscalls:sys_{enter,exit}_*` record.
-const SYSCALL_NR_OFFSET: usize = 8;
-
-/// `syscalls:sys_enter_epoll_{wait,pwait,pwait2}`: a loop thread goes back to its poller.
-#[tracepoint]
-pub fn poll_enter(ctx: TracePointContext) -> u32 {
-    loop_thread::on_poll_enter(&ctx);
-    0
-}
-
-/// `syscalls:sys_exit_epoll_{wait,pwait,pwait2}`: a loop thread leaves its poller.
-#[tracepoint]
-pub fn poll_exit(_ctx: TracePointContext) -> u32 {
-    loop_thread::on_poll_exit();
-    0
-}
-
-/// `syscalls:sys_enter_*` of blocking syscalls (sleep, read, recv, connect, futex, wait…).
-#[tracepoint]
-pub fn block_enter(ctx: TracePointContext) -> u32 {
-    // SAFETY: every syscall tracepoint record has `int __syscall_nr` at this offset.
-    if let Ok(nr) = unsafe { ctx.read_at::<i32>(SYSCALL_NR_OFFSET) } {
+/// `raw_syscalls:sys_enter` (raw): pollers start a loop wait, blocking calls are timed.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if is_poller(nr) {
+        loop_thread::on_poll_enter();
+    } else if is_blocking(nr) {
         loop_thread::on_block_enter(nr as u32);
     }
     0
 }
 
-/// `syscalls:sys_exit_*` of the same blocking syscalls.
-#[tracepoint]
-pub fn block_exit(ctx: TracePointContext) -> u32 {
-    loop_thread::on_block_exit(&ctx);
+/// `raw_syscalls:sys_exit` (raw): a loop leaves its poller, or a timed call returns.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(config) = maps::config() else { return 0 };
+    let regs: *const u8 = ctx.arg(0);
+    // SAFETY: `regs` is the kernel's pt_regs of the current syscall; the read is
+    // fault-tolerant and the offset comes from the kernel's BTF.
+    let nr = unsafe {
+        bpf_probe_read_kernel(regs.add(config.pt_regs_syscall_nr_offset as usize) as *const u64)
+    };
+    match nr {
+        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(),
+        Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1)),
+        _ => {}
+    }
     0
 }
 

@@ -6,17 +6,35 @@ use btf_rs::{Btf, Type};
 /// The kernel's own BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Offset of `thread.fsbase` (the user thread pointer) in `struct task_struct`.
-pub fn task_fsbase_offset() -> anyhow::Result<u64> {
+/// Kernel structure offsets the BPF programs read with, from the kernel's BTF.
+#[derive(Clone, Copy, Debug)]
+pub struct Offsets {
+    /// Offset of `thread.fsbase` (the user thread pointer) in `struct task_struct`.
+    pub task_fsbase: u64,
+    /// Offset of `orig_ax` (the syscall number) in `struct pt_regs`.
+    pub pt_regs_syscall_nr: u64,
+}
+
+/// Reads the offsets from `/sys/kernel/btf/vmlinux`.
+pub fn offsets() -> anyhow::Result<Offsets> {
     let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
         format!("this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF")
     })?;
-    let task = named_struct(&btf, "task_struct")?;
-    let (thread_offset, thread_type) = member(&btf, &task, "thread")?;
+    let regs = named_struct(&btf, "pt_regs")?;
+    Ok(Offsets {
+        task_fsbase: task_fsbase_offset(&btf)?,
+        pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
+    })
+}
+
+/// Offset of `thread.fsbase` in `struct task_struct`.
+fn task_fsbase_offset(btf: &Btf) -> anyhow::Result<u64> {
+    let task = named_struct(btf, "task_struct")?;
+    let (thread_offset, thread_type) = member(btf, &task, "thread")?;
     let Type::Struct(thread) = thread_type else {
         bail!("task_struct.thread is not a struct in this kernel's BTF");
     };
-    let (fsbase_offset, _) = member(&btf, &thread, "fsbase")?;
+    let (fsbase_offset, _) = member(btf, &thread, "fsbase")?;
     Ok(thread_offset + fsbase_offset)
 }
 
@@ -50,10 +68,13 @@ fn member(btf: &Btf, parent: &btf_rs::Struct, name: &str) -> anyhow::Result<(u64
 #[cfg(test)]
 mod tests {
     #[test]
-    fn fsbase_offset_is_inside_task_struct() {
-        // Every x86_64 kernel blockprobe supports has BTF; thread comes late in task_struct.
-        let offset = super::task_fsbase_offset().expect("kernel BTF readable");
-        assert!(offset > 1000 && offset < 16384, "implausible offset {offset}");
-        assert_eq!(offset % 8, 0, "fsbase must be 8-byte aligned");
+    fn offsets_are_plausible() {
+        let offsets = super::offsets().expect("kernel BTF readable");
+        // `thread` comes late in task_struct; fsbase is 8-byte aligned.
+        let fsbase = offsets.task_fsbase;
+        assert!(fsbase > 1000 && fsbase < 16384, "implausible offset {fsbase}");
+        assert_eq!(fsbase % 8, 0, "fsbase must be 8-byte aligned");
+        // x86_64 pt_regs: r15 … di, then orig_ax as the 16th register.
+        assert_eq!(offsets.pt_regs_syscall_nr, 15 * 8);
     }
 }

@@ -1,5 +1,7 @@
 //! The syscalls blockprobe watches on loop threads, and what blocking in each means.
 
+use blockprobe_common::syscalls::nr;
+
 use crate::model::Cause;
 
 /// A syscall whose blocking stalls an event loop.
@@ -17,32 +19,29 @@ const fn call(name: &'static str, nr: u32, cause: Cause) -> BlockingSyscall {
     BlockingSyscall { name, nr, cause }
 }
 
-/// The epoll-family pollers an asyncio loop (selector or uvloop) parks in.
-pub const POLLERS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
-
-/// Syscalls timed when a loop thread makes them off-await (x86_64 numbers).
+/// Names and causes of the syscalls the kernel side times (`blockprobe_common::syscalls`).
 pub const BLOCKING: [BlockingSyscall; 21] = [
-    call("nanosleep", 35, Cause::Sleep),
-    call("clock_nanosleep", 230, Cause::Sleep),
-    call("read", 0, Cause::Io),
-    call("pread64", 17, Cause::Io),
-    call("readv", 19, Cause::Io),
-    call("write", 1, Cause::Io),
-    call("writev", 20, Cause::Io),
-    call("recvfrom", 45, Cause::Io),
-    call("recvmsg", 47, Cause::Io),
-    call("recvmmsg", 299, Cause::Io),
-    call("sendto", 44, Cause::Io),
-    call("sendmsg", 46, Cause::Io),
-    call("connect", 42, Cause::Io),
-    call("accept", 43, Cause::Io),
-    call("accept4", 288, Cause::Io),
-    call("poll", 7, Cause::Io),
-    call("ppoll", 271, Cause::Io),
-    call("select", 23, Cause::Io),
-    call("pselect6", 270, Cause::Io),
-    call("fsync", 74, Cause::Io),
-    call("fdatasync", 75, Cause::Io),
+    call("nanosleep", nr::NANOSLEEP, Cause::Sleep),
+    call("clock_nanosleep", nr::CLOCK_NANOSLEEP, Cause::Sleep),
+    call("read", nr::READ, Cause::Io),
+    call("pread64", nr::PREAD64, Cause::Io),
+    call("readv", nr::READV, Cause::Io),
+    call("write", nr::WRITE, Cause::Io),
+    call("writev", nr::WRITEV, Cause::Io),
+    call("recvfrom", nr::RECVFROM, Cause::Io),
+    call("recvmsg", nr::RECVMSG, Cause::Io),
+    call("recvmmsg", nr::RECVMMSG, Cause::Io),
+    call("sendto", nr::SENDTO, Cause::Io),
+    call("sendmsg", nr::SENDMSG, Cause::Io),
+    call("connect", nr::CONNECT, Cause::Io),
+    call("accept", nr::ACCEPT, Cause::Io),
+    call("accept4", nr::ACCEPT4, Cause::Io),
+    call("poll", nr::POLL, Cause::Io),
+    call("ppoll", nr::PPOLL, Cause::Io),
+    call("select", nr::SELECT, Cause::Io),
+    call("pselect6", nr::PSELECT6, Cause::Io),
+    call("fsync", nr::FSYNC, Cause::Io),
+    call("fdatasync", nr::FDATASYNC, Cause::Io),
 ];
 
 /// The watched syscall with number `nr`.
@@ -64,5 +63,12 @@ mod tests {
         assert_eq!(by_nr(libc::SYS_pselect6 as u32).unwrap().name, "pselect6");
         assert_eq!(by_nr(libc::SYS_fdatasync as u32).unwrap().cause, Cause::Io);
         assert!(by_nr(libc::SYS_getpid as u32).is_none());
+        for s in BLOCKING {
+            assert!(blockprobe_common::syscalls::is_blocking(u64::from(s.nr)), "{}", s.name);
+        }
+        let timed = (0..512).filter(|&n| blockprobe_common::syscalls::is_blocking(n)).count();
+        assert_eq!(timed, BLOCKING.len(), "kernel side times a syscall without a name");
+        assert!(blockprobe_common::syscalls::is_poller(libc::SYS_epoll_pwait as u64));
+        assert!(!blockprobe_common::syscalls::is_poller(libc::SYS_poll as u64));
     }
 }

@@ -92,21 +92,22 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
         }
     }
     let mut loading = false;
-    for first in candidates {
-        let file = open_mapped(pid, first)?;
+    for candidate in candidates {
+        let file = open_mapped(pid, candidate)?;
         let cache = ReadCache::new(file);
         let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
-            .with_context(|| format!("cannot parse ELF file {}", first.path))?;
+            .with_context(|| format!("cannot parse ELF file {}", candidate.path))?;
         let symbols = find_symbols(&elf, &["_PyRuntime", "Py_Version", "PyCode_Type"]);
         let [Some(runtime), py_version, code_type] = symbols else {
             loading |= needs_libpython(&elf)?;
             continue;
         };
-        let code_type = code_type
-            .with_context(|| format!("{} defines _PyRuntime but not PyCode_Type", first.path))?;
-        let bias = load_bias(&elf, &maps, &first.path)?;
+        let code_type = code_type.with_context(|| {
+            format!("{} defines _PyRuntime but not PyCode_Type", candidate.path)
+        })?;
+        let bias = load_bias(&elf, &maps, &candidate.path)?;
         return Ok(Discovery::Found(PythonBinary {
-            path: first.path.clone(),
+            path: candidate.path.clone(),
             runtime: runtime.wrapping_add(bias),
             py_version: py_version.map(|a| a.wrapping_add(bias)),
             code_type: code_type.wrapping_add(bias),

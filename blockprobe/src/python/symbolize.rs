@@ -61,11 +61,12 @@ impl Symbolizer {
     }
 
     /// The frames of `stack`, innermost first; a frame that cannot be read becomes
-    /// `<unreadable>` in `<unknown>` at line 0.
+    /// `<unreadable>` in `<unknown>` at line 0. Interpreter shim frames (code 0) are left out.
     pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
         let len = (stack.len as usize).min(MAX_FRAMES);
         stack.frames[..len]
             .iter()
+            .filter(|raw| raw.code != 0)
             .map(|raw| {
                 self.frame(raw).unwrap_or_else(|_| Frame {
                     function: "<unreadable>".into(),

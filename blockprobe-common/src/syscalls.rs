@@ -1,0 +1,68 @@
+//! The x86_64 syscalls the kernel side reacts to, shared so both sides agree.
+
+/// Syscall numbers (x86_64).
+pub mod nr {
+    #![allow(missing_docs)]
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const POLL: u32 = 7;
+    pub const PREAD64: u32 = 17;
+    pub const READV: u32 = 19;
+    pub const WRITEV: u32 = 20;
+    pub const SELECT: u32 = 23;
+    pub const NANOSLEEP: u32 = 35;
+    pub const CONNECT: u32 = 42;
+    pub const ACCEPT: u32 = 43;
+    pub const SENDTO: u32 = 44;
+    pub const RECVFROM: u32 = 45;
+    pub const SENDMSG: u32 = 46;
+    pub const RECVMSG: u32 = 47;
+    pub const FSYNC: u32 = 74;
+    pub const FDATASYNC: u32 = 75;
+    pub const CLOCK_NANOSLEEP: u32 = 230;
+    pub const EPOLL_WAIT: u32 = 232;
+    pub const PSELECT6: u32 = 270;
+    pub const PPOLL: u32 = 271;
+    pub const EPOLL_PWAIT: u32 = 281;
+    pub const ACCEPT4: u32 = 288;
+    pub const RECVMMSG: u32 = 299;
+    pub const EPOLL_PWAIT2: u32 = 441;
+}
+
+/// Whether `nr` is one of the epoll-family pollers an asyncio loop parks in.
+pub const fn is_poller(nr: u64) -> bool {
+    nr <= u32::MAX as u64
+        && matches!(
+            nr as u32,
+            nr::EPOLL_WAIT | nr::EPOLL_PWAIT | nr::EPOLL_PWAIT2
+        )
+}
+
+/// Whether `nr` is a syscall whose blocking is timed when a loop thread makes it off-await.
+pub const fn is_blocking(nr: u64) -> bool {
+    nr <= u32::MAX as u64
+        && matches!(
+            nr as u32,
+            nr::READ
+                | nr::WRITE
+                | nr::POLL
+                | nr::PREAD64
+                | nr::READV
+                | nr::WRITEV
+                | nr::SELECT
+                | nr::NANOSLEEP
+                | nr::CONNECT
+                | nr::ACCEPT
+                | nr::SENDTO
+                | nr::RECVFROM
+                | nr::SENDMSG
+                | nr::RECVMSG
+                | nr::FSYNC
+                | nr::FDATASYNC
+                | nr::CLOCK_NANOSLEEP
+                | nr::PSELECT6
+                | nr::PPOLL
+                | nr::ACCEPT4
+                | nr::RECVMMSG
+        )
+}
