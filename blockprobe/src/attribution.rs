@@ -43,29 +43,38 @@ pub struct StallWindow {
 /// Matches blocking calls to the stalls they happened in.
 #[derive(Default)]
 pub struct Attributor {
-    pending: HashMap<u32, VecDeque<BlockedCall>>,
+    /// Per loop thread: its process and its calls not yet matched to a stall.
+    pending: HashMap<u32, (u32, VecDeque<BlockedCall>)>,
 }
 
 impl Attributor {
-    /// Remembers a blocking call of loop thread `tid` until its stall closes.
-    pub fn blocked_call(&mut self, tid: u32, call: BlockedCall) {
-        let calls = self.pending.entry(tid).or_default();
+    /// Remembers a blocking call of loop thread `tid` of process `pid` until its stall closes.
+    pub fn blocked_call(&mut self, pid: u32, tid: u32, call: BlockedCall) {
+        let (owner, calls) = self
+            .pending
+            .entry(tid)
+            .or_insert_with(|| (pid, VecDeque::new()));
+        if *owner != pid {
+            // The tid was reused by another process.
+            *owner = pid;
+            calls.clear();
+        }
         if calls.len() == MAX_PENDING_PER_THREAD {
             calls.pop_front();
         }
         calls.push_back(call);
     }
 
-    /// Forgets everything about thread `tid` (it exited).
-    pub fn forget_thread(&mut self, tid: u32) {
-        self.pending.remove(&tid);
+    /// Forgets everything about the threads of process `pid` (it exited or exec'd).
+    pub fn forget_process(&mut self, pid: u32) {
+        self.pending.retain(|_, (owner, _)| *owner != pid);
     }
 
     /// Builds the stall for `window` from the calls made inside it; `to_unix_ns`
     /// converts monotonic to wall-clock time.
     pub fn close(&mut self, window: StallWindow, to_unix_ns: impl Fn(u64) -> u64) -> Stall {
         let calls: Vec<BlockedCall> = match self.pending.get_mut(&window.tid) {
-            Some(pending) => {
+            Some((_, pending)) => {
                 // Calls that ended before this stall began belonged to short iterations.
                 pending.retain(|c| c.end_ns >= window.start_ns);
                 let (inside, later): (Vec<_>, Vec<_>) =
@@ -109,7 +118,9 @@ fn attribute(window: StallWindow, calls: &[BlockedCall], to_unix_ns: impl Fn(u64
         start_unix_ns: to_unix_ns(window.start_ns),
         duration_ns,
         cause,
-        syscall: longest.and_then(|c| syscalls::by_nr(c.nr)).map(|s| s.name.to_owned()),
+        syscall: longest
+            .and_then(|c| syscalls::by_nr(c.nr))
+            .map(|s| s.name.to_owned()),
         causes,
         stack,
         culprit,
@@ -162,7 +173,7 @@ mod tests {
     #[test]
     fn a_sleep_inside_the_stall_is_its_cause_and_culprit() {
         let mut a = Attributor::default();
-        a.blocked_call(2, sleep_call(1_000_000, 201_000_000));
+        a.blocked_call(1, 2, sleep_call(1_000_000, 201_000_000));
         let stall = a.close(window(500_000, 201_500_000), |t| t + 7);
         assert_eq!(stall.duration_ns, 201_000_000);
         assert_eq!(stall.cause, Cause::Sleep);
@@ -176,8 +187,8 @@ mod tests {
     #[test]
     fn calls_outside_the_window_do_not_count() {
         let mut a = Attributor::default();
-        a.blocked_call(2, sleep_call(0, 100));
-        a.blocked_call(2, sleep_call(5_000, 9_000));
+        a.blocked_call(1, 2, sleep_call(0, 100));
+        a.blocked_call(1, 2, sleep_call(5_000, 9_000));
         let stall = a.close(window(1_000, 2_000), |t| t);
         assert_eq!(stall.cause, Cause::Other);
         assert!(stall.stack.is_empty() && stall.culprit.is_none());
@@ -188,10 +199,26 @@ mod tests {
     }
 
     #[test]
+    fn a_gone_process_leaves_nothing_behind() {
+        let mut a = Attributor::default();
+        a.blocked_call(1, 2, sleep_call(1_000, 9_000));
+        a.forget_process(1);
+        assert_eq!(a.close(window(500, 10_000), |t| t).cause, Cause::Other);
+        // A reused tid in another process does not inherit the old calls.
+        a.blocked_call(1, 2, sleep_call(1_000, 9_000));
+        a.blocked_call(7, 2, sleep_call(20_000, 21_000));
+        let stall = a.close(window(500, 30_000), |t| t);
+        assert_eq!(stall.causes[&Cause::Sleep], 1_000);
+    }
+
+    #[test]
     fn culprit_skips_stdlib_and_site_packages() {
         let stack = [
             frame("socket.recv", "/usr/lib/python3.11/socket.py"),
-            frame("Session.get", "/venv/lib/python3.11/site-packages/requests/sessions.py"),
+            frame(
+                "Session.get",
+                "/venv/lib/python3.11/site-packages/requests/sessions.py",
+            ),
             frame("fetch", "/srv/app/client.py"),
         ];
         assert_eq!(culprit(&stack).unwrap().function, "fetch");

@@ -31,12 +31,21 @@ mod tests {
     fn selector_loop_is_a_loop() {
         let stack = [
             frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
-            frame("BaseEventLoop._run_once", "/usr/lib/python3.11/asyncio/base_events.py"),
-            frame("BaseEventLoop.run_forever", "/usr/lib/python3.11/asyncio/base_events.py"),
+            frame(
+                "BaseEventLoop._run_once",
+                "/usr/lib/python3.11/asyncio/base_events.py",
+            ),
+            frame(
+                "BaseEventLoop.run_forever",
+                "/usr/lib/python3.11/asyncio/base_events.py",
+            ),
         ];
         assert!(is_asyncio_loop(&stack));
         // Before 3.11 frames carry co_name only.
-        let old = [frame("_run_once", "/x/lib/python3.9/asyncio/base_events.py")];
+        let old = [frame(
+            "_run_once",
+            "/x/lib/python3.9/asyncio/base_events.py",
+        )];
         assert!(is_asyncio_loop(&old));
     }
 

@@ -28,7 +28,9 @@ EXAMPLES:
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command and trace it and all its descendants until it exits.
-    #[command(after_help = "EXAMPLES:\n    blockprobe run -- python3 app.py\n    blockprobe run -o report.json --threshold 50ms -- uvicorn app:main")]
+    #[command(
+        after_help = "EXAMPLES:\n    blockprobe run -- python3 app.py\n    blockprobe run -o report.json --threshold 50ms -- uvicorn app:main"
+    )]
     Run {
         /// Tracing options.
         #[command(flatten)]
@@ -38,7 +40,9 @@ pub enum Command {
         command: Vec<String>,
     },
     /// Trace running processes (-p), or every Python process on the host.
-    #[command(after_help = "EXAMPLES:\n    blockprobe trace -p 1234 -p 5678\n    blockprobe trace --duration 1m -o host.json")]
+    #[command(
+        after_help = "EXAMPLES:\n    blockprobe trace -p 1234 -p 5678\n    blockprobe trace --duration 1m -o host.json"
+    )]
     Trace {
         /// Tracing options.
         #[command(flatten)]
@@ -98,14 +102,28 @@ mod tests {
         assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("0ms").unwrap_err().contains("greater than zero"));
+        assert!(
+            parse_duration("0ms")
+                .unwrap_err()
+                .contains("greater than zero")
+        );
         assert!(parse_duration("ten").unwrap_err().contains("use e.g."));
         assert!(parse_duration("10").is_err());
     }
 
     #[test]
     fn run_takes_the_command_after_double_dash() {
-        let cli = Cli::try_parse_from(["blockprobe", "run", "--threshold", "5ms", "--", "python3", "-c", "x"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "blockprobe",
+            "run",
+            "--threshold",
+            "5ms",
+            "--",
+            "python3",
+            "-c",
+            "x",
+        ])
+        .unwrap();
         match cli.command {
             Command::Run { options, command } => {
                 assert_eq!(options.threshold, Duration::from_millis(5));
@@ -118,7 +136,17 @@ mod tests {
 
     #[test]
     fn trace_takes_repeated_pids() {
-        let cli = Cli::try_parse_from(["blockprobe", "trace", "-p", "1", "-p", "2", "--duration", "3s"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "blockprobe",
+            "trace",
+            "-p",
+            "1",
+            "-p",
+            "2",
+            "--duration",
+            "3s",
+        ])
+        .unwrap();
         match cli.command {
             Command::Trace { pids, options } => {
                 assert_eq!(pids, [1, 2]);

@@ -24,12 +24,12 @@ impl Clock {
     }
 
     /// The current monotonic time in nanoseconds (the BPF clock).
-    pub fn monotonic_ns(&self) -> u64 {
+    pub fn monotonic_ns(self) -> u64 {
         read_ns(ClockId::CLOCK_MONOTONIC) as u64
     }
 
     /// Wall-clock nanoseconds since the Unix epoch for a monotonic timestamp.
-    pub fn to_unix_ns(&self, monotonic_ns: u64) -> u64 {
+    pub fn to_unix_ns(self, monotonic_ns: u64) -> u64 {
         (i128::from(monotonic_ns) + self.realtime_minus_monotonic_ns).max(0) as u64
     }
 }

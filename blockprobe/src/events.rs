@@ -8,8 +8,8 @@ use std::mem::size_of;
 use anyhow::{anyhow, bail};
 use blockprobe_common::{
     event::{
-        BlockedCallEvent, CandidateEvent, EventHeader, EventKind, PollStackEvent,
-        ProcessGoneEvent, StallEvent, gone_reason,
+        BlockedCallEvent, CandidateEvent, EventHeader, EventKind, PollStackEvent, ProcessGoneEvent,
+        StallEvent, gone_reason,
     },
     stack::{MAX_FRAMES, RawStack},
 };
@@ -195,10 +195,22 @@ mod tests {
         };
         let bytes = bytes_of(&e);
         assert!(decode(&bytes[..20]).is_err());
-        assert!(decode(&bytes[..30]).err().unwrap().to_string().contains("shorter"));
+        assert!(
+            decode(&bytes[..30])
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("shorter")
+        );
         let mut unknown = bytes.clone();
         unknown[0] = 99;
-        assert!(decode(&unknown).err().unwrap().to_string().contains("unknown event kind 99"));
+        assert!(
+            decode(&unknown)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("unknown event kind 99")
+        );
         let blocked = BlockedCallEvent {
             header: header(EventKind::BlockedCall),
             ..unsafe { std::mem::zeroed() }

@@ -18,7 +18,9 @@ pub struct Offsets {
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
 pub fn offsets() -> anyhow::Result<Offsets> {
     let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
-        format!("this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF")
+        format!(
+            "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
+        )
     })?;
     let regs = named_struct(&btf, "pt_regs")?;
     Ok(Offsets {
@@ -72,7 +74,10 @@ mod tests {
         let offsets = super::offsets().expect("kernel BTF readable");
         // `thread` comes late in task_struct; fsbase is 8-byte aligned.
         let fsbase = offsets.task_fsbase;
-        assert!(fsbase > 1000 && fsbase < 16384, "implausible offset {fsbase}");
+        assert!(
+            fsbase > 1000 && fsbase < 16384,
+            "implausible offset {fsbase}"
+        );
         assert_eq!(fsbase % 8, 0, "fsbase must be 8-byte aligned");
         // x86_64 pt_regs: r15 … di, then orig_ax as the 16th register.
         assert_eq!(offsets.pt_regs_syscall_nr, 15 * 8);

@@ -38,8 +38,12 @@ fn main() {
 fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Report { file, format } => commands::report::run(&file, format).map(|()| 0),
-        Command::Run { options, command } => runtime()?.block_on(commands::run::run(options, command)),
-        Command::Trace { options, pids } => runtime()?.block_on(commands::trace::run(options, pids)),
+        Command::Run { options, command } => {
+            runtime()?.block_on(commands::run::run(options, command))
+        }
+        Command::Trace { options, pids } => {
+            runtime()?.block_on(commands::trace::run(options, pids))
+        }
     }
 }
 

@@ -6,14 +6,20 @@ use anyhow::bail;
 /// and the locked-memory limit (older kernels charge BPF maps to RLIMIT_MEMLOCK).
 pub fn check() -> anyhow::Result<std::path::PathBuf> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("blockprobe needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE to read Python memory): run it with sudo");
+        bail!(
+            "blockprobe needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE to read Python memory): run it with sudo"
+        );
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): blockprobe needs CONFIG_DEBUG_INFO_BTF=y");
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): blockprobe needs CONFIG_DEBUG_INFO_BTF=y"
+        );
     }
     let tracefs = crate::tracefs::ensure_mounted()?;
     if !crate::tracefs::has_tracepoint(&tracefs, "syscalls", "sys_enter_epoll_wait") {
-        bail!("this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): blockprobe cannot see event loops");
+        bail!(
+            "this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): blockprobe cannot see event loops"
+        );
     }
     raise_memlock_limit();
     Ok(tracefs)

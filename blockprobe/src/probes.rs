@@ -74,9 +74,14 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .load(BPF_OBJECT)
-            .context("loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)")?;
-        let mut config_map: Array<_, GlobalConfig> = Array::try_from(take(&mut ebpf, maps::CONFIG)?)?;
-        config_map.set(0, config, 0).context("writing the BPF configuration")?;
+            .context(
+                "loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)",
+            )?;
+        let mut config_map: Array<_, GlobalConfig> =
+            Array::try_from(take(&mut ebpf, maps::CONFIG)?)?;
+        config_map
+            .set(0, config, 0)
+            .context("writing the BPF configuration")?;
 
         let mut probes = Probes {
             processes: HashMap::try_from(take(&mut ebpf, maps::PROCESSES)?)?,
@@ -145,7 +150,11 @@ impl Probes {
     /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`).
     pub fn classify_thread(&mut self, tid: u32, is_loop: bool, now_ns: u64) -> anyhow::Result<()> {
         let value = ThreadClass {
-            class: if is_loop { class::LOOP } else { class::NOT_LOOP },
+            class: if is_loop {
+                class::LOOP
+            } else {
+                class::NOT_LOOP
+            },
             _pad: 0,
             since_ns: now_ns,
         };
@@ -167,7 +176,10 @@ impl Probes {
 }
 
 /// The program `name` of the loaded object.
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("BPF program {name} missing from the object"))
 }

@@ -42,8 +42,8 @@ pub enum Attach {
     Attached,
     /// Not a Python process.
     NotPython,
-    /// Python, but its interpreter is not initialized yet; retried on ticks.
-    Waiting,
+    /// Python, but not ready to be traced yet (the reason); retried on ticks.
+    Waiting(String),
 }
 
 /// Why the event loop of a session ended.
@@ -60,7 +60,8 @@ pub enum StopReason {
 pub struct Session {
     probes: Probes,
     processes: HashMap<u32, Traced>,
-    starting: HashMap<u32, Instant>,
+    /// Python processes not ready to trace yet: since when, and why.
+    starting: HashMap<u32, (Instant, String)>,
     given_up: HashSet<u32>,
     attributor: Attributor,
     aggregator: Aggregator,
@@ -101,9 +102,13 @@ impl Session {
         }
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
-            Inspection::NotReady(_) => {
-                self.starting.entry(pid).or_insert_with(Instant::now);
-                Ok(Attach::Waiting)
+            Inspection::NotReady(why) => {
+                let entry = self
+                    .starting
+                    .entry(pid)
+                    .or_insert_with(|| (Instant::now(), String::new()));
+                entry.1.clone_from(&why);
+                Ok(Attach::Waiting(why))
             }
             Inspection::Ready(python) => {
                 self.starting.remove(&pid);
@@ -130,7 +135,11 @@ impl Session {
     /// Attaches to every Python process already running on the host.
     pub fn attach_existing(&mut self) -> anyhow::Result<()> {
         for entry in std::fs::read_dir("/proc").context("listing /proc")? {
-            let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             self.attach_quietly(pid)?;
@@ -208,15 +217,21 @@ impl Session {
             Event::Candidate { pid } => self.attach_quietly(pid)?,
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
+                self.attributor.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
-                    let reason = if exec { DetachReason::Exec } else { DetachReason::Exit };
+                    let reason = if exec {
+                        DetachReason::Exec
+                    } else {
+                        DetachReason::Exit
+                    };
                     self.sink.status(&Status::Detached { pid, reason })?;
                 }
             }
             Event::PollStack { pid, tid, stack } => {
                 let frames = self.symbolize(pid, &stack);
                 let is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
-                self.probes.classify_thread(tid, is_loop, self.clock.monotonic_ns())?;
+                self.probes
+                    .classify_thread(tid, is_loop, self.clock.monotonic_ns())?;
                 if is_loop {
                     self.aggregator.add_loop_thread(pid, tid);
                     self.sink.status(&Status::Loop { pid, tid })?;
@@ -232,6 +247,7 @@ impl Session {
             } => {
                 let stack = self.symbolize(pid, &stack).unwrap_or_default();
                 self.attributor.blocked_call(
+                    pid,
                     tid,
                     BlockedCall {
                         nr,
@@ -247,7 +263,11 @@ impl Session {
                 start_ns,
                 end_ns,
             } => {
-                let comm = self.processes.get(&pid).map(|p| p.comm.clone()).unwrap_or_default();
+                let comm = self
+                    .processes
+                    .get(&pid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default();
                 let window = StallWindow {
                     pid,
                     tid,
@@ -271,18 +291,25 @@ impl Session {
 
     /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
     fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
-        self.processes.get_mut(&pid).map(|p| p.python.symbolize(stack))
+        self.processes
+            .get_mut(&pid)
+            .map(|p| p.python.symbolize(stack))
     }
 
     /// Periodic work: retry processes that were starting up, read the loss counters.
     fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let starting: Vec<(u32, Instant)> = self.starting.iter().map(|(p, t)| (*p, *t)).collect();
+        let starting: Vec<(u32, Instant)> =
+            self.starting.iter().map(|(p, (t, _))| (*p, *t)).collect();
         for (pid, since) in starting {
             if now.duration_since(since) > ATTACH_PATIENCE {
-                self.starting.remove(&pid);
+                let why = self
+                    .starting
+                    .remove(&pid)
+                    .map(|(_, why)| why)
+                    .unwrap_or_default();
                 self.warn(format!(
-                    "pid {pid} is Python but its interpreter did not finish starting within {ATTACH_PATIENCE:?}; not traced"
+                    "pid {pid} is Python but still not traceable after {ATTACH_PATIENCE:?} ({why}); not traced"
                 ))?;
                 continue;
             }
@@ -327,7 +354,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Waits for the child to exit, or forever without one.
-async fn wait_child(child: &mut Option<&mut tokio::process::Child>) -> anyhow::Result<std::process::ExitStatus> {
+async fn wait_child(
+    child: &mut Option<&mut tokio::process::Child>,
+) -> anyhow::Result<std::process::ExitStatus> {
     match child {
         Some(c) => c.wait().await.context("waiting for the traced command"),
         None => std::future::pending().await,

@@ -56,19 +56,40 @@ mod tests {
     #[test]
     fn numbers_are_unique_and_match_libc() {
         for (i, a) in BLOCKING.iter().enumerate() {
-            assert!(BLOCKING[i + 1..].iter().all(|b| b.nr != a.nr), "{} twice", a.name);
+            assert!(
+                BLOCKING[i + 1..].iter().all(|b| b.nr != a.nr),
+                "{} twice",
+                a.name
+            );
         }
-        assert_eq!(by_nr(libc::SYS_clock_nanosleep as u32).unwrap().name, "clock_nanosleep");
+        assert_eq!(
+            by_nr(libc::SYS_clock_nanosleep as u32).unwrap().name,
+            "clock_nanosleep"
+        );
         assert_eq!(by_nr(libc::SYS_recvfrom as u32).unwrap().name, "recvfrom");
         assert_eq!(by_nr(libc::SYS_pselect6 as u32).unwrap().name, "pselect6");
         assert_eq!(by_nr(libc::SYS_fdatasync as u32).unwrap().cause, Cause::Io);
         assert!(by_nr(libc::SYS_getpid as u32).is_none());
         for s in BLOCKING {
-            assert!(blockprobe_common::syscalls::is_blocking(u64::from(s.nr)), "{}", s.name);
+            assert!(
+                blockprobe_common::syscalls::is_blocking(u64::from(s.nr)),
+                "{}",
+                s.name
+            );
         }
-        let timed = (0..512).filter(|&n| blockprobe_common::syscalls::is_blocking(n)).count();
-        assert_eq!(timed, BLOCKING.len(), "kernel side times a syscall without a name");
-        assert!(blockprobe_common::syscalls::is_poller(libc::SYS_epoll_pwait as u64));
-        assert!(!blockprobe_common::syscalls::is_poller(libc::SYS_poll as u64));
+        let timed = (0..512)
+            .filter(|&n| blockprobe_common::syscalls::is_blocking(n))
+            .count();
+        assert_eq!(
+            timed,
+            BLOCKING.len(),
+            "kernel side times a syscall without a name"
+        );
+        assert!(blockprobe_common::syscalls::is_poller(
+            libc::SYS_epoll_pwait as u64
+        ));
+        assert!(!blockprobe_common::syscalls::is_poller(
+            libc::SYS_poll as u64
+        ));
     }
 }

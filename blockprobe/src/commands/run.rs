@@ -22,7 +22,9 @@ pub async fn run(options: TraceOptions, command: Vec<String>) -> anyhow::Result<
     let spawned = tokio::process::Command::new(program).args(args).spawn();
     prepared.session.probes_mut().remove_from_family(own_pid)?;
     let mut child = spawned.with_context(|| format!("cannot run {program:?}"))?;
-    let pid = child.id().context("the command exited before it could be traced")?;
+    let pid = child
+        .id()
+        .context("the command exited before it could be traced")?;
 
     let started = prepared.started();
     let mut reason = prepared

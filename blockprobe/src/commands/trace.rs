@@ -16,7 +16,11 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
             bail!("no process with pid {pid}");
         }
     }
-    let scope = if pids.is_empty() { Scope::Host } else { Scope::Explicit };
+    let scope = if pids.is_empty() {
+        Scope::Host
+    } else {
+        Scope::Explicit
+    };
     let mut prepared = tracing::prepare(&options, scope)?;
     let session = &mut prepared.session;
     if pids.is_empty() {
@@ -25,12 +29,19 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     for pid in pids {
         match session.attach(pid)? {
             Attach::Attached => {}
-            Attach::NotPython => bail!("pid {pid} is not a Python process (no libpython or python runtime in its memory map)"),
-            Attach::Waiting => bail!("pid {pid} is a Python process whose interpreter is not initialized yet; try again in a moment"),
+            Attach::NotPython => bail!(
+                "pid {pid} is not a Python process (no libpython or python runtime in its memory map)"
+            ),
+            Attach::Waiting(why) => bail!(
+                "pid {pid} is a Python process that cannot be traced yet ({why}); try again in a moment"
+            ),
         }
     }
     let started = prepared.started();
-    let reason = prepared.session.run(prepared.ring, options.duration, None).await?;
+    let reason = prepared
+        .session
+        .run(prepared.ring, options.duration, None)
+        .await?;
     tracing::finish(prepared.session, &options, started)?;
     Ok(match reason {
         StopReason::Duration | StopReason::Signal(_) | StopReason::ChildExited(_) => 0,

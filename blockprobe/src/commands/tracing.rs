@@ -9,9 +9,9 @@ use blockprobe_common::{config::Scope, maps::DEFAULT_RING_BYTES};
 use crate::{
     aggregate::{Aggregator, Limits, RunInfo},
     cli::TraceOptions,
-    render::live::LiveFormat,
     preflight,
     probes::{Probes, Settings},
+    render::live::LiveFormat,
     render::{live, summary},
     session::Session,
 };
@@ -28,7 +28,8 @@ pub struct Prepared {
 /// Checks the host, loads and attaches the probes for `scope`, and opens the live output.
 pub fn prepare(options: &TraceOptions, scope: Scope) -> anyhow::Result<Prepared> {
     let tracefs = preflight::check()?;
-    let threshold_ns = u64::try_from(options.threshold.as_nanos()).context("threshold too large")?;
+    let threshold_ns =
+        u64::try_from(options.threshold.as_nanos()).context("threshold too large")?;
     let settings = Settings {
         scope,
         threshold_ns,
@@ -58,7 +59,11 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let report = aggregator.report(RunInfo {
         host: crate::report::local_hostname(),
-        started_unix_ns: nanos(started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()),
+        started_unix_ns: nanos(
+            started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        ),
         duration_ns: nanos(started.elapsed().unwrap_or_default()),
         threshold_ns: nanos(options.threshold),
     });
@@ -66,7 +71,10 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         report.write_atomic(path)?;
     }
     if !options.quiet && options.format == LiveFormat::Text {
-        print!("{}", summary::summary(&report, &summary::SummaryOptions::default()));
+        print!(
+            "{}",
+            summary::summary(&report, &summary::SummaryOptions::default())
+        );
     }
     Ok(())
 }

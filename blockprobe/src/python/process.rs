@@ -51,10 +51,11 @@ pub struct PyThread {
 /// A running Python process whose stacks blockprobe can walk and symbolize.
 #[derive(Debug)]
 pub struct PythonProcess {
-    pid: u32,
     version: Version,
     layout: &'static Layout,
+    #[cfg(test)]
     memory: ProcessMemory,
+    #[cfg(test)]
     interp: u64,
     tstate_slot_offset: u64,
     symbolizer: Symbolizer,
@@ -97,19 +98,15 @@ impl PythonProcess {
             Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
         };
         Ok(Inspection::Ready(PythonProcess {
-            pid,
             version,
             layout,
+            #[cfg(test)]
             memory,
+            #[cfg(test)]
             interp,
             tstate_slot_offset,
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
         }))
-    }
-
-    /// The process id (host pid namespace).
-    pub fn pid(&self) -> u32 {
-        self.pid
     }
 
     /// The interpreter's version.
@@ -138,6 +135,7 @@ impl PythonProcess {
     }
 
     /// The threads of the main interpreter, as they are now.
+    #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
         list_threads(&self.memory, self.layout, self.interp)
     }
