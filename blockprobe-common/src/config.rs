@@ -26,6 +26,8 @@ pub struct GlobalConfig {
     pub task_fsbase_offset: u64,
     /// Offset of `orig_ax` (the syscall number) in the kernel's `struct pt_regs` (from BTF).
     pub pt_regs_syscall_nr_offset: u64,
+    /// Offset of `di` (a syscall's first argument) in the kernel's `struct pt_regs`.
+    pub pt_regs_arg0_offset: u64,
     /// Re-examine a thread found not to be a loop after this long.
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
@@ -35,10 +37,18 @@ pub struct GlobalConfig {
     /// Offset of `group_dead` in the `sched:sched_process_exit` record; 0 when the kernel
     /// lacks it (then a process is gone when its leader thread exits).
     pub exit_group_dead_offset: u32,
+    /// Offsets of `prev_pid`, `prev_state` and `next_pid` in the `sched:sched_switch` record.
+    pub switch_prev_pid_offset: u32,
+    /// See `switch_prev_pid_offset`.
+    pub switch_prev_state_offset: u32,
+    /// See `switch_prev_pid_offset`.
+    pub switch_next_pid_offset: u32,
+    /// Offset of `pid` in the `sched:sched_wakeup` record.
+    pub wakeup_pid_offset: u32,
     /// Padding, zero.
     pub _pad: u32,
 }
-assert_size!(GlobalConfig, 56);
+assert_size!(GlobalConfig, 80);
 
 /// How to find and walk the Python stack of a thread of one process
 /// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.
@@ -71,7 +81,19 @@ pub struct PyProcess {
     pub frame_owner: u32,
     /// Frames whose owner is at least this are interpreter shims and skipped; 0: none.
     pub owner_skip_min: u32,
+    /// Address of the interpreter's `struct _gil_runtime_state` (0: unknown). A futex
+    /// wait inside it is a wait for the GIL; its `last_holder` is the thread holding it.
+    pub gil_addr: u64,
+    /// Offset of `native_thread_id` in a thread state (0: the version has none).
+    pub tstate_native_tid: u32,
+    /// Padding, zero.
+    pub _pad: u32,
 }
-assert_size!(PyProcess, 48);
+assert_size!(PyProcess, 64);
+
+/// Size of CPython's `struct _gil_runtime_state` (3.9–3.13).
+pub const GIL_STATE_SIZE: u64 = 208;
+/// Offset of `last_holder` (a `PyThreadState*`) in `struct _gil_runtime_state`.
+pub const GIL_LAST_HOLDER: u64 = 8;
 
 user_pod!(GlobalConfig, PyProcess);

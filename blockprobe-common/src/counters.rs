@@ -19,11 +19,15 @@ pub enum Counter {
     ThreadMapFull = 5,
     /// A process could not join the `run` family because the map was full.
     FamilyMapFull = 6,
+    /// A CPU sample did not fit in the ring buffer.
+    LostCpuSample = 7,
+    /// A GIL-wait event did not fit in the ring buffer (or its holder stack was lost).
+    LostGilWait = 8,
 }
 
 impl Counter {
     /// Number of counters (size of the map).
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 9;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::LostCandidate,
@@ -33,6 +37,8 @@ impl Counter {
         Counter::LostProcessGone,
         Counter::ThreadMapFull,
         Counter::FamilyMapFull,
+        Counter::LostCpuSample,
+        Counter::LostGilWait,
     ];
 
     /// Stable name used in reports and metrics.
@@ -45,6 +51,8 @@ impl Counter {
             Counter::LostProcessGone => "ringbuf_process_gone",
             Counter::ThreadMapFull => "thread_map_full",
             Counter::FamilyMapFull => "family_map_full",
+            Counter::LostCpuSample => "ringbuf_cpu_sample",
+            Counter::LostGilWait => "ringbuf_gil_wait",
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every event starts with an [`EventHeader`]; its `kind` says which struct follows.
 
-use crate::{assert_size, stack::RawStack};
+use crate::{assert_size, cause, stack::RawStack};
 
 /// Values of [`EventHeader::kind`].
 #[repr(u32)]
@@ -18,6 +18,10 @@ pub enum EventKind {
     BlockedCall = 4,
     /// [`StallEvent`]: a loop thread came back to its poller after a long off-await time.
     Stall = 5,
+    /// [`CpuSampleEvent`]: a loop thread found running Python, off-await for a while.
+    CpuSample = 6,
+    /// [`GilWaitEvent`]: a loop thread waited long for the GIL; who held it.
+    GilWait = 7,
 }
 
 impl EventKind {
@@ -29,6 +33,8 @@ impl EventKind {
             3 => Self::PollStack,
             4 => Self::BlockedCall,
             5 => Self::Stall,
+            6 => Self::CpuSample,
+            7 => Self::GilWait,
             _ => return None,
         })
     }
@@ -112,8 +118,8 @@ pub struct BlockedCallEvent {
     pub header: EventHeader,
     /// The syscall number (x86_64).
     pub syscall_nr: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// The [`cause`] index blocking in it counts as.
+    pub cause: u32,
     /// When the call was entered.
     pub start_ns: u64,
     /// The call's return value.
@@ -131,5 +137,38 @@ pub struct StallEvent {
     pub header: EventHeader,
     /// When the loop left its poller.
     pub start_ns: u64,
+    /// Off-CPU time during the stall by [`cause`] index (the CPU entry is 0: on-CPU time
+    /// is the rest of the stall).
+    pub off_cpu_ns: [u64; cause::COUNT],
 }
-assert_size!(StallEvent, 32);
+assert_size!(StallEvent, 32 + 8 * cause::COUNT);
+
+/// The Python stack of a loop thread caught running by the sampling timer while it had
+/// been off-await for a while (CPU-bound stalls have no blocking call to explain them).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuSampleEvent {
+    /// Common header (`ts_ns` is the sample time).
+    pub header: EventHeader,
+    /// The stack being executed.
+    pub stack: RawStack,
+}
+assert_size!(CpuSampleEvent, 24 + core::mem::size_of::<RawStack>());
+
+/// A loop thread's long wait for the GIL, with the stack of the thread that held it when
+/// the wait began.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GilWaitEvent {
+    /// Common header (`ts_ns` is when the wait ended).
+    pub header: EventHeader,
+    /// When the wait began.
+    pub start_ns: u64,
+    /// Native tid of the holder inside the process's pid namespace (0: unknown).
+    pub holder_tid: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// The holder's Python stack when the wait began.
+    pub stack: RawStack,
+}
+assert_size!(GilWaitEvent, 40 + core::mem::size_of::<RawStack>());

@@ -5,6 +5,7 @@
 //! loader and the kernel side can never disagree.
 #![no_std]
 
+pub mod cause;
 pub mod config;
 pub mod counters;
 pub mod event;

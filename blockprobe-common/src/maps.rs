@@ -12,6 +12,11 @@ pub const ANNOUNCED: &str = "ANNOUNCED";
 pub const THREAD_CLASS: &str = "THREAD_CLASS";
 /// `HashMap<u32 tid, LoopTiming>`: per loop thread timestamps, written only by BPF.
 pub const LOOP_TIMING: &str = "LOOP_TIMING";
+/// `HashMap<u32 tid, GilWaitEvent>`: a loop thread's GIL wait in progress, with the
+/// holder's stack captured when it began.
+pub const GIL_WAITS: &str = "GIL_WAITS";
+/// `PerCpuArray<GilWaitEvent>` with one entry: scratch space to build a GIL wait.
+pub const GIL_SCRATCH: &str = "GIL_SCRATCH";
 /// `RingBuf`: every event sent to userspace.
 pub const EVENTS: &str = "EVENTS";
 /// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
@@ -25,5 +30,7 @@ pub const MAX_FAMILY: u32 = 65536;
 pub const MAX_ANNOUNCED: u32 = 16384;
 /// Capacity of [`THREAD_CLASS`] and [`LOOP_TIMING`].
 pub const MAX_THREADS: u32 = 65536;
+/// Capacity of [`GIL_WAITS`]: loop threads waiting for the GIL at the same time.
+pub const MAX_GIL_WAITS: u32 = 1024;
 /// Default size of [`EVENTS`] in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;

@@ -12,6 +12,7 @@ pub mod nr {
     pub const SELECT: u32 = 23;
     pub const NANOSLEEP: u32 = 35;
     pub const CONNECT: u32 = 42;
+    pub const WAIT4: u32 = 61;
     pub const ACCEPT: u32 = 43;
     pub const SENDTO: u32 = 44;
     pub const RECVFROM: u32 = 45;
@@ -19,14 +20,18 @@ pub mod nr {
     pub const RECVMSG: u32 = 47;
     pub const FSYNC: u32 = 74;
     pub const FDATASYNC: u32 = 75;
+    pub const FUTEX: u32 = 202;
     pub const CLOCK_NANOSLEEP: u32 = 230;
     pub const EPOLL_WAIT: u32 = 232;
     pub const PSELECT6: u32 = 270;
     pub const PPOLL: u32 = 271;
+    pub const WAITID: u32 = 247;
     pub const EPOLL_PWAIT: u32 = 281;
     pub const ACCEPT4: u32 = 288;
     pub const RECVMMSG: u32 = 299;
     pub const EPOLL_PWAIT2: u32 = 441;
+    pub const FUTEX_WAITV: u32 = 449;
+    pub const FUTEX_WAIT: u32 = 455;
 }
 
 /// Whether `nr` is one of the epoll-family pollers an asyncio loop parks in.
@@ -38,12 +43,34 @@ pub const fn is_poller(nr: u64) -> bool {
         )
 }
 
+/// Whether `nr` is a futex wait (a lock, a condition, or the GIL).
+pub const fn is_futex(nr: u64) -> bool {
+    nr <= u32::MAX as u64 && matches!(nr as u32, nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT)
+}
+
+/// What blocking in syscall `nr` counts as (a [`crate::cause`] index); futex waits on
+/// the GIL are told apart by address, by the caller.
+pub const fn cause_of(nr: u32) -> usize {
+    match nr {
+        nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => crate::cause::SLEEP,
+        nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT => crate::cause::LOCK,
+        nr::WAIT4 | nr::WAITID => crate::cause::WAIT,
+        _ if is_blocking(nr as u64) => crate::cause::IO,
+        _ => crate::cause::OTHER,
+    }
+}
+
 /// Whether `nr` is a syscall whose blocking is timed when a loop thread makes it off-await.
 pub const fn is_blocking(nr: u64) -> bool {
     nr <= u32::MAX as u64
         && matches!(
             nr as u32,
-            nr::READ
+            nr::WAIT4
+                | nr::WAITID
+                | nr::FUTEX
+                | nr::FUTEX_WAITV
+                | nr::FUTEX_WAIT
+                | nr::READ
                 | nr::WRITE
                 | nr::POLL
                 | nr::PREAD64

@@ -1,6 +1,6 @@
 //! Per-thread state kept by BPF for polling threads.
 
-use crate::{assert_size, user_pod};
+use crate::{assert_size, cause, user_pod};
 
 /// What userspace (or BPF, for `PENDING`) decided a polling thread is.
 pub mod class {
@@ -35,9 +35,17 @@ pub struct LoopTiming {
     pub syscall_enter_ns: u64,
     /// Number of the current blocking syscall.
     pub syscall_nr: u32,
+    /// The [`cause`] index of the current blocking syscall (GIL futexes told apart).
+    pub syscall_cause: u32,
+    /// When the thread went off CPU during the current off-await interval; 0 when on CPU.
+    pub off_cpu_since_ns: u64,
+    /// The [`cause`] index the current off-CPU period counts as.
+    pub off_cpu_cause: u32,
     /// Padding, zero.
     pub _pad: u32,
+    /// Off-CPU time of the current off-await interval, by [`cause`] index (CPU unused).
+    pub off_cpu_ns: [u64; cause::COUNT],
 }
-assert_size!(LoopTiming, 24);
+assert_size!(LoopTiming, 40 + 8 * cause::COUNT);
 
 user_pod!(ThreadClass, LoopTiming);

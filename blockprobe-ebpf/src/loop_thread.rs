@@ -6,15 +6,21 @@
 //! starts an off-await interval, coming back ends it (a stall when it reached the
 //! threshold), and blocking syscalls inside it are reported with their Python stack.
 
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use blockprobe_common::{
+    cause,
+    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess},
     counters::Counter,
-    event::{BlockedCallEvent, EventKind, PollStackEvent, StallEvent},
+    event::{
+        BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
+    },
+    syscalls::{cause_of, is_futex},
     thread::{LoopTiming, ThreadClass, class},
 };
 
 use crate::{
     emit::{current_ids, header, now_ns, reserve},
-    maps::{LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
+    maps::{EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
     process::announce_if_in_scope,
     walk,
 };
@@ -59,7 +65,9 @@ pub fn on_poll_enter() {
 /// Closes the loop thread's off-await interval; reports it when it reached the threshold.
 #[inline(always)]
 fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else { return };
+    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let timing = unsafe { &mut *timing };
     let left = timing.poll_exit_ns;
@@ -72,6 +80,7 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
         entry.write(StallEvent {
             header: header(EventKind::Stall, now),
             start_ns: left,
+            off_cpu_ns: timing.off_cpu_ns,
         });
         entry.submit(0);
     }
@@ -106,8 +115,14 @@ pub fn on_poll_exit() {
     }
     let now = now_ns();
     match LOOP_TIMING.get_ptr_mut(tid) {
-        // SAFETY: the pointer comes from a successful lookup in a map we own.
-        Some(timing) => unsafe { (*timing).poll_exit_ns = now },
+        Some(timing) => {
+            // SAFETY: the pointer comes from a successful lookup in a map we own.
+            let timing = unsafe { &mut *timing };
+            timing.poll_exit_ns = now;
+            timing.syscall_enter_ns = 0;
+            timing.off_cpu_since_ns = 0;
+            timing.off_cpu_ns = [0; cause::COUNT];
+        }
         None => {
             let timing = LoopTiming {
                 poll_exit_ns: now,
@@ -121,15 +136,64 @@ pub fn on_poll_exit() {
 }
 
 /// A thread enters a blocking syscall: remembered when it is a loop thread off-await.
+/// A futex wait inside the interpreter's GIL state is a GIL wait: the stack of the
+/// thread holding the GIL is captured now, while it still holds it.
 #[inline(always)]
-pub fn on_block_enter(nr: u32) {
-    let (_, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else { return };
+pub fn on_block_enter(nr: u32, regs: *const u8) {
+    let (tgid, tid) = current_ids();
+    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let timing = unsafe { &mut *timing };
-    if timing.poll_exit_ns != 0 {
-        timing.syscall_enter_ns = now_ns();
-        timing.syscall_nr = nr;
+    if timing.poll_exit_ns == 0 {
+        return;
+    }
+    let now = now_ns();
+    timing.syscall_enter_ns = now;
+    timing.syscall_nr = nr;
+    timing.syscall_cause = cause_of(nr) as u32;
+    if is_futex(nr as u64)
+        && let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) })
+        && waits_for_gil(config, process, regs)
+    {
+        timing.syscall_cause = cause::GIL as u32;
+        remember_gil_holder(process, tid, now);
+    }
+}
+
+/// Whether the futex of the current syscall lies inside the process's GIL state.
+#[inline(always)]
+fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
+    if process.gil_addr == 0 {
+        return false;
+    }
+    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF.
+    let uaddr = unsafe {
+        bpf_probe_read_kernel(regs.add(config.pt_regs_arg0_offset as usize) as *const u64)
+    };
+    matches!(uaddr, Ok(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE)
+}
+
+/// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
+#[inline(always)]
+fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
+    let Some(scratch) = GIL_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch entry, ours for the duration of this program.
+    let wait = unsafe { &mut *scratch };
+    let holder = walk::read_user_u64(process.gil_addr + GIL_LAST_HOLDER).unwrap_or(0);
+    wait.start_ns = now;
+    wait.holder_tid = if holder != 0 && process.tstate_native_tid != 0 {
+        walk::read_user_u64(holder + process.tstate_native_tid as u64).unwrap_or(0) as u32
+    } else {
+        0
+    };
+    wait._pad = 0;
+    walk::capture_thread(process, holder, &mut wait.stack);
+    if GIL_WAITS.insert(tid, &*wait, 0).is_err() {
+        count(Counter::LostGilWait);
     }
 }
 
@@ -139,7 +203,9 @@ pub fn on_block_enter(nr: u32) {
 #[inline(always)]
 pub fn on_block_exit(ret: i64) {
     let (tgid, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else { return };
+    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
+        return;
+    };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let timing = unsafe { &mut *timing };
     let start = timing.syscall_enter_ns;
@@ -148,10 +214,19 @@ pub fn on_block_exit(ret: i64) {
     }
     timing.syscall_enter_ns = 0;
     let now = now_ns();
-    let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
+    let Some(config) = config() else { return };
+    let long = now.saturating_sub(start) >= config.min_block_ns;
+    if timing.syscall_cause == cause::GIL as u32 {
+        if long {
+            send_gil_wait(tid, now);
+        }
+        let _ = GIL_WAITS.remove(tid);
+        return;
+    }
+    let Some(process) = (unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
-    if now.saturating_sub(start) < config.min_block_ns {
+    if !long {
         return;
     }
     let Some(mut entry) = reserve::<BlockedCallEvent>(Counter::LostBlockedCall) else {
@@ -161,9 +236,53 @@ pub fn on_block_exit(ret: i64) {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = header(EventKind::BlockedCall, now);
     event.syscall_nr = timing.syscall_nr;
-    event._pad = 0;
+    event.cause = timing.syscall_cause;
     event.start_ns = start;
     event.ret = ret;
+    walk::capture(config, process, &mut event.stack);
+    entry.submit(0);
+}
+
+/// Sends the GIL wait of thread `tid` that just ended.
+#[inline(always)]
+fn send_gil_wait(tid: u32, now: u64) {
+    let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {
+        count(Counter::LostGilWait);
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup in a map we own.
+    let wait = unsafe { &mut *wait };
+    wait.header = header(EventKind::GilWait, now);
+    if EVENTS.output::<GilWaitEvent>(&*wait, 0).is_err() {
+        count(Counter::LostGilWait);
+    }
+}
+
+/// The sampling timer fired: a loop thread running long off-await sends its stack.
+#[inline(always)]
+pub fn on_cpu_sample() {
+    let (tgid, tid) = current_ids();
+    // SAFETY: read-only lookup.
+    let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
+        return;
+    };
+    if timing.poll_exit_ns == 0 || timing.syscall_enter_ns != 0 {
+        return;
+    }
+    let Some(config) = config() else { return };
+    let now = now_ns();
+    if now.saturating_sub(timing.poll_exit_ns) < config.min_block_ns {
+        return;
+    }
+    let Some(process) = (unsafe { PROCESSES.get(tgid) }) else {
+        return;
+    };
+    let Some(mut entry) = reserve::<CpuSampleEvent>(Counter::LostCpuSample) else {
+        return;
+    };
+    // SAFETY: the entry is ours until submitted; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = header(EventKind::CpuSample, now);
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
 }

@@ -12,12 +12,13 @@ mod emit;
 mod loop_thread;
 mod maps;
 mod process;
+mod sched;
 mod walk;
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{perf_event, raw_tracepoint, tracepoint},
+    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use blockprobe_common::syscalls::{is_blocking, is_poller};
 
@@ -28,7 +29,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if is_poller(nr) {
         loop_thread::on_poll_enter();
     } else if is_blocking(nr) {
-        loop_thread::on_block_enter(nr as u32);
+        loop_thread::on_block_enter(nr as u32, ctx.arg(0));
     }
     0
 }
@@ -36,7 +37,9 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 /// `raw_syscalls:sys_exit` (raw): a loop leaves its poller, or a timed call returns.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let Some(config) = maps::config() else { return 0 };
+    let Some(config) = maps::config() else {
+        return 0;
+    };
     let regs: *const u8 = ctx.arg(0);
     // SAFETY: `regs` is the kernel's pt_regs of the current syscall; the read is
     // fault-tolerant and the offset comes from the kernel's BTF.
@@ -48,6 +51,28 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1)),
         _ => {}
     }
+    0
+}
+
+/// `sched:sched_switch`: off-CPU time of loop threads, split into waiting and run queue.
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    sched::on_switch(&ctx);
+    0
+}
+
+/// `sched:sched_wakeup`: a sleeping loop thread becomes runnable.
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    sched::on_wakeup(&ctx);
+    0
+}
+
+/// Sampling timer (perf cpu-clock, every CPU): the stack of a loop thread running long
+/// off-await, for CPU-bound stalls.
+#[perf_event]
+pub fn cpu_sample(_ctx: PerfEventContext) -> u32 {
+    loop_thread::on_cpu_sample();
     0
 }
 

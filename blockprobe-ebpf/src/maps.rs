@@ -7,7 +7,10 @@ use aya_ebpf::{
 use blockprobe_common::{
     config::{GlobalConfig, PyProcess},
     counters::Counter,
-    maps::{DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_PROCESSES, MAX_THREADS},
+    event::GilWaitEvent,
+    maps::{
+        DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_GIL_WAITS, MAX_PROCESSES, MAX_THREADS,
+    },
     thread::{LoopTiming, ThreadClass},
 };
 
@@ -34,6 +37,14 @@ pub static THREAD_CLASS: HashMap<u32, ThreadClass> = HashMap::with_max_entries(M
 /// See `blockprobe_common::maps::LOOP_TIMING`.
 #[map]
 pub static LOOP_TIMING: HashMap<u32, LoopTiming> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// See `blockprobe_common::maps::GIL_WAITS`.
+#[map]
+pub static GIL_WAITS: HashMap<u32, GilWaitEvent> = HashMap::with_max_entries(MAX_GIL_WAITS, 0);
+
+/// See `blockprobe_common::maps::GIL_SCRATCH`.
+#[map]
+pub static GIL_SCRATCH: PerCpuArray<GilWaitEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// See `blockprobe_common::maps::EVENTS`; userspace may resize it before loading.
 #[map]

@@ -12,7 +12,7 @@ use blockprobe_common::{
 
 /// Reads a user-space u64; `None` on a fault.
 #[inline(always)]
-fn read_user_u64(addr: u64) -> Option<u64> {
+pub fn read_user_u64(addr: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_user is fault-tolerant; a bad address yields an error.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
@@ -43,12 +43,18 @@ fn innermost_frame(process: &PyProcess, tstate: u64) -> Option<u64> {
 /// Fills `out` with the current thread's Python stack, innermost frame first.
 #[inline(always)]
 pub fn capture(config: &GlobalConfig, process: &PyProcess, out: &mut RawStack) {
-    out.len = 0;
-    out.flags = 0;
-    out.tstate = 0;
     let tstate = thread_pointer(config)
         .and_then(|fsbase| read_user_u64(fsbase + process.tstate_slot_offset))
         .unwrap_or(0);
+    capture_thread(process, tstate, out);
+}
+
+/// Fills `out` with the Python stack of the thread whose `PyThreadState*` is `tstate`.
+#[inline(always)]
+pub fn capture_thread(process: &PyProcess, tstate: u64, out: &mut RawStack) {
+    out.len = 0;
+    out.flags = 0;
+    out.tstate = 0;
     if tstate == 0 {
         out.flags = flags::NO_THREAD_STATE;
         return;
@@ -76,9 +82,8 @@ pub fn capture(config: &GlobalConfig, process: &PyProcess, out: &mut RawStack) {
         };
         let shim = process.owner_skip_min != 0 && {
             // SAFETY: fault-tolerant read of one byte.
-            let owner = unsafe {
-                bpf_probe_read_user((frame + process.frame_owner as u64) as *const u8)
-            };
+            let owner =
+                unsafe { bpf_probe_read_user((frame + process.frame_owner as u64) as *const u8) };
             owner.map_or(true, |o| o as u32 >= process.owner_skip_min)
         };
         *slot = RawFrame {

@@ -1,7 +1,10 @@
-//! Turning kernel measurements into stalls: which blocking calls happened inside a
-//! stall, what the loop was doing (cause), and who is to blame (culprit).
+//! Turning kernel measurements into stalls: where the stall's time went (causes, from the
+//! scheduler), and who is to blame (culprit, from the evidence that fits the main cause:
+//! the blocking call, the CPU samples, or the thread that held the GIL).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use blockprobe_common::cause;
 
 use crate::{
     model::{Cause, Frame, Stall},
@@ -9,19 +12,43 @@ use crate::{
     syscalls,
 };
 
-/// Blocking calls remembered per thread while waiting for their stall to close.
-const MAX_PENDING_PER_THREAD: usize = 256;
+/// Evidence remembered per thread and kind while waiting for its stall to close.
+const MAX_PENDING: usize = 256;
 
 /// A long blocking syscall made by a loop thread off-await, symbolized.
 #[derive(Clone, Debug)]
 pub struct BlockedCall {
     /// Syscall number.
     pub nr: u32,
+    /// What blocking in it counts as.
+    pub cause: Cause,
     /// Entry time (monotonic ns).
     pub start_ns: u64,
     /// Return time (monotonic ns).
     pub end_ns: u64,
     /// The Python stack that made it, innermost first.
+    pub stack: Vec<Frame>,
+}
+
+/// A loop thread's long wait for the GIL, with the holder's stack.
+#[derive(Clone, Debug)]
+pub struct GilWait {
+    /// When the wait began (monotonic ns).
+    pub start_ns: u64,
+    /// When it ended (monotonic ns).
+    pub end_ns: u64,
+    /// The holder's native tid, if the interpreter records it.
+    pub holder_tid: Option<u32>,
+    /// The holder's Python stack when the wait began, innermost first.
+    pub stack: Vec<Frame>,
+}
+
+/// A timer sample of a loop thread running off-await.
+#[derive(Clone, Debug)]
+pub struct CpuSample {
+    /// Sample time (monotonic ns).
+    pub ts_ns: u64,
+    /// The stack being executed, innermost first.
     pub stack: Vec<Frame>,
 }
 
@@ -38,93 +65,184 @@ pub struct StallWindow {
     pub start_ns: u64,
     /// When it came back (monotonic ns).
     pub end_ns: u64,
+    /// Off-CPU time by `blockprobe_common::cause` index (CPU is the rest).
+    pub off_cpu_ns: [u64; cause::COUNT],
 }
 
-/// Matches blocking calls to the stalls they happened in.
+/// Evidence of one loop thread not yet matched to a stall.
+#[derive(Default)]
+struct Pending {
+    pid: u32,
+    calls: VecDeque<BlockedCall>,
+    gil_waits: VecDeque<GilWait>,
+    samples: VecDeque<CpuSample>,
+}
+
+/// Appends to a bounded queue, dropping the oldest entry when full.
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
+    if queue.len() == MAX_PENDING {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
+/// Takes the items of `queue` that ended inside `[start, end]`; drops older ones and
+/// keeps later ones for the next stall.
+fn take_window<T>(queue: &mut VecDeque<T>, start: u64, end: u64, at: impl Fn(&T) -> u64) -> Vec<T> {
+    queue.retain(|item| at(item) >= start);
+    let (inside, later): (Vec<T>, Vec<T>) = queue.drain(..).partition(|item| at(item) <= end);
+    queue.extend(later);
+    inside
+}
+
+/// Matches evidence to the stalls it happened in.
 #[derive(Default)]
 pub struct Attributor {
-    /// Per loop thread: its process and its calls not yet matched to a stall.
-    pending: HashMap<u32, (u32, VecDeque<BlockedCall>)>,
+    threads: HashMap<u32, Pending>,
 }
 
 impl Attributor {
-    /// Remembers a blocking call of loop thread `tid` of process `pid` until its stall closes.
+    /// The evidence queue of loop thread `tid` of process `pid`.
+    fn pending(&mut self, pid: u32, tid: u32) -> &mut Pending {
+        let pending = self.threads.entry(tid).or_default();
+        if pending.pid != pid {
+            // A new thread, or a tid reused by another process.
+            *pending = Pending {
+                pid,
+                ..Pending::default()
+            };
+        }
+        pending
+    }
+
+    /// Remembers a blocking call of loop thread `tid` of process `pid`.
     pub fn blocked_call(&mut self, pid: u32, tid: u32, call: BlockedCall) {
-        let (owner, calls) = self
-            .pending
-            .entry(tid)
-            .or_insert_with(|| (pid, VecDeque::new()));
-        if *owner != pid {
-            // The tid was reused by another process.
-            *owner = pid;
-            calls.clear();
-        }
-        if calls.len() == MAX_PENDING_PER_THREAD {
-            calls.pop_front();
-        }
-        calls.push_back(call);
+        push_bounded(&mut self.pending(pid, tid).calls, call);
+    }
+
+    /// Remembers a GIL wait of loop thread `tid` of process `pid`.
+    pub fn gil_wait(&mut self, pid: u32, tid: u32, wait: GilWait) {
+        push_bounded(&mut self.pending(pid, tid).gil_waits, wait);
+    }
+
+    /// Remembers a CPU sample of loop thread `tid` of process `pid`.
+    pub fn cpu_sample(&mut self, pid: u32, tid: u32, sample: CpuSample) {
+        push_bounded(&mut self.pending(pid, tid).samples, sample);
     }
 
     /// Forgets everything about the threads of process `pid` (it exited or exec'd).
     pub fn forget_process(&mut self, pid: u32) {
-        self.pending.retain(|_, (owner, _)| *owner != pid);
+        self.threads.retain(|_, pending| pending.pid != pid);
     }
 
-    /// Builds the stall for `window` from the calls made inside it; `to_unix_ns`
+    /// Builds the stall for `window` from the evidence gathered inside it; `to_unix_ns`
     /// converts monotonic to wall-clock time.
     pub fn close(&mut self, window: StallWindow, to_unix_ns: impl Fn(u64) -> u64) -> Stall {
-        let calls: Vec<BlockedCall> = match self.pending.get_mut(&window.tid) {
-            Some((_, pending)) => {
-                // Calls that ended before this stall began belonged to short iterations.
-                pending.retain(|c| c.end_ns >= window.start_ns);
-                let (inside, later): (Vec<_>, Vec<_>) =
-                    pending.drain(..).partition(|c| c.end_ns <= window.end_ns);
-                pending.extend(later);
-                inside
-            }
-            None => Vec::new(),
+        let (start, end) = (window.start_ns, window.end_ns);
+        let (calls, gil_waits, samples) = match self.threads.get_mut(&window.tid) {
+            Some(p) if p.pid == window.pid => (
+                take_window(&mut p.calls, start, end, |c| c.end_ns),
+                take_window(&mut p.gil_waits, start, end, |w| w.end_ns),
+                take_window(&mut p.samples, start, end, |s| s.ts_ns),
+            ),
+            _ => Default::default(),
         };
-        attribute(window, &calls, to_unix_ns)
+        let duration_ns = end.saturating_sub(start);
+        let causes = causes(duration_ns, &window.off_cpu_ns);
+        let cause = main_cause(&causes);
+        let mut stall = Stall {
+            pid: window.pid,
+            tid: window.tid,
+            comm: window.comm,
+            start_unix_ns: to_unix_ns(start),
+            duration_ns,
+            cause,
+            syscall: None,
+            causes,
+            stack: Vec::new(),
+            culprit: None,
+            gil_holder_tid: None,
+            cpu_samples: 0,
+        };
+        let longest_call = |want: Option<Cause>| {
+            calls
+                .iter()
+                .filter(|c| want.is_none_or(|w| c.cause == w))
+                .max_by_key(|c| c.end_ns - c.start_ns)
+        };
+        let longest_gil_wait = gil_waits.iter().max_by_key(|w| w.end_ns - w.start_ns);
+        match cause {
+            Cause::Gil if longest_gil_wait.is_some() => {
+                let wait = longest_gil_wait.expect("checked above");
+                stall.syscall = Some("futex".to_owned());
+                stall.stack.clone_from(&wait.stack);
+                stall.gil_holder_tid = wait.holder_tid;
+            }
+            Cause::Cpu | Cause::Runqueue if !samples.is_empty() => {
+                let (count, stack) = most_frequent(&samples);
+                stall.cpu_samples = count;
+                stall.stack = stack;
+            }
+            _ => {
+                if let Some(call) = longest_call(Some(cause)).or_else(|| longest_call(None)) {
+                    stall.syscall = syscalls::name(call.nr).map(str::to_owned);
+                    stall.stack.clone_from(&call.stack);
+                }
+            }
+        }
+        stall.culprit = culprit(&stall.stack);
+        stall
     }
 }
 
-/// Attributes a stall to the calls made inside it.
-fn attribute(window: StallWindow, calls: &[BlockedCall], to_unix_ns: impl Fn(u64) -> u64) -> Stall {
-    let duration_ns = window.end_ns.saturating_sub(window.start_ns);
-    let mut causes: BTreeMap<Cause, u64> = BTreeMap::new();
-    for call in calls {
-        let cause = syscalls::by_nr(call.nr).map_or(Cause::Other, |s| s.cause);
-        let overlap = call
-            .end_ns
-            .min(window.end_ns)
-            .saturating_sub(call.start_ns.max(window.start_ns));
-        *causes.entry(cause).or_default() += overlap;
-    }
-    let blocked: u64 = causes.values().sum();
-    if duration_ns > blocked {
-        *causes.entry(Cause::Other).or_default() += duration_ns - blocked;
-    }
-    let cause = causes
+/// The stall's time by cause: off-CPU times as measured, on-CPU the rest. Causes with
+/// no time are left out.
+fn causes(duration_ns: u64, off_cpu_ns: &[u64; cause::COUNT]) -> BTreeMap<Cause, u64> {
+    let off: u64 = off_cpu_ns.iter().sum();
+    let mut by_cause: BTreeMap<Cause, u64> = off_cpu_ns
         .iter()
-        .max_by_key(|(cause, ns)| (**ns, std::cmp::Reverse(**cause)))
-        .map_or(Cause::Other, |(c, _)| *c);
-    let longest = calls.iter().max_by_key(|c| c.end_ns - c.start_ns);
-    let stack = longest.map(|c| c.stack.clone()).unwrap_or_default();
-    let culprit = culprit(&stack);
-    Stall {
-        pid: window.pid,
-        tid: window.tid,
-        comm: window.comm,
-        start_unix_ns: to_unix_ns(window.start_ns),
-        duration_ns,
-        cause,
-        syscall: longest
-            .and_then(|c| syscalls::by_nr(c.nr))
-            .map(|s| s.name.to_owned()),
-        causes,
-        stack,
-        culprit,
+        .enumerate()
+        .filter(|&(i, &ns)| i != cause::CPU && ns > 0)
+        .map(|(i, &ns)| (Cause::from_index(i), ns))
+        .collect();
+    let on_cpu = duration_ns.saturating_sub(off);
+    if on_cpu > 0 {
+        by_cause.insert(Cause::Cpu, on_cpu);
     }
+    by_cause
+}
+
+/// The cause with the most time (ties go to the earlier cause in `Cause` order).
+fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
+    causes
+        .iter()
+        .max_by_key(|&(cause, ns)| (*ns, std::cmp::Reverse(*cause)))
+        .map_or(Cause::Other, |(cause, _)| *cause)
+}
+
+/// The number of samples sharing the most frequent culprit, and the latest such stack.
+fn most_frequent(samples: &[CpuSample]) -> (u32, Vec<Frame>) {
+    let mut counts: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
+    for (i, sample) in samples.iter().enumerate() {
+        let entry = counts.entry(culprit_key(&sample.stack)).or_insert((0, i));
+        entry.0 += 1;
+        entry.1 = i;
+    }
+    let (count, latest) = counts
+        .into_values()
+        .max_by_key(|&(count, latest)| (count, latest))
+        .unwrap_or((0, 0));
+    let stack = samples
+        .get(latest)
+        .map(|s| s.stack.clone())
+        .unwrap_or_default();
+    (count, stack)
+}
+
+/// The culprit of `stack` without its line, so samples on different lines of one
+/// function count together.
+fn culprit_key(stack: &[Frame]) -> Option<Frame> {
+    culprit(stack).map(|f| Frame { line: 0, ..f })
 }
 
 /// The innermost first-party frame of `stack`, else its innermost frame.
@@ -148,19 +266,25 @@ mod tests {
         }
     }
 
-    fn window(start_ns: u64, end_ns: u64) -> StallWindow {
+    fn window(start_ns: u64, end_ns: u64, off: &[(usize, u64)]) -> StallWindow {
+        let mut off_cpu_ns = [0; cause::COUNT];
+        for &(i, ns) in off {
+            off_cpu_ns[i] = ns;
+        }
         StallWindow {
             pid: 1,
             tid: 2,
             comm: "python3".into(),
             start_ns,
             end_ns,
+            off_cpu_ns,
         }
     }
 
     fn sleep_call(start_ns: u64, end_ns: u64) -> BlockedCall {
         BlockedCall {
             nr: 230,
+            cause: Cause::Sleep,
             start_ns,
             end_ns,
             stack: vec![
@@ -170,32 +294,83 @@ mod tests {
         }
     }
 
+    fn sample(ts_ns: u64, function: &str) -> CpuSample {
+        CpuSample {
+            ts_ns,
+            stack: vec![frame(function, "/app/svc.py")],
+        }
+    }
+
     #[test]
     fn a_sleep_inside_the_stall_is_its_cause_and_culprit() {
         let mut a = Attributor::default();
         a.blocked_call(1, 2, sleep_call(1_000_000, 201_000_000));
-        let stall = a.close(window(500_000, 201_500_000), |t| t + 7);
+        let w = window(
+            500_000,
+            201_500_000,
+            &[(cause::SLEEP, 199_900_000), (cause::RUNQUEUE, 50_000)],
+        );
+        let stall = a.close(w, |t| t + 7);
         assert_eq!(stall.duration_ns, 201_000_000);
         assert_eq!(stall.cause, Cause::Sleep);
-        assert_eq!(stall.causes[&Cause::Sleep], 200_000_000);
-        assert_eq!(stall.causes[&Cause::Other], 1_000_000);
+        assert_eq!(stall.causes[&Cause::Sleep], 199_900_000);
+        assert_eq!(stall.causes[&Cause::Runqueue], 50_000);
+        assert_eq!(stall.causes[&Cause::Cpu], 1_050_000);
+        assert_eq!(stall.causes.values().sum::<u64>(), stall.duration_ns);
         assert_eq!(stall.syscall.as_deref(), Some("clock_nanosleep"));
         assert_eq!(stall.culprit.unwrap().function, "inner");
         assert_eq!(stall.start_unix_ns, 500_007);
     }
 
     #[test]
-    fn calls_outside_the_window_do_not_count() {
+    fn evidence_outside_the_window_does_not_count() {
         let mut a = Attributor::default();
         a.blocked_call(1, 2, sleep_call(0, 100));
         a.blocked_call(1, 2, sleep_call(5_000, 9_000));
-        let stall = a.close(window(1_000, 2_000), |t| t);
-        assert_eq!(stall.cause, Cause::Other);
+        let stall = a.close(window(1_000, 2_000, &[]), |t| t);
+        assert_eq!(stall.cause, Cause::Cpu);
         assert!(stall.stack.is_empty() && stall.culprit.is_none());
         // The later call is kept for the next stall.
-        let next = a.close(window(4_000, 10_000), |t| t);
-        assert_eq!(next.cause, Cause::Sleep);
-        assert_eq!(next.causes[&Cause::Sleep], 4_000);
+        let next = a.close(window(4_000, 10_000, &[(cause::SLEEP, 4_000)]), |t| t);
+        assert_eq!(next.culprit.unwrap().function, "inner");
+    }
+
+    #[test]
+    fn cpu_stalls_blame_the_most_sampled_function() {
+        let mut a = Attributor::default();
+        for (ts, f) in [
+            (10, "hash_pw"),
+            (20, "hash_pw"),
+            (30, "log"),
+            (40, "hash_pw"),
+        ] {
+            a.cpu_sample(1, 2, sample(ts, f));
+        }
+        a.cpu_sample(1, 2, sample(99_999, "later"));
+        let stall = a.close(window(0, 50, &[]), |t| t);
+        assert_eq!(stall.cause, Cause::Cpu);
+        assert_eq!(stall.cpu_samples, 3);
+        assert_eq!(stall.culprit.unwrap().function, "hash_pw");
+        assert_eq!(stall.syscall, None);
+    }
+
+    #[test]
+    fn gil_stalls_blame_the_holder() {
+        let mut a = Attributor::default();
+        a.gil_wait(
+            1,
+            2,
+            GilWait {
+                start_ns: 100,
+                end_ns: 900,
+                holder_tid: Some(77),
+                stack: vec![frame("crunch", "/app/worker.py")],
+            },
+        );
+        let stall = a.close(window(0, 1_000, &[(cause::GIL, 800)]), |t| t);
+        assert_eq!(stall.cause, Cause::Gil);
+        assert_eq!(stall.gil_holder_tid, Some(77));
+        assert_eq!(stall.culprit.unwrap().function, "crunch");
     }
 
     #[test]
@@ -203,12 +378,16 @@ mod tests {
         let mut a = Attributor::default();
         a.blocked_call(1, 2, sleep_call(1_000, 9_000));
         a.forget_process(1);
-        assert_eq!(a.close(window(500, 10_000), |t| t).cause, Cause::Other);
+        assert!(a.close(window(500, 10_000, &[]), |t| t).culprit.is_none());
         // A reused tid in another process does not inherit the old calls.
         a.blocked_call(1, 2, sleep_call(1_000, 9_000));
         a.blocked_call(7, 2, sleep_call(20_000, 21_000));
-        let stall = a.close(window(500, 30_000), |t| t);
-        assert_eq!(stall.causes[&Cause::Sleep], 1_000);
+        let reused = StallWindow {
+            pid: 7,
+            ..window(500, 30_000, &[])
+        };
+        assert_eq!(a.close(reused, |t| t).stack.len(), 2);
+        assert!(a.close(window(500, 30_000, &[]), |t| t).culprit.is_none());
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::mem::size_of;
 
 use anyhow::{anyhow, bail};
 use blockprobe_common::{
+    cause,
     event::{
-        BlockedCallEvent, CandidateEvent, EventHeader, EventKind, PollStackEvent, ProcessGoneEvent,
-        StallEvent, gone_reason,
+        BlockedCallEvent, CandidateEvent, CpuSampleEvent, EventHeader, EventKind, GilWaitEvent,
+        PollStackEvent, ProcessGoneEvent, StallEvent, gone_reason,
     },
     stack::{MAX_FRAMES, RawStack},
 };
@@ -45,6 +46,8 @@ pub enum Event {
         tid: u32,
         /// Syscall number.
         nr: u32,
+        /// A `blockprobe_common::cause` index.
+        cause: usize,
         /// Entry time (monotonic ns).
         start_ns: u64,
         /// Return time (monotonic ns).
@@ -62,6 +65,34 @@ pub enum Event {
         start_ns: u64,
         /// When it came back (monotonic ns).
         end_ns: u64,
+        /// Off-CPU time during the stall by `blockprobe_common::cause` index.
+        off_cpu_ns: [u64; cause::COUNT],
+    },
+    /// A loop thread caught running long off-await by the sampling timer.
+    CpuSample {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+        /// Sample time (monotonic ns).
+        ts_ns: u64,
+        /// The stack being executed.
+        stack: Box<RawStack>,
+    },
+    /// A loop thread's long wait for the GIL.
+    GilWait {
+        /// Process id.
+        pid: u32,
+        /// The waiting loop thread.
+        tid: u32,
+        /// When the wait began (monotonic ns).
+        start_ns: u64,
+        /// When it ended (monotonic ns).
+        end_ns: u64,
+        /// The holder's native tid (0: unknown).
+        holder_tid: u32,
+        /// The holder's stack when the wait began.
+        stack: Box<RawStack>,
     },
 }
 
@@ -122,6 +153,7 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 pid,
                 tid,
                 nr: e.syscall_nr,
+                cause: e.cause as usize,
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
                 stack: sane(e.stack),
@@ -134,6 +166,27 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 tid,
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
+                off_cpu_ns: e.off_cpu_ns,
+            }
+        }
+        EventKind::CpuSample => {
+            let e = read_boxed::<CpuSampleEvent>(bytes)?;
+            Event::CpuSample {
+                pid,
+                tid,
+                ts_ns: header.ts_ns,
+                stack: sane(e.stack),
+            }
+        }
+        EventKind::GilWait => {
+            let e = read_boxed::<GilWaitEvent>(bytes)?;
+            Event::GilWait {
+                pid,
+                tid,
+                start_ns: e.start_ns,
+                end_ns: header.ts_ns,
+                holder_tid: e.holder_tid,
+                stack: sane(e.stack),
             }
         }
     })
@@ -164,6 +217,7 @@ mod tests {
         let e = StallEvent {
             header: header(EventKind::Stall),
             start_ns: 1_000,
+            off_cpu_ns: [0; cause::COUNT],
         };
         match decode(&bytes_of(&e)).unwrap() {
             Event::Stall {
@@ -171,6 +225,7 @@ mod tests {
                 tid,
                 start_ns,
                 end_ns,
+                ..
             } => assert_eq!((pid, tid, start_ns, end_ns), (10, 11, 1_000, 5_000)),
             _ => panic!("wrong kind"),
         }
@@ -192,6 +247,7 @@ mod tests {
         let e = StallEvent {
             header: header(EventKind::Stall),
             start_ns: 1,
+            off_cpu_ns: [0; cause::COUNT],
         };
         let bytes = bytes_of(&e);
         assert!(decode(&bytes[..20]).is_err());

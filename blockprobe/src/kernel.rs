@@ -13,6 +13,8 @@ pub struct Offsets {
     pub task_fsbase: u64,
     /// Offset of `orig_ax` (the syscall number) in `struct pt_regs`.
     pub pt_regs_syscall_nr: u64,
+    /// Offset of `di` (a syscall's first argument) in `struct pt_regs`.
+    pub pt_regs_arg0: u64,
 }
 
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
@@ -26,6 +28,7 @@ pub fn offsets() -> anyhow::Result<Offsets> {
     Ok(Offsets {
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
+        pt_regs_arg0: member(&btf, &regs, "di")?.0,
     })
 }
 
@@ -81,5 +84,6 @@ mod tests {
         assert_eq!(fsbase % 8, 0, "fsbase must be 8-byte aligned");
         // x86_64 pt_regs: r15 … di, then orig_ax as the 16th register.
         assert_eq!(offsets.pt_regs_syscall_nr, 15 * 8);
+        assert_eq!(offsets.pt_regs_arg0, 14 * 8);
     }
 }

@@ -17,25 +17,51 @@ pub struct Frame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Cause {
-    /// Sleeping (`time.sleep`, nanosleep, select/poll used as a sleep).
+    /// Running on a CPU (Python or C code).
+    Cpu,
+    /// Runnable but waiting for a CPU (CPU contention, cgroup throttling).
+    Runqueue,
+    /// Sleeping (`time.sleep`, nanosleep).
     Sleep,
     /// Blocking I/O on a file, pipe or socket.
     Io,
     /// Waiting on a lock (a futex that is not the GIL).
     Lock,
+    /// Waiting to take the GIL while another thread held it.
+    Gil,
     /// Waiting for a child process.
     Wait,
-    /// Anything else, or not known.
+    /// Off CPU for another reason, or not known.
     Other,
 }
 
 impl Cause {
+    /// Every cause, indexed like `blockprobe_common::cause`.
+    pub const ALL: [Cause; blockprobe_common::cause::COUNT] = [
+        Cause::Cpu,
+        Cause::Runqueue,
+        Cause::Sleep,
+        Cause::Io,
+        Cause::Lock,
+        Cause::Gil,
+        Cause::Wait,
+        Cause::Other,
+    ];
+
+    /// The cause at `blockprobe_common::cause` index `index` (`Other` when out of range).
+    pub fn from_index(index: usize) -> Cause {
+        Cause::ALL.get(index).copied().unwrap_or(Cause::Other)
+    }
+
     /// The name used in reports and live output.
     pub fn as_str(self) -> &'static str {
         match self {
+            Cause::Cpu => "cpu",
+            Cause::Runqueue => "runqueue",
             Cause::Sleep => "sleep",
             Cause::Io => "io",
             Cause::Lock => "lock",
+            Cause::Gil => "gil",
             Cause::Wait => "wait",
             Cause::Other => "other",
         }
@@ -65,4 +91,16 @@ pub struct Stall {
     pub stack: Vec<Frame>,
     /// The innermost first-party frame (not stdlib, not site-packages), if any.
     pub culprit: Option<Frame>,
+    /// For GIL stalls: the native tid of the thread that held the GIL (its stack is
+    /// `stack`, its first-party frame the culprit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gil_holder_tid: Option<u32>,
+    /// For CPU stalls: how many timer samples found the loop running (the stack is the
+    /// most frequent one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu_samples: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

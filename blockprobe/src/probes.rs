@@ -6,7 +6,11 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        PerfEvent, RawTracePoint, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
 };
 use blockprobe_common::{
     config::{GlobalConfig, PyProcess, Scope},
@@ -16,6 +20,10 @@ use blockprobe_common::{
 };
 
 use crate::tracefs;
+
+/// How often the CPU sampler looks at each CPU (Hz): a 10 ms stall gets ~10 samples;
+/// the check costs one hash lookup when the running thread is not a stalled loop.
+const SAMPLE_HZ: u64 = 997;
 
 /// The compiled kernel side, built by aya-build from blockprobe-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blockprobe"));
@@ -53,15 +61,10 @@ impl Probes {
             min_block_ns: settings.min_block_ns,
             task_fsbase_offset: kernel.task_fsbase,
             pt_regs_syscall_nr_offset: kernel.pt_regs_syscall_nr,
+            pt_regs_arg0_offset: kernel.pt_regs_arg0,
             reclassify_after_ns: 5_000_000_000,
             scope: settings.scope as u32,
-            fork_child_pid_offset: tracefs::field_offset(
-                tracefs,
-                "sched",
-                "sched_process_fork",
-                "child_pid",
-            )?
-            .context("sched_process_fork has no child_pid field")?,
+            fork_child_pid_offset: field(tracefs, "sched_process_fork", "child_pid")?,
             exit_group_dead_offset: tracefs::field_offset(
                 tracefs,
                 "sched",
@@ -69,6 +72,10 @@ impl Probes {
                 "group_dead",
             )?
             .unwrap_or(0),
+            switch_prev_pid_offset: field(tracefs, "sched_switch", "prev_pid")?,
+            switch_prev_state_offset: field(tracefs, "sched_switch", "prev_state")?,
+            switch_next_pid_offset: field(tracefs, "sched_switch", "next_pid")?,
+            wakeup_pid_offset: field(tracefs, "sched_wakeup", "pid")?,
             _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
@@ -111,12 +118,29 @@ impl Probes {
             ("process_fork", "sched_process_fork"),
             ("process_exec", "sched_process_exec"),
             ("process_exit", "sched_process_exit"),
+            ("sched_switch", "sched_switch"),
+            ("sched_wakeup", "sched_wakeup"),
         ] {
             let tp: &mut TracePoint = program_mut(ebpf, program)?.try_into()?;
             tp.load()
                 .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
             tp.attach("sched", event)
                 .with_context(|| format!("attaching {program} to sched:{event}"))?;
+        }
+        let sampler: &mut PerfEvent = program_mut(ebpf, "cpu_sample")?.try_into()?;
+        sampler
+            .load()
+            .context("the kernel verifier rejected BPF program cpu_sample")?;
+        let cpus = online_cpus().map_err(|(what, e)| anyhow!("listing CPUs ({what}): {e}"))?;
+        for cpu in cpus {
+            sampler
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(SAMPLE_HZ),
+                    false,
+                )
+                .with_context(|| format!("attaching the CPU sampler to CPU {cpu}"))?;
         }
         Ok(())
     }
@@ -182,6 +206,12 @@ fn program_mut<'a>(
 ) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("BPF program {name} missing from the object"))
+}
+
+/// Offset of `name` in the record of `sched:event`.
+fn field(tracefs: &Path, event: &str, name: &str) -> anyhow::Result<u32> {
+    tracefs::field_offset(tracefs, "sched", event, name)?
+        .with_context(|| format!("sched:{event} has no {name} field on this kernel"))
 }
 
 /// Takes the map `name` out of the loaded object.

@@ -13,11 +13,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     aggregate::{Aggregator, ProcessInfo},
-    attribution::{Attributor, BlockedCall, StallWindow},
+    attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
     events::{self, Event},
-    model::Frame,
+    model::{Cause, Frame},
     probes::Probes,
     python::{Inspection, PythonProcess},
     render::live::{DetachReason, StallSink, Status},
@@ -241,27 +241,54 @@ impl Session {
                 pid,
                 tid,
                 nr,
+                cause,
                 start_ns,
                 end_ns,
                 stack,
             } => {
                 let stack = self.symbolize(pid, &stack).unwrap_or_default();
-                self.attributor.blocked_call(
-                    pid,
-                    tid,
-                    BlockedCall {
-                        nr,
-                        start_ns,
-                        end_ns,
-                        stack,
-                    },
-                );
+                let call = BlockedCall {
+                    nr,
+                    cause: Cause::from_index(cause),
+                    start_ns,
+                    end_ns,
+                    stack,
+                };
+                self.attributor.blocked_call(pid, tid, call);
+            }
+            Event::GilWait {
+                pid,
+                tid,
+                start_ns,
+                end_ns,
+                holder_tid,
+                stack,
+            } => {
+                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let wait = GilWait {
+                    start_ns,
+                    end_ns,
+                    holder_tid: (holder_tid != 0).then_some(holder_tid),
+                    stack,
+                };
+                self.attributor.gil_wait(pid, tid, wait);
+            }
+            Event::CpuSample {
+                pid,
+                tid,
+                ts_ns,
+                stack,
+            } => {
+                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                self.attributor
+                    .cpu_sample(pid, tid, CpuSample { ts_ns, stack });
             }
             Event::Stall {
                 pid,
                 tid,
                 start_ns,
                 end_ns,
+                off_cpu_ns,
             } => {
                 let comm = self
                     .processes
@@ -274,6 +301,7 @@ impl Session {
                     comm,
                     start_ns,
                     end_ns,
+                    off_cpu_ns,
                 };
                 let clock = self.clock;
                 let stall = self.attributor.close(window, |t| clock.to_unix_ns(t));

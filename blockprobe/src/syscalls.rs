@@ -1,95 +1,73 @@
-//! The syscalls blockprobe watches on loop threads, and what blocking in each means.
+//! Names of the syscalls the kernel side times (numbers in `blockprobe_common::syscalls`).
 
 use blockprobe_common::syscalls::nr;
 
-use crate::model::Cause;
-
-/// A syscall whose blocking stalls an event loop.
-#[derive(Clone, Copy, Debug)]
-pub struct BlockingSyscall {
-    /// Name, as in the `syscalls:sys_enter_<name>` tracepoint.
-    pub name: &'static str,
-    /// x86_64 syscall number.
-    pub nr: u32,
-    /// What time blocked in it counts as.
-    pub cause: Cause,
-}
-
-const fn call(name: &'static str, nr: u32, cause: Cause) -> BlockingSyscall {
-    BlockingSyscall { name, nr, cause }
-}
-
-/// Names and causes of the syscalls the kernel side times (`blockprobe_common::syscalls`).
-pub const BLOCKING: [BlockingSyscall; 21] = [
-    call("nanosleep", nr::NANOSLEEP, Cause::Sleep),
-    call("clock_nanosleep", nr::CLOCK_NANOSLEEP, Cause::Sleep),
-    call("read", nr::READ, Cause::Io),
-    call("pread64", nr::PREAD64, Cause::Io),
-    call("readv", nr::READV, Cause::Io),
-    call("write", nr::WRITE, Cause::Io),
-    call("writev", nr::WRITEV, Cause::Io),
-    call("recvfrom", nr::RECVFROM, Cause::Io),
-    call("recvmsg", nr::RECVMSG, Cause::Io),
-    call("recvmmsg", nr::RECVMMSG, Cause::Io),
-    call("sendto", nr::SENDTO, Cause::Io),
-    call("sendmsg", nr::SENDMSG, Cause::Io),
-    call("connect", nr::CONNECT, Cause::Io),
-    call("accept", nr::ACCEPT, Cause::Io),
-    call("accept4", nr::ACCEPT4, Cause::Io),
-    call("poll", nr::POLL, Cause::Io),
-    call("ppoll", nr::PPOLL, Cause::Io),
-    call("select", nr::SELECT, Cause::Io),
-    call("pselect6", nr::PSELECT6, Cause::Io),
-    call("fsync", nr::FSYNC, Cause::Io),
-    call("fdatasync", nr::FDATASYNC, Cause::Io),
+/// Name of every timed syscall, by x86_64 number.
+const NAMES: [(u32, &str); 26] = [
+    (nr::NANOSLEEP, "nanosleep"),
+    (nr::CLOCK_NANOSLEEP, "clock_nanosleep"),
+    (nr::READ, "read"),
+    (nr::PREAD64, "pread64"),
+    (nr::READV, "readv"),
+    (nr::WRITE, "write"),
+    (nr::WRITEV, "writev"),
+    (nr::RECVFROM, "recvfrom"),
+    (nr::RECVMSG, "recvmsg"),
+    (nr::RECVMMSG, "recvmmsg"),
+    (nr::SENDTO, "sendto"),
+    (nr::SENDMSG, "sendmsg"),
+    (nr::CONNECT, "connect"),
+    (nr::ACCEPT, "accept"),
+    (nr::ACCEPT4, "accept4"),
+    (nr::POLL, "poll"),
+    (nr::PPOLL, "ppoll"),
+    (nr::SELECT, "select"),
+    (nr::PSELECT6, "pselect6"),
+    (nr::FSYNC, "fsync"),
+    (nr::FDATASYNC, "fdatasync"),
+    (nr::FUTEX, "futex"),
+    (nr::FUTEX_WAITV, "futex_waitv"),
+    (nr::FUTEX_WAIT, "futex_wait"),
+    (nr::WAIT4, "wait4"),
+    (nr::WAITID, "waitid"),
 ];
 
-/// The watched syscall with number `nr`.
-pub fn by_nr(nr: u32) -> Option<&'static BlockingSyscall> {
-    BLOCKING.iter().find(|s| s.nr == nr)
+/// The name of timed syscall `nr`.
+pub fn name(nr: u32) -> Option<&'static str> {
+    NAMES.iter().find(|(n, _)| *n == nr).map(|(_, name)| *name)
 }
 
 #[cfg(test)]
 mod tests {
+    use blockprobe_common::syscalls::{cause_of, is_blocking};
+
     use super::*;
 
     #[test]
-    fn numbers_are_unique_and_match_libc() {
-        for (i, a) in BLOCKING.iter().enumerate() {
-            assert!(
-                BLOCKING[i + 1..].iter().all(|b| b.nr != a.nr),
-                "{} twice",
-                a.name
-            );
+    fn every_timed_syscall_has_its_libc_name() {
+        let timed: Vec<u64> = (0..1024).filter(|&n| is_blocking(n)).collect();
+        assert_eq!(timed.len(), NAMES.len(), "a timed syscall has no name");
+        for (nr, name) in NAMES {
+            assert!(is_blocking(u64::from(nr)), "{name} is named but not timed");
         }
         assert_eq!(
-            by_nr(libc::SYS_clock_nanosleep as u32).unwrap().name,
-            "clock_nanosleep"
+            name(libc::SYS_clock_nanosleep as u32),
+            Some("clock_nanosleep")
         );
-        assert_eq!(by_nr(libc::SYS_recvfrom as u32).unwrap().name, "recvfrom");
-        assert_eq!(by_nr(libc::SYS_pselect6 as u32).unwrap().name, "pselect6");
-        assert_eq!(by_nr(libc::SYS_fdatasync as u32).unwrap().cause, Cause::Io);
-        assert!(by_nr(libc::SYS_getpid as u32).is_none());
-        for s in BLOCKING {
-            assert!(
-                blockprobe_common::syscalls::is_blocking(u64::from(s.nr)),
-                "{}",
-                s.name
-            );
-        }
-        let timed = (0..512)
-            .filter(|&n| blockprobe_common::syscalls::is_blocking(n))
-            .count();
-        assert_eq!(
-            timed,
-            BLOCKING.len(),
-            "kernel side times a syscall without a name"
-        );
-        assert!(blockprobe_common::syscalls::is_poller(
-            libc::SYS_epoll_pwait as u64
-        ));
-        assert!(!blockprobe_common::syscalls::is_poller(
-            libc::SYS_poll as u64
-        ));
+        assert_eq!(name(libc::SYS_recvfrom as u32), Some("recvfrom"));
+        assert_eq!(name(libc::SYS_futex as u32), Some("futex"));
+        assert_eq!(name(libc::SYS_waitid as u32), Some("waitid"));
+        assert_eq!(name(libc::SYS_getpid as u32), None);
+    }
+
+    #[test]
+    fn causes_of_syscalls() {
+        use blockprobe_common::cause;
+        assert_eq!(cause_of(libc::SYS_nanosleep as u32), cause::SLEEP);
+        assert_eq!(cause_of(libc::SYS_recvmsg as u32), cause::IO);
+        assert_eq!(cause_of(libc::SYS_fsync as u32), cause::IO);
+        assert_eq!(cause_of(libc::SYS_futex as u32), cause::LOCK);
+        assert_eq!(cause_of(libc::SYS_wait4 as u32), cause::WAIT);
+        assert_eq!(cause_of(libc::SYS_getpid as u32), cause::OTHER);
     }
 }

@@ -50,6 +50,8 @@ pub struct Layout {
     pub tstate_thread_id: u64,
     /// `PyThreadState.native_thread_id` (3.11+).
     pub tstate_native_thread_id: Option<u64>,
+    /// Where the main interpreter's `struct _gil_runtime_state` is.
+    pub gil: GilLocation,
     /// Pointer chain from the thread state to the innermost frame.
     pub tstate_frame_path: &'static [u32],
     /// Frame: code object pointer.
@@ -97,6 +99,15 @@ pub const UNICODE_LENGTH: u64 = 16;
 /// Offset of the `state` bit field in a string.
 pub const UNICODE_STATE: u64 = 32;
 
+/// Where to find the GIL state (`struct _gil_runtime_state`, 208 bytes in 3.9–3.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GilLocation {
+    /// Embedded in `_PyRuntime` at this offset (`_PyRuntime.ceval.gil`, ≤3.11).
+    InRuntime(u64),
+    /// Pointed to by the main interpreter's field at this offset (`interp->ceval.gil`, 3.12+).
+    ViaInterpreter(u64),
+}
+
 /// The layout of `version`, or an error naming it when it is not supported.
 pub fn layout(version: Version) -> anyhow::Result<&'static Layout> {
     Ok(match (version.major, version.minor) {
@@ -118,6 +129,7 @@ const PY39: Layout = Layout {
     tstate_next: 8,
     tstate_thread_id: 176,
     tstate_native_thread_id: None,
+    gil: GilLocation::InRuntime(0x160),
     tstate_frame_path: &[24],
     frame_code: 32,
     frame_previous: 24,
@@ -152,6 +164,7 @@ const PY311: Layout = Layout {
     tstate_next: 8,
     tstate_thread_id: 152,
     tstate_native_thread_id: Some(160),
+    gil: GilLocation::InRuntime(0x168),
     tstate_frame_path: &[56, 8],
     frame_code: 32,
     frame_previous: 48,
@@ -175,6 +188,7 @@ const PY312: Layout = Layout {
     interp_threads_head: 72,
     tstate_thread_id: 136,
     tstate_native_thread_id: Some(144),
+    gil: GilLocation::ViaInterpreter(0x180),
     tstate_frame_path: &[56, 0],
     frame_code: 0,
     frame_previous: 8,
@@ -196,6 +210,7 @@ const PY313: Layout = Layout {
     interp_threads_head: 7344,
     tstate_thread_id: 152,
     tstate_native_thread_id: Some(160),
+    gil: GilLocation::ViaInterpreter(0x10),
     tstate_frame_path: &[72],
     instr: InstrKind::Pointer { bytecode: 200 },
     code_basicsize: 200,

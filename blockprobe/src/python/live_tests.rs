@@ -163,9 +163,22 @@ fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
     // glibc's own slot for the key, not a scanned one.
     assert!(cfg.tstate_slot_offset >= 0x318 && (cfg.tstate_slot_offset - 0x318).is_multiple_of(16));
     eprintln!("{python}: Python {version}, walk config {cfg:?}");
+    // The GIL state was found (its switch interval read back as 5000 µs) and its last
+    // holder is one of the process's threads.
+    assert_ne!(cfg.gil_addr, 0, "GIL state not located");
+    let gil_state = ProcessMemory::new(pid);
+    let holder = gil_state
+        .read_u64(cfg.gil_addr + blockprobe_common::config::GIL_LAST_HOLDER)
+        .unwrap();
+    assert_eq!(gil_state.read_u64(cfg.gil_addr).unwrap(), 5000);
+    assert_eq!(cfg.tstate_native_tid != 0, minor >= 11);
 
     let threads = process.threads().unwrap();
     assert_eq!(threads.len(), 3, "{threads:?}");
+    assert!(
+        threads.iter().any(|t| t.tstate == holder),
+        "GIL last holder {holder:#x} is no thread"
+    );
     if minor >= 11 {
         let tids: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()

@@ -8,7 +8,7 @@ use blockprobe_common::config::PyProcess;
 use blockprobe_common::stack::RawStack;
 
 use super::elf::{self, Discovery};
-use super::layout::{self, Layout, TYPE_BASICSIZE};
+use super::layout::{self, GilLocation, Layout, TYPE_BASICSIZE};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
@@ -58,6 +58,7 @@ pub struct PythonProcess {
     #[cfg(test)]
     interp: u64,
     tstate_slot_offset: u64,
+    gil_addr: u64,
     symbolizer: Symbolizer,
 }
 
@@ -97,6 +98,7 @@ impl PythonProcess {
             Slot::Found(offset) => offset,
             Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
         };
+        let gil_addr = locate_gil(&memory, layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             version,
             layout,
@@ -105,6 +107,7 @@ impl PythonProcess {
             #[cfg(test)]
             interp,
             tstate_slot_offset,
+            gil_addr,
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
         }))
     }
@@ -131,6 +134,9 @@ impl PythonProcess {
             frame_instr: l.frame_instr,
             frame_owner: l.frame_owner,
             owner_skip_min: l.owner_skip_min,
+            gil_addr: self.gil_addr,
+            tstate_native_tid: l.tstate_native_thread_id.unwrap_or(0) as u32,
+            _pad: 0,
         }
     }
 
@@ -145,6 +151,25 @@ impl PythonProcess {
         self.symbolizer.symbolize(stack)
     }
 }
+
+/// The address of the main interpreter's GIL state, or 0 when it does not look right
+/// (then GIL waits are reported as lock waits rather than misattributed).
+fn locate_gil(memory: &ProcessMemory, layout: &Layout, runtime: u64, interp: u64) -> u64 {
+    let gil = match layout.gil {
+        GilLocation::InRuntime(offset) => runtime.wrapping_add(offset),
+        GilLocation::ViaInterpreter(offset) => {
+            memory.read_u64(interp.wrapping_add(offset)).unwrap_or(0)
+        }
+    };
+    // The first field is the switch interval in microseconds (5000 by default).
+    match memory.read_u64(gil) {
+        Ok(interval) if (1..=GIL_MAX_INTERVAL_US).contains(&interval) => gil,
+        _ => 0,
+    }
+}
+
+/// Largest plausible `sys.setswitchinterval()`, in microseconds (GIL cross-check).
+const GIL_MAX_INTERVAL_US: u64 = 60_000_000;
 
 /// Cross-checks the layout table against the running interpreter.
 fn check_layout(
