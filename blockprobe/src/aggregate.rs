@@ -394,6 +394,8 @@ pub(crate) mod tests {
             causes,
             stack: culprit.iter().cloned().collect(),
             culprit,
+            gil_holder_tid: None,
+            cpu_samples: 0,
         }
     }
 
