@@ -151,7 +151,9 @@ impl Session {
     fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
         if let Err(e) = self.attach(pid) {
             self.starting.remove(&pid);
-            if self.given_up.insert(pid) {
+            // A process that exited meanwhile (a shell, a pyenv shim) is no news.
+            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !gone && self.given_up.insert(pid) {
                 self.warn(format!("not tracing pid {pid}: {e:#}"))?;
             }
         }

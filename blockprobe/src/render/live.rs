@@ -15,7 +15,7 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::{escape, local_clock, ms, short_path, truncate_left};
+use super::{escape, local_clock, ms, short_path};
 use crate::model::{Frame, Stall};
 
 /// Live output format as chosen on the command line. `json` and `jsonl` are the same:
@@ -107,9 +107,6 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Width the text lines are laid out for.
-pub const LINE_WIDTH: usize = 120;
-
 /// The header line of the text stream (no newline).
 pub fn text_header() -> String {
     format!(
@@ -121,11 +118,11 @@ pub fn text_header() -> String {
 /// One stall as a text line (no newline), in the local time zone, laid out for
 /// `width` columns: the culprit comes last and is shortened to fit (function names lose
 /// their start, files are shown by their last two components). Names are escaped.
-pub fn stall_line(stall: &Stall, width: usize) -> String {
-    stall_line_at(stall, &local_clock(stall.start_unix_ns), width)
+pub fn stall_line(stall: &Stall) -> String {
+    stall_line_at(stall, &local_clock(stall.start_unix_ns))
 }
 
-fn stall_line_at(stall: &Stall, clock: &str, width: usize) -> String {
+fn stall_line_at(stall: &Stall, clock: &str) -> String {
     let comm: String = escape(&stall.comm).chars().take(15).collect();
     let syscall = stall.syscall.as_deref().map_or("-".into(), escape);
     let head = format!(
@@ -136,28 +133,23 @@ fn stall_line_at(stall: &Stall, clock: &str, width: usize) -> String {
         stall.cause.as_str(),
         syscall,
     );
-    let avail = width.saturating_sub(head.chars().count()).max(30);
+    // The culprit is never cut: a line that wraps beats a name that misleads.
     let culprit = match (&stall.culprit, stall.stack.first()) {
-        (Some(f), _) => frame_text(f, avail),
+        (Some(f), _) => frame_text(f),
         (None, None) => "<unknown>".to_owned(),
-        (None, Some(innermost)) => {
-            let prefix = "<unknown> in ";
-            let rest = frame_text(innermost, avail.saturating_sub(prefix.len()).max(20));
-            format!("{prefix}{rest}")
-        }
+        (None, Some(innermost)) => format!("<unknown> in {}", frame_text(innermost)),
     };
     head + &culprit
 }
 
-/// `function (dir/file.py:line)` in at most `avail` characters if it can be done while
-/// keeping 12 characters of the function name.
-fn frame_text(f: &Frame, avail: usize) -> String {
-    let file = escape(short_path(&f.file)).into_owned();
-    let file = truncate_left(&file, avail / 2);
-    let loc = format!(" ({file}:{})", f.line);
-    let function = escape(&f.function);
-    let budget = avail.saturating_sub(loc.chars().count()).max(12);
-    format!("{}{loc}", truncate_left(&function, budget))
+/// `function (dir/file.py:line)`, the file shortened to its last two components.
+fn frame_text(f: &Frame) -> String {
+    format!(
+        "{} ({}:{})",
+        escape(&f.function),
+        escape(short_path(&f.file)),
+        f.line
+    )
 }
 
 /// A status event as a text line (no newline), `blockprobe: ...`, names escaped.
@@ -220,31 +212,22 @@ pub struct TextSink<O: Write, E: Write> {
     out: O,
     err: E,
     header: bool,
-    width: usize,
 }
 
 #[allow(dead_code)] // Options and accessors for callers that need them, and tests.
 impl<O: Write, E: Write> TextSink<O, E> {
-    /// A text sink laid out for [`LINE_WIDTH`] columns, printing a header before the
-    /// first stall.
+    /// A text sink printing a header before the first stall.
     pub fn new(out: O, err: E) -> Self {
         TextSink {
             out,
             err,
             header: true,
-            width: LINE_WIDTH,
         }
     }
 
     /// Whether to print the header before the first stall (default: yes).
     pub fn with_header(mut self, header: bool) -> Self {
         self.header = header;
-        self
-    }
-
-    /// Columns to lay lines out for (default [`LINE_WIDTH`]).
-    pub fn with_width(mut self, width: usize) -> Self {
-        self.width = width;
         self
     }
 
@@ -260,7 +243,7 @@ impl<O: Write, E: Write> StallSink for TextSink<O, E> {
             self.out.write_all(text_header().as_bytes())?;
             self.out.write_all(b"\n")?;
         }
-        write_line(&mut self.out, &stall_line(stall, self.width))?;
+        write_line(&mut self.out, &stall_line(stall))?;
         Ok(())
     }
 
@@ -351,12 +334,11 @@ mod tests {
 
     #[test]
     fn text_line_layout() {
-        let line = stall_line_at(&sample(), "22:13:20.123", LINE_WIDTH);
+        let line = stall_line_at(&sample(), "22:13:20.123");
         assert_eq!(
             line,
             "22:13:20.123    4242 python3            4250    152.3 sleep clock_nanosleep Client.fetch_data (services/db.py:42)"
         );
-        assert!(line.chars().count() <= LINE_WIDTH);
         let header = text_header();
         // The header's columns line up with the line's.
         assert_eq!(header.find("CULPRIT"), line.find("Client"));
@@ -364,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn text_line_fits_with_long_names() {
+    fn text_line_keeps_long_names_whole() {
         let mut s = sample();
         s.comm = "a_very_long_command_name".into();
         s.culprit = Some(frame(
@@ -372,14 +354,10 @@ mod tests {
             &format!("/srv/app/{}/module.py", "d".repeat(60)),
             123456,
         ));
-        let line = stall_line_at(&s, "22:13:20.123", LINE_WIDTH);
-        assert!(
-            line.chars().count() <= LINE_WIDTH,
-            "{} chars: {line}",
-            line.chars().count()
-        );
-        assert!(line.contains(".handler (…"), "{line}");
-        assert!(line.ends_with("dddd/module.py:123456)"), "{line}");
+        let line = stall_line_at(&s, "22:13:20.123");
+        let function = format!("{}.handler", "Outer".repeat(30));
+        assert!(line.contains(&format!(" {function} (")), "{line}");
+        assert!(line.ends_with(&format!(" ({}/module.py:123456)", "d".repeat(60))), "{line}");
         assert!(line.contains(" a_very_long_com "), "{line}");
     }
 
@@ -389,14 +367,14 @@ mod tests {
         s.culprit = None;
         s.syscall = None;
         s.cause = Cause::Other;
-        let line = stall_line_at(&s, "x", LINE_WIDTH);
+        let line = stall_line_at(&s, "x");
         assert!(
             line.ends_with(" <unknown> in sleep (asyncio/x.py:3)"),
             "{line}"
         );
         assert!(line.contains(" other -  "), "{line}");
         s.stack.clear();
-        assert!(stall_line_at(&s, "x", LINE_WIDTH).ends_with(" <unknown>"));
+        assert!(stall_line_at(&s, "x").ends_with(" <unknown>"));
     }
 
     #[test]
@@ -405,7 +383,7 @@ mod tests {
         s.comm = "py\u{1b}[2J".into();
         s.culprit = Some(frame("evil\n\u{1b}[31mfn", "/a/b\rc.py", 1));
         s.syscall = Some("read\u{7}".into());
-        let line = stall_line(&s, LINE_WIDTH);
+        let line = stall_line(&s);
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         assert!(line.contains("py\\x1b[2J"), "{line}");
         assert!(line.contains("evil\\n\\x1b[31mfn (a/b\\rc.py:1)"), "{line}");
