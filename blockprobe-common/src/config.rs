@@ -28,6 +28,8 @@ pub struct GlobalConfig {
     pub pt_regs_syscall_nr_offset: u64,
     /// Offset of `di` (a syscall's first argument) in the kernel's `struct pt_regs`.
     pub pt_regs_arg0_offset: u64,
+    /// Offset of `si` (a syscall's second argument) in the kernel's `struct pt_regs`.
+    pub pt_regs_arg1_offset: u64,
     /// Re-examine a thread found not to be a loop after this long.
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
@@ -48,7 +50,7 @@ pub struct GlobalConfig {
     /// Padding, zero.
     pub _pad: u32,
 }
-assert_size!(GlobalConfig, 80);
+assert_size!(GlobalConfig, 88);
 
 /// How to find and walk the Python stack of a thread of one process
 /// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.

@@ -60,6 +60,17 @@ pub const fn cause_of(nr: u32) -> usize {
     }
 }
 
+/// Which argument of syscall `nr` is its number of file descriptors, when waiting on no
+/// file descriptor makes it a plain sleep (`select(0, …)`, `poll(NULL, 0, …)`: how
+/// `time.sleep` sleeps before Python 3.11).
+pub const fn fd_count_arg(nr: u32) -> Option<usize> {
+    match nr {
+        nr::SELECT | nr::PSELECT6 => Some(0),
+        nr::POLL | nr::PPOLL => Some(1),
+        _ => None,
+    }
+}
+
 /// Whether `nr` is a syscall whose blocking is timed when a loop thread makes it off-await.
 pub const fn is_blocking(nr: u64) -> bool {
     nr <= u32::MAX as u64

@@ -14,7 +14,7 @@ use blockprobe_common::{
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
-    syscalls::{cause_of, is_futex},
+    syscalls::{cause_of, fd_count_arg, is_futex},
     thread::{LoopTiming, ThreadClass, class},
 };
 
@@ -153,6 +153,11 @@ pub fn on_block_enter(nr: u32, regs: *const u8) {
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
     timing.syscall_cause = cause_of(nr) as u32;
+    if let (Some(arg), Some(config)) = (fd_count_arg(nr), config())
+        && syscall_arg(config, regs, arg) == Some(0)
+    {
+        timing.syscall_cause = cause::SLEEP as u32;
+    }
     if is_futex(nr as u64)
         && let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) })
         && waits_for_gil(config, process, regs)
@@ -162,17 +167,26 @@ pub fn on_block_enter(nr: u32, regs: *const u8) {
     }
 }
 
+/// Argument `index` (0 or 1) of the current syscall, from its saved registers.
+#[inline(always)]
+fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u64> {
+    let offset = match index {
+        0 => config.pt_regs_arg0_offset,
+        _ => config.pt_regs_arg1_offset,
+    };
+    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
+    // read is fault-tolerant.
+    unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) }.ok()
+}
+
 /// Whether the futex of the current syscall lies inside the process's GIL state.
 #[inline(always)]
 fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
     if process.gil_addr == 0 {
         return false;
     }
-    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF.
-    let uaddr = unsafe {
-        bpf_probe_read_kernel(regs.add(config.pt_regs_arg0_offset as usize) as *const u64)
-    };
-    matches!(uaddr, Ok(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE)
+    matches!(syscall_arg(config, regs, 0),
+        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE)
 }
 
 /// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
@@ -192,7 +206,9 @@ fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
     };
     wait._pad = 0;
     walk::capture_thread(process, holder, &mut wait.stack);
-    if GIL_WAITS.insert(tid, &*wait, 0).is_err() {
+    // By reference: the 2 KiB value does not fit the 512-byte BPF stack.
+    let wait: &GilWaitEvent = wait;
+    if GIL_WAITS.insert(tid, wait, 0).is_err() {
         count(Counter::LostGilWait);
     }
 }

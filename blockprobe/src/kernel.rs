@@ -15,6 +15,8 @@ pub struct Offsets {
     pub pt_regs_syscall_nr: u64,
     /// Offset of `di` (a syscall's first argument) in `struct pt_regs`.
     pub pt_regs_arg0: u64,
+    /// Offset of `si` (a syscall's second argument) in `struct pt_regs`.
+    pub pt_regs_arg1: u64,
 }
 
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
@@ -29,6 +31,7 @@ pub fn offsets() -> anyhow::Result<Offsets> {
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
+        pt_regs_arg1: member(&btf, &regs, "si")?.0,
     })
 }
 
@@ -85,5 +88,6 @@ mod tests {
         // x86_64 pt_regs: r15 … di, then orig_ax as the 16th register.
         assert_eq!(offsets.pt_regs_syscall_nr, 15 * 8);
         assert_eq!(offsets.pt_regs_arg0, 14 * 8);
+        assert_eq!(offsets.pt_regs_arg1, 13 * 8);
     }
 }

@@ -62,6 +62,7 @@ impl Probes {
             task_fsbase_offset: kernel.task_fsbase,
             pt_regs_syscall_nr_offset: kernel.pt_regs_syscall_nr,
             pt_regs_arg0_offset: kernel.pt_regs_arg0,
+            pt_regs_arg1_offset: kernel.pt_regs_arg1,
             reclassify_after_ns: 5_000_000_000,
             scope: settings.scope as u32,
             fork_child_pid_offset: field(tracefs, "sched_process_fork", "child_pid")?,

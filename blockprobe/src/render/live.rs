@@ -201,9 +201,13 @@ pub fn status_json(status: &Status) -> String {
     serde_json::to_string(status).expect("a status always serializes")
 }
 
+/// Writes `line` and its newline with a single write, so lines never interleave with
+/// the output of a traced command sharing the terminal or pipe.
 fn write_line(w: &mut dyn Write, line: &str) -> io::Result<()> {
-    w.write_all(line.as_bytes())?;
-    w.write_all(b"\n")?;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    w.write_all(&bytes)?;
     w.flush()
 }
 
@@ -240,8 +244,7 @@ impl<O: Write, E: Write> TextSink<O, E> {
 impl<O: Write, E: Write> StallSink for TextSink<O, E> {
     fn stall(&mut self, stall: &Stall) -> anyhow::Result<()> {
         if std::mem::take(&mut self.header) {
-            self.out.write_all(text_header().as_bytes())?;
-            self.out.write_all(b"\n")?;
+            write_line(&mut self.out, &text_header())?;
         }
         write_line(&mut self.out, &stall_line(stall))?;
         Ok(())
@@ -357,7 +360,10 @@ mod tests {
         let line = stall_line_at(&s, "22:13:20.123");
         let function = format!("{}.handler", "Outer".repeat(30));
         assert!(line.contains(&format!(" {function} (")), "{line}");
-        assert!(line.ends_with(&format!(" ({}/module.py:123456)", "d".repeat(60))), "{line}");
+        assert!(
+            line.ends_with(&format!(" ({}/module.py:123456)", "d".repeat(60))),
+            "{line}"
+        );
         assert!(line.contains(" a_very_long_com "), "{line}");
     }
 

@@ -1,0 +1,164 @@
+"""The protocol between blockprobe's integration tests and the scenario scripts here.
+
+blockprobe identifies an asyncio loop thread a few milliseconds after the loop's first
+iterations, so a scenario must not block before the tracer says the loop is live. Each
+script therefore:
+
+1. starts its event loop(s), each with a ticker task that keeps the loop iterating every
+   5 ms, and prints ``LOOP <name> <native thread id>`` for each loop, then ``READY <pid>``;
+2. waits for the line ``GO`` on stdin, read with ``loop.add_reader`` so the loop keeps
+   running (stdin must be a pipe or a terminal); the test sends it only after blockprobe
+   reported a ``loop`` event for every listed thread;
+3. runs the scenario, timing each blocking call in-process with ``time.monotonic_ns()``
+   and printing ``DONE <name> <ns>``, then ``FINISHED``;
+4. waits for ``QUIT`` or the end of stdin and exits (0, or ``--exit-code N``). Staying
+   alive until then gives blockprobe the time to read this process's memory to symbolize
+   the stalls it saw.
+
+Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
+Plain standard library only.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+
+TICK_S = 0.005
+
+
+def say(line):
+    """Prints one protocol line, in a single write, flushed."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def done(name, ns):
+    say(f"DONE {name} {ns}")
+
+
+def fail(message):
+    sys.stderr.write(f"bptest: {message}\n")
+    sys.stderr.flush()
+    os._exit(2)
+
+
+async def ticker():
+    """Keeps a loop iterating so that blockprobe sees it as a live loop."""
+    while True:
+        await asyncio.sleep(TICK_S)
+
+
+class Commands:
+    """Lines from stdin, read from the loop without ever blocking it."""
+
+    def __init__(self, loop):
+        self._loop = loop
+        self._fd = sys.stdin.fileno()
+        self._buf = b""
+        self._queue = asyncio.Queue()
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self):
+        # Readable: one read() returns what is there without blocking.
+        data = os.read(self._fd, 4096)
+        if not data:
+            self._loop.remove_reader(self._fd)
+            self._queue.put_nowait(None)
+            return
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            self._queue.put_nowait(line.decode().strip())
+
+    async def expect_go(self):
+        command = await self._queue.get()
+        if command != "GO":
+            fail(f"expected GO on stdin, got {command!r}")
+
+    async def wait_quit(self):
+        """Returns at QUIT or at the end of stdin."""
+        while True:
+            command = await self._queue.get()
+            if command is None or command == "QUIT":
+                return
+            fail(f"expected QUIT on stdin, got {command!r}")
+
+
+class LoopThread:
+    """A second event loop, running in its own thread, with its own ticker."""
+
+    def __init__(self, name):
+        self.name = name
+        self.loop = None
+        self.native_id = None
+        self._live = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        if not self._live.wait(10):
+            fail(f"loop thread {self.name} did not start")
+
+    def _main(self):
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self._begin())
+        self.loop.run_forever()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
+
+    async def _begin(self):
+        asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(TICK_S)
+        self.native_id = threading.get_native_id()
+        say(f"LOOP {self.name} {self.native_id}")
+        self._live.set()
+
+    async def run(self, coro):
+        """Runs a coroutine on this loop and waits for it from the calling loop."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await asyncio.wrap_future(future)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def run(scenario, loops=(), setup=None):
+    """Runs ``await scenario()`` under the protocol, on a loop in the main thread.
+
+    ``loops`` are extra LoopThreads, started before the main loop and stopped after it.
+    ``await setup()``, if given, runs on the main loop before READY: whatever it does is
+    not traced as part of the scenario.
+    """
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exit-code", type=int, default=0)
+    args = parser.parse_args()
+
+    for extra in loops:
+        extra.start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        commands = Commands(loop)
+        tick = loop.create_task(ticker())
+        if setup is not None:
+            await setup()
+        await asyncio.sleep(TICK_S)
+        say(f"LOOP main {threading.get_native_id()}")
+        say(f"READY {os.getpid()}")
+        await commands.expect_go()
+        await scenario()
+        say("FINISHED")
+        await commands.wait_quit()
+        tick.cancel()
+
+    asyncio.run(main())
+    for extra in loops:
+        extra.stop()
+    sys.exit(args.exit_code)

@@ -1,0 +1,151 @@
+//! `blockprobe trace`: attaching to a process that already runs (`-p PID`), and tracing
+//! every Python process, including one started later (no `-p`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use blockprobe_tests::{
+    Ctx, CtxRef, ExpectStall, Proc, Python, THRESHOLD, blockprobe_bin, python_matrix, require_root,
+    script, unix_now_ns,
+};
+use nix::sys::signal::Signal;
+
+python_matrix!(trace_pid, trace_all_catches_later_process);
+
+/// (f) `trace -p PID` on a script the test started itself, already running.
+fn trace_pid(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let script = script("sleep_in_coroutine.py");
+    let py = ctx.spawn(
+        &format!("script ({})", python.label),
+        &mut python.command(&script),
+    );
+    let ready = ctx.wait_ready(&py);
+    ctx.ensure(ready.pid == Some(py.pid()), || {
+        format!(
+            "READY says pid {:?}, the test started {}",
+            ready.pid,
+            py.pid()
+        )
+    });
+    let bp = ctx.spawn(
+        "blockprobe trace -p",
+        Command::new(blockprobe_bin()).args([
+            "trace",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+            "-p",
+            &py.pid().to_string(),
+        ]),
+    );
+    drive_traced_script(&ctx, &bp, &py, python, &script);
+    stop_trace(&ctx, &bp);
+}
+
+/// (g) `trace` with no `-p`, then a script started afterwards: its stall is caught.
+///
+/// blockprobe has no "ready" event of its own, so the test first starts a sentinel (an
+/// idle loop) and waits for its `loop` event: blockprobe is then fully up, and the
+/// scenario script, started after that, is a new process to it.
+fn trace_all_catches_later_process(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let bp = ctx.spawn(
+        "blockprobe trace (all)",
+        Command::new(blockprobe_bin()).args([
+            "trace",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+        ]),
+    );
+    let sentinel = ctx.spawn(
+        &format!("sentinel idle.py ({})", python.label),
+        &mut python.command(&script("idle.py")),
+    );
+    let sentinel_ready = ctx.wait_ready(&sentinel);
+    let sentinel_tids: Vec<u32> = sentinel_ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, sentinel.pid(), &sentinel_tids);
+
+    let script = script("sleep_in_coroutine.py");
+    let py = ctx.spawn(
+        &format!("script ({})", python.label),
+        &mut python.command(&script),
+    );
+    ctx.wait_ready(&py);
+    drive_traced_script(&ctx, &bp, &py, python, &script);
+
+    sentinel.send("GO");
+    sentinel.send("QUIT");
+    ctx.ensure(sentinel.wait_exit().success(), || {
+        "the sentinel failed".into()
+    });
+    stop_trace(&ctx, &bp);
+    let idle_stalls = bp.stalls(sentinel.pid());
+    ctx.ensure(idle_stalls.is_empty(), || {
+        format!("the idle sentinel never blocks, yet: {idle_stalls:#?}")
+    });
+}
+
+/// Runs sleep_in_coroutine.py (already READY) through the protocol while `bp` traces it,
+/// lets it exit, and checks blockprobe's view of it.
+fn drive_traced_script(ctx: &CtxRef, bp: &Proc, py: &Proc, python: &Python, script: &Path) {
+    let pid = py.pid();
+    let tids: Vec<u32> = py.script_state().loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(bp, pid, &tids);
+    let go = unix_now_ns();
+    py.send("GO");
+    let state = ctx.wait_finished(py);
+    ctx.wait_stalls(bp, pid, 1);
+    // The stall is over by now: blockprobe reports it when the loop is back.
+    let seen = unix_now_ns();
+    py.send("QUIT");
+    py.close_stdin();
+    let status = py.wait_exit();
+    ctx.ensure(status.success(), || {
+        format!("the script exited with {status}")
+    });
+    let detached = ctx.wait_event(bp, "detached", pid);
+    ctx.ensure(detached["reason"] == "exit", || {
+        format!("expected a detached event with reason \"exit\", got {detached}")
+    });
+    ctx.ensure(!bp.events_of("attached", pid).is_empty(), || {
+        format!("no `attached` event for pid {pid}")
+    });
+    let stalls = bp.stalls(pid);
+    ctx.ensure(stalls.len() == 1, || {
+        format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
+    });
+    ctx.check_stall(
+        &stalls[0],
+        &ExpectStall {
+            script,
+            function: "handler",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: state
+                .measured("handler")
+                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
+            nominal: Duration::from_millis(200),
+            window_unix_ns: Some((go, seen)),
+        },
+    );
+}
+
+/// Stops `trace` with SIGINT (unless it already stopped by itself) and checks it exits 0.
+fn stop_trace(ctx: &CtxRef, bp: &Proc) {
+    bp.may_exit();
+    if bp.exited().is_none() {
+        bp.signal(Signal::SIGINT);
+    }
+    let status = bp.wait_exit();
+    ctx.check_clean(bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe trace stopped with {status}, expected exit code 0")
+    });
+}

@@ -1,0 +1,166 @@
+//! Stalls in scenarios run under `blockprobe run`: what blocked, for how long, and where.
+//!
+//! Each scenario runs on pyenv's 3.11.7 and on Debian's stripped 3.11 (and, with
+//! `cargo xtask test --long`, on the other pyenv builds).
+
+use std::time::Duration;
+
+use blockprobe_tests::{Python, Scenario, python_matrix, run_scenario};
+
+python_matrix!(sleep_in_coroutine, sync_chain, blocking_recv, two_loops);
+
+/// (a) `time.sleep(0.2)` directly in `async def handler()`: one stall as long as the
+/// sleep the script measured, in `clock_nanosleep` (`select()` before 3.11), culprit `handler`.
+fn sleep_in_coroutine(python: &Python) {
+    let ran = run_scenario(&Scenario {
+        python,
+        script: "sleep_in_coroutine.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "handler",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(200),
+    );
+    ran.ctx.check_stack_prefix(
+        &stall,
+        &ran.script,
+        &[("handler", "BLOCK handler"), ("scenario", "CALL scenario")],
+    );
+    ran.ctx.ensure(stall.tid == ran.pid, || {
+        format!(
+            "the loop runs in the main thread ({}), stall says tid {}",
+            ran.pid, stall.tid
+        )
+    });
+    ran.ctx.ensure(stall.comm == python.comm(), || {
+        format!(
+            "stall comm is {:?}, expected {:?}",
+            stall.comm,
+            python.comm()
+        )
+    });
+    let attached = ran.bp.events_of("attached", ran.pid);
+    let version = python.version();
+    ran.ctx.ensure(
+        attached.len() == 1
+            && attached[0]["python_version"] == version.as_str()
+            && attached[0]["comm"] == python.comm().as_str(),
+        || {
+            format!(
+                "expected one `attached` event for pid {} with python_version {version:?} and \
+                 comm {:?}, got {attached:?}",
+                ran.pid,
+                python.comm()
+            )
+        },
+    );
+}
+
+/// (b) A coroutine calls `level1()` → `level2()` → `level3()`, which sleeps 100 ms: the
+/// stack is level3, level2, level1, then the coroutine, each at the right line; the
+/// culprit is `level3`.
+fn sync_chain(python: &Python) {
+    let ran = run_scenario(&Scenario {
+        python,
+        script: "sync_chain.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "level3",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(100),
+    );
+    ran.ctx.check_stack_prefix(
+        &stall,
+        &ran.script,
+        &[
+            ("level3", "BLOCK level3"),
+            ("level2", "CALL level2"),
+            ("level1", "CALL level1"),
+            ("handle_order", "CALL handle_order"),
+        ],
+    );
+}
+
+/// (c) A blocking `sock.recv()` on a connection to a server that answers after 150 ms:
+/// cause `io` (recvfrom), culprit the helper doing the recv, called from the coroutine.
+fn blocking_recv(python: &Python) {
+    let ran = run_scenario(&Scenario {
+        python,
+        script: "blocking_recv.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "read_reply",
+        "io",
+        "recvfrom",
+        Duration::from_millis(150),
+    );
+    ran.ctx.check_stack_prefix(
+        &stall,
+        &ran.script,
+        &[
+            ("read_reply", "BLOCK read_reply"),
+            ("fetch_status", "CALL fetch_status"),
+        ],
+    );
+}
+
+/// (e) Two threads, each with its own loop; only the worker's blocks (150 ms): the stall
+/// is the worker thread's, with the worker's stack, and the main loop has none.
+fn two_loops(python: &Python) {
+    let ran = run_scenario(&Scenario {
+        python,
+        script: "two_loops.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let worker = ran.state.loop_tid("worker");
+    let main = ran.state.loop_tid("main");
+    ran.ctx
+        .ensure(worker.is_some() && main.is_some() && worker != main, || {
+            format!(
+                "the script should list two loop threads: {:?}",
+                ran.state.loops
+            )
+        });
+    let stall = ran.only_stall();
+    ran.ctx.ensure(Some(stall.tid) == worker, || {
+        format!(
+            "the stall should be the worker thread's ({worker:?}), not the main loop's \
+             ({main:?}): {stall:#?}"
+        )
+    });
+    ran.check_stall(
+        &stall,
+        "blocking_handler",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(150),
+    );
+    // The worker thread's own stack: nothing of the main thread's coroutines.
+    ran.ctx.ensure(
+        !stall.stack.iter().any(|f| f.function == "scenario"),
+        || format!("the stall's stack has the main thread's frames: {stall:#?}"),
+    );
+}
