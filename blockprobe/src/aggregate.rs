@@ -88,7 +88,7 @@ fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
 }
 
 /// A traced Python process, as registered by the caller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     /// Process id (host pid namespace).
     pub pid: u32,
@@ -98,6 +98,25 @@ pub struct ProcessInfo {
     pub python_version: String,
     /// Thread ids of the threads running an asyncio event loop, ascending.
     pub loop_threads: Vec<u32>,
+    /// Command line (argv); only argv[0] with `--redact-cmdline`.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Service label: `--service`, else derived from the command line
+    /// (see [`crate::fleet::identity`]).
+    #[serde(default)]
+    pub service: String,
+    /// The process's cgroup path (cgroup v2, else the first v1 hierarchy's).
+    #[serde(default)]
+    pub cgroup: String,
+    /// Container id found in the cgroup path (empty when not in a container).
+    #[serde(default)]
+    pub container_id: String,
+    /// Directory first-party files are made relative to (empty: none).
+    #[serde(default)]
+    pub app_root: String,
+    /// Host the process ran on.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// Memory bounds of an [`Aggregator`].
@@ -178,6 +197,8 @@ pub struct Aggregator {
     processes: BTreeMap<u32, ProcessInfo>,
     processes_dropped: u64,
     lost: BTreeMap<String, u64>,
+    /// Per-service and per-stack aggregates.
+    tables: crate::fleet::tables::Tables,
 }
 
 impl Default for Aggregator {
@@ -199,6 +220,7 @@ impl Aggregator {
             processes: BTreeMap::new(),
             processes_dropped: 0,
             lost: BTreeMap::new(),
+            tables: Default::default(),
         }
     }
 
@@ -219,6 +241,11 @@ impl Aggregator {
         if let Some(p) = self.processes.get_mut(&stall.pid) {
             insert_sorted(&mut p.loop_threads, stall.tid);
         }
+        let (service, root) = self
+            .processes
+            .get(&stall.pid)
+            .map_or(("", ""), |p| (p.service.as_str(), p.app_root.as_str()));
+        self.tables.record(&stall, service, root);
 
         let kept = Kept {
             seq: self.seq,
@@ -241,18 +268,21 @@ impl Aggregator {
         self.functions.len() - usize::from(self.functions.contains_key(&unknown))
     }
 
-    /// Registers a process, or updates it: `comm` and `python_version` are replaced,
-    /// loop threads are merged.
+    /// Registers a process, or updates it: loop threads are merged, everything else is
+    /// replaced.
     pub fn register_process(&mut self, info: ProcessInfo) {
         let mut info = info;
         info.loop_threads.sort_unstable();
         info.loop_threads.dedup();
         if let Some(p) = self.processes.get_mut(&info.pid) {
-            p.comm = info.comm;
-            p.python_version = info.python_version;
-            for tid in info.loop_threads {
-                insert_sorted(&mut p.loop_threads, tid);
+            let mut threads = std::mem::take(&mut p.loop_threads);
+            for tid in std::mem::take(&mut info.loop_threads) {
+                insert_sorted(&mut threads, tid);
             }
+            *p = ProcessInfo {
+                loop_threads: threads,
+                ..info
+            };
         } else if self.processes.len() < self.limits.max_processes {
             self.processes.insert(info.pid, info);
         } else {
@@ -335,6 +365,10 @@ impl Aggregator {
                 &self.other,
             ));
         }
+        let roots: Vec<&str> = self.processes.values().map(|p| &*p.app_root).collect();
+        for f in &mut functions {
+            f.stable_file = crate::fleet::identity::stable_file(&f.file, roots.iter().copied());
+        }
         crate::report::sort_functions(&mut functions);
 
         let mut kept: Vec<&Kept> = self.stalls.iter().map(|r| &r.0).collect();
@@ -345,7 +379,7 @@ impl Aggregator {
         Report {
             schema: crate::report::SCHEMA.to_owned(),
             blockprobe_version: env!("CARGO_PKG_VERSION").to_owned(),
-            host: run.host,
+            host: run.host.clone(),
             started_unix_ns: run.started_unix_ns,
             duration_ns: run.duration_ns,
             threshold_ns: run.threshold_ns,
@@ -353,9 +387,21 @@ impl Aggregator {
             lost: self.lost.clone(),
             stalls_dropped: self.stalls_dropped,
             processes_dropped: self.processes_dropped,
-            processes: self.processes.values().cloned().collect(),
+            ended_unix_ns: run.started_unix_ns.saturating_add(run.duration_ns),
+            kernel_release: String::new(),
+            processes: self
+                .processes
+                .values()
+                .map(|p| ProcessInfo {
+                    host: run.host.clone(),
+                    ..p.clone()
+                })
+                .collect(),
             stalls,
             functions,
+            services: self.tables.services(),
+            stacks: self.tables.stacks(),
+            sources: Vec::new(),
         }
     }
 }
@@ -542,24 +588,28 @@ pub(crate) mod tests {
             comm: "old".into(),
             python_version: "3.10.1".into(),
             loop_threads: vec![9, 8, 9],
+            ..Default::default()
         });
         a.register_process(ProcessInfo {
             pid: 7,
             comm: "python3".into(),
             python_version: "3.11.7".into(),
             loop_threads: vec![10],
+            ..Default::default()
         });
         a.register_process(ProcessInfo {
             pid: 3,
             comm: "x".into(),
             python_version: "3.12.0".into(),
             loop_threads: vec![],
+            ..Default::default()
         });
         a.register_process(ProcessInfo {
             pid: 4,
             comm: "y".into(),
             python_version: "3.12.0".into(),
             loop_threads: vec![],
+            ..Default::default()
         });
         a.add_loop_thread(3, 5);
         a.add_loop_thread(99, 5);
@@ -579,12 +629,16 @@ pub(crate) mod tests {
                     comm: "x".into(),
                     python_version: "3.12.0".into(),
                     loop_threads: vec![4, 5],
+                    host: "h".into(),
+                    ..Default::default()
                 },
                 ProcessInfo {
                     pid: 7,
                     comm: "python3".into(),
                     python_version: "3.11.7".into(),
                     loop_threads: vec![8, 9, 10],
+                    host: "h".into(),
+                    ..Default::default()
                 },
             ]
         );

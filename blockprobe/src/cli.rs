@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -22,7 +22,11 @@ EXAMPLES:
     blockprobe trace -p 1234                  # trace a running process until Ctrl-C
     blockprobe trace --duration 30s -o r.json # every Python process on the host for 30 s
     blockprobe trace --threshold 500us        # report stalls of 0.5 ms and more
-    blockprobe report r.json                  # render a saved report";
+    blockprobe report r.json                  # render a saved report
+    blockprobe merge web-*.json -o fleet.json # one report for many hosts
+    blockprobe diff before.json after.json --fail-on-regression 20   # deploy gate
+    blockprobe report r.json --format svg -o flame.svg               # flame graph
+    blockprobe serve --listen 127.0.0.1:9464  # Prometheus metrics of the whole host";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -52,15 +56,137 @@ pub enum Command {
         #[arg(short = 'p', long = "pid", value_name = "PID")]
         pids: Vec<u32>,
     },
-    /// Render a saved report.
+    /// Render a saved report, or export it as folded stacks, an SVG flame graph or a
+    /// pprof profile.
+    #[command(after_help = REPORT_HELP)]
     Report {
         /// The report file written with -o.
         file: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = crate::commands::report::ReportFormat::Text)]
         format: crate::commands::report::ReportFormat,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Merge reports of several hosts or runs into one: histograms, totals and stacks
+    /// add up exactly; the longest stalls are kept.
+    #[command(after_help = MERGE_HELP)]
+    Merge {
+        /// The reports to merge (written with -o by run, trace or serve, or by merge).
+        #[arg(required = true, value_name = "REPORT")]
+        files: Vec<PathBuf>,
+        /// Where to write the merged report.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// How many of the longest stalls to keep individually (with their stacks).
+        #[arg(long, default_value_t = 10_000, value_name = "N")]
+        max_stalls: usize,
+    },
+    /// Compare two reports, e.g. before and after a deploy, per function and per service;
+    /// with --fail-on-regression, a deploy or CI gate.
+    #[command(after_help = DIFF_HELP)]
+    Diff {
+        /// The report from before.
+        before: PathBuf,
+        /// The report from after.
+        after: PathBuf,
+        /// Exit 1 when a function's or service's stall time grew by more than PCT percent,
+        /// or a function or service appears that had no stalls before.
+        #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+        fail_on_regression: Option<f64>,
+        /// Leave out functions and services with fewer than N stalls in both reports.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        min_count: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = crate::commands::diff::DiffFormat::Text)]
+        format: crate::commands::diff::DiffFormat,
+        /// Compare stall time per second traced instead of total stall time: for reports
+        /// of time windows of different lengths (not for a fixed workload).
+        #[arg(long)]
+        per_second: bool,
+        /// Entries listed per section in text output (JSON lists all).
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        top: usize,
+    },
+    /// Trace every Python process on the host, for as long as it runs, and expose
+    /// Prometheus metrics on http://LISTEN/metrics.
+    #[command(after_help = SERVE_HELP)]
+    Serve {
+        /// Tracing options (-o writes a report when serve stops).
+        #[command(flatten)]
+        options: TraceOptions,
+        /// Address to serve metrics on. Loopback by default; the endpoint has no
+        /// authentication, so expose it only where scrapers need it.
+        #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+        listen: SocketAddr,
+        /// Functions per service with series of their own (the first ones seen); later
+        /// ones are counted under function="<other>".
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        max_functions: usize,
+        /// Services with series of their own (the first ones seen); later ones are
+        /// counted under service="<other>".
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        max_services: usize,
     },
 }
+
+const REPORT_HELP: &str = "\
+Folded stacks, the flame graph and the pprof profile weigh each stack by its total stall
+time. They cover every stall of the run (the report's `stacks` table, bounded to 10000
+distinct stacks per run, the rest counted as `<other stacks>`); reports written before
+that table existed only have their kept (longest) stalls, and say so. Each stack is the
+service, the Python frames (function and stable file, outermost first), then the cause
+and syscall that blocked the loop, e.g. `[sleep: clock_nanosleep]`.
+
+EXAMPLES:
+    blockprobe report r.json --format folded > r.folded   # inferno-flamegraph, speedscope
+    blockprobe report r.json --format svg -o flame.svg
+    blockprobe report r.json --format pprof -o r.pb && go tool pprof -top r.pb";
+
+const MERGE_HELP: &str = "\
+Functions are matched by qualified name and stable file (relative to site-packages, the
+standard library or the app root), so the same code on different hosts and paths merges.
+Merging is exact, associative and commutative. Reports of another schema version or taken
+with another --threshold are refused.
+
+EXAMPLES:
+    blockprobe merge web-1.json web-2.json web-3.json -o fleet.json
+    blockprobe merge fleet-monday.json fleet-tuesday.json -o week.json";
+
+const DIFF_HELP: &str = "\
+Entries are sorted by impact: the change in total stall time (right for the same
+workload before and after, and for equal time windows), or in stall time per second
+traced with --per-second (for time windows of different lengths). p50/p99 are estimated
+from the log2 buckets (within a factor of 2).
+
+EXIT STATUS: 0 no regression (or no gate), 1 a regression crossed the gate, 2 error.
+
+EXAMPLES:
+    blockprobe diff before.json after.json
+    blockprobe diff before.json after.json --fail-on-regression 25 --min-count 5
+    blockprobe diff before.json after.json --format json | jq '.functions[0]'";
+
+const SERVE_HELP: &str = "\
+METRICS (Prometheus text format):
+    blockprobe_stall_duration_seconds{service,function,file}  histogram (log2 buckets)
+    blockprobe_stalls_by_cause_total{service,cause}           counter
+    blockprobe_blocked_seconds_total{service,cause}           counter
+    blockprobe_event_loops{service}, blockprobe_traced_processes{service}   gauges
+    blockprobe_lost_events_total{kind}                        counter
+    blockprobe_threshold_seconds, blockprobe_build_info{version}
+    process_cpu_seconds_total, process_resident_memory_bytes, ... (blockprobe itself)
+
+CARDINALITY: at most --max-services services and, per service, --max-functions
+functions get series of their own: the first ones seen (series are never removed, so
+counters stay monotonic). Later ones are counted under service=\"<other>\" or
+function=\"<other>\". With the defaults the stall histogram has at most 50 x 51 label
+sets.
+
+EXAMPLES:
+    blockprobe serve                                   # http://127.0.0.1:9464/metrics
+    blockprobe serve --listen 0.0.0.0:9464 --threshold 50ms -q   # in a DaemonSet
+    blockprobe serve -o /var/lib/blockprobe/host.json  # also write a report at exit";
 
 /// Options shared by `run` and `trace`.
 #[derive(Debug, Args, Clone)]
@@ -80,6 +206,27 @@ pub struct TraceOptions {
     /// No live output and no summary; only errors and the report file.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Service label of every traced process. Default: derived from each command line
+    /// (`uvicorn app.main:app` → app.main, `python3 /srv/billing/worker.py` → worker,
+    /// `python3 /srv/billing/main.py` → billing).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Record only the program (argv[0]) of each traced command line in the report.
+    #[arg(long)]
+    pub redact_cmdline: bool,
+}
+
+/// Parses a percentage (a finite number >= 0).
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("invalid percentage {text:?}; use e.g. 20 or 12.5"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("percentage {text:?} must be a number >= 0"));
+    }
+    Ok(v)
 }
 
 /// Parses `500us`, `10ms`, `1s`, `1m`, `1.5s`.
@@ -132,6 +279,76 @@ mod tests {
             _ => panic!("not run"),
         }
         assert!(Cli::try_parse_from(["blockprobe", "run"]).is_err());
+    }
+
+    #[test]
+    fn fleet_commands() {
+        let cli = Cli::try_parse_from([
+            "blockprobe",
+            "diff",
+            "a.json",
+            "b.json",
+            "--fail-on-regression",
+            "12.5%",
+            "--min-count",
+            "3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Diff {
+                fail_on_regression,
+                min_count,
+                per_second,
+                ..
+            } => {
+                assert_eq!(fail_on_regression, Some(12.5));
+                assert_eq!(min_count, 3);
+                assert!(!per_second);
+            }
+            _ => panic!("not diff"),
+        }
+        assert!(
+            Cli::try_parse_from(["blockprobe", "diff", "a", "b", "--fail-on-regression", "-1"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["blockprobe", "merge", "a.json"]).is_err(),
+            "-o required"
+        );
+        let cli = Cli::try_parse_from(["blockprobe", "merge", "a", "b", "-o", "c"]).unwrap();
+        assert!(matches!(cli.command, Command::Merge { ref files, .. } if files.len() == 2));
+        let cli = Cli::try_parse_from(["blockprobe", "serve", "--service", "api"]).unwrap();
+        match cli.command {
+            Command::Serve {
+                listen,
+                options,
+                max_functions,
+                ..
+            } => {
+                assert!(listen.ip().is_loopback(), "loopback by default");
+                assert_eq!(listen.port(), 9464);
+                assert_eq!(options.service.as_deref(), Some("api"));
+                assert_eq!(max_functions, 50);
+            }
+            _ => panic!("not serve"),
+        }
+        let cli = Cli::try_parse_from([
+            "blockprobe",
+            "report",
+            "r.json",
+            "--format",
+            "pprof",
+            "-o",
+            "p",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Report {
+                output: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]

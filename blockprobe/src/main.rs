@@ -7,8 +7,11 @@ mod cli;
 mod clock;
 mod commands;
 mod events;
+mod export;
+mod fleet;
 mod histogram;
 mod kernel;
+mod metrics;
 mod model;
 mod preflight;
 mod probes;
@@ -37,7 +40,56 @@ fn main() {
 /// Runs one subcommand; returns the process exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Report { file, format } => commands::report::run(&file, format).map(|()| 0),
+        Command::Report {
+            file,
+            format,
+            output,
+        } => commands::report::run(&file, format, output.as_deref()).map(|()| 0),
+        Command::Merge {
+            files,
+            output,
+            max_stalls,
+        } => commands::merge::run(
+            &files,
+            &output,
+            fleet::merge::MergeLimits {
+                max_stalls,
+                ..Default::default()
+            },
+        )
+        .map(|()| 0),
+        Command::Diff {
+            before,
+            after,
+            fail_on_regression,
+            min_count,
+            format,
+            per_second,
+            top,
+        } => Ok(commands::diff::run(
+            &before,
+            &after,
+            &fleet::diff::DiffOptions {
+                fail_on_regression,
+                min_count,
+                normalize: per_second,
+            },
+            format,
+            top,
+        )),
+        Command::Serve {
+            options,
+            listen,
+            max_functions,
+            max_services,
+        } => runtime()?.block_on(commands::serve::run(
+            options,
+            commands::serve::ServeOptions {
+                listen,
+                max_functions,
+                max_services,
+            },
+        )),
         Command::Run { options, command } => {
             runtime()?.block_on(commands::run::run(options, command))
         }

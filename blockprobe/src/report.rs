@@ -5,19 +5,32 @@
 //! {"schema":"blockprobe.report/v1","blockprobe_version":str,"host":str,
 //!  "started_unix_ns":int,"duration_ns":int,"threshold_ns":int,
 //!  "lost_events":int,"lost":{counter_name:int},"stalls_dropped":int,"processes_dropped":int,
-//!  "processes":[{"pid":int,"comm":str,"python_version":str,"loop_threads":[int]}],
+//!  "ended_unix_ns":int,"kernel_release":str,
+//!  "processes":[{"pid":int,"comm":str,"python_version":str,"loop_threads":[int],
+//!                "cmdline":[str],"service":str,"cgroup":str,"container_id":str,
+//!                "app_root":str,"host":str}],
 //!  "stalls":[{"pid":int,"tid":int,"comm":str,"start_unix_ns":int,"duration_ns":int,
 //!             "cause":str,"syscall":str|null,"causes":{cause:int},
 //!             "stack":[{"function":str,"file":str,"line":int}],
 //!             "culprit":{"function":str,"file":str,"line":int}|null}],
-//!  "functions":[{"function":str,"file":str,"count":int,"total_ns":int,"max_ns":int,
-//!                "buckets":[{"le_ns":int,"count":int}],"causes":{cause:int}}]}
+//!  "functions":[{"function":str,"file":str,"stable_file":str,"count":int,"total_ns":int,
+//!                "max_ns":int,"buckets":[{"le_ns":int,"count":int}],"causes":{cause:int}}],
+//!  "services":[{"service":str,"count":int,"total_ns":int,"max_ns":int,"buckets":[…],
+//!               "causes":{cause:int}}],
+//!  "stacks":[{"service":str,"leaf":str,"frames":[{"function":str,"file":str}],
+//!             "count":int,"total_ns":int}],
+//!  "sources":[{"host":str,"started_unix_ns":int,"ended_unix_ns":int,
+//!              "blockprobe_version":str,"kernel_release":str}]}
 //! ```
 //!
 //! Compatibility rules: fields are only ever added, never renamed or removed; readers
 //! ignore fields they do not know. The fields beyond the original v1 list
 //! (`blockprobe_version`, `started_unix_ns`, `lost`, `stalls_dropped`,
-//! `processes_dropped`, per-function `causes`) default when absent.
+//! `processes_dropped`, per-function `causes`, and the fleet fields: `ended_unix_ns`,
+//! `kernel_release`, the per-process identity after `loop_threads`, `stable_file`,
+//! `services`, `stacks`, `sources`) default when absent.
+//! `services` and `stacks` cover every stall, like `functions` (see
+//! [`crate::fleet::tables`]); `sources` is only filled by `blockprobe merge`.
 //! `stalls` holds the longest stalls (at most the aggregator's `max_stalls`) in
 //! chronological order; `stalls_dropped` counts the others. `functions` is sorted by
 //! `total_ns`, descending, and covers every stall. `buckets` are described in
@@ -76,6 +89,21 @@ pub struct Report {
     pub stalls: Vec<Stall>,
     /// Per culprit function, by total stall time.
     pub functions: Vec<FunctionReport>,
+    /// Wall-clock end of the run (of the last run, in a merged report).
+    #[serde(default)]
+    pub ended_unix_ns: u64,
+    /// Kernel release of the host (`uname -r`).
+    #[serde(default)]
+    pub kernel_release: String,
+    /// Per service label, by total stall time.
+    #[serde(default)]
+    pub services: Vec<crate::fleet::tables::ServiceReport>,
+    /// Blocking time per distinct stack (bounded), by total stall time.
+    #[serde(default)]
+    pub stacks: Vec<crate::fleet::tables::StackReport>,
+    /// The runs a merged report was made of (`blockprobe merge`); empty for one run.
+    #[serde(default)]
+    pub sources: Vec<crate::fleet::merge::Source>,
 }
 
 /// One function's aggregate.
@@ -85,6 +113,11 @@ pub struct FunctionReport {
     pub function: String,
     /// File name (empty for `<unknown>` / `<other>`).
     pub file: String,
+    /// `file` relative to site-packages, the stdlib or the app root: the same on every
+    /// host (see [`crate::fleet::identity::stable_file`]). Functions are compared and
+    /// merged by `function` and `stable_file`.
+    #[serde(default)]
+    pub stable_file: String,
     /// Serialized inline as `count`, `total_ns`, `max_ns`, `buckets`.
     #[serde(flatten)]
     pub histogram: Log2Histogram,
@@ -99,9 +132,21 @@ impl FunctionReport {
         FunctionReport {
             function,
             file,
+            stable_file: String::new(),
             histogram: stats.histogram.clone(),
             causes: stats.causes.clone(),
         }
+    }
+
+    /// The key functions are compared and merged by: the function and its stable file
+    /// (derived from `file` for reports written before `stable_file` existed).
+    pub fn stable_key(&self) -> (String, String) {
+        let file = if self.stable_file.is_empty() {
+            crate::fleet::identity::stable_file(&self.file, [])
+        } else {
+            self.stable_file.clone()
+        };
+        (self.function.clone(), file)
     }
 }
 
@@ -351,6 +396,7 @@ pub(crate) mod tests {
             comm: "python3".into(),
             python_version: "3.11.7".into(),
             loop_threads: vec![4242],
+            ..Default::default()
         });
         let fetch = frame("Client.fetch_data", "/srv/app/services/db.py", 42);
         let evil = frame("bad\u{1b}[31mname\n", "/srv/app/x\ty.py", 7);

@@ -12,7 +12,7 @@ use blockprobe_common::stack::RawStack;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    aggregate::{Aggregator, ProcessInfo},
+    aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
@@ -120,12 +120,12 @@ impl Session {
                     comm: comm.clone(),
                     python_version: version.clone(),
                 })?;
-                self.aggregator.register_process(ProcessInfo {
-                    pid,
-                    comm: comm.clone(),
-                    python_version: version,
-                    loop_threads: Vec::new(),
-                });
+                self.aggregator
+                    .register_process(crate::fleet::identity::process_info(
+                        pid,
+                        comm.clone(),
+                        version,
+                    ));
                 self.processes.insert(pid, Traced { python, comm });
                 Ok(Attach::Attached)
             }
@@ -151,9 +151,9 @@ impl Session {
     fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
         if let Err(e) = self.attach(pid) {
             self.starting.remove(&pid);
-            // A process that exited meanwhile (a shell, a pyenv shim) is no news.
-            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            if !gone && self.given_up.insert(pid) {
+            // A process that exited meanwhile (a pyenv shim) or that does not even look
+            // like Python (an init we may not read) is no news.
+            if looks_like_python(pid) && self.given_up.insert(pid) {
                 self.warn(format!("not tracing pid {pid}: {e:#}"))?;
             }
         }
@@ -391,6 +391,15 @@ async fn wait_child(
         Some(c) => c.wait().await.context("waiting for the traced command"),
         None => std::future::pending().await,
     }
+}
+
+/// Whether `pid` still runs an executable whose name says Python (`python3.11`,
+/// `python`, `pypy3`…): inspection failures of other processes are not worth a warning.
+fn looks_like_python(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+        .is_some_and(|name| name.contains("py"))
 }
 
 /// The command name of `pid` (empty when gone).

@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
+pub mod diff;
+pub mod merge;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod trace;
 pub mod tracing;

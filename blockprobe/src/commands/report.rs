@@ -1,6 +1,7 @@
-//! `blockprobe report FILE [--format text|json]`: show a saved report.
+//! `blockprobe report FILE [--format text|json|folded|svg|pprof] [-o OUT]`: show a saved
+//! report, or export it for flame graph and profiling tools.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal as _, Write};
 use std::path::Path;
 
 use crate::render::summary::{SummaryOptions, write_summary};
@@ -14,11 +15,26 @@ pub enum ReportFormat {
     Text,
     /// The validated report as pretty-printed JSON (`blockprobe.report/v1`).
     Json,
+    /// Folded stacks of blocking time (`service;outer;…;inner;[cause: syscall] NS`), for
+    /// inferno, flamegraph.pl or speedscope.
+    Folded,
+    /// An SVG flame graph of blocking time.
+    Svg,
+    /// A pprof profile (protobuf; sample types stalls/count and delay/nanoseconds), for
+    /// `go tool pprof`, Pyroscope or Grafana.
+    Pprof,
 }
 
-/// Loads the report at `path` and prints it to stdout. A closed stdout (e.g. piped into
-/// `head`) is not an error.
-pub fn run(path: &Path, format: ReportFormat) -> anyhow::Result<()> {
+/// Loads the report at `path` and prints it to stdout, or writes it to `output`
+/// atomically. A closed stdout (e.g. piped into `head`) is not an error.
+pub fn run(path: &Path, format: ReportFormat, output: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(output) = output {
+        let report = Report::load(path)?;
+        return crate::report::write_atomic_with(output, |w| write_format(&report, format, w));
+    }
+    if format == ReportFormat::Pprof && io::stdout().is_terminal() {
+        anyhow::bail!("a pprof profile is binary: write it with -o FILE or redirect stdout");
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     match render(path, format, &mut out) {
@@ -30,15 +46,28 @@ pub fn run(path: &Path, format: ReportFormat) -> anyhow::Result<()> {
 /// [`run`], writing to `out`.
 pub fn render(path: &Path, format: ReportFormat, out: &mut dyn Write) -> anyhow::Result<()> {
     let report = Report::load(path)?;
-    let written = match format {
-        ReportFormat::Text => write_summary(&report, &SummaryOptions::default(), out),
-        ReportFormat::Json => serde_json::to_writer_pretty(&mut *out, &report)
+    let written = write_format(&report, format, out);
+    // Keep the io::Error in the chain so that a broken pipe is recognisable.
+    written.map_err(|e| anyhow::Error::new(e).context("writing report to stdout"))
+}
+
+/// Writes `report` in `format` to `out`.
+fn write_format(report: &Report, format: ReportFormat, out: &mut dyn Write) -> io::Result<()> {
+    use crate::export::{folded, pprof, svg};
+    match format {
+        ReportFormat::Text => write_summary(report, &SummaryOptions::default(), out),
+        ReportFormat::Json => serde_json::to_writer_pretty(&mut *out, report)
             .map_err(io::Error::from)
             .and_then(|()| writeln!(out))
             .and_then(|()| out.flush()),
-    };
-    // Keep the io::Error in the chain so that a broken pipe is recognisable.
-    written.map_err(|e| anyhow::Error::new(e).context("writing report to stdout"))
+        ReportFormat::Folded => out
+            .write_all(folded::folded(report).as_bytes())
+            .and_then(|()| out.flush()),
+        ReportFormat::Svg => svg::write_svg(report, out).and_then(|()| out.flush()),
+        ReportFormat::Pprof => out
+            .write_all(&pprof::encode(report))
+            .and_then(|()| out.flush()),
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +111,31 @@ mod tests {
     }
 
     #[test]
+    fn exports_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let r = sample_report();
+        r.write_atomic(&path).unwrap();
+        for (format, check) in [
+            (ReportFormat::Folded, b"<unknown>;".as_slice()),
+            (ReportFormat::Svg, b"<?xml".as_slice()),
+            (ReportFormat::Json, b"{".as_slice()),
+        ] {
+            let out = dir.path().join("out");
+            run(&path, format, Some(&out)).unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            assert!(bytes.starts_with(check), "{format:?}");
+        }
+        let out = dir.path().join("p.pb");
+        run(&path, ReportFormat::Pprof, Some(&out)).unwrap();
+        let p = <crate::export::pprof::proto::Profile as prost::Message>::decode(
+            std::fs::read(&out).unwrap().as_slice(),
+        )
+        .unwrap();
+        assert_eq!(p.sample.iter().map(|s| s.value[0]).sum::<i64>(), 36);
+    }
+
+    #[test]
     fn format_values() {
         use clap::ValueEnum;
         assert_eq!(
@@ -92,6 +146,9 @@ mod tests {
             ReportFormat::from_str("json", false),
             Ok(ReportFormat::Json)
         );
+        for name in ["folded", "svg", "pprof"] {
+            assert!(ReportFormat::from_str(name, false).is_ok(), "{name}");
+        }
         assert!(ReportFormat::from_str("yaml", false).is_err());
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     cli::TraceOptions,
     preflight,
     probes::{Probes, Settings},
-    render::live::LiveFormat,
+    render::live::{LiveFormat, StallSink},
     render::{live, summary},
     session::Session,
 };
@@ -27,6 +27,19 @@ pub struct Prepared {
 
 /// Checks the host, loads and attaches the probes for `scope`, and opens the live output.
 pub fn prepare(options: &TraceOptions, scope: Scope) -> anyhow::Result<Prepared> {
+    prepare_with(options, scope, |sink| sink)
+}
+
+/// [`prepare`], with the live output wrapped by `wrap` (e.g. to also feed metrics).
+pub fn prepare_with(
+    options: &TraceOptions,
+    scope: Scope,
+    wrap: impl FnOnce(Box<dyn StallSink + Send>) -> Box<dyn StallSink + Send>,
+) -> anyhow::Result<Prepared> {
+    crate::fleet::identity::configure(crate::fleet::identity::IdentityOptions {
+        service: options.service.clone(),
+        redact_cmdline: options.redact_cmdline,
+    });
     let tracefs = preflight::check()?;
     let threshold_ns =
         u64::try_from(options.threshold.as_nanos()).context("threshold too large")?;
@@ -46,6 +59,7 @@ pub fn prepare(options: &TraceOptions, scope: Scope) -> anyhow::Result<Prepared>
     } else {
         live::sink_for(options.format)
     };
+    let sink = wrap(sink);
     Ok(Prepared {
         session: Session::new(probes, sink, Aggregator::new(Limits::default())),
         ring,
@@ -57,8 +71,8 @@ pub fn prepare(options: &TraceOptions, scope: Scope) -> anyhow::Result<Prepared>
 pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> anyhow::Result<()> {
     let (aggregator, _sink, _clock) = session.into_parts();
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    let report = aggregator.report(RunInfo {
-        host: crate::report::local_hostname(),
+    let mut report = aggregator.report(RunInfo {
+        host: crate::fleet::identity::host_name(),
         started_unix_ns: nanos(
             started
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -67,6 +81,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         duration_ns: nanos(started.elapsed().unwrap_or_default()),
         threshold_ns: nanos(options.threshold),
     });
+    report.kernel_release = crate::fleet::identity::kernel_release();
     if let Some(path) = &options.output {
         report.write_atomic(path)?;
     }

@@ -174,9 +174,19 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         } else {
             threads.join(", ")
         };
+        let service = if p.service.is_empty() {
+            String::new()
+        } else {
+            format!(", service {}", escape(&p.service))
+        };
+        let host = if p.host.is_empty() || p.host == r.host {
+            String::new()
+        } else {
+            format!(" on {}", escape(&p.host))
+        };
         let _ = writeln!(
             s,
-            "    pid {} {} (Python {}), loop threads: {}",
+            "    pid {} {} (Python {}{service}){host}, loop threads: {}",
             p.pid,
             escape(&p.comm),
             escape(&p.python_version),

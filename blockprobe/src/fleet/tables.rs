@@ -1,0 +1,272 @@
+//! Per-service and per-stack aggregates of a run, kept beside the per-function ones:
+//! `services` (one histogram per service label) and `stacks` (blocking time per distinct
+//! stack, for flame graphs and pprof). Both cover every stall, not only the kept ones,
+//! and add up exactly when reports are merged.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{FunctionStats, OTHER_FUNCTION, UNKNOWN_FUNCTION};
+use crate::histogram::Log2Histogram;
+use crate::model::{Cause, Stall};
+
+use super::identity::stable_file;
+
+/// Distinct service labels kept; stalls of later ones count under [`OTHER_FUNCTION`].
+pub const MAX_SERVICES: usize = 1_000;
+/// Distinct stacks kept; stalls with later stacks count under one
+/// [`OTHER_STACKS`] stack per service.
+pub const MAX_STACKS: usize = 10_000;
+/// The frame of the stack that collects stacks past [`MAX_STACKS`].
+pub const OTHER_STACKS: &str = "<other stacks>";
+
+/// One service's aggregate: `{"service":str,"count":int,"total_ns":int,"max_ns":int,
+/// "buckets":[…],"causes":{cause:int}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// The service label ([`UNKNOWN_FUNCTION`] for stalls of unregistered processes).
+    pub service: String,
+    /// Stall durations, inline as in `functions`.
+    #[serde(flatten)]
+    pub histogram: Log2Histogram,
+    /// Time blocked in syscalls during these stalls, by cause.
+    #[serde(default)]
+    pub causes: BTreeMap<Cause, u64>,
+}
+
+/// A frame of an aggregated stack: function and stable file (no line, so that stacks
+/// stay the same across small code changes and hosts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// Qualified name.
+    pub function: String,
+    /// Stable file name (see [`stable_file`]).
+    pub file: String,
+}
+
+/// What identifies an aggregated stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    /// Service label.
+    pub service: String,
+    /// What the loop was doing at the top of the stack: the stall's main cause and, if
+    /// any, its longest blocking syscall (`sleep: clock_nanosleep`).
+    pub leaf: String,
+    /// Python frames, innermost first.
+    pub frames: Vec<StackFrame>,
+}
+
+/// Blocking time of one distinct stack: `{"service":str,"leaf":str,
+/// "frames":[{"function":str,"file":str}],"count":int,"total_ns":int}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackReport {
+    /// Service label.
+    pub service: String,
+    /// Cause and syscall (see [`StackKey::leaf`]); empty for [`OTHER_STACKS`].
+    pub leaf: String,
+    /// Python frames, innermost first (empty when the stack was not read).
+    pub frames: Vec<StackFrame>,
+    /// Stalls with this stack.
+    pub count: u64,
+    /// Their total duration.
+    pub total_ns: u64,
+}
+
+impl StackReport {
+    /// The key it is aggregated (and merged) under.
+    pub fn key(&self) -> StackKey {
+        StackKey {
+            service: self.service.clone(),
+            leaf: self.leaf.clone(),
+            frames: self.frames.clone(),
+        }
+    }
+}
+
+/// The leaf of a stall's stack (see [`StackKey::leaf`]).
+pub fn leaf_of(stall: &Stall) -> String {
+    match &stall.syscall {
+        Some(syscall) => format!("{}: {syscall}", stall.cause.as_str()),
+        None => stall.cause.as_str().to_owned(),
+    }
+}
+
+/// The per-service and per-stack aggregates of a running session.
+#[derive(Debug, Default)]
+pub struct Tables {
+    services: HashMap<String, FunctionStats>,
+    stacks: HashMap<StackKey, (u64, u64)>,
+}
+
+impl Tables {
+    /// Adds one stall of a process labelled `service` (empty: not registered) whose
+    /// first-party files are under `app_root`.
+    pub fn record(&mut self, stall: &Stall, service: &str, app_root: &str) {
+        let service = if service.is_empty() {
+            UNKNOWN_FUNCTION
+        } else {
+            service
+        };
+        let service = if self.services.contains_key(service) || self.services.len() < MAX_SERVICES {
+            service
+        } else {
+            OTHER_FUNCTION
+        };
+        self.services
+            .entry(service.to_owned())
+            .or_default()
+            .record(stall);
+
+        let key = StackKey {
+            service: service.to_owned(),
+            leaf: leaf_of(stall),
+            frames: stall
+                .stack
+                .iter()
+                .map(|f| StackFrame {
+                    function: f.function.clone(),
+                    file: stable_file(&f.file, [app_root]),
+                })
+                .collect(),
+        };
+        let key = if self.stacks.contains_key(&key) || self.stacks.len() < MAX_STACKS {
+            key
+        } else {
+            StackKey {
+                service: service.to_owned(),
+                leaf: String::new(),
+                frames: vec![StackFrame {
+                    function: OTHER_STACKS.to_owned(),
+                    file: String::new(),
+                }],
+            }
+        };
+        let slot = self.stacks.entry(key).or_default();
+        slot.0 = slot.0.saturating_add(1);
+        slot.1 = slot.1.saturating_add(stall.duration_ns);
+    }
+
+    /// The services, by total stall time (descending; ties by name).
+    pub fn services(&self) -> Vec<ServiceReport> {
+        let mut out: Vec<ServiceReport> = self
+            .services
+            .iter()
+            .map(|(service, stats)| ServiceReport {
+                service: service.clone(),
+                histogram: stats.histogram.clone(),
+                causes: stats.causes.clone(),
+            })
+            .collect();
+        sort_services(&mut out);
+        out
+    }
+
+    /// The stacks, by total stall time (descending; ties by key).
+    pub fn stacks(&self) -> Vec<StackReport> {
+        let mut out: Vec<StackReport> = self
+            .stacks
+            .iter()
+            .map(|(k, &(count, total_ns))| StackReport {
+                service: k.service.clone(),
+                leaf: k.leaf.clone(),
+                frames: k.frames.clone(),
+                count,
+                total_ns,
+            })
+            .collect();
+        sort_stacks(&mut out);
+        out
+    }
+}
+
+/// Sorts services as reports list them.
+pub fn sort_services(services: &mut [ServiceReport]) {
+    services.sort_by(|a, b| {
+        b.histogram
+            .total_ns()
+            .cmp(&a.histogram.total_ns())
+            .then(b.histogram.count().cmp(&a.histogram.count()))
+            .then_with(|| a.service.cmp(&b.service))
+    });
+}
+
+/// Sorts stacks as reports list them.
+pub fn sort_stacks(stacks: &mut [StackReport]) {
+    stacks.sort_by(|a, b| {
+        b.total_ns
+            .cmp(&a.total_ns)
+            .then(b.count.cmp(&a.count))
+            .then_with(|| a.key().cmp(&b.key()))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tests::{frame, stall};
+
+    #[test]
+    fn services_and_stacks() {
+        let mut t = Tables::default();
+        let mut s = stall(1, 0, 100, Some(frame("f", "/srv/app/a.py", 3)));
+        s.stack = vec![
+            frame("f", "/srv/app/a.py", 3),
+            frame("main", "/srv/app/main.py", 9),
+        ];
+        t.record(&s, "api", "/srv/app");
+        s.stack[0].line = 4; // same stack without lines
+        s.duration_ns = 50;
+        t.record(&s, "api", "/srv/app");
+        t.record(&s, "", "");
+        let services = t.services();
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[0].service, "api");
+        assert_eq!(services[0].histogram.count(), 2);
+        assert_eq!(services[0].histogram.total_ns(), 150);
+        assert_eq!(services[1].service, UNKNOWN_FUNCTION);
+        let stacks = t.stacks();
+        assert_eq!(stacks.len(), 2, "{stacks:#?}");
+        assert_eq!(stacks[0].count, 2);
+        assert_eq!(stacks[0].total_ns, 150);
+        assert_eq!(stacks[0].leaf, "sleep: clock_nanosleep");
+        assert_eq!(
+            stacks[0].frames,
+            [
+                StackFrame {
+                    function: "f".into(),
+                    file: "a.py".into()
+                },
+                StackFrame {
+                    function: "main".into(),
+                    file: "main.py".into()
+                }
+            ]
+        );
+        assert_eq!(stacks[1].frames[0].file, "/srv/app/a.py", "no root, kept");
+    }
+
+    #[test]
+    fn bounded() {
+        let mut t = Tables::default();
+        for i in 0..(MAX_STACKS + 10) {
+            let s = stall(1, 0, 10, Some(frame(&format!("f{i}"), "x.py", 1)));
+            t.record(&s, &format!("svc{}", i % 3), "");
+        }
+        let stacks = t.stacks();
+        assert_eq!(
+            stacks.len(),
+            MAX_STACKS + 3,
+            "one overflow stack per service"
+        );
+        let total: u64 = stacks.iter().map(|s| s.count).sum();
+        assert_eq!(total, MAX_STACKS as u64 + 10);
+        assert!(stacks.iter().any(|s| s.frames[0].function == OTHER_STACKS));
+        for i in 0..(MAX_SERVICES + 5) {
+            t.record(&stall(1, 0, 10, None), &format!("s{i}"), "");
+        }
+        let services = t.services();
+        assert_eq!(services.len(), MAX_SERVICES + 1);
+        assert!(services.iter().any(|s| s.service == OTHER_FUNCTION));
+    }
+}

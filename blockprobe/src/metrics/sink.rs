@@ -1,0 +1,109 @@
+//! The live sink of `blockprobe serve`: feeds [`Metrics`] and passes every event on to
+//! the usual live output.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::Metrics;
+use crate::fleet::identity;
+use crate::model::Stall;
+use crate::render::live::{StallSink, Status};
+
+/// Updates the metrics, then forwards to `inner`.
+pub struct MetricsSink {
+    metrics: Arc<Mutex<Metrics>>,
+    inner: Box<dyn StallSink + Send>,
+}
+
+impl MetricsSink {
+    /// A sink updating `metrics` and forwarding to `inner`.
+    pub fn new(metrics: Arc<Mutex<Metrics>>, inner: Box<dyn StallSink + Send>) -> Self {
+        MetricsSink { metrics, inner }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Metrics> {
+        lock(&self.metrics)
+    }
+}
+
+/// Locks the metrics, also after a panic elsewhere (they stay usable).
+pub fn lock(m: &Mutex<Metrics>) -> MutexGuard<'_, Metrics> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StallSink for MetricsSink {
+    fn stall(&mut self, stall: &Stall) -> anyhow::Result<()> {
+        self.lock().stall(stall);
+        self.inner.stall(stall)
+    }
+
+    fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        match status {
+            Status::Attached {
+                pid,
+                comm,
+                python_version,
+            } => {
+                // The process is alive now: read its identity as the report does.
+                let info = identity::process_info(*pid, comm.clone(), python_version.clone());
+                self.lock().attach(&info);
+            }
+            Status::Loop { pid, tid } => self.lock().loop_thread(*pid, *tid),
+            Status::Detached { pid, .. } => self.lock().detach(*pid),
+            Status::Lost { kind, count } => self.lock().lost(kind, *count),
+            _ => {}
+        }
+        self.inner.status(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::tests::{frame, stall};
+    use crate::metrics::MetricsConfig;
+    use crate::metrics::process::SelfStats;
+    use crate::render::live::JsonlSink;
+
+    #[test]
+    fn updates_metrics_and_forwards() {
+        let metrics = Arc::new(Mutex::new(Metrics::new(MetricsConfig {
+            threshold_ns: 1_000_000,
+            max_functions: 10,
+            max_services: 10,
+        })));
+        let mut sink = MetricsSink::new(metrics.clone(), Box::new(JsonlSink::new(Vec::new())));
+        let me = std::process::id();
+        sink.status(&Status::Attached {
+            pid: me,
+            comm: "test".into(),
+            python_version: "3.11.7".into(),
+        })
+        .unwrap();
+        sink.status(&Status::Loop { pid: me, tid: me }).unwrap();
+        sink.stall(&stall(me, 0, 5_000_000, Some(frame("f", "/x/f.py", 1))))
+            .unwrap();
+        sink.status(&Status::Lost {
+            kind: "k".into(),
+            count: 1,
+        })
+        .unwrap();
+        let text = lock(&metrics).render(&SelfStats::default());
+        assert!(
+            text.contains(",function=\"f\",file=\"/x/f.py\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("blockprobe_lost_events_total{kind=\"k\"} 1\n"));
+        assert!(text.contains("blockprobe_event_loops{service=\""), "{text}");
+        sink.status(&Status::Detached {
+            pid: me,
+            reason: crate::render::live::DetachReason::Exit,
+        })
+        .unwrap();
+        let text = lock(&metrics).render(&SelfStats::default());
+        assert!(
+            text.contains("blockprobe_traced_processes{service=\""),
+            "{text}"
+        );
+        assert!(!text.contains("blockprobe_traced_processes{service=\"<unknown>\"} 1"));
+    }
+}
