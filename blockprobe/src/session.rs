@@ -42,8 +42,8 @@ pub enum Attach {
     Attached,
     /// Not a Python process.
     NotPython,
-    /// Python, but not ready to be traced yet (the reason); retried on ticks.
-    Waiting(String),
+    /// Python, but not ready to be traced yet; retried on ticks.
+    Waiting,
 }
 
 /// Why the event loop of a session ended.
@@ -107,8 +107,8 @@ impl Session {
                     .starting
                     .entry(pid)
                     .or_insert_with(|| (Instant::now(), String::new()));
-                entry.1.clone_from(&why);
-                Ok(Attach::Waiting(why))
+                entry.1 = why;
+                Ok(Attach::Waiting)
             }
             Inspection::Ready(python) => {
                 self.starting.remove(&pid);

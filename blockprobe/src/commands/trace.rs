@@ -6,14 +6,25 @@ use blockprobe_common::config::Scope;
 use crate::{
     cli::TraceOptions,
     commands::tracing,
+    python::{Inspection, PythonProcess},
     session::{Attach, StopReason},
 };
 
 /// Traces `pids`, or the whole host when empty, until a signal or `--duration`.
 pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
+    // Bad pids fail before any probe is loaded.
     for &pid in &pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}");
+        }
+        match PythonProcess::inspect(pid)? {
+            Inspection::Ready(_) => {}
+            Inspection::NotPython => bail!(
+                "pid {pid} is not a Python process (no libpython or python runtime in its memory map)"
+            ),
+            Inspection::NotReady(why) => bail!(
+                "pid {pid} is a Python process that cannot be traced yet ({why}); try again in a moment"
+            ),
         }
     }
     let scope = if pids.is_empty() {
@@ -29,12 +40,10 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     for pid in pids {
         match session.attach(pid)? {
             Attach::Attached => {}
-            Attach::NotPython => bail!(
-                "pid {pid} is not a Python process (no libpython or python runtime in its memory map)"
-            ),
-            Attach::Waiting(why) => bail!(
-                "pid {pid} is a Python process that cannot be traced yet ({why}); try again in a moment"
-            ),
+            // Checked above; only an exec or exit in between gets here.
+            Attach::NotPython | Attach::Waiting => {
+                bail!("pid {pid} changed while blockprobe attached to it")
+            }
         }
     }
     let started = prepared.started();

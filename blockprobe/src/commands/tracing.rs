@@ -59,7 +59,8 @@ pub fn prepare_with(
     } else {
         live::sink_for(options.format)
     };
-    let sink = wrap(sink);
+    let mut sink = wrap(sink);
+    sink.status(&live::Status::Ready)?;
     Ok(Prepared {
         session: Session::new(probes, sink, Aggregator::new(Limits::default())),
         ring,

@@ -46,7 +46,7 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`.
+/// `{"event":"warning","message":..}`, `{"event":"ready"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Status {
@@ -65,6 +65,8 @@ pub enum Status {
     Lost { kind: String, count: u64 },
     /// Something the user should know.
     Warning { message: String },
+    /// The probes are attached: from now on, loops that start polling are seen.
+    Ready,
 }
 
 /// Where live events go. Implementations must be usable from the tracer's event loop:
@@ -177,6 +179,7 @@ pub fn status_line(status: &Status) -> String {
             format!("lost {count} event{s} ({})", escape(kind))
         }
         Status::Warning { message } => format!("warning: {}", escape(message)),
+        Status::Ready => "probes attached, tracing".to_owned(),
     };
     format!("blockprobe: {text}")
 }
