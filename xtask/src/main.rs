@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod apt;
+mod bench;
+
 /// Debian packages: LLVM 22 (headers, libraries and llvm-config) that bpf-linker is built
 /// against and links to at run time, what its build also needs, and the Debian interpreter
 /// the integration tests run on.
@@ -87,6 +90,13 @@ enum Task {
     /// rustfmt check, clippy on the host crates and clippy on the eBPF crate for the BPF
     /// target; warnings are errors.
     Lint,
+    /// Set up, build blockprobe (release), and measure its overhead on real workloads,
+    /// side by side with peer tools; writes bench/results/latest.md (needs root).
+    Bench {
+        /// Repetitions of every workload under every mode.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Set up, lint, unit tests, then the integration tests against the real binary and
     /// real Pythons (needs root).
     Test {
@@ -141,6 +151,14 @@ fn run(task: Task) -> Result<ExitCode> {
             ws.lint()?;
         }
         Task::Test { long } => return ws.test(long),
+        Task::Bench { reps } => {
+            if !is_root() {
+                bail!("the benchmark loads BPF programs and needs root");
+            }
+            ws.setup()?;
+            ws.build(true)?;
+            bench::run(&ws.root, &ws.binary(true), &bench::BenchOptions { reps })?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,650 @@
+//! `cargo xtask bench`: what blockprobe costs, measured — not asserted.
+//!
+//! Every workload runs bare and under each mode, the modes alternating within each
+//! repetition (A/B/A/B…) so that drifts of the machine hit them all alike. Reported:
+//! medians, min–max and the ratio to bare; the tracer's own CPU time and peak RSS; the
+//! kernel-side run time of each BPF program (`kernel.bpf_stats_enabled`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The interpreter the Python workloads and peers run on.
+const PYTHON: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
+/// PyPI packages of the workloads and of the peers blockprobe is compared with.
+const BENCH_PY_DEPS: &[&str] = &["aiohttp", "py-spy", "aiodebug", "asyncio-event-loop-monitor"];
+/// How long wrk loads the HTTP server per run.
+const HTTP_SECONDS: u32 = 4;
+/// How long a tracer or server may take to get ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One way of running a workload.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    Bare,
+    TracePid,
+    TraceHost,
+    Serve,
+    AsyncioDebug,
+    LoopMonitor,
+    Aiodebug,
+    PySpy,
+}
+
+impl Mode {
+    const ALL: [Mode; 8] = [
+        Mode::Bare,
+        Mode::TracePid,
+        Mode::TraceHost,
+        Mode::Serve,
+        Mode::AsyncioDebug,
+        Mode::LoopMonitor,
+        Mode::Aiodebug,
+        Mode::PySpy,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::TracePid => "blockprobe trace -p",
+            Mode::TraceHost => "blockprobe trace (host)",
+            Mode::Serve => "blockprobe serve",
+            Mode::AsyncioDebug => "asyncio debug mode",
+            Mode::LoopMonitor => "asyncio-event-loop-monitor",
+            Mode::Aiodebug => "aiodebug slow callbacks",
+            Mode::PySpy => "py-spy record -r 100",
+        }
+    }
+
+    fn is_blockprobe(self) -> bool {
+        matches!(self, Mode::TracePid | Mode::TraceHost | Mode::Serve)
+    }
+
+    /// The peer wrapper's name in `bench/workloads/peer.py`, for in-process peers.
+    fn peer(self) -> &'static str {
+        match self {
+            Mode::AsyncioDebug => "asyncio-debug",
+            Mode::LoopMonitor => "loop-monitor",
+            Mode::Aiodebug => "aiodebug",
+            _ => "none",
+        }
+    }
+}
+
+/// What a workload measures, and how.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Workload {
+    /// aiohttp "hello" under wrk: requests/s (and p99 latency).
+    Http,
+    /// 200k asyncio.Queue ping-pongs: seconds.
+    Queue,
+    /// list(map(pyfunc, …)) and sorted(key=lambda): seconds.
+    MapPyfunc,
+    /// dd with 1-byte blocks, not Python: seconds.
+    Syscalls,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::Http,
+        Workload::Queue,
+        Workload::MapPyfunc,
+        Workload::Syscalls,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Http => "aiohttp hello under wrk (req/s)",
+            Workload::Queue => "asyncio.Queue ping-pong 200k (s)",
+            Workload::MapPyfunc => "list(map(pyfunc)) 4M + sorted(key) (s)",
+            Workload::Syscalls => "dd bs=1 count=2M, not Python (s)",
+        }
+    }
+
+    /// Whether a larger number is better (throughput) rather than worse (time).
+    fn higher_is_better(self) -> bool {
+        self == Workload::Http
+    }
+
+    fn modes(self) -> Vec<Mode> {
+        match self {
+            // Not Python: only the system-wide modes say what it costs everyone else.
+            Workload::Syscalls => vec![Mode::Bare, Mode::TraceHost, Mode::Serve],
+            // No event loop: the asyncio peers do not apply.
+            Workload::MapPyfunc => vec![
+                Mode::Bare,
+                Mode::TracePid,
+                Mode::TraceHost,
+                Mode::Serve,
+                Mode::PySpy,
+            ],
+            _ => Mode::ALL.to_vec(),
+        }
+    }
+}
+
+/// One measurement.
+struct Sample {
+    value: f64,
+    /// p99 latency in ms (HTTP only).
+    p99_ms: Option<f64>,
+    tracer: Option<TracerCost>,
+}
+
+/// What the tracer itself cost during one run.
+#[derive(Clone, Default)]
+struct TracerCost {
+    cpu_s: f64,
+    wall_s: f64,
+    peak_rss_kb: u64,
+    /// BPF program name → (run count, run time ns).
+    bpf: BTreeMap<String, (u64, u64)>,
+}
+
+/// Options of `cargo xtask bench`.
+pub struct BenchOptions {
+    /// Repetitions of every workload × mode.
+    pub reps: usize,
+}
+
+/// Runs the benchmark and writes `bench/results/latest.md`.
+pub fn run(root: &Path, blockprobe: &Path, opts: &BenchOptions) -> Result<()> {
+    let deps = root.join("target/benchdeps");
+    install_py_deps(&deps)?;
+    crate::apt::ensure(&["wrk", "bpftool"], "the benchmark")?;
+    let stats = BpfStats::enable()?;
+    let bench = Bench {
+        root: root.to_path_buf(),
+        blockprobe: blockprobe.to_path_buf(),
+        deps,
+    };
+    let started = Instant::now();
+    let mut samples: BTreeMap<(Workload, Mode), Vec<Sample>> = BTreeMap::new();
+    for rep in 1..=opts.reps {
+        for workload in Workload::ALL {
+            for mode in workload.modes() {
+                eprintln!("bench: rep {rep}/{} {} / {}", opts.reps, workload.name(), mode.name());
+                let sample = bench
+                    .measure(workload, mode)
+                    .with_context(|| format!("{} under {}", workload.name(), mode.name()))?;
+                samples.entry((workload, mode)).or_default().push(sample);
+            }
+        }
+    }
+    drop(stats);
+    let report = render(&samples, opts.reps, started.elapsed())?;
+    print!("{report}");
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("latest.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: written to {}", path.display());
+    Ok(())
+}
+
+/// Installs the workloads' and peers' Python packages into `dir` (once).
+fn install_py_deps(dir: &Path) -> Result<()> {
+    if dir.join(".complete").is_file() {
+        return Ok(());
+    }
+    let status = Command::new(PYTHON)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
+        .arg(dir)
+        .args(BENCH_PY_DEPS)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed", BENCH_PY_DEPS.join(" "));
+    }
+    std::fs::write(dir.join(".complete"), "")?;
+    Ok(())
+}
+
+/// Turns on kernel BPF run-time statistics, restoring the old setting on drop.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let previous = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("enabling BPF statistics (needs root)")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+struct Bench {
+    root: PathBuf,
+    blockprobe: PathBuf,
+    deps: PathBuf,
+}
+
+/// A running child killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Bench {
+    fn workload_script(&self, name: &str) -> PathBuf {
+        self.root.join("bench/workloads").join(name)
+    }
+
+    /// A Python command for `script`, wrapped for in-process peers and py-spy.
+    fn python(&self, mode: Mode, script: &str, args: &[&str]) -> Command {
+        let mut cmd = if mode == Mode::PySpy {
+            let mut c = Command::new(self.deps.join("bin/py-spy"));
+            c.args(["record", "-r", "100", "--nonblocking", "-f", "raw", "-o", "/dev/null", "--"]);
+            c.arg(PYTHON);
+            c
+        } else {
+            Command::new(PYTHON)
+        };
+        cmd.arg(self.workload_script("peer.py"))
+            .arg(mode.peer())
+            .arg(self.workload_script(script))
+            .args(args)
+            .env("PYTHONPATH", &self.deps)
+            .env("BENCH_WAIT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    fn measure(&self, workload: Workload, mode: Mode) -> Result<Sample> {
+        // System-wide tracers start first and must be ready before the workload starts.
+        let mut tracer = match mode {
+            Mode::TraceHost => Some(self.start_tracer(&["trace", "--format", "jsonl"])?),
+            Mode::Serve => Some(self.start_serve()?),
+            _ => None,
+        };
+        let (value, p99_ms, pid_tracer) = match workload {
+            Workload::Syscalls => (self.run_dd()?, None, None),
+            Workload::Queue => self.run_python_timed(mode, "queue_pingpong.py", &["200000"])?,
+            Workload::MapPyfunc => self.run_python_timed(mode, "map_pyfunc.py", &["4000000"])?,
+            Workload::Http => self.run_http(mode)?,
+        };
+        if let Some(t) = pid_tracer {
+            tracer = Some(t);
+        }
+        let cost = tracer.map(Tracer::stop).transpose()?;
+        Ok(Sample {
+            value,
+            p99_ms,
+            tracer: cost,
+        })
+    }
+
+    fn start_tracer(&self, args: &[&str]) -> Result<Tracer> {
+        let mut child = Command::new(&self.blockprobe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting blockprobe")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        let want = if args.contains(&"-p") { "\"attached\"" } else { "\"ready\"" };
+        loop {
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("blockprobe not ready after {READY_TIMEOUT:?}");
+            }
+            match lines.next() {
+                Some(line) => {
+                    if line?.contains(want) {
+                        break;
+                    }
+                }
+                None => bail!("blockprobe exited before it was ready"),
+            }
+        }
+        // Keep draining its stdout so it never blocks on a full pipe.
+        let drain = std::thread::spawn(move || for _ in lines {});
+        Ok(Tracer {
+            child: Running(child),
+            started: Instant::now(),
+            _drain: drain,
+        })
+    }
+
+    fn start_serve(&self) -> Result<Tracer> {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(&self.blockprobe)
+            .args(["serve", "--listen", &listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting blockprobe serve")?;
+        let child = Running(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&listen).is_err() {
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("blockprobe serve not listening after {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Tracer {
+            child,
+            started: Instant::now(),
+            _drain: std::thread::spawn(|| {}),
+        })
+    }
+
+    /// Runs a timing workload script: it prints READY, waits for a line, then prints the
+    /// elapsed seconds of its measured part.
+    fn run_python_timed(
+        &self,
+        mode: Mode,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(f64, Option<f64>, Option<Tracer>)> {
+        let mut child = Running(self.python(mode, script, args).spawn().context("starting python")?);
+        let mut out = BufReader::new(child.0.stdout.take().context("no stdout")?);
+        wait_for_line(&mut out, "READY")?;
+        let tracer = if mode == Mode::TracePid {
+            let pid = child.0.id().to_string();
+            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid])?)
+        } else {
+            None
+        };
+        writeln!(child.0.stdin.as_mut().context("no stdin")?, "GO")?;
+        let seconds: f64 = read_line(&mut out)?.trim().parse().context("workload output")?;
+        let _ = child.0.wait();
+        Ok((seconds, None, tracer))
+    }
+
+    fn run_dd(&self) -> Result<f64> {
+        let started = Instant::now();
+        let status = Command::new("dd")
+            .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=2000000"])
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("dd failed: {status}");
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    fn run_http(&self, mode: Mode) -> Result<(f64, Option<f64>, Option<Tracer>)> {
+        let port = free_port()?.to_string();
+        let mut server = Running(
+            self.python(mode, "http_server.py", &[&port])
+                .spawn()
+                .context("starting the aiohttp server")?,
+        );
+        let mut out = BufReader::new(server.0.stdout.take().context("no stdout")?);
+        wait_for_line(&mut out, "READY")?;
+        let tracer = if mode == Mode::TracePid {
+            let pid = server.0.id().to_string();
+            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid])?)
+        } else {
+            None
+        };
+        writeln!(server.0.stdin.as_mut().context("no stdin")?, "GO")?;
+        wait_for_line(&mut out, "LISTENING")?;
+        let wrk = Command::new("wrk")
+            .args(["-t1", "-c16", &format!("-d{HTTP_SECONDS}s"), "--latency"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .context("running wrk")?;
+        let text = String::from_utf8_lossy(&wrk.stdout);
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+        let p99 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("99%"))
+            .and_then(|v| parse_latency_ms(v.trim()));
+        Ok((rps, p99, tracer))
+    }
+}
+
+/// A blockprobe process being measured.
+struct Tracer {
+    child: Running,
+    started: Instant,
+    _drain: std::thread::JoinHandle<()>,
+}
+
+impl Tracer {
+    /// Reads its cost, then stops it with SIGINT and waits.
+    fn stop(mut self) -> Result<TracerCost> {
+        let pid = self.child.0.id();
+        let cost = TracerCost {
+            cpu_s: cpu_seconds(pid)?,
+            wall_s: self.started.elapsed().as_secs_f64(),
+            peak_rss_kb: peak_rss_kb(pid)?,
+            bpf: bpf_programs()?,
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let _ = self.child.0.wait();
+        Ok(cost)
+    }
+}
+
+fn wait_for_line(out: &mut BufReader<ChildStdout>, want: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("no {want} line after {READY_TIMEOUT:?}");
+        }
+        if read_line(out)?.trim() == want {
+            return Ok(());
+        }
+    }
+}
+
+fn read_line(out: &mut BufReader<ChildStdout>) -> Result<String> {
+    let mut line = String::new();
+    if out.read_line(&mut line)? == 0 {
+        bail!("the workload exited early");
+    }
+    Ok(line)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
+fn parse_latency_ms(text: &str) -> Option<f64> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+/// User + system CPU seconds of `pid` so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Peak resident set size of `pid` (VmHWM), in KiB.
+fn peak_rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")
+}
+
+/// Run count and time of every loaded BPF program named like blockprobe's.
+fn bpf_programs() -> Result<BTreeMap<String, (u64, u64)>> {
+    const OURS: &[&str] = &[
+        "sys_enter",
+        "sys_exit",
+        "sched_switch",
+        "sched_wakeup",
+        "cpu_sample",
+        "process_fork",
+        "process_exec",
+        "process_exit",
+    ];
+    let out = Command::new("bpftool").args(["prog", "show"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut programs = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let value = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let Some(name) = words.iter().position(|w| *w == "name").and_then(|i| words.get(i + 1))
+        else {
+            continue;
+        };
+        if OURS.contains(name) {
+            let entry = programs.entry((*name).to_owned()).or_insert((0, 0));
+            entry.0 += value("run_cnt").unwrap_or(0);
+            entry.1 += value("run_time_ns").unwrap_or(0);
+        }
+    }
+    Ok(programs)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The results as Markdown.
+fn render(
+    samples: &BTreeMap<(Workload, Mode), Vec<Sample>>,
+    reps: usize,
+    elapsed: Duration,
+) -> Result<String> {
+    let mut s = String::new();
+    writeln!(s, "# blockprobe benchmark\n")?;
+    writeln!(s, "{}\n", machine_info())?;
+    writeln!(
+        s,
+        "{reps} repetitions, modes alternating within each; {:.0} s in all. Ratio: the \
+         workload's cost relative to bare (time ratio, or bare/traced for throughput), so \
+         1.05 means 5% slower.\n",
+        elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        s,
+        "| workload | mode | median | min–max | ratio | p99 ms | tracer CPU % | tracer peak RSS MB |"
+    )?;
+    writeln!(s, "|---|---|---|---|---|---|---|---|")?;
+    for workload in Workload::ALL {
+        let Some(bare) = samples.get(&(workload, Mode::Bare)) else { continue };
+        let bare_median = median(&mut bare.iter().map(|x| x.value).collect::<Vec<_>>());
+        for mode in workload.modes() {
+            let Some(runs) = samples.get(&(workload, mode)) else { continue };
+            let mut values: Vec<f64> = runs.iter().map(|x| x.value).collect();
+            let med = median(&mut values);
+            let (lo, hi) = (values[0], values[values.len() - 1]);
+            let ratio = if workload.higher_is_better() {
+                bare_median / med
+            } else {
+                med / bare_median
+            };
+            let mut p99: Vec<f64> = runs.iter().filter_map(|x| x.p99_ms).collect();
+            let p99 = if p99.is_empty() { "".into() } else { format!("{:.2}", median(&mut p99)) };
+            let costs: Vec<&TracerCost> = runs.iter().filter_map(|x| x.tracer.as_ref()).collect();
+            let (cpu, rss) = if costs.is_empty() {
+                (String::new(), String::new())
+            } else {
+                let mut cpu: Vec<f64> =
+                    costs.iter().map(|c| 100.0 * c.cpu_s / c.wall_s.max(1e-9)).collect();
+                let rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
+                (format!("{:.1}", median(&mut cpu)), format!("{:.1}", rss as f64 / 1024.0))
+            };
+            writeln!(
+                s,
+                "| {} | {} | {med:.3} | {lo:.3}–{hi:.3} | {ratio:.3} | {p99} | {cpu} | {rss} |",
+                workload.name(),
+                mode.name()
+            )?;
+        }
+    }
+    writeln!(s, "\n## BPF programs (kernel side), per blockprobe mode, summed over runs\n")?;
+    writeln!(s, "| workload | mode | program | runs | ns/run |")?;
+    writeln!(s, "|---|---|---|---|---|")?;
+    for ((workload, mode), runs) in samples {
+        if !mode.is_blockprobe() {
+            continue;
+        }
+        let mut total: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for cost in runs.iter().filter_map(|x| x.tracer.as_ref()) {
+            for (name, (cnt, ns)) in &cost.bpf {
+                let e = total.entry(name.as_str()).or_default();
+                e.0 += cnt;
+                e.1 += ns;
+            }
+        }
+        for (name, (cnt, ns)) in total {
+            let per = if cnt == 0 { 0.0 } else { ns as f64 / cnt as f64 };
+            writeln!(s, "| {} | {} | {name} | {cnt} | {per:.0} |", workload.name(), mode.name())?;
+        }
+    }
+    Ok(s)
+}
+
+fn machine_info() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "Machine: {cores} cores, {cpu}, Linux {}; Python: {PYTHON}; blockprobe at {rev} (release build).",
+        kernel.trim()
+    )
+}
