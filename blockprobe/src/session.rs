@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::stack::RawStack;
+use blockprobe_common::stack::{RawStack, flags as stack_flags};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -320,10 +320,24 @@ impl Session {
     }
 
     /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
+    /// An incomplete walk ends in a marker frame, so a cut stack is never taken for a
+    /// whole one: `<truncated>` (deeper than the kernel side walks) or `<unreadable>`
+    /// (a frame pointer could not be read: the process changed or corrupted it).
     fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
-        self.processes
-            .get_mut(&pid)
-            .map(|p| p.python.symbolize(stack))
+        let mut frames = self.processes.get_mut(&pid)?.python.symbolize(stack);
+        let marker = if stack.flags & stack_flags::TRUNCATED != 0 {
+            Some("<truncated>")
+        } else if stack.flags & stack_flags::UNREADABLE_FRAME != 0 {
+            Some("<unreadable>")
+        } else {
+            None
+        };
+        frames.extend(marker.map(|m| Frame {
+            function: m.to_owned(),
+            file: String::new(),
+            line: 0,
+        }));
+        Some(frames)
     }
 
     /// Periodic work: retry processes that were starting up, read the loss counters.
