@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use blockprobe_common::maps::DEFAULT_RING_BYTES;
 use clap::{Args, Parser, Subcommand};
 
 use crate::render::live::LiveFormat;
@@ -206,6 +207,10 @@ pub struct TraceOptions {
     /// No live output and no summary; only errors and the report file.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Size of the kernel-to-user event buffer in KiB (a power of two, at least 4).
+    /// Events that do not fit are counted and reported as lost, never dropped silently.
+    #[arg(long, value_name = "KIB", default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
     /// Service label of every traced process. Default: derived from each command line
     /// (`uvicorn app.main:app` → app.main, `python3 /srv/billing/worker.py` → worker,
     /// `python3 /srv/billing/main.py` → billing).
@@ -229,6 +234,19 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Parses a ring buffer size in KiB: a power of two from 4 (one page) to 1 GiB.
+fn parse_ring_kib(text: &str) -> Result<u32, String> {
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: give KiB as a whole number, e.g. 4096"))?;
+    if !kib.is_power_of_two() || !(4..=1 << 20).contains(&kib) {
+        return Err(format!(
+            "ring buffer size {kib} KiB must be a power of two from 4 to 1048576"
+        ));
+    }
+    Ok(kib)
+}
+
 /// Parses `500us`, `10ms`, `1s`, `1m`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
@@ -242,6 +260,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_buffer_sizes() {
+        assert_eq!(parse_ring_kib("4"), Ok(4));
+        assert_eq!(parse_ring_kib("4096"), Ok(4096));
+        assert!(parse_ring_kib("3").unwrap_err().contains("power of two"));
+        assert!(parse_ring_kib("2").is_err());
+        assert!(parse_ring_kib("4096k").unwrap_err().contains("whole number"));
+        assert!(parse_ring_kib("2097152").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use blockprobe_common::{config::Scope, maps::DEFAULT_RING_BYTES};
+use blockprobe_common::config::Scope;
 
 use crate::{
     aggregate::{Aggregator, Limits, RunInfo},
@@ -48,7 +48,7 @@ pub fn prepare_with(
         threshold_ns,
         // Calls shorter than a tenth of the threshold cannot explain a stall on their own.
         min_block_ns: threshold_ns / 10,
-        ring_bytes: DEFAULT_RING_BYTES,
+        ring_bytes: options.ring_buffer_kib * 1024,
     };
     let mut probes = Probes::attach(&tracefs, &settings)?;
     let ring = probes

@@ -1,8 +1,11 @@
 //! Offsets of the CPython structures blockprobe reads, per minor version (x86_64, GIL
-//! builds). Every version listed here is checked live by this module's tests.
+//! builds). 3.9–3.12: tables; 3.13+: read at run time from the target's
+//! `_Py_DebugOffsets` (see `debug_offsets`), with a table for what it does not describe.
+//! Every version listed here is checked live by `live_tests`.
 
 use anyhow::bail;
 
+use super::debug_offsets::{self, DebugFields};
 use super::version::Version;
 
 /// How to turn a frame's instruction field into a byte offset in the bytecode.
@@ -40,8 +43,6 @@ pub struct Layout {
     pub runtime_main_interp: u64,
     /// `_PyRuntime.(gilstate.)autoTSSkey`, a `Py_tss_t`.
     pub runtime_tss_key: u64,
-    /// Whether `_PyRuntime` starts with `_Py_DebugOffsets` (3.13+).
-    pub debug_offsets: bool,
     /// `PyInterpreterState.threads.head` (`tstate_head` before 3.11).
     pub interp_threads_head: u64,
     /// `PyThreadState.next`.
@@ -52,10 +53,14 @@ pub struct Layout {
     pub tstate_native_thread_id: Option<u64>,
     /// Where the main interpreter's `struct _gil_runtime_state` is.
     pub gil: GilLocation,
-    /// Pointer chain from the thread state to the innermost frame.
-    pub tstate_frame_path: &'static [u32],
+    /// Offset in the thread state of the innermost frame pointer (or of `cframe`).
+    pub tstate_frame: u32,
+    /// 3.11/3.12: offset of `current_frame` in the `_PyCFrame` that `tstate_frame` points to.
+    pub cframe_frame: Option<u32>,
     /// Frame: code object pointer.
     pub frame_code: u32,
+    /// Mask for the frame's code pointer (3.14 tags its low bits: `_PyStackRef`).
+    pub code_mask: u64,
     /// Frame: previous (outer) frame pointer.
     pub frame_previous: u32,
     /// Frame: instruction field.
@@ -108,15 +113,38 @@ pub enum GilLocation {
     ViaInterpreter(u64),
 }
 
-/// The layout of `version`, or an error naming it when it is not supported.
-pub fn layout(version: Version) -> anyhow::Result<&'static Layout> {
+/// Where the layout of a version comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Recipe {
+    /// A table (3.9–3.12).
+    Table(&'static Layout),
+    /// The target's `_Py_DebugOffsets` (3.13+): `fields` says where each offset blockprobe
+    /// needs sits in it; `base` gives what it does not describe.
+    DebugOffsets {
+        /// Offsets not in `_Py_DebugOffsets` (TSS key, string layout, frame owners).
+        base: &'static Layout,
+        /// Where the needed offsets are in this minor version's `_Py_DebugOffsets`.
+        fields: &'static DebugFields,
+    },
+}
+
+/// The layout recipe of `version`, or an error naming it when it is not supported.
+/// The one place that dispatches on the version.
+pub fn layout(version: Version) -> anyhow::Result<Recipe> {
     Ok(match (version.major, version.minor) {
-        (3, 9) => &PY39,
-        (3, 10) => &PY310,
-        (3, 11) => &PY311,
-        (3, 12) => &PY312,
-        (3, 13) => &PY313,
-        _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.13)"),
+        (3, 9) => Recipe::Table(&PY39),
+        (3, 10) => Recipe::Table(&PY310),
+        (3, 11) => Recipe::Table(&PY311),
+        (3, 12) => Recipe::Table(&PY312),
+        (3, 13) => Recipe::DebugOffsets {
+            base: &PY313,
+            fields: &debug_offsets::PY313,
+        },
+        (3, 14) => Recipe::DebugOffsets {
+            base: &PY314,
+            fields: &debug_offsets::PY314,
+        },
+        _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.14)"),
     })
 }
 
@@ -124,14 +152,15 @@ const PY39: Layout = Layout {
     runtime_initialized: 12,
     runtime_main_interp: 40,
     runtime_tss_key: 584,
-    debug_offsets: false,
     interp_threads_head: 8,
     tstate_next: 8,
     tstate_thread_id: 176,
     tstate_native_thread_id: None,
     gil: GilLocation::InRuntime(0x160),
-    tstate_frame_path: &[24],
+    tstate_frame: 24,
+    cframe_frame: None,
     frame_code: 32,
+    code_mask: u64::MAX,
     frame_previous: 24,
     frame_instr: 104,
     frame_owner: 0,
@@ -159,14 +188,15 @@ const PY311: Layout = Layout {
     runtime_initialized: 16,
     runtime_main_interp: 48,
     runtime_tss_key: 592,
-    debug_offsets: false,
     interp_threads_head: 16,
     tstate_next: 8,
     tstate_thread_id: 152,
     tstate_native_thread_id: Some(160),
     gil: GilLocation::InRuntime(0x168),
-    tstate_frame_path: &[56, 8],
+    tstate_frame: 56,
+    cframe_frame: Some(8),
     frame_code: 32,
+    code_mask: u64::MAX,
     frame_previous: 48,
     frame_instr: 56,
     frame_owner: 69,
@@ -189,7 +219,7 @@ const PY312: Layout = Layout {
     tstate_thread_id: 136,
     tstate_native_thread_id: Some(144),
     gil: GilLocation::ViaInterpreter(0x180),
-    tstate_frame_path: &[56, 0],
+    cframe_frame: Some(0),
     frame_code: 0,
     frame_previous: 8,
     frame_owner: 70,
@@ -202,19 +232,29 @@ const PY312: Layout = Layout {
     ..PY311
 };
 
-const PY313: Layout = Layout {
+/// 3.13.0 as measured; `_Py_DebugOffsets` overrides what it describes (the live test
+/// checks that both agree).
+pub(super) const PY313: Layout = Layout {
     runtime_initialized: 600,
     runtime_main_interp: 640,
     runtime_tss_key: 2160,
-    debug_offsets: true,
     interp_threads_head: 7344,
     tstate_thread_id: 152,
     tstate_native_thread_id: Some(160),
     gil: GilLocation::ViaInterpreter(0x10),
-    tstate_frame_path: &[72],
+    tstate_frame: 72,
+    cframe_frame: None,
     instr: InstrKind::Pointer { bytecode: 200 },
     code_basicsize: 200,
     ..PY312
+};
+
+/// 3.14: everything but the TSS key and the code-pointer tag comes from `_Py_DebugOffsets`.
+/// Frame owners: THREAD 0, GENERATOR 1, FRAME_OBJECT 2, INTERPRETER 3, CSTACK 4.
+const PY314: Layout = Layout {
+    runtime_tss_key: 2336,
+    code_mask: !3,
+    ..PY313
 };
 
 #[cfg(test)]
@@ -230,7 +270,7 @@ mod tests {
         };
         let err = layout(v).unwrap_err().to_string();
         assert!(err.contains("3.8.18"), "{err}");
-        for minor in 9..=13 {
+        for minor in 9..=14 {
             let v = Version {
                 major: 3,
                 minor,

@@ -290,6 +290,23 @@ fn pyenv_3_13() {
     check_interpreter("/root/.pyenv/versions/3.13.0/bin/python3.13", 13, Some(0));
 }
 
+/// Where `cargo xtask pythons` unpacks Debian's 3.14 and 3.15.
+fn cached_python(minor: &str) -> String {
+    let cache = std::env::var_os("BLOCKPROBE_PYTHONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/blockprobe/pythons")
+        });
+    let python = cache.join(format!("root/usr/bin/python{minor}"));
+    python.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn debian_3_14() {
+    check_interpreter(&cached_python("3.14"), 14, Some(10));
+}
+
 #[test]
 fn not_python() {
     let child = Guard::spawn(Command::new("sleep").arg("60"));

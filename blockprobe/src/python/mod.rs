@@ -9,6 +9,7 @@
 //! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
 //! - `origin::classify(file) -> origin::Origin`
 
+mod debug_offsets;
 mod elf;
 mod layout;
 mod linetable;

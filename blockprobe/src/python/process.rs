@@ -7,8 +7,9 @@ use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::config::PyProcess;
 use blockprobe_common::stack::RawStack;
 
+use super::debug_offsets;
 use super::elf::{self, Discovery};
-use super::layout::{self, GilLocation, Layout, TYPE_BASICSIZE};
+use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
@@ -52,7 +53,7 @@ pub struct PyThread {
 #[derive(Debug)]
 pub struct PythonProcess {
     version: Version,
-    layout: &'static Layout,
+    layout: Layout,
     #[cfg(test)]
     memory: ProcessMemory,
     #[cfg(test)]
@@ -75,8 +76,14 @@ impl PythonProcess {
         };
         let memory = ProcessMemory::new(pid);
         let version = Version::detect(&memory, &binary)?;
-        let layout = layout::layout(version)?;
-        check_layout(&memory, layout, &binary, version).with_context(|| {
+        let layout = match layout::layout(version)? {
+            Recipe::Table(table) => *table,
+            Recipe::DebugOffsets { base, fields } => {
+                debug_offsets::read(&memory, binary.runtime, version, base, fields)
+                    .with_context(|| format!("Python {version} in {}", binary.path))?
+            }
+        };
+        check_layout(&memory, &layout, &binary).with_context(|| {
             format!(
                 "Python {version} in {} has an unexpected layout",
                 binary.path
@@ -93,12 +100,12 @@ impl PythonProcess {
             ));
         }
         let key = memory.read_u32(tss.wrapping_add(TSS_KEY))?;
-        let threads = list_threads(&memory, layout, interp)?;
+        let threads = list_threads(&memory, &layout, interp)?;
         let tstate_slot_offset = match locate_slot(&memory, &threads, key)? {
             Slot::Found(offset) => offset,
             Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
         };
-        let gil_addr = locate_gil(&memory, layout, runtime, interp);
+        let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             version,
             layout,
@@ -119,16 +126,12 @@ impl PythonProcess {
 
     /// How BPF finds and walks this process's Python stacks.
     pub fn walk_config(&self) -> PyProcess {
-        let l = self.layout;
-        let path = l.tstate_frame_path;
+        let l = &self.layout;
         PyProcess {
             tstate_slot_offset: self.tstate_slot_offset,
-            code_mask: u64::MAX,
-            frame_path: [
-                path.first().copied().unwrap_or(0),
-                path.get(1).copied().unwrap_or(0),
-            ],
-            frame_path_len: path.len() as u32,
+            code_mask: l.code_mask,
+            frame_path: [l.tstate_frame, l.cframe_frame.unwrap_or(0)],
+            frame_path_len: if l.cframe_frame.is_some() { 2 } else { 1 },
             frame_code: l.frame_code,
             frame_previous: l.frame_previous,
             frame_instr: l.frame_instr,
@@ -143,7 +146,7 @@ impl PythonProcess {
     /// The threads of the main interpreter, as they are now.
     #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
-        list_threads(&self.memory, self.layout, self.interp)
+        list_threads(&self.memory, &self.layout, self.interp)
     }
 
     /// Function, file and line of each frame of `stack` (innermost first).
@@ -171,12 +174,11 @@ fn locate_gil(memory: &ProcessMemory, layout: &Layout, runtime: u64, interp: u64
 /// Largest plausible `sys.setswitchinterval()`, in microseconds (GIL cross-check).
 const GIL_MAX_INTERVAL_US: u64 = 60_000_000;
 
-/// Cross-checks the layout table against the running interpreter.
+/// Cross-checks the layout against the running interpreter.
 fn check_layout(
     memory: &ProcessMemory,
     layout: &Layout,
     binary: &elf::PythonBinary,
-    version: Version,
 ) -> anyhow::Result<()> {
     let basicsize = memory.read_u64(binary.code_type.wrapping_add(TYPE_BASICSIZE))?;
     ensure!(
@@ -184,23 +186,6 @@ fn check_layout(
         "PyCode_Type.tp_basicsize is {basicsize}, expected {}",
         layout.code_basicsize
     );
-    if layout.debug_offsets {
-        // _Py_DebugOffsets: char cookie[8]; u64 version; u64 free_threaded; ...
-        let mut head = [0u8; 24];
-        memory.read_bytes(binary.runtime, &mut head)?;
-        ensure!(
-            &head[..8] == b"xdebugpy",
-            "_PyRuntime has no debug offsets cookie"
-        );
-        let hex = u64::from_ne_bytes(head[8..16].try_into()?);
-        ensure!(
-            Version::from_hex(hex as u32) == version,
-            "_PyRuntime says version {hex:#x}"
-        );
-        if head[16..24] != [0; 8] {
-            bail!("free-threaded builds are not supported");
-        }
-    }
     Ok(())
 }
 

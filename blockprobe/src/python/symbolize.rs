@@ -23,7 +23,7 @@ const MAX_CACHED_CODES: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Symbolizer {
     memory: ProcessMemory,
-    layout: &'static Layout,
+    layout: Layout,
     code_type: u64,
     codes: HashMap<u64, CodeInfo>,
 }
@@ -51,7 +51,7 @@ struct CodeInfo {
 
 impl Symbolizer {
     /// A symbolizer for the process behind `memory`, whose `PyCode_Type` is at `code_type`.
-    pub fn new(memory: ProcessMemory, layout: &'static Layout, code_type: u64) -> Self {
+    pub fn new(memory: ProcessMemory, layout: Layout, code_type: u64) -> Self {
         Self {
             memory,
             layout,
@@ -121,7 +121,7 @@ impl Symbolizer {
     }
 
     fn header(&self, code: u64) -> anyhow::Result<Header> {
-        let l = self.layout;
+        let l = &self.layout;
         let fields = [
             OBJECT_TYPE,
             l.code_flags,
@@ -205,7 +205,7 @@ fn field<const N: usize>(buf: &[u8], offset: u64) -> anyhow::Result<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::layout::layout;
+    use crate::python::layout::{Recipe, layout};
     use crate::python::version::Version;
 
     const PY311: Version = Version {
@@ -264,7 +264,10 @@ mod tests {
 
         let mut symbolizer = Symbolizer::new(
             ProcessMemory::new(std::process::id()),
-            layout(PY311).unwrap(),
+            match layout(PY311).unwrap() {
+                Recipe::Table(table) => *table,
+                other => panic!("{other:?}"),
+            },
             code_type,
         );
         let mut stack = RawStack {
