@@ -1,0 +1,135 @@
+//! blockprobe under pressure: losses are counted and reported, never silent; a killed
+//! tracer leaves nothing attached.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use blockprobe_tests::{Ctx, Python, kind, read_json, require_root, run_command, script};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Stalls in `stall_storm.py`.
+const STORM: u64 = 40;
+
+/// With a one-page event buffer and the tracer stopped (SIGSTOP) during a storm of 40
+/// stalls, the buffer overflows: every stall is then either reported or counted as lost,
+/// the loss shows live (`lost` events) and in the report (`lost_events`, `lost`).
+#[test]
+fn losses_are_counted_never_silent() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report = dir.path().join("report.json");
+    let bp = ctx.spawn(
+        "blockprobe run --ring-buffer-kib 4",
+        &mut run_command(
+            &python,
+            &script("stall_storm.py"),
+            &[],
+            &["--ring-buffer-kib", "4", "-o", &report.to_string_lossy()],
+        ),
+    );
+    let ready = ctx.wait_ready(&bp);
+    let pid = ready.pid.expect("READY has a pid");
+    ctx.adopt(pid, "stall_storm.py");
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+
+    // The tracer stops reading; the script (sharing its stdin and stdout) goes on.
+    bp.signal(Signal::SIGSTOP);
+    bp.send("GO");
+    ctx.wait_finished(&bp);
+    bp.signal(Signal::SIGCONT);
+    ctx.wait_for("a `lost` event", || {
+        bp.events().into_iter().find(|e| kind(e) == "lost")
+    });
+    bp.send("QUIT");
+    let status = bp.wait_exit();
+    ctx.ensure(status.success(), || {
+        format!("blockprobe run exited with {status}")
+    });
+
+    let report = read_json(&ctx, &report);
+    let lost = |name: &str| report["lost"][name].as_u64().unwrap_or(0);
+    let total: u64 = report["lost"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    ctx.ensure(
+        report["lost_events"].as_u64() == Some(total) && total > 0,
+        || format!("lost_events should be the sum of `lost` and > 0: {report:#}"),
+    );
+    let seen = bp.stalls(pid).len() as u64;
+    ctx.ensure(seen + lost("ringbuf_stall") >= STORM, || {
+        format!(
+            "{seen} stalls reported + {} counted lost < the {STORM} that happened",
+            lost("ringbuf_stall")
+        )
+    });
+    let live_lost: u64 = bp
+        .events()
+        .into_iter()
+        .filter(|e| kind(e) == "lost")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    ctx.ensure(live_lost == total, || {
+        format!("live `lost` events add up to {live_lost}, the report says {total}")
+    });
+}
+
+/// The BPF programs a process holds, by id (from its fds' fdinfo).
+fn bpf_program_ids(pid: u32) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    ids
+}
+
+/// SIGKILL gives blockprobe no chance to clean up: the kernel must drop its programs with
+/// its file descriptors, leaving nothing attached.
+#[test]
+fn sigkill_leaves_no_probes() {
+    require_root();
+    let ctx = Ctx::new();
+    let bp = ctx.spawn(
+        "blockprobe trace",
+        Command::new(blockprobe_tests::blockprobe_bin()).args(["trace", "--format", "jsonl"]),
+    );
+    ctx.wait_for("the `ready` event", || {
+        bp.events().into_iter().find(|e| kind(e) == "ready")
+    });
+    let ids = bpf_program_ids(bp.pid());
+    ctx.ensure(ids.len() >= 8, || {
+        format!("blockprobe should hold its BPF programs, holds {ids:?}")
+    });
+    bp.may_exit();
+    bp.signal(Signal::SIGKILL);
+    bp.wait_exit();
+    // The kernel frees programs after the links that held them (RCU): wait, bounded.
+    let loaded = || -> Vec<u32> {
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                Command::new("bpftool")
+                    .args(["prog", "show", "id", &id.to_string()])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or_else(|e| ctx.fail(format!("cannot run bpftool: {e}")))
+            })
+            .collect()
+    };
+    ctx.wait_for(
+        "blockprobe's BPF programs to be unloaded after SIGKILL",
+        || loaded().is_empty().then_some(()),
+    );
+}
