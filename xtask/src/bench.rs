@@ -370,7 +370,12 @@ impl Bench {
             None
         };
         writeln!(child.0.stdin.as_mut().context("no stdin")?, "GO")?;
-        let seconds: f64 = read_line(&mut out)?.trim().parse().context("workload output")?;
+        // py-spy prints its own lines on the same stdout: take the first number.
+        let seconds = loop {
+            if let Ok(value) = read_line(&mut out)?.trim().parse::<f64>() {
+                break value;
+            }
+        };
         let _ = child.0.wait();
         Ok((seconds, None, tracer))
     }
