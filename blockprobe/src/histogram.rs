@@ -51,6 +51,9 @@ pub struct Log2Histogram {
     count: u64,
     total_ns: u64,
     max_ns: u64,
+    /// Smallest sample (0 when empty): bounds quantile estimates from below, as `max_ns`
+    /// does from above, so a tight cluster of stalls is not smeared over its bucket.
+    min_ns: u64,
 }
 
 impl Default for Log2Histogram {
@@ -112,6 +115,7 @@ impl Log2Histogram {
             count: 0,
             total_ns: 0,
             max_ns: 0,
+            min_ns: 0,
         }
     }
 
@@ -127,6 +131,11 @@ impl Log2Histogram {
         }
         let b = &mut self.buckets[bucket_index(ns)];
         *b = b.saturating_add(n);
+        self.min_ns = if self.count == 0 {
+            ns
+        } else {
+            self.min_ns.min(ns)
+        };
         self.count = self.count.saturating_add(n);
         self.total_ns = self.total_ns.saturating_add(ns.saturating_mul(n));
         self.max_ns = self.max_ns.max(ns);
@@ -137,6 +146,13 @@ impl Log2Histogram {
     pub fn merge(&mut self, other: &Log2Histogram) {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *mine = mine.saturating_add(*theirs);
+        }
+        if other.count > 0 {
+            self.min_ns = if self.count == 0 {
+                other.min_ns
+            } else {
+                self.min_ns.min(other.min_ns)
+            };
         }
         self.count = self.count.saturating_add(other.count);
         self.total_ns = self.total_ns.saturating_add(other.total_ns);
@@ -193,12 +209,15 @@ impl Log2Histogram {
 
     /// Rebuilds a histogram from its serialized parts, checking that they agree:
     /// every `le_ns` is a bucket bound (`2^k - 1`) listed once, the bucket counts add up
-    /// to `count`, and `max_ns` lies in the highest non-empty bucket (or is 0 when empty).
-    /// Buckets with a zero count are accepted and ignored; order does not matter.
+    /// to `count`, `max_ns` lies in the highest non-empty bucket (or is 0 when empty) and
+    /// `min_ns`, when given, in the lowest (reports written before it existed have none:
+    /// the lowest bucket's lower bound stands in). Buckets with a zero count are accepted
+    /// and ignored; order does not matter.
     pub fn from_parts(
         count: u64,
         total_ns: u64,
         max_ns: u64,
+        min_ns: Option<u64>,
         buckets: &[Bucket],
     ) -> Result<Self, String> {
         let mut h = Self::new();
@@ -234,6 +253,17 @@ impl Log2Histogram {
             }
             _ => {}
         }
+        h.min_ns = match (h.bucket_range(), min_ns) {
+            (None, _) => 0,
+            (Some((lo, _)), None) => bucket_lower_ns(lo),
+            (Some((lo, _)), Some(min)) if bucket_index(min) == lo && min <= max_ns => min,
+            (Some((lo, _)), Some(min)) => {
+                return Err(format!(
+                    "min_ns {min} is not in the lowest non-empty bucket (le_ns {})",
+                    bucket_le_ns(lo)
+                ));
+            }
+        };
         h.count = count;
         h.total_ns = total_ns;
         h.max_ns = max_ns;
@@ -259,8 +289,8 @@ impl Log2Histogram {
                 continue;
             }
             if before.saturating_add(c) >= rank {
-                let lo = bucket_lower_ns(i);
-                let hi = bucket_le_ns(i).min(self.max_ns).max(lo);
+                let hi = bucket_le_ns(i).min(self.max_ns);
+                let lo = bucket_lower_ns(i).max(self.min_ns).min(hi);
                 let within = (rank - before) as f64 / c as f64;
                 let est = lo as f64 + (hi - lo) as f64 * within;
                 // `as` saturates; the clamp guards against float rounding.
@@ -279,6 +309,8 @@ struct HistogramRepr {
     count: u64,
     total_ns: u64,
     max_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_ns: Option<u64>,
     buckets: Vec<Bucket>,
 }
 
@@ -288,6 +320,7 @@ impl From<Log2Histogram> for HistogramRepr {
             count: h.count,
             total_ns: h.total_ns,
             max_ns: h.max_ns,
+            min_ns: (h.count > 0).then_some(h.min_ns),
             buckets: h.buckets(),
         }
     }
@@ -296,7 +329,7 @@ impl From<Log2Histogram> for HistogramRepr {
 impl TryFrom<HistogramRepr> for Log2Histogram {
     type Error = String;
     fn try_from(r: HistogramRepr) -> Result<Self, String> {
-        Log2Histogram::from_parts(r.count, r.total_ns, r.max_ns, &r.buckets)
+        Log2Histogram::from_parts(r.count, r.total_ns, r.max_ns, r.min_ns, &r.buckets)
     }
 }
 
@@ -395,7 +428,7 @@ mod tests {
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(
             json,
-            r#"{"count":3,"total_ns":1000011,"max_ns":1000000,"buckets":[{"le_ns":7,"count":2},{"le_ns":1048575,"count":1}]}"#
+            r#"{"count":3,"total_ns":1000011,"max_ns":1000000,"min_ns":5,"buckets":[{"le_ns":7,"count":2},{"le_ns":1048575,"count":1}]}"#
         );
         let back: Log2Histogram = serde_json::from_str(&json).unwrap();
         assert_eq!(back, h);
@@ -409,23 +442,46 @@ mod tests {
     #[test]
     fn from_parts_rejects_inconsistent_input() {
         let b = |le_ns, count| Bucket { le_ns, count };
-        let err = Log2Histogram::from_parts(1, 5, 5, &[b(6, 1)]).unwrap_err();
+        let err = Log2Histogram::from_parts(1, 5, 5, None, &[b(6, 1)]).unwrap_err();
         assert!(err.contains("not a bucket bound"), "{err}");
-        let err = Log2Histogram::from_parts(2, 10, 5, &[b(7, 1), b(7, 1)]).unwrap_err();
+        let err = Log2Histogram::from_parts(2, 10, 5, None, &[b(7, 1), b(7, 1)]).unwrap_err();
         assert!(err.contains("twice"), "{err}");
-        let err = Log2Histogram::from_parts(3, 10, 5, &[b(7, 2)]).unwrap_err();
+        let err = Log2Histogram::from_parts(3, 10, 5, None, &[b(7, 2)]).unwrap_err();
         assert!(err.contains("add up to 2"), "{err}");
-        let err = Log2Histogram::from_parts(1, 9, 9, &[b(7, 1)]).unwrap_err();
+        let err = Log2Histogram::from_parts(1, 9, 9, None, &[b(7, 1)]).unwrap_err();
         assert!(err.contains("max_ns 9"), "{err}");
-        let err = Log2Histogram::from_parts(0, 0, 3, &[]).unwrap_err();
+        let err = Log2Histogram::from_parts(0, 0, 3, None, &[]).unwrap_err();
         assert!(err.contains("empty"), "{err}");
         // Zero-count buckets and any order are fine.
-        let h = Log2Histogram::from_parts(2, 105, 100, &[b(127, 1), b(3, 0), b(7, 1)]).unwrap();
+        let h =
+            Log2Histogram::from_parts(2, 105, 100, None, &[b(127, 1), b(3, 0), b(7, 1)]).unwrap();
         assert_eq!(h.buckets(), vec![b(7, 1), b(127, 1)]);
         assert_eq!(
-            Log2Histogram::from_parts(0, 0, 0, &[]).unwrap(),
+            Log2Histogram::from_parts(0, 0, 0, None, &[]).unwrap(),
             Log2Histogram::new()
         );
+    }
+
+    #[test]
+    fn a_tight_cluster_is_not_smeared_over_its_bucket() {
+        // Three ~200 ms stalls share the bucket [134 ms, 268 ms): p50 stays among them.
+        let mut h = Log2Histogram::new();
+        for ns in [201_200_000, 200_400_000, 200_400_000] {
+            h.record(ns);
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((200_400_000..=201_200_000).contains(&p50), "p50={p50}");
+        // Merged and reloaded histograms keep the bound.
+        let mut merged = Log2Histogram::new();
+        merged.merge(&h);
+        let reloaded: Log2Histogram =
+            serde_json::from_str(&serde_json::to_string(&merged).unwrap()).unwrap();
+        assert_eq!(reloaded.quantile(0.5), Some(p50));
+        // A report written before min_ns existed falls back to the bucket's lower bound.
+        let old =
+            Log2Histogram::from_parts(3, 602_000_000, 201_200_000, None, &h.buckets()).unwrap();
+        assert!(old.quantile(0.5).unwrap() < 200_400_000);
+        assert!(Log2Histogram::from_parts(3, 1, 201_200_000, Some(5), &h.buckets()).is_err());
     }
 
     #[test]
@@ -460,7 +516,8 @@ mod tests {
         assert!((1 << 26..=100_000_000).contains(&p99), "p99={p99}");
         assert_eq!(h.quantile(1.0), Some(100_000_000));
         assert_eq!(h.quantile(7.0), Some(100_000_000), "q is clamped");
-        assert!(h.quantile(-1.0).unwrap() <= 1_000_000);
+        // The smallest sample bounds estimates from below.
+        assert!((1_000_000..=1_048_575).contains(&h.quantile(-1.0).unwrap()));
         // Monotonic in q.
         let mut last = 0;
         for i in 0..=100 {
