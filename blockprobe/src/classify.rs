@@ -3,16 +3,33 @@
 //! The syscall alone proves nothing: `selectors` in sync code and libraries in worker
 //! threads poll too. asyncio's own frames do: the selector event loop polls from
 //! `BaseEventLoop._run_once` in `asyncio/base_events.py`.
+//!
+//! A loop written in C (uvloop: Cython over libuv) has no Python frame of its own: while
+//! it polls, the innermost Python frame is the one that started it. When that frame is
+//! an entry point that does nothing but run a loop (`asyncio.run`, `asyncio.Runner.run`,
+//! `uvloop.run`), the poll is that loop's.
 
 use crate::model::Frame;
 
 /// Whether `stack` (innermost first) is an asyncio event loop's poll.
 pub fn is_asyncio_loop(stack: &[Frame]) -> bool {
-    stack.iter().any(|f| {
-        f.function.ends_with("_run_once")
-            && (f.file.ends_with("asyncio/base_events.py")
-                || f.file.ends_with("asyncio\\base_events.py"))
-    })
+    let stdlib_loop = stack.iter().any(|f| {
+        f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
+    });
+    stdlib_loop || stack.first().is_some_and(is_loop_runner)
+}
+
+/// `asyncio.run` / `asyncio.Runner.run` (3.11+) / `uvloop.run`: frames that call a loop's
+/// `run_until_complete` directly.
+fn is_loop_runner(f: &Frame) -> bool {
+    (matches!(f.function.as_str(), "run" | "Runner.run")
+        && path_ends_with(&f.file, "asyncio/runners.py"))
+        || (f.function == "run" && path_ends_with(&f.file, "uvloop/__init__.py"))
+}
+
+/// Whether `file` ends with the `/`-separated `suffix` (either separator in `file`).
+fn path_ends_with(file: &str, suffix: &str) -> bool {
+    file.ends_with(suffix) || file.ends_with(&suffix.replace('/', "\\"))
 }
 
 #[cfg(test)]
@@ -47,6 +64,29 @@ mod tests {
             "/x/lib/python3.9/asyncio/base_events.py",
         )];
         assert!(is_asyncio_loop(&old));
+    }
+
+    #[test]
+    fn c_loops_are_loops() {
+        // uvloop.run on 3.11+: polling from libuv, below Runner.run.
+        let uvloop = [
+            frame("Runner.run", "/usr/lib/python3.14/asyncio/runners.py"),
+            frame("run", "/x/site-packages/uvloop/__init__.py"),
+            frame("<module>", "/app/main.py"),
+        ];
+        assert!(is_asyncio_loop(&uvloop));
+        // uvloop.run on 3.9/3.10 and asyncio.run with uvloop's policy.
+        assert!(is_asyncio_loop(&uvloop[1..]));
+        assert!(is_asyncio_loop(&[frame(
+            "run",
+            "/x/lib/python3.9/asyncio/runners.py"
+        )]));
+        // A runner frame further out with Python code polling inside is not a loop.
+        let sync_in_main = [
+            frame("poll_things", "/app/main.py"),
+            frame("Runner.run", "/usr/lib/python3.14/asyncio/runners.py"),
+        ];
+        assert!(!is_asyncio_loop(&sync_in_main));
     }
 
     #[test]

@@ -16,7 +16,8 @@ script therefore:
    the stalls it saw.
 
 Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
-Plain standard library only.
+Plain standard library only; with ``BPTEST_UVLOOP=1`` in the environment every loop is a
+uvloop loop (``uvloop.run`` for the main one).
 """
 
 import argparse
@@ -26,6 +27,9 @@ import sys
 import threading
 
 TICK_S = 0.005
+UVLOOP = os.environ.get("BPTEST_UVLOOP") == "1"
+if UVLOOP:
+    import uvloop
 
 
 def say(line):
@@ -102,7 +106,7 @@ class LoopThread:
             fail(f"loop thread {self.name} did not start")
 
     def _main(self):
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop() if UVLOOP else asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.create_task(self._begin())
         self.loop.run_forever()
@@ -158,7 +162,10 @@ def run(scenario, loops=(), setup=None):
         await commands.wait_quit()
         tick.cancel()
 
-    asyncio.run(main())
+    if UVLOOP:
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     for extra in loops:
         extra.stop()
     sys.exit(args.exit_code)

@@ -175,6 +175,8 @@ pub struct Python {
     /// For messages: "pyenv 3.11.7", "debian 3.11".
     pub label: String,
     pub path: PathBuf,
+    /// Extra environment for the scripts (after [`python_env`]'s).
+    pub env: Vec<(String, String)>,
 }
 
 impl Python {
@@ -184,6 +186,7 @@ impl Python {
             .map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from);
         let minor: Vec<&str> = version.split('.').take(2).collect();
         let python = Python {
+            env: Vec::new(),
             label: format!("pyenv {version}"),
             path: root
                 .join("versions")
@@ -198,11 +201,55 @@ impl Python {
     /// Debian's own (stripped) `/usr/bin/python3.11`.
     pub fn debian() -> Python {
         let python = Python {
+            env: Vec::new(),
             label: "debian 3.11".into(),
             path: "/usr/bin/python3.11".into(),
         };
         python.check();
         python
+    }
+
+    /// Debian sid's `python3.X` unpacked by `cargo xtask pythons` (3.14, 3.15) into
+    /// `$BLOCKPROBE_PYTHONS` (default `~/.cache/blockprobe/pythons`).
+    pub fn debian_sid(minor: &str) -> Python {
+        let python = Python {
+            env: Vec::new(),
+            label: format!("debian sid {minor}"),
+            path: pythons_cache()
+                .join("root/usr/bin")
+                .join(format!("python{minor}")),
+        };
+        python.check();
+        python
+    }
+
+    /// The same interpreter with bptest's loops run by uvloop (`BPTEST_UVLOOP=1`): from
+    /// `target/pyuvloop/3.X` (PyPI, `cargo xtask pythons`) when there, else the
+    /// interpreter's own (Debian sid's `python3-uvloop` for 3.14).
+    pub fn with_uvloop(mut self) -> Python {
+        let (major, minor) = self.major_minor();
+        let dir = pydeps()
+            .parent()
+            .expect("pydeps has a parent")
+            .join(format!("pyuvloop/{major}.{minor}"));
+        if dir.is_dir() {
+            let path = format!("{}:{}", pydeps().display(), dir.display());
+            self.env.push(("PYTHONPATH".into(), path));
+        }
+        self.env.push(("BPTEST_UVLOOP".into(), "1".into()));
+        self.label.push_str(" + uvloop");
+        let out = self
+            .command(Path::new("-c"))
+            .arg("import uvloop")
+            .output()
+            .expect("interpreter runs");
+        assert!(
+            out.status.success(),
+            "uvloop missing for {} (run `cargo xtask pythons`): {}",
+            self.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self
     }
 
     fn check(&self) {
@@ -257,8 +304,19 @@ impl Python {
         let mut cmd = Command::new(&self.path);
         cmd.arg(script);
         python_env(&mut cmd);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
+}
+
+/// Where `cargo xtask pythons` keeps the interpreters it fetches.
+pub fn pythons_cache() -> PathBuf {
+    std::env::var_os("BLOCKPROBE_PYTHONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/blockprobe/pythons")
+        })
 }
 
 /// The environment for the scenario scripts (also set on blockprobe under `run`, whose
@@ -271,8 +329,8 @@ pub fn python_env(cmd: &mut Command) {
 }
 
 /// Generates one test per interpreter for each scenario function `fn name(&Python)`:
-/// `name::pyenv_3_11` and `name::debian_3_11`, plus the long tests (ignored unless
-/// `cargo xtask test --long`) on the other pyenv builds.
+/// `name::pyenv_3_11`, `name::debian_3_11` and `name::debian_3_14`, plus the long tests
+/// (ignored unless `cargo xtask test --long`) on the other pyenv builds and 3.15.
 #[macro_export]
 macro_rules! python_matrix {
     ($($scenario:ident),* $(,)?) => {$(
@@ -284,6 +342,10 @@ macro_rules! python_matrix {
             #[test]
             fn debian_3_11() {
                 super::$scenario(&$crate::Python::debian());
+            }
+            #[test]
+            fn debian_3_14() {
+                super::$scenario(&$crate::Python::debian_sid("3.14"));
             }
             #[test]
             #[ignore = "long: `cargo xtask test --long`"]
@@ -304,6 +366,11 @@ macro_rules! python_matrix {
             #[ignore = "long: `cargo xtask test --long`"]
             fn pyenv_3_13() {
                 super::$scenario(&$crate::Python::pyenv("3.13.0"));
+            }
+            #[test]
+            #[ignore = "long: `cargo xtask test --long`"]
+            fn debian_3_15() {
+                super::$scenario(&$crate::Python::debian_sid("3.15"));
             }
         }
     )*};
@@ -342,6 +409,12 @@ pub struct Stall {
     pub causes: BTreeMap<String, u64>,
     pub stack: Vec<Frame>,
     pub culprit: Option<Frame>,
+    /// The thread that held the GIL (`gil` stalls).
+    #[serde(default)]
+    pub gil_holder_tid: Option<u32>,
+    /// Timer samples behind the culprit (`cpu`/`runqueue` stalls).
+    #[serde(default)]
+    pub cpu_samples: u32,
 }
 
 /// One line of a process's stdout.
@@ -1191,6 +1264,7 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
         .arg(script)
         .args(script_args);
     python_env(&mut cmd);
+    cmd.envs(python.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 

@@ -9,6 +9,45 @@ use blockprobe_tests::{Python, Scenario, python_matrix, run_scenario};
 
 python_matrix!(sleep_in_coroutine, sync_chain, blocking_recv, two_loops);
 
+/// The same scenarios with uvloop running the loop (libuv polls; Cython frames are no
+/// Python frames): pyenv 3.11 with uvloop from PyPI, Debian sid 3.14 with its own.
+mod uvloop {
+    use blockprobe_tests::Python;
+
+    fn py311() -> Python {
+        Python::pyenv("3.11.7").with_uvloop()
+    }
+
+    fn py314() -> Python {
+        Python::debian_sid("3.14").with_uvloop()
+    }
+
+    #[test]
+    fn sleep_in_coroutine_3_11() {
+        super::sleep_in_coroutine(&py311());
+    }
+
+    #[test]
+    fn sync_chain_3_11() {
+        super::sync_chain(&py311());
+    }
+
+    #[test]
+    fn blocking_recv_3_11() {
+        super::blocking_recv(&py311());
+    }
+
+    #[test]
+    fn sleep_in_coroutine_3_14() {
+        super::sleep_in_coroutine(&py314());
+    }
+
+    #[test]
+    fn sync_chain_3_14() {
+        super::sync_chain(&py314());
+    }
+}
+
 /// (a) `time.sleep(0.2)` directly in `async def handler()`: one stall as long as the
 /// sleep the script measured, in `clock_nanosleep` (`select()` before 3.11), culprit `handler`.
 fn sleep_in_coroutine(python: &Python) {

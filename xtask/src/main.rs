@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod apt;
 mod bench;
+mod pythons;
 
 /// Debian packages: LLVM 22 (headers, libraries and llvm-config) that bpf-linker is built
 /// against and links to at run time, what its build also needs, and the Debian interpreter
@@ -33,6 +34,7 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "python3.11",
+    "bpftool",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The LLVM major version bpf-linker is built against; rustc nightly must emit bitcode
@@ -65,6 +67,9 @@ enum Task {
     /// Check, and install when missing: nightly rust-src and clippy, LLVM 22, bpf-linker,
     /// the tests' Python dependencies. Idempotent.
     Setup,
+    /// Fetch the test interpreters the host lacks (CPython 3.14 and 3.15 from Debian sid,
+    /// unpacked into a private cache, uvloop for 3.11 from PyPI). Idempotent; part of setup.
+    Pythons,
     /// Set up, then `cargo build -p blockprobe`.
     Build {
         /// Build with the release profile.
@@ -100,8 +105,8 @@ enum Task {
     /// Set up, lint, unit tests, then the integration tests against the real binary and
     /// real Pythons (needs root).
     Test {
-        /// Also run the long tests: every scenario on the other pyenv interpreters
-        /// (3.9, 3.10, 3.12, 3.13).
+        /// Also run the long tests: every scenario on the other interpreters (pyenv 3.9,
+        /// 3.10, 3.12, 3.13; Debian sid 3.15).
         #[arg(long)]
         long: bool,
     },
@@ -124,6 +129,12 @@ fn run(task: Task) -> Result<ExitCode> {
     match task {
         Task::Setup => {
             ws.setup()?;
+        }
+        Task::Pythons => {
+            step("test interpreters (Debian sid, private)", pythons::ensure)?;
+            step("uvloop for 3.11 (PyPI)", || {
+                pythons::ensure_uvloop_311(&ws.target)
+            })?;
         }
         Task::Build { release } => {
             ws.setup()?;
@@ -243,6 +254,10 @@ impl Workspace {
         step("LLVM 22 (apt)", setup_apt)?;
         step("bpf-linker", setup_bpf_linker)?;
         step("python test deps", || self.setup_pydeps())?;
+        step("test interpreters (Debian sid, private)", pythons::ensure)?;
+        step("uvloop for 3.11 (PyPI)", || {
+            pythons::ensure_uvloop_311(&self.target)
+        })?;
         step("prometheus (apt, for the metrics test)", setup_prometheus)?;
         eprintln!("setup: done in {}", fmt_duration(started.elapsed()));
         Ok(())
@@ -365,16 +380,20 @@ impl Workspace {
         let ok = summary.run("setup", || plain(self.setup()))
             && summary.run("lint", || plain(self.lint()))
             && summary.run("unit tests", || {
-                cargo_test(self.cargo().args([
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "blockprobe-tests",
-                    // A BPF-target crate (see `lint`).
-                    "--exclude",
-                    "blockprobe-ebpf",
-                    "--no-fail-fast",
-                ]))
+                cargo_test(
+                    self.cargo()
+                        .args([
+                            "test",
+                            "--workspace",
+                            "--exclude",
+                            "blockprobe-tests",
+                            // A BPF-target crate (see `lint`).
+                            "--exclude",
+                            "blockprobe-ebpf",
+                            "--no-fail-fast",
+                        ])
+                        .env("BLOCKPROBE_PYTHONS", pythons::cache_dir()),
+                )
             })
             && summary.run("build blockprobe (debug)", || plain(self.build(false)))
             && summary.run(
@@ -398,7 +417,8 @@ impl Workspace {
                         cmd.arg("--include-ignored");
                     }
                     cmd.env("BLOCKPROBE_BIN", &bin)
-                        .env("BLOCKPROBE_PYDEPS", &pydeps);
+                        .env("BLOCKPROBE_PYDEPS", &pydeps)
+                        .env("BLOCKPROBE_PYTHONS", pythons::cache_dir());
                     cargo_test(&mut cmd)
                 },
             );

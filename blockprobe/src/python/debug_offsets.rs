@@ -130,6 +130,27 @@ pub const PY314: DebugFields = DebugFields {
     code_code_adaptive: 45,
 };
 
+/// 3.15: `thread_state` gains `base_frame`, `last_profiled_frame` and one more before
+/// `thread_id`, and `current_exception`, `exc_state`, `holds_gil`, `gil_requested` after
+/// `status`; an `err_stackitem` group follows it.
+pub const PY315: DebugFields = DebugFields {
+    tstate_thread_id: 27,
+    tstate_native_thread_id: 28,
+    frame_size: 36,
+    frame_previous: 37,
+    frame_executable: 38,
+    frame_instr_ptr: 39,
+    frame_owner: 41,
+    code_size: 44,
+    code_filename: 45,
+    code_qualname: 47,
+    code_linetable: 48,
+    code_firstlineno: 49,
+    code_argcount: 50,
+    code_code_adaptive: 53,
+    ..PY314
+};
+
 impl DebugFields {
     /// How many u64 fields must be read to cover every index.
     fn count(&self) -> usize {
@@ -198,7 +219,8 @@ fn from_bytes(
     let found = Version::from_hex(hex as u32);
     ensure!(
         (found.major, found.minor, found.patch) == (version.major, version.minor, version.patch)
-            || version.patch.is_none() && (found.major, found.minor) == (version.major, version.minor),
+            || version.patch.is_none()
+                && (found.major, found.minor) == (version.major, version.minor),
         "_Py_DebugOffsets says version {hex:#x}, not {version}"
     );
     if word(16) != 0 {
@@ -230,19 +252,17 @@ fn from_bytes(
         f.runtime_size,
         16,
     )?;
-    let argcount = within(
-        "code_object.argcount",
-        f.code_argcount,
-        f.code_size,
-        4,
-    )?;
+    let argcount = within("code_object.argcount", f.code_argcount, f.code_size, 4)?;
     let code_adaptive = within(
         "code_object.co_code_adaptive",
         f.code_code_adaptive,
         f.code_size,
         0,
     )?;
-    ensure!(finalizing >= 8 && argcount >= 4, "_Py_DebugOffsets: implausible offsets");
+    ensure!(
+        finalizing >= 8 && argcount >= 4,
+        "_Py_DebugOffsets: implausible offsets"
+    );
     Ok(Layout {
         // `int initialized` is the last of five ints just before the `_finalizing` pointer.
         runtime_initialized: finalizing - 8,
@@ -331,8 +351,8 @@ mod tests {
     /// The fields after `free_threaded` in pyenv 3.13.0's `.PyRuntime`, as dumped.
     const DUMP313: [u64; 41] = [
         283320, 608, 632, 194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768,
-        7760, 304, 0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 208, 112, 120, 128,
-        136, 68, 52, 96, 104, 200,
+        7760, 304, 0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 208, 112, 120, 128, 136,
+        68, 52, 96, 104, 200,
     ];
 
     fn bytes(hex: u64, free_threaded: u64, fields: &[u64]) -> Vec<u8> {
@@ -356,8 +376,16 @@ mod tests {
         let l = from_bytes(&bytes(0x030d_00f0, 0, &DUMP313), V3130, &TABLE313, &PY313).unwrap();
         let t = TABLE313;
         assert_eq!(
-            (l.runtime_initialized, l.runtime_main_interp, l.runtime_tss_key),
-            (t.runtime_initialized, t.runtime_main_interp, t.runtime_tss_key)
+            (
+                l.runtime_initialized,
+                l.runtime_main_interp,
+                l.runtime_tss_key
+            ),
+            (
+                t.runtime_initialized,
+                t.runtime_main_interp,
+                t.runtime_tss_key
+            )
         );
         assert_eq!(l.interp_threads_head, t.interp_threads_head);
         assert_eq!(l.gil, t.gil);
@@ -365,7 +393,10 @@ mod tests {
             (l.tstate_next, l.tstate_thread_id, l.tstate_native_thread_id),
             (t.tstate_next, t.tstate_thread_id, t.tstate_native_thread_id)
         );
-        assert_eq!((l.tstate_frame, l.cframe_frame), (t.tstate_frame, t.cframe_frame));
+        assert_eq!(
+            (l.tstate_frame, l.cframe_frame),
+            (t.tstate_frame, t.cframe_frame)
+        );
         assert_eq!(
             (l.frame_code, l.frame_previous, l.frame_instr, l.frame_owner),
             (t.frame_code, t.frame_previous, t.frame_instr, t.frame_owner)

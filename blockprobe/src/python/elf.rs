@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use object::read::ReadCache;
 use object::read::elf::ElfFile64;
-use object::{Object as _, ObjectSegment as _, ObjectSymbol};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
 
 /// Size of a page: the granularity of file mappings.
 const PAGE_MASK: u64 = !0xfff;
@@ -61,6 +61,8 @@ pub struct PythonBinary {
     pub runtime: u64,
     /// Address of `Py_Version` (3.11+).
     pub py_version: Option<u64>,
+    /// Patch level found in the file's version strings, when it has no `Py_Version`.
+    pub patch_in_strings: Option<u8>,
     /// Address of `PyCode_Type`.
     pub code_type: u64,
 }
@@ -106,10 +108,18 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
             format!("{} defines _PyRuntime but not PyCode_Type", candidate.path)
         })?;
         let bias = load_bias(&elf, &maps, &candidate.path)?;
+        let patch_in_strings = match (py_version, version_from_name(&candidate.path)) {
+            (None, Some((major, minor))) => elf
+                .section_by_name(".rodata")
+                .and_then(|s| s.data().ok())
+                .and_then(|data| patch_in_strings(data, major, minor)),
+            _ => None,
+        };
         return Ok(Discovery::Found(PythonBinary {
             path: candidate.path.clone(),
             runtime: runtime.wrapping_add(bias),
             py_version: py_version.map(|a| a.wrapping_add(bias)),
+            patch_in_strings,
             code_type: code_type.wrapping_add(bias),
         }));
     }
@@ -118,6 +128,42 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
     } else {
         Discovery::Absent
     })
+}
+
+/// `(major, minor)` from the file name of `path`.
+fn version_from_name(path: &str) -> Option<(u8, u8)> {
+    super::version::Version::from_file_name(file_name(path)).map(|v| (v.major, v.minor))
+}
+
+/// The patch level of `major.minor` in a file's read-only strings: every NUL-terminated
+/// `major.minor.N` (not preceded by a digit or a dot; the linker merges `PY_VERSION` into
+/// the tail of longer strings such as the install prefix) must agree.
+fn patch_in_strings(data: &[u8], major: u8, minor: u8) -> Option<u8> {
+    let needle = format!("{major}.{minor}.");
+    let needle = needle.as_bytes();
+    let mut found: Option<u8> = None;
+    let mut from = 0;
+    while let Some(i) = data[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+    {
+        from = i + 1;
+        if i > 0 && (data[i - 1].is_ascii_digit() || data[i - 1] == b'.') {
+            continue;
+        }
+        let rest = &data[i + needle.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || rest.get(digits) != Some(&0) {
+            continue;
+        }
+        let patch: u8 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        match found {
+            Some(p) if p != patch => return None,
+            _ => found = Some(patch),
+        }
+    }
+    found
 }
 
 /// The last component of a mapped path, without a ` (deleted)` suffix.
@@ -221,6 +267,15 @@ mod tests {
             parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0"),
             None
         );
+    }
+
+    #[test]
+    fn finds_the_patch_level_in_strings() {
+        let data =
+            b"x\x00/opt/versions/3.9.18\x00Python-3.9.18\x00/x/13.9.7\x003.9.x\x003.9.5rc1\x00";
+        assert_eq!(patch_in_strings(data, 3, 9), Some(18));
+        assert_eq!(patch_in_strings(b"3.9.1\0 3.9.2\0", 3, 9), None);
+        assert_eq!(patch_in_strings(b"nothing", 3, 9), None);
     }
 
     #[test]

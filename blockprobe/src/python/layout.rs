@@ -41,8 +41,9 @@ pub struct Layout {
     pub runtime_initialized: u64,
     /// `_PyRuntime.interpreters.main`.
     pub runtime_main_interp: u64,
-    /// `_PyRuntime.(gilstate.)autoTSSkey`, a `Py_tss_t`.
-    pub runtime_tss_key: u64,
+    /// `_PyRuntime.(gilstate.)autoTSSkey`, a `Py_tss_t`; `None` from 3.15, whose bound
+    /// thread state is a thread-local variable (`_Py_tss_gilstate`) in static TLS.
+    pub runtime_tss_key: Option<u64>,
     /// `PyInterpreterState.threads.head` (`tstate_head` before 3.11).
     pub interp_threads_head: u64,
     /// `PyThreadState.next`.
@@ -144,14 +145,18 @@ pub fn layout(version: Version) -> anyhow::Result<Recipe> {
             base: &PY314,
             fields: &debug_offsets::PY314,
         },
-        _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.14)"),
+        (3, 15) => Recipe::DebugOffsets {
+            base: &PY315,
+            fields: &debug_offsets::PY315,
+        },
+        _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.15)"),
     })
 }
 
 const PY39: Layout = Layout {
     runtime_initialized: 12,
     runtime_main_interp: 40,
-    runtime_tss_key: 584,
+    runtime_tss_key: Some(584),
     interp_threads_head: 8,
     tstate_next: 8,
     tstate_thread_id: 176,
@@ -187,7 +192,7 @@ const PY310: Layout = Layout {
 const PY311: Layout = Layout {
     runtime_initialized: 16,
     runtime_main_interp: 48,
-    runtime_tss_key: 592,
+    runtime_tss_key: Some(592),
     interp_threads_head: 16,
     tstate_next: 8,
     tstate_thread_id: 152,
@@ -214,7 +219,7 @@ const PY311: Layout = Layout {
 };
 
 const PY312: Layout = Layout {
-    runtime_tss_key: 1544,
+    runtime_tss_key: Some(1544),
     interp_threads_head: 72,
     tstate_thread_id: 136,
     tstate_native_thread_id: Some(144),
@@ -237,7 +242,7 @@ const PY312: Layout = Layout {
 pub(super) const PY313: Layout = Layout {
     runtime_initialized: 600,
     runtime_main_interp: 640,
-    runtime_tss_key: 2160,
+    runtime_tss_key: Some(2160),
     interp_threads_head: 7344,
     tstate_thread_id: 152,
     tstate_native_thread_id: Some(160),
@@ -252,9 +257,15 @@ pub(super) const PY313: Layout = Layout {
 /// 3.14: everything but the TSS key and the code-pointer tag comes from `_Py_DebugOffsets`.
 /// Frame owners: THREAD 0, GENERATOR 1, FRAME_OBJECT 2, INTERPRETER 3, CSTACK 4.
 const PY314: Layout = Layout {
-    runtime_tss_key: 2336,
+    runtime_tss_key: Some(2336),
     code_mask: !3,
     ..PY313
+};
+
+/// 3.15: as 3.14, but no TSS key: the thread state is found in static TLS.
+const PY315: Layout = Layout {
+    runtime_tss_key: None,
+    ..PY314
 };
 
 #[cfg(test)]
@@ -270,7 +281,7 @@ mod tests {
         };
         let err = layout(v).unwrap_err().to_string();
         assert!(err.contains("3.8.18"), "{err}");
-        for minor in 9..=14 {
+        for minor in 9..=15 {
             let v = Version {
                 major: 3,
                 minor,

@@ -100,7 +100,9 @@ fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
         tstate: 0,
         frames: [RawFrame::default(); MAX_FRAMES],
     };
-    stack.tstate = mem.read_u64(fsbase + cfg.tstate_slot_offset).unwrap();
+    stack.tstate = mem
+        .read_u64(fsbase.wrapping_add(cfg.tstate_slot_offset))
+        .unwrap();
     let path = &cfg.frame_path[..cfg.frame_path_len as usize];
     let mut frame = stack.tstate;
     for &offset in path {
@@ -160,8 +162,15 @@ fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
         (3, minor, patch)
     );
     let cfg = process.walk_config();
-    // glibc's own slot for the key, not a scanned one.
-    assert!(cfg.tstate_slot_offset >= 0x318 && (cfg.tstate_slot_offset - 0x318).is_multiple_of(16));
+    if minor >= 15 {
+        // A static-TLS variable just below the thread pointer.
+        assert!(cfg.tstate_slot_offset.wrapping_neg() <= 0x1000, "{cfg:?}");
+    } else {
+        // glibc's own slot for the key, not a scanned one.
+        assert!(
+            cfg.tstate_slot_offset >= 0x318 && (cfg.tstate_slot_offset - 0x318).is_multiple_of(16)
+        );
+    }
     eprintln!("{python}: Python {version}, walk config {cfg:?}");
     // The GIL state was found (its switch interval read back as 5000 µs) and its last
     // holder is one of the process's threads.
@@ -262,12 +271,12 @@ fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
 
 #[test]
 fn pyenv_3_9() {
-    check_interpreter("/root/.pyenv/versions/3.9.18/bin/python3.9", 9, None);
+    check_interpreter("/root/.pyenv/versions/3.9.18/bin/python3.9", 9, Some(18));
 }
 
 #[test]
 fn pyenv_3_10() {
-    check_interpreter("/root/.pyenv/versions/3.10.13/bin/python3.10", 10, None);
+    check_interpreter("/root/.pyenv/versions/3.10.13/bin/python3.10", 10, Some(13));
 }
 
 #[test]
@@ -308,6 +317,11 @@ fn debian_3_14() {
 }
 
 #[test]
+fn debian_3_15() {
+    check_interpreter(&cached_python("3.15"), 15, Some(2));
+}
+
+#[test]
 fn not_python() {
     let child = Guard::spawn(Command::new("sleep").arg("60"));
     let inspection = PythonProcess::inspect(child.pid()).unwrap();
@@ -330,7 +344,7 @@ fn unsupported_version_is_named() {
     );
     assert_eq!(child.first_line(), "ready");
     let err = PythonProcess::inspect(child.pid()).unwrap_err().to_string();
-    assert!(err.contains("Python 3.8 is not supported"), "{err}");
+    assert!(err.contains("Python 3.8.18 is not supported"), "{err}");
 }
 
 /// Right after exec (stopped by ptrace before the dynamic loader ran), a Python process

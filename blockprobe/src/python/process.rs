@@ -53,7 +53,7 @@ pub struct PyThread {
 #[derive(Debug)]
 pub struct PythonProcess {
     version: Version,
-    layout: Layout,
+    layout: Box<Layout>,
     #[cfg(test)]
     memory: ProcessMemory,
     #[cfg(test)]
@@ -92,23 +92,34 @@ impl PythonProcess {
         let runtime = binary.runtime;
         let initialized = memory.read_u32(runtime.wrapping_add(layout.runtime_initialized))?;
         let interp = memory.read_u64(runtime.wrapping_add(layout.runtime_main_interp))?;
-        let tss = runtime.wrapping_add(layout.runtime_tss_key);
-        let tss_created = memory.read_u32(tss)?;
+        let tss = layout
+            .runtime_tss_key
+            .map(|offset| runtime.wrapping_add(offset));
+        let tss_created = match tss {
+            Some(tss) => memory.read_u32(tss)?,
+            None => 1,
+        };
         if initialized == 0 || interp == 0 || tss_created == 0 {
             return Ok(Inspection::NotReady(
                 "the Python runtime is not initialized yet".into(),
             ));
         }
-        let key = memory.read_u32(tss.wrapping_add(TSS_KEY))?;
         let threads = list_threads(&memory, &layout, interp)?;
-        let tstate_slot_offset = match locate_slot(&memory, &threads, key)? {
+        let slot = match tss {
+            Some(tss) => locate_slot(
+                &memory,
+                &threads,
+                memory.read_u32(tss.wrapping_add(TSS_KEY))?,
+            )?,
+            None => locate_tls(&memory, &threads)?,
+        };
+        let tstate_slot_offset = match slot {
             Slot::Found(offset) => offset,
             Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
         };
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             version,
-            layout,
             #[cfg(test)]
             memory,
             #[cfg(test)]
@@ -116,6 +127,7 @@ impl PythonProcess {
             tstate_slot_offset,
             gil_addr,
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
+            layout: Box::new(layout),
         }))
     }
 
@@ -225,6 +237,50 @@ enum Slot {
     Found(u64),
     /// Not consistent yet (threads starting or exiting): why.
     Unsettled(String),
+}
+
+/// Finds the static-TLS variable, below the thread pointer, that holds each thread's
+/// bound thread state (3.15's `_Py_tss_gilstate`; the offset is returned two's-complement,
+/// BPF adds it with wrap-around). `_Py_tss_tstate` next to it holds the state only while
+/// the thread holds the GIL: when every candidate thread holds it, the slot is unsettled.
+fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Slot> {
+    let thread_ids: BTreeSet<u64> = threads
+        .iter()
+        .map(|t| t.thread_id)
+        .filter(|&id| id != 0)
+        .collect();
+    if thread_ids.is_empty() {
+        return Ok(Slot::Unsettled("no Python thread is running yet".into()));
+    }
+    let mut common: Option<BTreeSet<u64>> = None;
+    for &id in &thread_ids {
+        let mut block = vec![0u8; SLOT_SEARCH_BYTES];
+        let base = id.wrapping_sub(SLOT_SEARCH_BYTES as u64);
+        memory.read_bytes(base, &mut block)?;
+        let offsets: BTreeSet<u64> = block
+            .chunks_exact(8)
+            .enumerate()
+            .filter(|(_, word)| {
+                let value = <[u8; 8]>::try_from(*word).map_or(0, u64::from_ne_bytes);
+                threads
+                    .iter()
+                    .any(|t| t.thread_id == id && t.tstate == value)
+            })
+            .map(|(i, _)| (8 * i as u64).wrapping_sub(SLOT_SEARCH_BYTES as u64))
+            .collect();
+        common = Some(match common {
+            None => offsets,
+            Some(c) => c.intersection(&offsets).copied().collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    match common.len() {
+        1 => Ok(Slot::Found(*common.first().unwrap_or(&0))),
+        0 => bail!("cannot locate the thread-state variable in static TLS (non-glibc libc?)"),
+        n => Ok(Slot::Unsettled(format!(
+            "{n} thread-local candidates for the thread state; waiting for a thread to release the GIL"
+        ))),
+    }
 }
 
 /// Finds the offset from a thread's pointer (`pthread_self()`, which CPython stores as

@@ -23,7 +23,7 @@ const MAX_CACHED_CODES: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Symbolizer {
     memory: ProcessMemory,
-    layout: Layout,
+    layout: Box<Layout>,
     code_type: u64,
     codes: HashMap<u64, CodeInfo>,
 }
@@ -54,7 +54,7 @@ impl Symbolizer {
     pub fn new(memory: ProcessMemory, layout: Layout, code_type: u64) -> Self {
         Self {
             memory,
-            layout,
+            layout: Box::new(layout),
             code_type,
             codes: HashMap::new(),
         }

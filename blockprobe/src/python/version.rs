@@ -46,7 +46,8 @@ impl Version {
     }
 
     /// The version of the interpreter in `binary`, mapped in the process behind `memory`:
-    /// the `Py_Version` constant (3.11+), else the file name.
+    /// the `Py_Version` constant (3.11+), else the file name with the patch level found
+    /// in the file's strings.
     pub fn detect(memory: &ProcessMemory, binary: &PythonBinary) -> anyhow::Result<Self> {
         if let Some(addr) = binary.py_version {
             let hex = memory.read_u32(addr).context("cannot read Py_Version")?;
@@ -59,8 +60,10 @@ impl Version {
             }
             return Ok(version);
         }
-        Self::from_file_name(elf::file_name(&binary.path))
-            .with_context(|| format!("cannot tell the Python version of {}", binary.path))
+        let mut version = Self::from_file_name(elf::file_name(&binary.path))
+            .with_context(|| format!("cannot tell the Python version of {}", binary.path))?;
+        version.patch = binary.patch_in_strings;
+        Ok(version)
     }
 }
 
