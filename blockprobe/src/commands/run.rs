@@ -12,8 +12,10 @@ const SIGNAL_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs `command` under tracing; returns the command's exit code.
 pub async fn run(options: TraceOptions, command: Vec<String>) -> anyhow::Result<i32> {
-    let mut prepared = tracing::prepare(&options, Scope::Family)?;
     let (program, args) = command.split_first().context("no command given")?;
+    // A command that cannot run fails before any probe is loaded.
+    which::which(program).with_context(|| format!("cannot run {program:?}"))?;
+    let mut prepared = tracing::prepare(&options, Scope::Family)?;
 
     // blockprobe joins its own family for the instant of the fork, so the child is in it
     // (in the kernel, at fork time) before it execs; blockprobe then leaves.
