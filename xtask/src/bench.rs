@@ -321,6 +321,7 @@ impl Bench {
         // Keep draining its stdout so it never blocks on a full pipe.
         let drain = std::thread::spawn(move || for _ in lines {});
         Ok(Tracer {
+            cpu_at_start_s: cpu_seconds(child.id())?,
             child: Running(child),
             started: Instant::now(),
             _drain: drain,
@@ -346,6 +347,7 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Tracer {
+            cpu_at_start_s: cpu_seconds(child.0.id())?,
             child,
             started: Instant::now(),
             _drain: std::thread::spawn(|| {}),
@@ -431,7 +433,10 @@ impl Bench {
 /// A blockprobe process being measured.
 struct Tracer {
     child: Running,
+    /// When it became ready, and its CPU time then: start-up (BPF verification) is not
+    /// what a long-running tracer costs, so it is left out.
     started: Instant,
+    cpu_at_start_s: f64,
     _drain: std::thread::JoinHandle<()>,
 }
 
@@ -440,7 +445,7 @@ impl Tracer {
     fn stop(mut self) -> Result<TracerCost> {
         let pid = self.child.0.id();
         let cost = TracerCost {
-            cpu_s: cpu_seconds(pid)?,
+            cpu_s: cpu_seconds(pid)? - self.cpu_at_start_s,
             wall_s: self.started.elapsed().as_secs_f64(),
             peak_rss_kb: peak_rss_kb(pid)?,
             bpf: bpf_programs()?,
@@ -571,6 +576,11 @@ fn render(
          workload's cost relative to bare (time ratio, or bare/traced for throughput), so \
          1.05 means 5% slower.\n",
         elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        s,
+        "Tracer CPU %: its user+system time while the workload ran (after start-up), as a \
+         share of one core.\n"
     )?;
     writeln!(
         s,
