@@ -530,107 +530,21 @@ fn setup_stable_components() -> Result<String> {
 }
 
 fn setup_apt() -> Result<String> {
+    let done = apt::ensure(APT_PACKAGES, "building blockprobe and its tests")?;
     let llvm_config = Path::new(LLVM_PREFIX).join("bin/llvm-config");
-    let missing = missing_debian_packages()?;
-    if llvm_config.is_file() && missing.is_empty() {
-        return Ok(format!("present ({})", llvm_config.display()));
-    }
-    if missing.is_empty() {
+    if !llvm_config.is_file() {
         bail!(
             "{} is missing although its packages are installed; reinstall llvm-22-dev",
             llvm_config.display()
         );
     }
-    if !is_root() {
-        bail!(
-            "Debian packages missing: {}. Installing them needs root: run \
-             `apt-get update && apt-get install -y {}` as root, or run xtask as root",
-            missing.join(" "),
-            missing.join(" ")
-        );
-    }
-    checked(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if !llvm_config.is_file() {
-        bail!(
-            "{} still missing after installing {}",
-            llvm_config.display(),
-            missing.join(" ")
-        );
-    }
-    Ok(format!("installed {}", missing.join(" ")))
+    Ok(done)
 }
-
-// ---------------------------------------------------------------- fleet: prometheus
 
 /// Debian's Prometheus server: `tests/tests/prometheus.rs` starts one on loopback to
 /// scrape `blockprobe serve`.
-const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
-
 fn setup_prometheus() -> Result<String> {
-    if Path::new(PROMETHEUS_BIN).is_file() {
-        return Ok(format!("present ({PROMETHEUS_BIN})"));
-    }
-    if !is_root() {
-        bail!(
-            "Debian package `prometheus` missing (the Prometheus integration test runs it). \
-             Installing it needs root: run `apt-get update && apt-get install -y \
-             --no-install-recommends prometheus` as root, or run xtask as root"
-        );
-    }
-    checked(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    checked(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "prometheus",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if !Path::new(PROMETHEUS_BIN).is_file() {
-        bail!("{PROMETHEUS_BIN} still missing after installing `prometheus`");
-    }
-    Ok("installed prometheus".into())
-}
-
-/// The packages of [`APT_PACKAGES`] that dpkg does not list as installed.
-fn missing_debian_packages() -> Result<Vec<String>> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Package} ${db:Status-Status}\\n"])
-        .args(APT_PACKAGES)
-        .stderr(Stdio::null())
-        .output()
-        .context("dpkg-query not found: this setup supports Debian (bookworm) machines")?;
-    // dpkg-query exits 1 when some package is unknown; the output still lists the others.
-    let listed = String::from_utf8_lossy(&out.stdout);
-    Ok(APT_PACKAGES
-        .iter()
-        .filter(|pkg| {
-            !listed.lines().any(|l| {
-                let mut it = l.split_whitespace();
-                it.next()
-                    .is_some_and(|name| name == **pkg || name.starts_with(&format!("{pkg}:")))
-                    && it.next() == Some("installed")
-            })
-        })
-        .map(|pkg| (*pkg).to_string())
-        .collect())
+    apt::ensure(&["prometheus"], "the Prometheus integration test")
 }
 
 fn setup_bpf_linker() -> Result<String> {
