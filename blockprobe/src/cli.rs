@@ -267,7 +267,11 @@ mod tests {
         assert_eq!(parse_ring_kib("4096"), Ok(4096));
         assert!(parse_ring_kib("3").unwrap_err().contains("power of two"));
         assert!(parse_ring_kib("2").is_err());
-        assert!(parse_ring_kib("4096k").unwrap_err().contains("whole number"));
+        assert!(
+            parse_ring_kib("4096k")
+                .unwrap_err()
+                .contains("whole number")
+        );
         assert!(parse_ring_kib("2097152").is_err());
     }
 

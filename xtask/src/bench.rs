@@ -17,7 +17,12 @@ use anyhow::{Context as _, Result, bail};
 /// The interpreter the Python workloads and peers run on.
 const PYTHON: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
 /// PyPI packages of the workloads and of the peers blockprobe is compared with.
-const BENCH_PY_DEPS: &[&str] = &["aiohttp", "py-spy", "aiodebug", "asyncio-event-loop-monitor"];
+const BENCH_PY_DEPS: &[&str] = &[
+    "aiohttp",
+    "py-spy",
+    "aiodebug",
+    "asyncio-event-loop-monitor",
+];
 /// How long wrk loads the HTTP server per run.
 const HTTP_SECONDS: u32 = 4;
 /// How long a tracer or server may take to get ready.
@@ -168,7 +173,12 @@ pub fn run(root: &Path, blockprobe: &Path, opts: &BenchOptions) -> Result<()> {
     for rep in 1..=opts.reps {
         for workload in Workload::ALL {
             for mode in workload.modes() {
-                eprintln!("bench: rep {rep}/{} {} / {}", opts.reps, workload.name(), mode.name());
+                eprintln!(
+                    "bench: rep {rep}/{} {} / {}",
+                    opts.reps,
+                    workload.name(),
+                    mode.name()
+                );
                 let sample = bench
                     .measure(workload, mode)
                     .with_context(|| format!("{} under {}", workload.name(), mode.name()))?;
@@ -193,7 +203,14 @@ fn install_py_deps(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let status = Command::new(PYTHON)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(dir)
         .args(BENCH_PY_DEPS)
         .status()
@@ -251,7 +268,17 @@ impl Bench {
     fn python(&self, mode: Mode, script: &str, args: &[&str]) -> Command {
         let mut cmd = if mode == Mode::PySpy {
             let mut c = Command::new(self.deps.join("bin/py-spy"));
-            c.args(["record", "-r", "100", "--nonblocking", "-f", "raw", "-o", "/dev/null", "--"]);
+            c.args([
+                "record",
+                "-r",
+                "100",
+                "--nonblocking",
+                "-f",
+                "raw",
+                "-o",
+                "/dev/null",
+                "--",
+            ]);
             c.arg(PYTHON);
             c
         } else {
@@ -304,7 +331,11 @@ impl Bench {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let started = Instant::now();
-        let want = if args.contains(&"-p") { "\"attached\"" } else { "\"ready\"" };
+        let want = if args.contains(&"-p") {
+            "\"attached\""
+        } else {
+            "\"ready\""
+        };
         loop {
             if started.elapsed() > READY_TIMEOUT {
                 bail!("blockprobe not ready after {READY_TIMEOUT:?}");
@@ -362,7 +393,11 @@ impl Bench {
         script: &str,
         args: &[&str],
     ) -> Result<(f64, Option<f64>, Option<Tracer>)> {
-        let mut child = Running(self.python(mode, script, args).spawn().context("starting python")?);
+        let mut child = Running(
+            self.python(mode, script, args)
+                .spawn()
+                .context("starting python")?,
+        );
         let mut out = BufReader::new(child.0.stdout.take().context("no stdout")?);
         wait_for_line(&mut out, "READY")?;
         let tracer = if mode == Mode::TracePid {
@@ -478,7 +513,9 @@ fn read_line(out: &mut BufReader<ChildStdout>) -> Result<String> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// `1.23ms`, `456.00us`, `1.2s` → milliseconds.
@@ -538,7 +575,10 @@ fn bpf_programs() -> Result<BTreeMap<String, (u64, u64)>> {
                 .and_then(|i| words.get(i + 1))
                 .and_then(|v| v.parse::<u64>().ok())
         };
-        let Some(name) = words.iter().position(|w| *w == "name").and_then(|i| words.get(i + 1))
+        let Some(name) = words
+            .iter()
+            .position(|w| *w == "name")
+            .and_then(|i| words.get(i + 1))
         else {
             continue;
         };
@@ -588,10 +628,14 @@ fn render(
     )?;
     writeln!(s, "|---|---|---|---|---|---|---|---|")?;
     for workload in Workload::ALL {
-        let Some(bare) = samples.get(&(workload, Mode::Bare)) else { continue };
+        let Some(bare) = samples.get(&(workload, Mode::Bare)) else {
+            continue;
+        };
         let bare_median = median(&mut bare.iter().map(|x| x.value).collect::<Vec<_>>());
         for mode in workload.modes() {
-            let Some(runs) = samples.get(&(workload, mode)) else { continue };
+            let Some(runs) = samples.get(&(workload, mode)) else {
+                continue;
+            };
             let mut values: Vec<f64> = runs.iter().map(|x| x.value).collect();
             let med = median(&mut values);
             let (lo, hi) = (values[0], values[values.len() - 1]);
@@ -601,15 +645,24 @@ fn render(
                 med / bare_median
             };
             let mut p99: Vec<f64> = runs.iter().filter_map(|x| x.p99_ms).collect();
-            let p99 = if p99.is_empty() { "".into() } else { format!("{:.2}", median(&mut p99)) };
+            let p99 = if p99.is_empty() {
+                "".into()
+            } else {
+                format!("{:.2}", median(&mut p99))
+            };
             let costs: Vec<&TracerCost> = runs.iter().filter_map(|x| x.tracer.as_ref()).collect();
             let (cpu, rss) = if costs.is_empty() {
                 (String::new(), String::new())
             } else {
-                let mut cpu: Vec<f64> =
-                    costs.iter().map(|c| 100.0 * c.cpu_s / c.wall_s.max(1e-9)).collect();
+                let mut cpu: Vec<f64> = costs
+                    .iter()
+                    .map(|c| 100.0 * c.cpu_s / c.wall_s.max(1e-9))
+                    .collect();
                 let rss = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
-                (format!("{:.1}", median(&mut cpu)), format!("{:.1}", rss as f64 / 1024.0))
+                (
+                    format!("{:.1}", median(&mut cpu)),
+                    format!("{:.1}", rss as f64 / 1024.0),
+                )
             };
             writeln!(
                 s,
@@ -619,7 +672,10 @@ fn render(
             )?;
         }
     }
-    writeln!(s, "\n## BPF programs (kernel side), per blockprobe mode, summed over runs\n")?;
+    writeln!(
+        s,
+        "\n## BPF programs (kernel side), per blockprobe mode, summed over runs\n"
+    )?;
     writeln!(s, "| workload | mode | program | runs | ns/run |")?;
     writeln!(s, "|---|---|---|---|---|")?;
     for ((workload, mode), runs) in samples {
@@ -635,8 +691,17 @@ fn render(
             }
         }
         for (name, (cnt, ns)) in total {
-            let per = if cnt == 0 { 0.0 } else { ns as f64 / cnt as f64 };
-            writeln!(s, "| {} | {} | {name} | {cnt} | {per:.0} |", workload.name(), mode.name())?;
+            let per = if cnt == 0 {
+                0.0
+            } else {
+                ns as f64 / cnt as f64
+            };
+            writeln!(
+                s,
+                "| {} | {} | {name} | {cnt} | {per:.0} |",
+                workload.name(),
+                mode.name()
+            )?;
         }
     }
     Ok(s)
