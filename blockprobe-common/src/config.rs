@@ -34,23 +34,15 @@ pub struct GlobalConfig {
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
     pub scope: u32,
-    /// Offset of `child_pid` in the `sched:sched_process_fork` record (from its format file).
-    pub fork_child_pid_offset: u32,
-    /// Offset of `group_dead` in the `sched:sched_process_exit` record; 0 when the kernel
-    /// lacks it (then a process is gone when its leader thread exits).
-    pub exit_group_dead_offset: u32,
-    /// Offsets of `prev_pid`, `prev_state` and `next_pid` in the `sched:sched_switch` record.
-    pub switch_prev_pid_offset: u32,
-    /// See `switch_prev_pid_offset`.
-    pub switch_prev_state_offset: u32,
-    /// See `switch_prev_pid_offset`.
-    pub switch_next_pid_offset: u32,
-    /// Offset of `pid` in the `sched:sched_wakeup` record.
-    pub wakeup_pid_offset: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// Offset of `pid` (the thread id) in the kernel's `task_struct` (from BTF).
+    pub task_pid_offset: u32,
+    /// Offset of the task state in the kernel's `task_struct` (from BTF).
+    pub task_state_offset: u32,
+    /// 1 when the `sched_process_exit` tracepoint passes `group_dead` (its second
+    /// argument); 0 on kernels without it (then a process is gone when its leader exits).
+    pub exit_has_group_dead: u32,
 }
-assert_size!(GlobalConfig, 88);
+assert_size!(GlobalConfig, 72);
 
 /// How to find and walk the Python stack of a thread of one process
 /// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.

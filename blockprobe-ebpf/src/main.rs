@@ -1,6 +1,6 @@
 //! blockprobe's kernel side.
 //!
-//! Tracepoints only (no kprobes, no uprobes): two raw syscall tracepoints see the
+//! Raw tracepoints only (no kprobes, no uprobes): two raw syscall tracepoints see the
 //! epoll-family pollers, which time each asyncio loop thread's off-await intervals, blocking syscalls made inside those intervals are
 //! reported with the Python stack that made them, and scheduler process events keep the
 //! set of traced processes current. Knowledge of CPython lives in userspace, which hands
@@ -17,8 +17,8 @@ mod walk;
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{perf_event, raw_tracepoint, tracepoint},
-    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
+    macros::{perf_event, raw_tracepoint},
+    programs::{PerfEventContext, RawTracePointContext},
 };
 use blockprobe_common::syscalls::{is_blocking, is_poller};
 
@@ -54,16 +54,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sched:sched_switch`: off-CPU time of loop threads, split into waiting and run queue.
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+// The scheduler hooks are raw tracepoints: a classic tracepoint's program is skipped
+// while any BPF map syscall holds the CPU's `bpf_prog_active` (userspace reads counters
+// and writes maps), and a skipped switch would turn a sleep into CPU time.
+
+/// `sched_switch` (raw): off-CPU time of loop threads, split into waiting and run queue.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     sched::on_switch(&ctx);
     0
 }
 
-/// `sched:sched_wakeup`: a sleeping loop thread becomes runnable.
-#[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+/// `sched_wakeup` (raw): a sleeping loop thread becomes runnable.
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     sched::on_wakeup(&ctx);
     0
 }
@@ -76,23 +80,23 @@ pub fn cpu_sample(_ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// `sched:sched_process_fork`: children of `blockprobe run`'s command join its family.
-#[tracepoint]
-pub fn process_fork(ctx: TracePointContext) -> u32 {
+/// `sched_process_fork` (raw): children of `blockprobe run`'s command join its family.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     process::on_fork(&ctx);
     0
 }
 
-/// `sched:sched_process_exec`: a process's Python state is gone; maybe a new one comes.
-#[tracepoint]
-pub fn process_exec(ctx: TracePointContext) -> u32 {
-    process::on_exec(&ctx);
+/// `sched_process_exec` (raw): a process's Python state is gone; maybe a new one comes.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
+    process::on_exec();
     0
 }
 
-/// `sched:sched_process_exit`: forget the thread, and the process when it is the last.
-#[tracepoint]
-pub fn process_exit(ctx: TracePointContext) -> u32 {
+/// `sched_process_exit` (raw): forget the thread, and the process when it is the last.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn process_exit(ctx: RawTracePointContext) -> i32 {
     process::on_exit(&ctx);
     0
 }

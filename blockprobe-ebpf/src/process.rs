@@ -1,6 +1,6 @@
 //! Process lifecycle: the `run` family, candidates for tracing, exec and exit.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::TracePointContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::RawTracePointContext};
 use blockprobe_common::{
     config::Scope,
     counters::Counter,
@@ -35,9 +35,9 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) {
     }
 }
 
-/// A fork or clone: in `run` scope, the child joins the family of its parent.
+/// `sched_process_fork(parent, child)`: in `run` scope, the child joins its parent's family.
 #[inline(always)]
-pub fn on_fork(ctx: &TracePointContext) {
+pub fn on_fork(ctx: &RawTracePointContext) {
     let Some(config) = config() else { return };
     if config.scope != Scope::Family as u32 {
         return;
@@ -47,18 +47,17 @@ pub fn on_fork(ctx: &TracePointContext) {
     if unsafe { FAMILY.get(tgid) }.is_none() {
         return;
     }
-    // SAFETY: userspace read this offset from the tracepoint's format file.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(config.fork_child_pid_offset as usize) }) else {
+    let Some(child) = crate::sched::task_tid(config, ctx.arg(1)) else {
         return;
     };
-    if FAMILY.insert(child as u32, 1u8, 0).is_err() {
+    if FAMILY.insert(child, 1u8, 0).is_err() {
         count(Counter::FamilyMapFull);
     }
 }
 
 /// An exec: the old image's walk recipe is void; in `run` scope the new image may be Python.
 #[inline(always)]
-pub fn on_exec(_ctx: &TracePointContext) {
+pub fn on_exec() {
     let (tgid, _) = current_ids();
     let _ = ANNOUNCED.remove(tgid);
     if PROCESSES.remove(tgid).is_ok() {
@@ -71,16 +70,16 @@ pub fn on_exec(_ctx: &TracePointContext) {
     }
 }
 
-/// A thread exits: forget it, and forget the process when its thread group is dead.
+/// `sched_process_exit(task[, group_dead])`: forget the thread, and the process when its
+/// thread group is dead.
 #[inline(always)]
-pub fn on_exit(ctx: &TracePointContext) {
+pub fn on_exit(ctx: &RawTracePointContext) {
     let (tgid, tid) = current_ids();
     let _ = THREAD_CLASS.remove(tid);
     let _ = LOOP_TIMING.remove(tid);
     let Some(config) = config() else { return };
-    let group_dead = if config.exit_group_dead_offset != 0 {
-        // SAFETY: userspace read this offset from the tracepoint's format file.
-        unsafe { ctx.read_at::<u8>(config.exit_group_dead_offset as usize) }.unwrap_or(0) != 0
+    let group_dead = if config.exit_has_group_dead != 0 {
+        ctx.arg::<u64>(1) & 1 != 0
     } else {
         tid == tgid
     };

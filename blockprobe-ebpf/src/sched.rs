@@ -4,16 +4,25 @@
 //! time) or blocked (its current syscall says why: sleep, I/O, lock, GIL, child wait).
 //! A wakeup turns blocked time into run-queue time until the thread runs again.
 
-use aya_ebpf::programs::TracePointContext;
-use blockprobe_common::cause;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
+use blockprobe_common::{cause, config::GlobalConfig};
 
 use crate::{
     emit::now_ns,
     maps::{LOOP_TIMING, config},
 };
 
-/// Mask of the task-state bits in `prev_state`; 0 means runnable (preempted).
-const TASK_STATE_MASK: u64 = 0xff;
+/// Mask of the task-state bits; 0 means runnable.
+const TASK_STATE_MASK: u32 = 0xff;
+
+/// The thread id of `task`, read at the offset userspace found in BTF.
+#[inline(always)]
+pub fn task_tid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
+    // SAFETY: `task` is a task_struct the tracepoint passed us; the read is fault-tolerant.
+    unsafe { bpf_probe_read_kernel(task.add(config.task_pid_offset as usize) as *const i32) }
+        .ok()
+        .map(|pid| pid as u32)
+}
 
 /// Adds the open off-CPU period of `timing` to its cause, as of `now`.
 #[inline(always)]
@@ -28,27 +37,28 @@ fn close_period(timing: &mut blockprobe_common::thread::LoopTiming, now: u64) {
     timing.off_cpu_since_ns = 0;
 }
 
-/// `sched_switch`: the previous task leaves the CPU, the next one takes it.
+/// `sched_switch(preempt, prev, next)`: the previous task leaves the CPU, the next one
+/// takes it.
 #[inline(always)]
-pub fn on_switch(ctx: &TracePointContext) {
+pub fn on_switch(ctx: &RawTracePointContext) {
     let Some(config) = config() else { return };
-    // SAFETY: userspace read these offsets from the tracepoint's format file.
-    let (prev, state, next) = unsafe {
-        (
-            ctx.read_at::<i32>(config.switch_prev_pid_offset as usize),
-            ctx.read_at::<u64>(config.switch_prev_state_offset as usize),
-            ctx.read_at::<i32>(config.switch_next_pid_offset as usize),
-        )
-    };
+    let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
     let now = now_ns();
-    if let (Ok(prev), Ok(state)) = (prev, state)
-        && let Some(timing) = LOOP_TIMING.get_ptr_mut(prev as u32)
+    if let Some(prev_tid) = task_tid(config, prev)
+        && let Some(timing) = LOOP_TIMING.get_ptr_mut(prev_tid)
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
         if timing.poll_exit_ns != 0 {
+            // SAFETY: `prev` is the task being switched out; the read is fault-tolerant.
+            let state = unsafe {
+                bpf_probe_read_kernel(prev.add(config.task_state_offset as usize) as *const u32)
+            }
+            .unwrap_or(0);
             timing.off_cpu_since_ns = now;
-            timing.off_cpu_cause = if state & TASK_STATE_MASK == 0 {
+            timing.off_cpu_cause = if preempt & 1 != 0 || state & TASK_STATE_MASK == 0 {
                 cause::RUNQUEUE as u32
             } else if timing.syscall_enter_ns != 0 {
                 timing.syscall_cause
@@ -57,23 +67,23 @@ pub fn on_switch(ctx: &TracePointContext) {
             };
         }
     }
-    if let Ok(next) = next
-        && let Some(timing) = LOOP_TIMING.get_ptr_mut(next as u32)
+    if let Some(next_tid) = task_tid(config, next)
+        && let Some(timing) = LOOP_TIMING.get_ptr_mut(next_tid)
     {
         // SAFETY: as above.
         close_period(unsafe { &mut *timing }, now);
     }
 }
 
-/// `sched_wakeup`: a blocked loop thread becomes runnable; from now on it waits for a CPU.
+/// `sched_wakeup(task)`: a blocked loop thread becomes runnable; from now on it waits
+/// for a CPU.
 #[inline(always)]
-pub fn on_wakeup(ctx: &TracePointContext) {
+pub fn on_wakeup(ctx: &RawTracePointContext) {
     let Some(config) = config() else { return };
-    // SAFETY: userspace read this offset from the tracepoint's format file.
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(config.wakeup_pid_offset as usize) }) else {
+    let Some(tid) = task_tid(config, ctx.arg(0)) else {
         return;
     };
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(pid as u32) else {
+    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.

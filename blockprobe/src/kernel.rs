@@ -17,6 +17,10 @@ pub struct Offsets {
     pub pt_regs_arg0: u64,
     /// Offset of `si` (a syscall's second argument) in `struct pt_regs`.
     pub pt_regs_arg1: u64,
+    /// Offset of `pid` (the thread id) in `struct task_struct`.
+    pub task_pid: u64,
+    /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
+    pub task_state: u64,
 }
 
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
@@ -27,7 +31,11 @@ pub fn offsets() -> anyhow::Result<Offsets> {
         )
     })?;
     let regs = named_struct(&btf, "pt_regs")?;
+    let task = named_struct(&btf, "task_struct")?;
+    let task_state = member(&btf, &task, "__state").or_else(|_| member(&btf, &task, "state"))?;
     Ok(Offsets {
+        task_pid: member(&btf, &task, "pid")?.0,
+        task_state: task_state.0,
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
@@ -89,5 +97,8 @@ mod tests {
         assert_eq!(offsets.pt_regs_syscall_nr, 15 * 8);
         assert_eq!(offsets.pt_regs_arg0, 14 * 8);
         assert_eq!(offsets.pt_regs_arg1, 13 * 8);
+        // The state is near the start of task_struct, the pid well inside it.
+        assert!(offsets.task_state < 64, "state at {}", offsets.task_state);
+        assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
     }
 }

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, RawTracePoint, TracePoint,
+        PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -65,19 +65,12 @@ impl Probes {
             pt_regs_arg1_offset: kernel.pt_regs_arg1,
             reclassify_after_ns: 5_000_000_000,
             scope: settings.scope as u32,
-            fork_child_pid_offset: field(tracefs, "sched_process_fork", "child_pid")?,
-            exit_group_dead_offset: tracefs::field_offset(
-                tracefs,
-                "sched",
-                "sched_process_exit",
-                "group_dead",
-            )?
-            .unwrap_or(0),
-            switch_prev_pid_offset: field(tracefs, "sched_switch", "prev_pid")?,
-            switch_prev_state_offset: field(tracefs, "sched_switch", "prev_state")?,
-            switch_next_pid_offset: field(tracefs, "sched_switch", "next_pid")?,
-            wakeup_pid_offset: field(tracefs, "sched_wakeup", "pid")?,
-            _pad: 0,
+            task_pid_offset: u32::try_from(kernel.task_pid)?,
+            task_state_offset: u32::try_from(kernel.task_state)?,
+            exit_has_group_dead: u32::from(
+                tracefs::field_offset(tracefs, "sched", "sched_process_exit", "group_dead")?
+                    .is_some(),
+            ),
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
@@ -108,25 +101,22 @@ impl Probes {
         // Two raw syscall tracepoints see every syscall (one cheap switch on its number)
         // instead of one classic tracepoint per syscall: cheaper per call, and quick to
         // attach and detach.
-        for program in ["sys_enter", "sys_exit"] {
-            let tp: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
-            tp.load()
-                .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
-            tp.attach(program)
-                .with_context(|| format!("attaching {program} to raw tracepoint {program}"))?;
-        }
-        for (program, event) in [
+        // Raw tracepoints only: cheaper per event than classic ones, and never skipped
+        // while a BPF map syscall holds the CPU (classic tracepoint programs are).
+        for (program, tracepoint) in [
+            ("sys_enter", "sys_enter"),
+            ("sys_exit", "sys_exit"),
+            ("sched_switch", "sched_switch"),
+            ("sched_wakeup", "sched_wakeup"),
             ("process_fork", "sched_process_fork"),
             ("process_exec", "sched_process_exec"),
             ("process_exit", "sched_process_exit"),
-            ("sched_switch", "sched_switch"),
-            ("sched_wakeup", "sched_wakeup"),
         ] {
-            let tp: &mut TracePoint = program_mut(ebpf, program)?.try_into()?;
+            let tp: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
             tp.load()
                 .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
-            tp.attach("sched", event)
-                .with_context(|| format!("attaching {program} to sched:{event}"))?;
+            tp.attach(tracepoint)
+                .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
         }
         let sampler: &mut PerfEvent = program_mut(ebpf, "cpu_sample")?.try_into()?;
         sampler
@@ -207,12 +197,6 @@ fn program_mut<'a>(
 ) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("BPF program {name} missing from the object"))
-}
-
-/// Offset of `name` in the record of `sched:event`.
-fn field(tracefs: &Path, event: &str, name: &str) -> anyhow::Result<u32> {
-    tracefs::field_offset(tracefs, "sched", event, name)?
-        .with_context(|| format!("sched:{event} has no {name} field on this kernel"))
 }
 
 /// Takes the map `name` out of the loaded object.
