@@ -371,9 +371,11 @@ impl Bench {
             .context("starting blockprobe serve")?;
         let child = Running(child);
         let started = Instant::now();
-        while std::net::TcpStream::connect(&listen).is_err() {
+        // The port accepts connections as soon as it is bound, before the probes are
+        // attached: ready means /metrics answers.
+        while !metrics_answer(&listen) {
             if started.elapsed() > READY_TIMEOUT {
-                bail!("blockprobe serve not listening after {READY_TIMEOUT:?}");
+                bail!("blockprobe serve not answering /metrics after {READY_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -510,6 +512,20 @@ fn read_line(out: &mut BufReader<ChildStdout>) -> Result<String> {
         bail!("the workload exited early");
     }
     Ok(line)
+}
+
+/// Whether `GET /metrics` on `addr` answers 200.
+fn metrics_answer(addr: &str) -> bool {
+    use std::io::Read as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 fn free_port() -> Result<u16> {
