@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod apt;
 mod bench;
+mod offsets;
 mod pythons;
 
 /// Debian packages: LLVM 22 (headers, libraries and llvm-config) that bpf-linker is built
@@ -95,6 +96,9 @@ enum Task {
     /// rustfmt check, clippy on the host crates and clippy on the eBPF crate for the BPF
     /// target; warnings are errors.
     Lint,
+    /// Regenerate blockprobe/src/python/header_offsets.rs (CPython 3.9–3.12 struct
+    /// offsets) from the pyenv interpreters' own headers, with the C compiler.
+    GenOffsets,
     /// Set up, build blockprobe (release), and measure its overhead on real workloads,
     /// side by side with peer tools; writes bench/results/latest.md (needs root).
     Bench {
@@ -168,6 +172,10 @@ fn run(task: Task) -> Result<ExitCode> {
                 eprintln!("test: every test interpreter is present: running the full matrix");
             }
             return ws.test(full);
+        }
+        Task::GenOffsets => {
+            let path = offsets::generate(&ws.root)?;
+            eprintln!("gen-offsets: wrote {}", path.display());
         }
         Task::Bench { reps } => {
             if !is_root() {

@@ -6,6 +6,7 @@
 use anyhow::bail;
 
 use super::debug_offsets::{self, DebugFields};
+use super::header_offsets::{self, HeaderOffsets};
 use super::version::Version;
 
 /// How to turn a frame's instruction field into a byte offset in the bytecode.
@@ -153,89 +154,94 @@ pub fn layout(version: Version) -> anyhow::Result<Recipe> {
     })
 }
 
-const PY39: Layout = Layout {
-    runtime_initialized: 12,
-    runtime_main_interp: 40,
-    runtime_tss_key: Some(584),
-    interp_threads_head: 8,
-    tstate_next: 8,
-    tstate_thread_id: 176,
-    tstate_native_thread_id: None,
-    gil: GilLocation::InRuntime(0x160),
-    tstate_frame: 24,
-    cframe_frame: None,
-    frame_code: 32,
-    code_mask: u64::MAX,
-    frame_previous: 24,
-    frame_instr: 104,
-    frame_owner: 0,
-    owner_skip_min: 0,
-    instr: InstrKind::LastiBytes,
-    code_basicsize: 176,
-    code_flags: 36,
-    code_firstlineno: 40,
-    code_filename: 104,
-    code_name: 112,
-    code_linetable: 120,
-    linetable: LineTableFormat::Lnotab,
-    unicode_ascii_data: 48,
-    unicode_compact_data: 72,
-};
+/// A generated offset (`header_offsets`); a missing one fails the build.
+const fn at(offset: Option<u64>) -> u64 {
+    match offset {
+        Some(v) => v,
+        None => panic!("offset missing from the generated header table"),
+    }
+}
 
-const PY310: Layout = Layout {
-    frame_instr: 96,
-    instr: InstrKind::LastiUnits,
-    linetable: LineTableFormat::Linetable310,
-    ..PY39
-};
+/// The fields every generated table provides, for one 3.9–3.12 version.
+const fn from_headers(
+    h: HeaderOffsets,
+    gil: GilLocation,
+    instr: InstrKind,
+    linetable: LineTableFormat,
+    owner_skip_min: u32,
+) -> Layout {
+    Layout {
+        runtime_initialized: at(h.runtime_initialized),
+        runtime_main_interp: at(h.runtime_main_interp),
+        runtime_tss_key: Some(at(h.runtime_tss_key)),
+        interp_threads_head: at(h.interp_threads_head),
+        tstate_next: at(h.tstate_next),
+        tstate_thread_id: at(h.tstate_thread_id),
+        tstate_native_thread_id: h.tstate_native_thread_id,
+        gil,
+        tstate_frame: at(h.tstate_frame) as u32,
+        cframe_frame: match h.cframe_frame {
+            Some(v) => Some(v as u32),
+            None => None,
+        },
+        frame_code: at(h.frame_code) as u32,
+        code_mask: u64::MAX,
+        frame_previous: at(h.frame_previous) as u32,
+        frame_instr: at(h.frame_instr) as u32,
+        frame_owner: match h.frame_owner {
+            Some(v) => v as u32,
+            None => 0,
+        },
+        owner_skip_min,
+        instr,
+        code_basicsize: at(h.code_basicsize),
+        code_flags: at(h.code_flags),
+        code_firstlineno: at(h.code_firstlineno),
+        code_filename: at(h.code_filename),
+        code_name: at(h.code_name),
+        code_linetable: at(h.code_linetable),
+        linetable,
+        unicode_ascii_data: at(h.unicode_ascii_data),
+        unicode_compact_data: at(h.unicode_compact_data),
+    }
+}
 
-const PY311: Layout = Layout {
-    runtime_initialized: 16,
-    runtime_main_interp: 48,
-    runtime_tss_key: Some(592),
-    interp_threads_head: 16,
-    tstate_next: 8,
-    tstate_thread_id: 152,
-    tstate_native_thread_id: Some(160),
-    gil: GilLocation::InRuntime(0x168),
-    tstate_frame: 56,
-    cframe_frame: Some(8),
-    frame_code: 32,
-    code_mask: u64::MAX,
-    frame_previous: 48,
-    frame_instr: 56,
-    frame_owner: 69,
-    owner_skip_min: 0,
-    instr: InstrKind::Pointer { bytecode: 184 },
-    code_basicsize: 184,
-    code_flags: 48,
-    code_firstlineno: 72,
-    code_filename: 112,
-    code_name: 128,
-    code_linetable: 136,
-    linetable: LineTableFormat::Locations,
-    unicode_ascii_data: 48,
-    unicode_compact_data: 72,
-};
+const PY39: Layout = from_headers(
+    header_offsets::PY39,
+    GilLocation::InRuntime(at(header_offsets::PY39.runtime_gil)),
+    InstrKind::LastiBytes,
+    LineTableFormat::Lnotab,
+    0,
+);
 
-const PY312: Layout = Layout {
-    runtime_tss_key: Some(1544),
-    interp_threads_head: 72,
-    tstate_thread_id: 136,
-    tstate_native_thread_id: Some(144),
-    gil: GilLocation::ViaInterpreter(0x180),
-    cframe_frame: Some(0),
-    frame_code: 0,
-    frame_previous: 8,
-    frame_owner: 70,
-    owner_skip_min: 3,
-    instr: InstrKind::Pointer { bytecode: 192 },
-    code_basicsize: 192,
-    code_firstlineno: 68,
-    unicode_ascii_data: 40,
-    unicode_compact_data: 56,
-    ..PY311
-};
+const PY310: Layout = from_headers(
+    header_offsets::PY310,
+    GilLocation::InRuntime(at(header_offsets::PY310.runtime_gil)),
+    InstrKind::LastiUnits,
+    LineTableFormat::Linetable310,
+    0,
+);
+
+const PY311: Layout = from_headers(
+    header_offsets::PY311,
+    GilLocation::InRuntime(at(header_offsets::PY311.runtime_gil)),
+    InstrKind::Pointer {
+        bytecode: at(header_offsets::PY311.code_basicsize),
+    },
+    LineTableFormat::Locations,
+    0,
+);
+
+/// 3.12 also has C-stack shim frames (owner 3), skipped in walks.
+const PY312: Layout = from_headers(
+    header_offsets::PY312,
+    GilLocation::ViaInterpreter(at(header_offsets::PY312.interp_gil)),
+    InstrKind::Pointer {
+        bytecode: at(header_offsets::PY312.code_basicsize),
+    },
+    LineTableFormat::Locations,
+    3,
+);
 
 /// 3.13.0 as measured; `_Py_DebugOffsets` overrides what it describes (the live test
 /// checks that both agree).
@@ -289,5 +295,95 @@ mod tests {
             };
             assert!(layout(v).is_ok());
         }
+    }
+}
+
+#[cfg(test)]
+mod header_table_tests {
+    //! The generated tables against the values recorded independently (by hand from the
+    //! headers and checked live) in shared/notes/cpython-for-bpf.md.
+    use super::header_offsets::{HeaderOffsets, PY39, PY310, PY311, PY312};
+
+    /// (interpreters.head, autoTSSkey, threads.head, tstate frame, thread_id,
+    ///  native_thread_id, code flags, firstlineno, filename, name, linetable).
+    type Anchors = (
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        Option<u64>,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+    );
+
+    fn check(h: HeaderOffsets, a: Anchors) {
+        // `interpreters.main` follows `interpreters.head`.
+        assert_eq!(h.runtime_main_interp, Some(a.0 + 8));
+        assert_eq!(h.runtime_tss_key, Some(a.1));
+        assert_eq!(h.interp_threads_head, Some(a.2));
+        assert_eq!(h.tstate_frame, Some(a.3));
+        assert_eq!(h.tstate_thread_id, Some(a.4));
+        assert_eq!(h.tstate_native_thread_id, a.5);
+        assert_eq!(h.code_flags, Some(a.6));
+        assert_eq!(h.code_firstlineno, Some(a.7));
+        assert_eq!(h.code_filename, Some(a.8));
+        assert_eq!(h.code_name, Some(a.9));
+        assert_eq!(h.code_linetable, Some(a.10));
+    }
+
+    #[test]
+    fn python_3_9() {
+        check(PY39, (32, 584, 8, 24, 176, None, 36, 40, 104, 112, 120));
+        assert_eq!(
+            (PY39.frame_previous, PY39.frame_code, PY39.frame_instr),
+            (Some(24), Some(32), Some(104))
+        );
+        assert_eq!(PY39.unicode_ascii_data, Some(48));
+    }
+
+    #[test]
+    fn python_3_10() {
+        check(PY310, (32, 584, 8, 24, 176, None, 36, 40, 104, 112, 120));
+        assert_eq!(PY310.frame_instr, Some(96));
+    }
+
+    #[test]
+    fn python_3_11() {
+        check(
+            PY311,
+            (40, 592, 16, 56, 152, Some(160), 48, 72, 112, 128, 136),
+        );
+        assert_eq!(
+            (PY311.cframe_frame, PY311.frame_code, PY311.frame_previous),
+            (Some(8), Some(32), Some(48))
+        );
+        assert_eq!(
+            (PY311.frame_instr, PY311.frame_owner, PY311.code_basicsize),
+            (Some(56), Some(69), Some(184))
+        );
+    }
+
+    #[test]
+    fn python_3_12() {
+        check(
+            PY312,
+            (40, 1544, 72, 56, 136, Some(144), 48, 68, 112, 128, 136),
+        );
+        assert_eq!(
+            (PY312.cframe_frame, PY312.frame_code, PY312.frame_previous),
+            (Some(0), Some(0), Some(8))
+        );
+        assert_eq!(
+            (
+                PY312.frame_owner,
+                PY312.code_basicsize,
+                PY312.unicode_ascii_data
+            ),
+            (Some(70), Some(192), Some(40))
+        );
     }
 }

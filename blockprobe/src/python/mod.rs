@@ -11,6 +11,7 @@
 
 mod debug_offsets;
 mod elf;
+mod header_offsets;
 mod layout;
 mod linetable;
 mod memory;
