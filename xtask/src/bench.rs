@@ -199,26 +199,11 @@ pub fn run(root: &Path, blockprobe: &Path, opts: &BenchOptions) -> Result<()> {
 
 /// Installs the workloads' and peers' Python packages into `dir` (once).
 fn install_py_deps(dir: &Path) -> Result<()> {
-    if dir.join(".complete").is_file() {
+    // pip_install moves the directory into place only once complete.
+    if dir.is_dir() {
         return Ok(());
     }
-    let status = Command::new(PYTHON)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(dir)
-        .args(BENCH_PY_DEPS)
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install {} failed", BENCH_PY_DEPS.join(" "));
-    }
-    std::fs::write(dir.join(".complete"), "")?;
+    crate::pip_install(Path::new(PYTHON), dir, BENCH_PY_DEPS, &[])?;
     Ok(())
 }
 

@@ -291,46 +291,23 @@ impl Workspace {
         if !Path::new(PIP_PYTHON).is_file() {
             bail!("{PIP_PYTHON} not found: it installs the tests' Python dependencies");
         }
-        // Install into a fresh directory and move it into place, so an interrupted install
-        // never looks complete.
-        let staging = self.target.join("pydeps.tmp");
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("cannot remove {}", staging.display()))?;
-        }
-        std::fs::create_dir_all(&self.target)?;
         // Pure-Python wheels only (`--platform any --implementation py`), for the oldest
         // interpreter the tests run (3.9): the same directory then works on every test
         // interpreter. Without this pip picks charset-normalizer's CPython-3.11 build.
-        checked(
-            Command::new(PIP_PYTHON)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--no-compile",
-                    "--only-binary=:all:",
-                    "--platform",
-                    "any",
-                    "--implementation",
-                    "py",
-                    "--python-version",
-                    "3.9",
-                    "--target",
-                ])
-                .arg(&staging)
-                .args(PY_DEPS)
-                .env("PIP_ROOT_USER_ACTION", "ignore"),
+        pip_install(
+            Path::new(PIP_PYTHON),
+            &dir,
+            PY_DEPS,
+            &[
+                "--only-binary=:all:",
+                "--platform",
+                "any",
+                "--implementation",
+                "py",
+                "--python-version",
+                "3.9",
+            ],
         )?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-        }
-        std::fs::rename(&staging, &dir)
-            .with_context(|| format!("cannot move {} into place", staging.display()))?;
         Ok(format!(
             "installed {} into {}",
             PY_DEPS.join(" "),
@@ -612,6 +589,40 @@ fn cargo_home() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     Path::new(&home).join(".cargo")
+}
+
+/// `pip install`s `packages` for `python` into `dir`: into a fresh staging directory
+/// first, moved into place when complete, so an interrupted install never looks done.
+fn pip_install(python: &Path, dir: &Path, packages: &[&str], extra: &[&str]) -> Result<()> {
+    let staging = dir.with_extension("tmp");
+    for stale in [&staging, dir] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    checked(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-compile",
+            ])
+            .args(extra)
+            .arg("--target")
+            .arg(&staging)
+            .args(packages)
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )?;
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("cannot move {} into place", staging.display()))
 }
 
 /// The pyenv builds only the long matrix uses (3.14/3.15 come from `cargo xtask pythons`,

@@ -198,27 +198,11 @@ pub fn ensure_uvloop_311(target: &Path) -> Result<String> {
     if !Path::new(UVLOOP_311).is_file() {
         bail!("{UVLOOP_311} not found: it is the uvloop test interpreter");
     }
-    let staging = target.join("pyuvloop/3.11.tmp");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    checked(
-        Command::new(UVLOOP_311)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--no-compile",
-                "--only-binary=:all:",
-                "--target",
-            ])
-            .arg(&staging)
-            .arg("uvloop")
-            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    crate::pip_install(
+        Path::new(UVLOOP_311),
+        &dir,
+        &["uvloop"],
+        &["--only-binary=:all:"],
     )?;
-    std::fs::rename(&staging, &dir)?;
     Ok(format!("installed uvloop into {}", dir.display()))
 }

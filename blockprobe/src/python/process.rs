@@ -239,19 +239,25 @@ enum Slot {
     Unsettled(String),
 }
 
+/// The thread pointers (`thread_id`, i.e. `pthread_self()`) of the threads that have one;
+/// `None` when no thread has started yet.
+fn thread_pointers(threads: &[PyThread]) -> Option<BTreeSet<u64>> {
+    let ids: BTreeSet<u64> = threads
+        .iter()
+        .map(|t| t.thread_id)
+        .filter(|&id| id != 0)
+        .collect();
+    (!ids.is_empty()).then_some(ids)
+}
+
 /// Finds the static-TLS variable, below the thread pointer, that holds each thread's
 /// bound thread state (3.15's `_Py_tss_gilstate`; the offset is returned two's-complement,
 /// BPF adds it with wrap-around). `_Py_tss_tstate` next to it holds the state only while
 /// the thread holds the GIL: when every candidate thread holds it, the slot is unsettled.
 fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Slot> {
-    let thread_ids: BTreeSet<u64> = threads
-        .iter()
-        .map(|t| t.thread_id)
-        .filter(|&id| id != 0)
-        .collect();
-    if thread_ids.is_empty() {
+    let Some(thread_ids) = thread_pointers(threads) else {
         return Ok(Slot::Unsettled("no Python thread is running yet".into()));
-    }
+    };
     let mut common: Option<BTreeSet<u64>> = None;
     for &id in &thread_ids {
         let mut block = vec![0u8; SLOT_SEARCH_BYTES];
@@ -288,14 +294,9 @@ fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Sl
 /// `key` when it holds for every thread, else the one offset below [`SLOT_SEARCH_BYTES`]
 /// that does.
 fn locate_slot(memory: &ProcessMemory, threads: &[PyThread], key: u32) -> anyhow::Result<Slot> {
-    let thread_ids: BTreeSet<u64> = threads
-        .iter()
-        .map(|t| t.thread_id)
-        .filter(|&id| id != 0)
-        .collect();
-    if thread_ids.is_empty() {
+    let Some(thread_ids) = thread_pointers(threads) else {
         return Ok(Slot::Unsettled("no Python thread is running yet".into()));
-    }
+    };
     let glibc = (key < GLIBC_FIRST_BLOCK_KEYS).then(|| GLIBC_SPECIFIC + 16 * u64::from(key) + 8);
     let mut common: Option<BTreeSet<u64>> = None;
     let mut glibc_matches = 0;
