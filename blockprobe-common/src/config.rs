@@ -80,10 +80,15 @@ pub struct PyProcess {
     pub gil_addr: u64,
     /// Offset of `native_thread_id` in a thread state (0: the version has none).
     pub tstate_native_tid: u32,
+    /// Offset of the running asyncio task (`asyncio_running_task`, 3.14+) in a thread
+    /// state; 0 when unknown (older versions, or `_asyncio` not loaded yet).
+    pub running_task_offset: u32,
+    /// Offset of the name object (`task_name`) in an asyncio task (with the above).
+    pub task_name_offset: u32,
     /// Padding, zero.
     pub _pad: u32,
 }
-assert_size!(PyProcess, 64);
+assert_size!(PyProcess, 72);
 
 /// Size of CPython's `struct _gil_runtime_state` (3.9–3.13).
 pub const GIL_STATE_SIZE: u64 = 208;

@@ -39,7 +39,11 @@ pub struct RawStack {
     pub flags: u32,
     /// The thread's `PyThreadState*` (0 when not found).
     pub tstate: u64,
+    /// The name object (`str`, or the `int` counter behind `Task-N`) of the asyncio task
+    /// the thread was running (3.14+; 0 when unknown). Read in the kernel, at capture
+    /// time: a task that ends right after blocking is gone before userspace could look.
+    pub task_name: u64,
     /// Frames, innermost first; only the first `len` are meaningful.
     pub frames: [RawFrame; MAX_FRAMES],
 }
-assert_size!(RawStack, 16 + 16 * MAX_FRAMES);
+assert_size!(RawStack, 24 + 16 * MAX_FRAMES);

@@ -55,11 +55,18 @@ pub fn capture_thread(process: &PyProcess, tstate: u64, out: &mut RawStack) {
     out.len = 0;
     out.flags = 0;
     out.tstate = 0;
+    out.task_name = 0;
     if tstate == 0 {
         out.flags = flags::NO_THREAD_STATE;
         return;
     }
     out.tstate = tstate;
+    if process.running_task_offset != 0 {
+        let task = read_user_u64(tstate + process.running_task_offset as u64).unwrap_or(0);
+        if task != 0 {
+            out.task_name = read_user_u64(task + process.task_name_offset as u64).unwrap_or(0);
+        }
+    }
     let Some(mut frame) = innermost_frame(process, tstate) else {
         out.flags = flags::UNREADABLE_FRAME;
         return;

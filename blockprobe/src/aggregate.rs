@@ -441,6 +441,7 @@ pub(crate) mod tests {
             stack: culprit.iter().cloned().collect(),
             culprit,
             gil_holder_tid: None,
+            task: None,
             cpu_samples: 0,
         }
     }

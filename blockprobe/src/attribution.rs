@@ -28,6 +28,8 @@ pub struct BlockedCall {
     pub end_ns: u64,
     /// The Python stack that made it, innermost first.
     pub stack: Vec<Frame>,
+    /// The asyncio task that made it, when known.
+    pub task: Option<String>,
 }
 
 /// A loop thread's long wait for the GIL, with the holder's stack.
@@ -50,6 +52,8 @@ pub struct CpuSample {
     pub ts_ns: u64,
     /// The stack being executed, innermost first.
     pub stack: Vec<Frame>,
+    /// The asyncio task being run, when known.
+    pub task: Option<String>,
 }
 
 /// The measured facts of a stall, before attribution.
@@ -162,6 +166,7 @@ impl Attributor {
             stack: Vec::new(),
             culprit: None,
             gil_holder_tid: None,
+            task: None,
             cpu_samples: 0,
         };
         let longest_call = |want: Option<Cause>| {
@@ -179,14 +184,18 @@ impl Attributor {
                 stall.gil_holder_tid = wait.holder_tid;
             }
             Cause::Cpu | Cause::Runqueue if !samples.is_empty() => {
-                let (count, stack) = most_frequent(&samples);
+                let (count, sample) = most_frequent(&samples);
                 stall.cpu_samples = count;
-                stall.stack = stack;
+                if let Some(sample) = sample {
+                    stall.stack.clone_from(&sample.stack);
+                    stall.task.clone_from(&sample.task);
+                }
             }
             _ => {
                 if let Some(call) = longest_call(Some(cause)).or_else(|| longest_call(None)) {
                     stall.syscall = syscalls::name(call.nr).map(str::to_owned);
                     stall.stack.clone_from(&call.stack);
+                    stall.task.clone_from(&call.task);
                 }
             }
         }
@@ -220,8 +229,8 @@ fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
         .map_or(Cause::Other, |(cause, _)| *cause)
 }
 
-/// The number of samples sharing the most frequent culprit, and the latest such stack.
-fn most_frequent(samples: &[CpuSample]) -> (u32, Vec<Frame>) {
+/// The number of samples sharing the most frequent culprit, and the latest such sample.
+fn most_frequent(samples: &[CpuSample]) -> (u32, Option<&CpuSample>) {
     let mut counts: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
     for (i, sample) in samples.iter().enumerate() {
         let entry = counts.entry(culprit_key(&sample.stack)).or_insert((0, i));
@@ -232,11 +241,7 @@ fn most_frequent(samples: &[CpuSample]) -> (u32, Vec<Frame>) {
         .into_values()
         .max_by_key(|&(count, latest)| (count, latest))
         .unwrap_or((0, 0));
-    let stack = samples
-        .get(latest)
-        .map(|s| s.stack.clone())
-        .unwrap_or_default();
-    (count, stack)
+    (count, samples.get(latest))
 }
 
 /// The culprit of `stack` without its line, so samples on different lines of one
@@ -291,6 +296,7 @@ mod tests {
                 frame("inner", "/app/svc.py"),
                 frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),
             ],
+            task: Some("Task-7".into()),
         }
     }
 
@@ -298,6 +304,7 @@ mod tests {
         CpuSample {
             ts_ns,
             stack: vec![frame(function, "/app/svc.py")],
+            task: None,
         }
     }
 
@@ -319,6 +326,7 @@ mod tests {
         assert_eq!(stall.causes.values().sum::<u64>(), stall.duration_ns);
         assert_eq!(stall.syscall.as_deref(), Some("clock_nanosleep"));
         assert_eq!(stall.culprit.unwrap().function, "inner");
+        assert_eq!(stall.task.as_deref(), Some("Task-7"));
         assert_eq!(stall.start_unix_ns, 500_007);
     }
 

@@ -95,6 +95,10 @@ pub struct Stall {
     /// `stack`, its first-party frame the culprit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gil_holder_tid: Option<u32>,
+    /// The asyncio task the loop was running (3.14+, from the interpreter's running-task
+    /// state), as `Task.get_name()` would say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     /// For CPU stalls: how many timer samples found the loop running (the stack is the
     /// most frequent one).
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -235,6 +235,14 @@ impl Session {
                 self.probes
                     .classify_thread(tid, is_loop, self.clock.monotonic_ns())?;
                 if is_loop {
+                    // A running loop means asyncio is imported: its task offsets (3.14+)
+                    // can now be found and handed to the stack walk.
+                    if let Some(traced) = self.processes.get_mut(&pid)
+                        && traced.python.refresh_asyncio()
+                    {
+                        let recipe = traced.python.walk_config();
+                        self.probes.trace_process(pid, recipe)?;
+                    }
                     self.aggregator.add_loop_thread(pid, tid);
                     self.sink.status(&Status::Loop { pid, tid })?;
                 }
@@ -248,8 +256,10 @@ impl Session {
                 end_ns,
                 stack,
             } => {
+                let task = self.task_name(pid, &stack);
                 let stack = self.symbolize(pid, &stack).unwrap_or_default();
                 let call = BlockedCall {
+                    task,
                     nr,
                     cause: Cause::from_index(cause),
                     start_ns,
@@ -281,9 +291,10 @@ impl Session {
                 ts_ns,
                 stack,
             } => {
+                let task = self.task_name(pid, &stack);
                 let stack = self.symbolize(pid, &stack).unwrap_or_default();
-                self.attributor
-                    .cpu_sample(pid, tid, CpuSample { ts_ns, stack });
+                let sample = CpuSample { ts_ns, stack, task };
+                self.attributor.cpu_sample(pid, tid, sample);
             }
             Event::Stall {
                 pid,
@@ -320,6 +331,11 @@ impl Session {
     }
 
     /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
+    /// The name of the asyncio task a stack was captured in (3.14+), if known.
+    fn task_name(&self, pid: u32, stack: &RawStack) -> Option<String> {
+        self.processes.get(&pid)?.python.task_name(stack.task_name)
+    }
+
     /// An incomplete walk ends in a marker frame, so a cut stack is never taken for a
     /// whole one: `<truncated>` (deeper than the kernel side walks) or `<unreadable>`
     /// (a frame pointer could not be read: the process changed or corrupted it).

@@ -415,6 +415,9 @@ pub struct Stall {
     /// Timer samples behind the culprit (`cpu`/`runqueue` stalls).
     #[serde(default)]
     pub cpu_samples: u32,
+    /// The asyncio task the loop was running (3.14+).
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 /// One line of a process's stdout.

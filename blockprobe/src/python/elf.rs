@@ -172,6 +172,18 @@ pub fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// The contents of section `name` of the ELF file behind a mapping, if it has one
+/// (read through a cache: only the headers and that section are read).
+pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    use object::{Object as _, ObjectSection as _};
+    let cache = ReadCache::new(open_mapped(pid, m)?);
+    let file = object::File::parse(&cache)?;
+    let Some(section) = file.section_by_name(name) else {
+        return Ok(None);
+    };
+    Ok(Some(section.data()?.to_vec()))
+}
+
 /// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
 /// (an upgraded package) through `/proc/PID/map_files`.
 fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {

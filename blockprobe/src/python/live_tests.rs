@@ -98,6 +98,7 @@ fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
         len: 0,
         flags: 0,
         tstate: 0,
+        task_name: 0,
         frames: [RawFrame::default(); MAX_FRAMES],
     };
     stack.tstate = mem

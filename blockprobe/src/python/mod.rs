@@ -9,6 +9,7 @@
 //! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
 //! - `origin::classify(file) -> origin::Origin`
 
+mod asyncio_debug;
 mod debug_offsets;
 mod elf;
 mod header_offsets;

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::config::PyProcess;
 use blockprobe_common::stack::RawStack;
 
+use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
 use super::elf::{self, Discovery};
 use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
@@ -52,6 +53,7 @@ pub struct PyThread {
 /// A running Python process whose stacks blockprobe can walk and symbolize.
 #[derive(Debug)]
 pub struct PythonProcess {
+    pid: u32,
     version: Version,
     layout: Box<Layout>,
     #[cfg(test)]
@@ -60,6 +62,8 @@ pub struct PythonProcess {
     interp: u64,
     tstate_slot_offset: u64,
     gil_addr: u64,
+    /// asyncio task offsets (3.14+), once the `_asyncio` module is loaded.
+    asyncio: Option<AsyncioOffsets>,
     symbolizer: Symbolizer,
 }
 
@@ -119,6 +123,8 @@ impl PythonProcess {
         };
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
+            pid,
+            asyncio: None,
             version,
             #[cfg(test)]
             memory,
@@ -151,6 +157,8 @@ impl PythonProcess {
             owner_skip_min: l.owner_skip_min,
             gil_addr: self.gil_addr,
             tstate_native_tid: l.tstate_native_thread_id.unwrap_or(0) as u32,
+            running_task_offset: self.asyncio.map_or(0, |a| a.running_task as u32),
+            task_name_offset: self.asyncio.map_or(0, |a| a.task_name as u32),
             _pad: 0,
         }
     }
@@ -159,6 +167,23 @@ impl PythonProcess {
     #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
         list_threads(&self.memory, &self.layout, self.interp)
+    }
+
+    /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet; true when
+    /// they were just found (the walk configuration then changed).
+    pub fn refresh_asyncio(&mut self) -> bool {
+        if self.asyncio.is_some() || (self.version.major, self.version.minor) < (3, 14) {
+            return false;
+        }
+        self.asyncio = asyncio_debug::find(self.pid);
+        self.asyncio.is_some()
+    }
+
+    /// The asyncio task name behind a stack's `task_name` object, if known.
+    pub fn task_name(&self, name: u64) -> Option<String> {
+        self.asyncio
+            .filter(|_| name != 0)
+            .and_then(|_| self.symbolizer.task_name(name))
     }
 
     /// Function, file and line of each frame of `stack` (innermost first).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::stack::{MAX_FRAMES, RawFrame, RawStack};
 
+use super::asyncio_debug;
 use super::layout::{
     BYTES_DATA, BYTES_SIZE, InstrKind, Layout, OBJECT_TYPE, UNICODE_LENGTH, UNICODE_STATE,
 };
@@ -152,6 +153,11 @@ impl Symbolizer {
         })
     }
 
+    /// The asyncio task name held by the object at `name` (3.14+), if readable.
+    pub fn task_name(&self, name: u64) -> Option<String> {
+        asyncio_debug::task_name(&self.memory, name, |addr| self.string(addr))
+    }
+
     /// Reads a `str` object (compact, as all code object strings are).
     fn string(&self, addr: u64) -> anyhow::Result<String> {
         let mut head = [0u8; UNICODE_STATE as usize + 4];
@@ -274,6 +280,7 @@ mod tests {
             len: 1,
             flags: 0,
             tstate: 0,
+            task_name: 0,
             frames: [RawFrame::default(); MAX_FRAMES],
         };
         let mut at = |code: &[u8], unit: u64| {

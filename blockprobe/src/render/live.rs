@@ -141,7 +141,11 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         (None, None) => "<unknown>".to_owned(),
         (None, Some(innermost)) => format!("<unknown> in {}", frame_text(innermost)),
     };
-    head + &culprit
+    let task = stall
+        .task
+        .as_deref()
+        .map_or(String::new(), |t| format!(" [task {}]", escape(t)));
+    head + &culprit + &task
 }
 
 /// `function (dir/file.py:line)`, the file shortened to its last two components.

@@ -1,0 +1,142 @@
+//! asyncio task identity (CPython 3.14+): the `_asyncio` extension module carries an
+//! `.AsyncioDebug` section of offsets (no cookie, no symbol) that say where a thread
+//! state keeps its running task and where a task keeps its name.
+
+use super::{elf, memory::ProcessMemory};
+
+/// Longest task name read, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+/// Offset of `ob_type` in an object and of `tp_name` in a type object.
+const OB_TYPE: u64 = 8;
+const TP_NAME: u64 = 24;
+/// 3.12+ `int` layout: `lv_tag` (digit count << 3 | sign bits), then 30-bit digits.
+const LONG_TAG: u64 = 16;
+const LONG_DIGITS: u64 = 24;
+
+/// The offsets blockprobe uses from `Py_AsyncioModuleDebugOffsets`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncioOffsets {
+    /// `asyncio_thread_state.asyncio_running_task`: from a thread state.
+    pub running_task: u64,
+    /// `asyncio_task_object.task_name`: from a task.
+    pub task_name: u64,
+}
+
+/// Index of each used field among the section's u64s: task object (size, task_name, …
+/// 7 fields), interpreter state (2), thread state (size, running_loop, running_task, …).
+const TASK_NAME_INDEX: usize = 1;
+const RUNNING_TASK_INDEX: usize = 11;
+/// Fields in the section (3.14, 3.15).
+const SECTION_U64S: usize = 13;
+
+/// The section holding the offsets.
+const SECTION: &str = ".AsyncioDebug";
+
+/// The offsets in process `pid`: from the `_asyncio` extension module once it is loaded,
+/// or from the interpreter's own file when `_asyncio` is built in (Debian's 3.15).
+pub fn find(pid: u32) -> Option<AsyncioOffsets> {
+    let mappings = elf::mappings(pid).ok()?;
+    let is = |m: &&elf::Mapping, prefix: &str| elf::file_name(&m.path).starts_with(prefix);
+    let mut seen = std::collections::HashSet::new();
+    mappings
+        .iter()
+        .filter(|m| is(m, "_asyncio.") || is(m, "python") || is(m, "libpython"))
+        .filter(|m| seen.insert(m.path.clone()))
+        .find_map(|m| parse_section(&elf::mapped_section(pid, m, SECTION).ok()??))
+}
+
+/// Reads the offsets from the contents of an `.AsyncioDebug` section.
+fn parse_section(data: &[u8]) -> Option<AsyncioOffsets> {
+    let word = |i: usize| -> Option<u64> {
+        let bytes = data.get(i * 8..i * 8 + 8)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    if data.len() < SECTION_U64S * 8 {
+        return None;
+    }
+    Some(AsyncioOffsets {
+        running_task: word(RUNNING_TASK_INDEX).filter(|&o| o != 0)?,
+        task_name: word(TASK_NAME_INDEX).filter(|&o| o != 0)?,
+    })
+}
+
+/// A task's name from its name object: a `str`, or the `int` counter CPython keeps until
+/// someone asks for the name (then `Task-N`). `None` when it is neither.
+pub fn task_name(
+    memory: &ProcessMemory,
+    name: u64,
+    read_str: impl Fn(u64) -> anyhow::Result<String>,
+) -> Option<String> {
+    let type_name = {
+        let ty = memory.read_u64(name.checked_add(OB_TYPE)?).ok()?;
+        let tp_name = memory.read_u64(ty.checked_add(TP_NAME)?).ok()?;
+        let mut buf = [0u8; 8];
+        memory.read_bytes(tp_name, &mut buf).ok()?;
+        buf
+    };
+    match &type_name {
+        [b's', b't', b'r', 0, ..] => read_str(name)
+            .ok()
+            .map(|s| s.chars().take(MAX_NAME_BYTES).collect()),
+        [b'i', b'n', b't', 0, ..] => {
+            let tag = memory.read_u64(name + LONG_TAG).ok()?;
+            let digits = (tag >> 3) as usize;
+            if tag & 3 != 0 || digits > 2 {
+                return None;
+            }
+            let mut value: u64 = 0;
+            for i in (0..digits).rev() {
+                let digit = memory.read_u32(name + LONG_DIGITS + 4 * i as u64).ok()?;
+                value = (value << 30) | u64::from(digit);
+            }
+            Some(format!("Task-{value}"))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_offsets_of_debian_3_14() {
+        let cache = std::env::var_os("BLOCKPROBE_PYTHONS").map_or_else(
+            || std::path::PathBuf::from("/root/.cache/blockprobe/pythons"),
+            std::path::PathBuf::from,
+        );
+        let dynload = cache.join("root/usr/lib/python3.14/lib-dynload");
+        let Some(module) = std::fs::read_dir(&dynload).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| elf::file_name(&p.to_string_lossy()).starts_with("_asyncio."))
+        }) else {
+            panic!(
+                "no _asyncio module under {} (run `cargo xtask pythons`)",
+                dynload.display()
+            );
+        };
+        let elf = std::fs::read(&module).unwrap();
+        let data = {
+            use object::{Object as _, ObjectSection as _};
+            let file = object::File::parse(&*elf).unwrap();
+            file.section_by_name(SECTION)
+                .expect("section")
+                .data()
+                .unwrap()
+                .to_vec()
+        };
+        let offsets = parse_section(&data).expect("offsets");
+        // TaskObj: the name comes after the future's fields; the running task lives in
+        // _PyThreadStateImpl, past the public PyThreadState.
+        assert!(
+            offsets.task_name > 16 && offsets.task_name < 512,
+            "{offsets:?}"
+        );
+        assert!(offsets.running_task > 200, "{offsets:?}");
+        assert!(
+            parse_section(&data[..40]).is_none(),
+            "a short section is refused"
+        );
+    }
+}
