@@ -22,9 +22,11 @@ uvloop loop (``uvloop.run`` for the main one).
 
 import argparse
 import asyncio
+import http.server
 import os
 import sys
 import threading
+import time
 
 TICK_S = 0.005
 UVLOOP = os.environ.get("BPTEST_UVLOOP") == "1"
@@ -46,6 +48,33 @@ def fail(message):
     sys.stderr.write(f"bptest: {message}\n")
     sys.stderr.flush()
     os._exit(2)
+
+
+def start_slow_http_server(slow_s):
+    """Starts an HTTP server in a daemon thread of this script: ``/slow`` answers after
+    ``slow_s`` seconds, anything else at once. Returns its base URL."""
+
+    class SlowHandler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            if self.path == "/slow":
+                time.sleep(slow_s)
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}"
 
 
 async def ticker():

@@ -10,8 +10,6 @@ report, which also proves tracing was live during the controls.
 """
 
 import asyncio
-import http.server
-import threading
 import time
 
 import requests
@@ -21,30 +19,7 @@ import bptest
 SLOW_S = 0.2
 
 
-class SlowHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/slow":
-            time.sleep(SLOW_S)
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):
-        pass
-
-
-def start_http_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    host, port = server.server_address[:2]
-    return f"http://{host}:{port}"
-
-
-BASE_URL = start_http_server()
+BASE_URL = bptest.start_slow_http_server(SLOW_S)
 # Warm up before the loop starts: requests' lazy imports and set-up must not run on the
 # loop (they would be a real, if small, stall).
 requests.get(BASE_URL + "/fast", timeout=10).raise_for_status()
