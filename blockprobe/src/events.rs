@@ -273,4 +273,17 @@ mod tests {
         };
         assert!(decode(&bytes_of(&blocked)[..100]).is_err());
     }
+
+    proptest::proptest! {
+        /// Any bytes, including valid headers followed by garbage or truncation, decode
+        /// to an event or an error, never a panic.
+        #[test]
+        fn decoding_never_panics(kind in 0u32..9, len in 0usize..3000, fill in proptest::num::u8::ANY) {
+            let mut bytes = vec![fill; len];
+            if len >= 4 {
+                bytes[..4].copy_from_slice(&kind.to_ne_bytes());
+            }
+            let _ = decode(&bytes);
+        }
+    }
 }

@@ -789,4 +789,19 @@ pub(crate) mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), mode(&reference));
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, and valid reports cut or corrupted at any point, are refused
+        /// with an error or loaded, never a panic.
+        #[test]
+        fn loading_never_panics(garbage in proptest::collection::vec(proptest::num::u8::ANY, 0..512), cut in 0usize..2000, flip in 0usize..2000) {
+            let _ = Report::from_slice(&garbage);
+            let valid = serde_json::to_vec(&sample_report()).unwrap();
+            let _ = Report::from_slice(&valid[..cut.min(valid.len())]);
+            let mut corrupt = valid.clone();
+            let i = flip % corrupt.len();
+            corrupt[i] = corrupt[i].wrapping_add(1);
+            let _ = Report::from_slice(&corrupt);
+        }
+    }
 }
