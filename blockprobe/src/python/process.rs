@@ -264,6 +264,24 @@ enum Slot {
     Unsettled(String),
 }
 
+/// Indices of the 8-byte words of `block` that hold a thread state of thread `id`.
+fn tstate_words<'a>(
+    block: &'a [u8],
+    threads: &'a [PyThread],
+    id: u64,
+) -> impl Iterator<Item = u64> + 'a {
+    block
+        .chunks_exact(8)
+        .enumerate()
+        .filter_map(move |(i, word)| {
+            let value = <[u8; 8]>::try_from(word).map_or(0, u64::from_ne_bytes);
+            threads
+                .iter()
+                .any(|t| t.thread_id == id && t.tstate == value)
+                .then_some(i as u64)
+        })
+}
+
 /// The thread pointers (`thread_id`, i.e. `pthread_self()`) of the threads that have one;
 /// `None` when no thread has started yet.
 fn thread_pointers(threads: &[PyThread]) -> Option<BTreeSet<u64>> {
@@ -288,16 +306,8 @@ fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Sl
         let mut block = vec![0u8; SLOT_SEARCH_BYTES];
         let base = id.wrapping_sub(SLOT_SEARCH_BYTES as u64);
         memory.read_bytes(base, &mut block)?;
-        let offsets: BTreeSet<u64> = block
-            .chunks_exact(8)
-            .enumerate()
-            .filter(|(_, word)| {
-                let value = <[u8; 8]>::try_from(*word).map_or(0, u64::from_ne_bytes);
-                threads
-                    .iter()
-                    .any(|t| t.thread_id == id && t.tstate == value)
-            })
-            .map(|(i, _)| (8 * i as u64).wrapping_sub(SLOT_SEARCH_BYTES as u64))
+        let offsets: BTreeSet<u64> = tstate_words(&block, threads, id)
+            .map(|i| (8 * i).wrapping_sub(SLOT_SEARCH_BYTES as u64))
             .collect();
         common = Some(match common {
             None => offsets,
@@ -330,16 +340,8 @@ fn locate_slot(memory: &ProcessMemory, threads: &[PyThread], key: u32) -> anyhow
         let n = memory.read_prefix(id, &mut block)?;
         // A thread can own several thread states (one preallocated by its parent, or
         // more created by C code): any of them in the slot identifies the slot.
-        let offsets: BTreeSet<u64> = block[..n]
-            .chunks_exact(8)
-            .enumerate()
-            .filter(|(_, word)| {
-                let value = <[u8; 8]>::try_from(*word).map_or(0, u64::from_ne_bytes);
-                threads
-                    .iter()
-                    .any(|t| t.thread_id == id && t.tstate == value)
-            })
-            .map(|(i, _)| 8 * i as u64)
+        let offsets: BTreeSet<u64> = tstate_words(&block[..n], threads, id)
+            .map(|i| 8 * i)
             .collect();
         if glibc.is_some_and(|g| offsets.contains(&g)) {
             glibc_matches += 1;
