@@ -133,3 +133,46 @@ fn sigkill_leaves_no_probes() {
         || loaded().is_empty().then_some(()),
     );
 }
+
+/// 64 loop threads in one process, all stalling at once: every worker thread's 20 ms
+/// sleep is inside one of its own stalls, stalls whose main cause is the sleep blame the
+/// worker's own coroutine, and nothing is lost. With 65 threads taking turns on the GIL,
+/// a loop may also wait for the GIL longer than it slept (then the stall says `gil`, or
+/// `cpu` for the interpreter's own work): those are real and allowed.
+#[test]
+fn sixty_four_loops_stall_at_once() {
+    let python = Python::pyenv("3.11.7");
+    let ran = blockprobe_tests::run_scenario(&blockprobe_tests::Scenario {
+        python: &python,
+        script: "many_loops.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 64,
+    });
+    ran.expect_success();
+    let workers: BTreeSet<u32> = ran
+        .state
+        .loops
+        .iter()
+        .filter(|(name, _)| name.starts_with('w'))
+        .map(|(_, tid)| *tid)
+        .collect();
+    let stalls = ran.stalls();
+    let slept =
+        |s: &&blockprobe_tests::Stall| s.causes.get("sleep").copied().unwrap_or(0) >= 19_000_000;
+    let sleeping: BTreeSet<u32> = stalls.iter().filter(slept).map(|s| s.tid).collect();
+    ran.ctx
+        .ensure(workers.len() == 64 && sleeping == workers, || {
+            format!(
+                "each of the 64 worker threads should have a stall holding its 20 ms sleep; \
+             {} threads do",
+                sleeping.len()
+            )
+        });
+    for stall in stalls.iter().filter(|s| s.cause == "sleep") {
+        let culprit = stall.culprit.as_ref().map(|f| f.function.as_str());
+        ran.ctx.ensure(culprit == Some("blocking_handler"), || {
+            format!("a sleep stall blames another function: {stall:#?}")
+        });
+    }
+}
