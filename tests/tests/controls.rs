@@ -27,7 +27,14 @@ fn controls_do_not_stall(python: &Python) {
                 format!("control {control} took only {measured} ns")
             });
     }
-    let stalls = ran.stalls();
+    // Only the scenario is under test: asyncio.run's shutdown after QUIT joins the default
+    // executor's thread, which under load is a real (GIL/lock) stall of its own.
+    let (after, before) = ran.window_unix_ns;
+    let stalls: Vec<_> = ran
+        .stalls()
+        .into_iter()
+        .filter(|s| (after..=before).contains(&s.start_unix_ns))
+        .collect();
     ran.ctx.ensure(
         stalls.len() == 1
             && stalls[0].culprit.as_ref().map(|f| f.function.as_str()) == Some("marker"),
