@@ -1277,26 +1277,31 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
     require_root();
-    let ctx = Ctx::new();
-    let script = script(scenario.script);
-    let bp = ctx.spawn(
-        &format!("blockprobe run ({})", scenario.python.label),
-        &mut run_command(
-            scenario.python,
-            &script,
-            scenario.script_args,
-            scenario.blockprobe_args,
-        ),
+    let mut cmd = run_command(
+        scenario.python,
+        &script(scenario.script),
+        scenario.script_args,
+        scenario.blockprobe_args,
     );
+    drive_scenario(scenario.python, scenario.script, &mut cmd, scenario.stalls)
+}
+
+/// Starts `cmd` (a `blockprobe run` of tests/scripts/`name`, see [`run_command`]) and
+/// takes it through the protocol of [`run_scenario`].
+#[track_caller]
+pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: usize) -> Ran {
+    let ctx = Ctx::new();
+    let script = script(name);
+    let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
     let ready = ctx.wait_ready(&bp);
     let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, scenario.script);
+    ctx.adopt(pid, name);
     let tids: Vec<u32> = ready.loops.iter().map(|(_, tid)| *tid).collect();
     ctx.wait_loops_live(&bp, pid, &tids);
     let go = unix_now_ns();
     bp.send("GO");
     let _ = ctx.wait_finished(&bp);
-    ctx.wait_stalls(&bp, pid, scenario.stalls);
+    ctx.wait_stalls(&bp, pid, stalls);
     // The stalls are over by now: blockprobe reports a stall when the loop is back.
     let seen = unix_now_ns();
     bp.send("QUIT");

@@ -19,9 +19,8 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, CAUSE_SLACK, Ctx, Python, Ran, Stall, THRESHOLD, WALL_SLACK, blockprobe_bin,
-    marker_line, nanos, pydeps, python_env, python_matrix, require_root, script, unix_now_ns,
-    workspace_root,
+    ABOVE, BELOW, CAUSE_SLACK, Python, Ran, Stall, WALL_SLACK, drive_scenario, marker_line, nanos,
+    pydeps, python_matrix, require_root, run_command, script, workspace_root,
 };
 
 python_matrix!(
@@ -52,48 +51,16 @@ const MIN_RUNQUEUE_SHARE: f64 = 0.20;
 #[track_caller]
 fn run_case(python: &Python, name: &str, env: &[(&str, OsString)], stalls: usize) -> Ran {
     require_root();
-    let ctx = Ctx::new();
-    let script = script(name);
-    let mut cmd = std::process::Command::new(blockprobe_bin());
-    cmd.args(["run", "--format", "jsonl", "--threshold", THRESHOLD, "--"])
-        .arg(&python.path)
-        .arg(&script);
-    python_env(&mut cmd);
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    let bp = ctx.spawn(
-        &format!("blockprobe run {name} ({})", python.label),
-        &mut cmd,
-    );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, name);
-    let tids: Vec<u32> = ready.loops.iter().map(|(_, tid)| *tid).collect();
-    ctx.wait_loops_live(&bp, pid, &tids);
-    let go = unix_now_ns();
-    bp.send("GO");
-    let _ = ctx.wait_finished(&bp);
-    ctx.wait_stalls(&bp, pid, stalls);
-    let seen = unix_now_ns();
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    let state = bp.script_state();
-    let ran = Ran {
-        ctx,
-        bp,
-        script,
-        pid,
-        state,
-        status,
-        window_unix_ns: (go, seen),
-    };
+    let mut cmd = run_command(python, &script(name), &[], &[]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let ran = drive_scenario(python, name, &mut cmd, stalls);
     ran.expect_success();
     let all = ran.stalls();
     ran.ctx.ensure(all.len() == stalls, || {
-        format!("expected exactly {stalls} stall(s) for pid {pid} (nothing else blocks): {all:#?}")
+        format!(
+            "expected exactly {stalls} stall(s) for pid {} (nothing else blocks): {all:#?}",
+            ran.pid
+        )
     });
     ran
 }
