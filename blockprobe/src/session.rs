@@ -25,7 +25,7 @@ use crate::{
 
 /// How long a Python process that is still starting up is retried before giving up.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
-/// How often startup retries and loss counters are checked.
+/// How often processes that are still starting up are retried.
 const TICK: Duration = Duration::from_millis(5);
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,6 +69,7 @@ pub struct Session {
     clock: Clock,
     lost_reported: HashMap<&'static str, u64>,
     last_counter_read: Instant,
+    last_tick: tokio::time::Instant,
     own_pid: u32,
 }
 
@@ -86,6 +87,7 @@ impl Session {
             clock: Clock::now(),
             lost_reported: HashMap::new(),
             last_counter_read: Instant::now(),
+            last_tick: tokio::time::Instant::now(),
             own_pid: std::process::id(),
         }
     }
@@ -174,8 +176,6 @@ impl Session {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the BPF ring buffer: {e}"))?;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let reason = loop {
             tokio::select! {
                 ready = ring.readable_mut() => {
@@ -187,7 +187,10 @@ impl Session {
                 _ = sigterm.recv() => break StopReason::Signal(libc::SIGTERM),
                 _ = sleep_until(deadline) => break StopReason::Duration,
                 status = wait_child(&mut child) => break StopReason::ChildExited(status?),
-                _ = tick.tick() => self.tick()?,
+                _ = tokio::time::sleep_until(self.last_tick + self.tick_interval()) => {
+                    self.last_tick = tokio::time::Instant::now();
+                    self.tick()?;
+                }
             }
         };
         self.drain(ring.get_mut())?;
@@ -357,6 +360,16 @@ impl Session {
     }
 
     /// Periodic work: retry processes that were starting up, read the loss counters.
+    /// Retries of starting processes need a fast tick; otherwise only the loss counters
+    /// are due, once a second, and an idle tracer stays asleep until then.
+    fn tick_interval(&self) -> Duration {
+        if self.starting.is_empty() {
+            COUNTER_INTERVAL
+        } else {
+            TICK
+        }
+    }
+
     fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         let starting: Vec<(u32, Instant)> =
