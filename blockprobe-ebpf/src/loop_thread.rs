@@ -22,6 +22,7 @@ use crate::{
     emit::{current_ids, header, now_ns, reserve},
     maps::{EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
     process::announce_if_in_scope,
+    sched::close_period,
     walk,
 };
 
@@ -70,6 +71,7 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let timing = unsafe { &mut *timing };
+    close_period(timing, now);
     let left = timing.poll_exit_ns;
     timing.poll_exit_ns = 0;
     timing.syscall_enter_ns = 0;
@@ -150,6 +152,7 @@ pub fn on_block_enter(nr: u32, regs: *const u8) {
         return;
     }
     let now = now_ns();
+    close_period(timing, now);
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
     timing.syscall_cause = cause_of(nr) as u32;
@@ -230,6 +233,7 @@ pub fn on_block_exit(ret: i64) {
     }
     timing.syscall_enter_ns = 0;
     let now = now_ns();
+    close_period(timing, now);
     let Some(config) = config() else { return };
     let long = now.saturating_sub(start) >= config.min_block_ns;
     if timing.syscall_cause == cause::GIL as u32 {
@@ -278,7 +282,8 @@ fn send_gil_wait(tid: u32, now: u64) {
 #[inline(always)]
 pub fn on_cpu_sample() {
     let (tgid, tid) = current_ids();
-    // SAFETY: read-only lookup.
+    // SAFETY: read-only lookup. This NMI may interrupt a scheduler program updating the
+    // same entry, so it must not write.
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
         return;
     };

@@ -3,6 +3,11 @@
 //! A loop thread that leaves the CPU off-await is either preempted (runnable: run-queue
 //! time) or blocked (its current syscall says why: sleep, I/O, lock, GIL, child wait).
 //! A wakeup turns blocked time into run-queue time until the thread runs again.
+//!
+//! The kernel does not always report a switch-in (this kernel was seen to resume a
+//! sleeping thread from a hard interrupt with neither `sched_wakeup` nor `sched_switch`
+//! reaching BPF or tracefs). So the syscall programs that run on a loop thread also close
+//! a period left open: a running thread is not off CPU, and its sleep is not lost.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use blockprobe_common::{cause, config::GlobalConfig};
@@ -24,9 +29,10 @@ pub fn task_tid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
         .map(|pid| pid as u32)
 }
 
-/// Adds the open off-CPU period of `timing` to its cause, as of `now`.
+/// Adds the open off-CPU period of `timing` to its cause, as of `now`. Called when the
+/// thread is seen running: at switch-in, switch-out and in its own syscall programs.
 #[inline(always)]
-fn close_period(timing: &mut blockprobe_common::thread::LoopTiming, now: u64) {
+pub fn close_period(timing: &mut blockprobe_common::thread::LoopTiming, now: u64) {
     let since = timing.off_cpu_since_ns;
     if since == 0 {
         return;
@@ -51,6 +57,8 @@ pub fn on_switch(ctx: &RawTracePointContext) {
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
+        // A switch-in the kernel did not report: the thread ran until now.
+        close_period(timing, now);
         if timing.poll_exit_ns != 0 {
             // SAFETY: `prev` is the task being switched out; the read is fault-tolerant.
             let state = unsafe {
