@@ -725,10 +725,14 @@ impl CtxRef {
         }
     }
 
-    /// Fails the test with `message` and everything the test's processes printed.
+    /// Fails the test with `message` and everything the test's processes printed. The
+    /// message comes again after the dump: CI logs are often read from the tail.
     #[track_caller]
     pub fn fail(&self, message: impl Display) -> ! {
-        panic!("{message}\n{}", self.dump());
+        panic!(
+            "{message}\n{}\n======== the failure, again: {message}",
+            self.dump()
+        );
     }
 
     /// Fails the test with `message` (and the dump) unless `condition` holds.
