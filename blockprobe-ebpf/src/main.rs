@@ -89,8 +89,8 @@ pub fn process_fork(ctx: RawTracePointContext) -> i32 {
 
 /// `sched_process_exec` (raw): a process's Python state is gone; maybe a new one comes.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
-    process::on_exec();
+pub fn process_exec(ctx: RawTracePointContext) -> i32 {
+    process::on_exec(&ctx);
     0
 }
 

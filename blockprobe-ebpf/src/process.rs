@@ -55,10 +55,23 @@ pub fn on_fork(ctx: &RawTracePointContext) {
     }
 }
 
-/// An exec: the old image's walk recipe is void; in `run` scope the new image may be Python.
+/// `sched_process_exec(task, old_pid, bprm)`: the old image's walk recipe is void; in `run`
+/// scope the new image may be Python.
+///
+/// The exec'ing thread's class and off-await timing belonged to the old image too: kept,
+/// a thread that ran a loop there would count as a loop in the new image without being
+/// classified (no `loop` event, even if the new image runs no loop), and the off-await
+/// interval open across the exec would end in the new image's first poll as a stall made
+/// of the exec and the new interpreter's start-up. A thread other than the leader that
+/// execs takes the leader's tid (`de_thread`), so its old tid is forgotten as well.
 #[inline(always)]
-pub fn on_exec() {
-    let (tgid, _) = current_ids();
+pub fn on_exec(ctx: &RawTracePointContext) {
+    let (tgid, tid) = current_ids();
+    forget_thread(tid);
+    let old_tid = ctx.arg::<u64>(1) as u32;
+    if old_tid != tid {
+        forget_thread(old_tid);
+    }
     let _ = ANNOUNCED.remove(tgid);
     if PROCESSES.remove(tgid).is_ok() {
         send_gone(gone_reason::EXEC);
@@ -75,8 +88,7 @@ pub fn on_exec() {
 #[inline(always)]
 pub fn on_exit(ctx: &RawTracePointContext) {
     let (tgid, tid) = current_ids();
-    let _ = THREAD_CLASS.remove(tid);
-    let _ = LOOP_TIMING.remove(tid);
+    forget_thread(tid);
     let Some(config) = config() else { return };
     let group_dead = if config.exit_has_group_dead != 0 {
         ctx.arg::<u64>(1) & 1 != 0
@@ -91,6 +103,13 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     if PROCESSES.remove(tgid).is_ok() {
         send_gone(gone_reason::EXIT);
     }
+}
+
+/// Drops what the loop-thread probes know about thread `tid`.
+#[inline(always)]
+fn forget_thread(tid: u32) {
+    let _ = THREAD_CLASS.remove(tid);
+    let _ = LOOP_TIMING.remove(tid);
 }
 
 /// Tells userspace a traced process is gone.

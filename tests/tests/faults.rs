@@ -1,0 +1,225 @@
+//! Faults around the tracer: targets that exec.
+
+use std::process::Command;
+use std::time::Duration;
+
+use blockprobe_tests::{
+    Ctx, CtxRef, ExpectStall, Line, Proc, Python, THRESHOLD, blockprobe_bin, kind, require_root,
+    run_command, script, unix_now_ns,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+// ------------------------------------------------------------------ exec
+
+/// `trace -p A -p B`: A execs into `/bin/sleep` with its loop off-await. blockprobe says
+/// `detached` (reason `exec`) for A, reports no stall for it, and goes on tracing: B's
+/// stall, after the exec, is found as usual.
+#[test]
+fn exec_into_non_python_detaches_and_tracing_goes_on() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let execs = ctx.spawn(
+        "exec_into.py -- /bin/sleep",
+        python
+            .command(&script("exec_into.py"))
+            .args(["--", "/bin/sleep", "600"]),
+    );
+    let other_script = script("sleep_in_coroutine.py");
+    let other = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&other_script));
+    let execs_loops = loop_tids(&ctx.wait_ready(&execs));
+    let other_loops = loop_tids(&ctx.wait_ready(&other));
+    let (pid, other_pid) = (execs.pid(), other.pid());
+    let bp = ctx.spawn(
+        "blockprobe trace -p -p",
+        Command::new(blockprobe_bin()).args([
+            "trace",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+            "-p",
+            &pid.to_string(),
+            "-p",
+            &other_pid.to_string(),
+        ]),
+    );
+    ctx.wait_loops_live(&bp, pid, &execs_loops);
+    ctx.wait_loops_live(&bp, other_pid, &other_loops);
+
+    execs.send("GO");
+    let detached = ctx.wait_event(&bp, "detached", pid);
+    ctx.ensure(detached["reason"] == "exec", || {
+        format!("expected a detached event with reason \"exec\", got {detached}")
+    });
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    ctx.ensure(comm.trim_end() == "sleep", || {
+        format!("pid {pid} should now run /bin/sleep, its comm is {comm:?}")
+    });
+
+    // Tracing goes on after the detach.
+    let go = unix_now_ns();
+    other.send("GO");
+    let state = ctx.wait_finished(&other);
+    let stalls = ctx.wait_stalls(&bp, other_pid, 1);
+    let seen = unix_now_ns();
+    other.send("QUIT");
+    other.close_stdin();
+    ctx.ensure(other.wait_exit().success(), || {
+        "sleep_in_coroutine.py failed".into()
+    });
+    ctx.check_stall(
+        &stalls[0],
+        &ExpectStall {
+            script: &other_script,
+            function: "handler",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: state
+                .measured("handler")
+                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
+            nominal: Duration::from_millis(200),
+            window_unix_ns: Some((go, seen)),
+        },
+    );
+    ctx.wait_event(&bp, "detached", other_pid);
+    stop_trace(&ctx, &bp);
+
+    let exec_stalls = bp.stalls(pid);
+    ctx.ensure(exec_stalls.is_empty(), || {
+        format!("pid {pid} never stalled, yet: {exec_stalls:#?}")
+    });
+    let attached = bp.events_of("attached", pid).len();
+    let detached = bp.events_of("detached", pid).len();
+    ctx.ensure(attached == 1 && detached == 1, || {
+        format!(
+            "expected one attached and one detached event for pid {pid}, got {attached} and \
+             {detached}: the new image is not Python and `-p` does not follow execs"
+        )
+    });
+    ctx.ensure(bp.stalls(other_pid).len() == 1, || {
+        format!("expected exactly one stall for pid {other_pid}")
+    });
+}
+
+/// `run`: the command execs, with its loop off-await, into another Python scenario
+/// (sleep_in_coroutine.py) in the same process. blockprobe detaches (`exec`), attaches to
+/// the new image, classifies its loop anew (a `loop` event after the detach), and reports
+/// the new image's stall and nothing else: the interval left open by the exec is not a
+/// stall of the new image.
+#[test]
+fn exec_into_python_is_followed_under_run() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let next = script("sleep_in_coroutine.py");
+    let interpreter = python.path.to_string_lossy().into_owned();
+    let bp = ctx.spawn(
+        "blockprobe run exec_into.py -- sleep_in_coroutine.py",
+        &mut run_command(
+            &python,
+            &script("exec_into.py"),
+            &["--", &interpreter, &next.to_string_lossy()],
+            &[],
+        ),
+    );
+    let ready = ctx.wait_ready(&bp);
+    let pid = ready.pid.expect("READY has a pid");
+    ctx.adopt(pid, "sleep_in_coroutine.py");
+    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    bp.send("GO");
+
+    let detached = ctx.wait_event(&bp, "detached", pid);
+    ctx.ensure(detached["reason"] == "exec", || {
+        format!("expected a detached event with reason \"exec\", got {detached}")
+    });
+    // The new image: its READY, then its `attached` and `loop` events (in either order).
+    ctx.wait_for("the new image's READY, `attached` and `loop` events", || {
+        let after = after_detach(&bp, pid);
+        let ready = after
+            .iter()
+            .any(|l| matches!(l, Line::Text(t) if *t == format!("READY {pid}")));
+        let event = |name: &str| {
+            after.iter().any(|l| {
+                matches!(l, Line::Event(e, _) if kind(e) == name && e["pid"] == pid && (name != "loop" || e["tid"] == pid))
+            })
+        };
+        (ready && event("attached") && event("loop")).then_some(())
+    });
+    let go = unix_now_ns();
+    bp.send("GO");
+    let state = ctx.wait_finished(&bp);
+    ctx.wait_stalls(&bp, pid, 1);
+    let seen = unix_now_ns();
+    bp.send("QUIT");
+    bp.close_stdin();
+    let status = bp.wait_exit();
+    ctx.check_clean(&bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}, expected 0")
+    });
+
+    let reasons: Vec<Value> = bp
+        .events_of("detached", pid)
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    ctx.ensure(reasons == ["exec", "exit"], || {
+        format!("expected detached events for exec, then exit; got reasons {reasons:?}")
+    });
+    let version = python.version();
+    let attached = bp.events_of("attached", pid);
+    ctx.ensure(
+        attached.len() == 2 && attached.iter().all(|e| e["python_version"] == version),
+        || format!("expected two attached events (one per image), got {attached:?}"),
+    );
+    let loops = bp.events_of("loop", pid).len();
+    ctx.ensure(loops == 2, || {
+        format!("expected one `loop` event per image, got {loops}")
+    });
+    let stalls = bp.stalls(pid);
+    ctx.ensure(stalls.len() == 1, || {
+        format!("expected only the new image's stall, got {stalls:#?}")
+    });
+    ctx.check_stall(
+        &stalls[0],
+        &ExpectStall {
+            script: &next,
+            function: "handler",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: state
+                .measured("handler")
+                .unwrap_or_else(|| ctx.fail("the new image printed no `DONE handler` line")),
+            nominal: Duration::from_millis(200),
+            window_unix_ns: Some((go, seen)),
+        },
+    );
+}
+
+/// `bp`'s stdout lines after its first `detached` event for `pid`.
+fn after_detach(bp: &Proc, pid: u32) -> Vec<Line> {
+    bp.lines()
+        .into_iter()
+        .skip_while(|l| !matches!(l, Line::Event(e, _) if kind(e) == "detached" && e["pid"] == pid))
+        .skip(1)
+        .collect()
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn loop_tids(state: &blockprobe_tests::ScriptState) -> Vec<u32> {
+    state.loops.iter().map(|(_, tid)| *tid).collect()
+}
+
+/// Stops `trace` with SIGINT and checks it exits 0 with clean output.
+fn stop_trace(ctx: &CtxRef, bp: &Proc) {
+    bp.may_exit();
+    bp.signal(Signal::SIGINT);
+    let status = bp.wait_exit();
+    ctx.check_clean(bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe trace stopped with {status}, expected exit code 0")
+    });
+}
