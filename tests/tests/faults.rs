@@ -1,5 +1,7 @@
-//! Faults around the tracer: targets that exec.
+//! Faults around the tracer: targets that exec, and a user without the privileges.
 
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -205,6 +207,66 @@ fn after_detach(bp: &Proc, pid: u32) -> Vec<Line> {
         .skip_while(|l| !matches!(l, Line::Event(e, _) if kind(e) == "detached" && e["pid"] == pid))
         .skip(1)
         .collect()
+}
+
+// ------------------------------------------------------------------ privileges
+
+/// `trace -p PID` as an unprivileged user (nobody): exit 1 before anything else, with
+/// exactly one line on stderr saying that root (CAP_BPF, CAP_PERFMON) is needed, not the
+/// "permission denied" that reading the process would give.
+#[test]
+fn not_root_is_one_clear_line() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
+    ctx.wait_ready(&target);
+    let bin = unprivileged_copy(&ctx);
+    let bp = ctx.spawn(
+        "blockprobe trace -p (as nobody)",
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin.1)
+            .args(["trace", "-p", &target.pid().to_string()]),
+    );
+    bp.close_stdin();
+    let status = bp.wait_exit();
+    let stderr = bp.stderr();
+    ctx.ensure(status.code() == Some(1), || {
+        format!("expected exit code 1, got {status}")
+    });
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    ctx.ensure(
+        lines.len() == 1
+            && lines[0].contains("needs root")
+            && lines[0].contains("CAP_BPF")
+            && lines[0].contains("CAP_PERFMON")
+            && !stderr.contains("panicked"),
+        || format!("expected one line on stderr saying root is needed, got:\n{stderr}"),
+    );
+    ctx.ensure(bp.lines().is_empty(), || {
+        "blockprobe printed something on stdout".into()
+    });
+    target.send("GO");
+    target.send("QUIT");
+    ctx.ensure(target.wait_exit().success(), || "idle.py failed".into());
+}
+
+/// A copy of the binary that any user may run (the build's directory may be private),
+/// in a temporary directory kept with it.
+fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bin = dir.path().join("blockprobe");
+    let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .and_then(|()| std::fs::copy(blockprobe_bin(), &bin))
+        .and_then(|_| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)));
+    if let Err(err) = copied {
+        ctx.fail(format!(
+            "cannot copy blockprobe to {}: {err}",
+            bin.display()
+        ));
+    }
+    (dir, bin)
 }
 
 // ------------------------------------------------------------------ helpers

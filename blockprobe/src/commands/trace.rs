@@ -6,12 +6,15 @@ use blockprobe_common::config::Scope;
 use crate::{
     cli::TraceOptions,
     commands::tracing,
+    preflight,
     python::{Inspection, PythonProcess},
     session::{Attach, StopReason},
 };
 
 /// Traces `pids`, or the whole host when empty, until a signal or `--duration`.
 pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
+    // Without root, inspecting a pid would only say "permission denied": say why first.
+    preflight::require_root()?;
     // Bad pids fail before any probe is loaded.
     for &pid in &pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
