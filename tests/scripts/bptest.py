@@ -10,7 +10,8 @@ script therefore:
    running (stdin must be a pipe or a terminal); the test sends it only after blockprobe
    reported a ``loop`` event for every listed thread;
 3. runs the scenario, timing each blocking call in-process with ``time.monotonic_ns()``
-   and printing ``DONE <name> <ns>``, then ``FINISHED``;
+   and printing ``DONE <name> <ns>``, then ``FINISHED``; a scenario in several steps
+   waits for the test's word to start each further step (``await expect("BLOCK")``);
 4. waits for ``QUIT`` or the end of stdin and exits (0, or ``--exit-code N``). Staying
    alive until then gives blockprobe the time to read this process's memory to symbolize
    the stalls it saw.
@@ -105,6 +106,13 @@ class Commands:
             line, self._buf = self._buf.split(b"\n", 1)
             self._queue.put_nowait(line.decode().strip())
 
+    async def next(self):
+        """The next line; the end of stdin is a failure."""
+        command = await self._queue.get()
+        if command is None:
+            fail("stdin closed in the middle of the scenario")
+        return command
+
     async def expect_go(self):
         command = await self._queue.get()
         if command != "GO":
@@ -162,6 +170,17 @@ class LoopThread:
         self._thread.join(10)
 
 
+_commands = None
+
+
+async def expect(word):
+    """Waits, in a scenario, for the line ``word`` on stdin: for scenarios in more than one
+    step, each started by the test once blockprobe reported what the step needs."""
+    command = await _commands.next()
+    if command != word:
+        fail(f"expected {word} on stdin, got {command!r}")
+
+
 def run(scenario, loops=(), setup=None):
     """Runs ``await scenario()`` under the protocol, on a loop in the main thread.
 
@@ -177,8 +196,9 @@ def run(scenario, loops=(), setup=None):
         extra.start()
 
     async def main():
+        global _commands
         loop = asyncio.get_running_loop()
-        commands = Commands(loop)
+        commands = _commands = Commands(loop)
         tick = loop.create_task(ticker())
         if setup is not None:
             await setup()

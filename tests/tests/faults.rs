@@ -1,4 +1,5 @@
-//! Faults around the tracer: targets that exec, and a user without the privileges.
+//! Faults around the tracer: targets that exec or fork, and a user without the
+//! privileges.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -6,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Line, Proc, Python, THRESHOLD, blockprobe_bin, kind, require_root,
-    run_command, script, unix_now_ns,
+    Ctx, CtxRef, ExpectStall, Line, Proc, Python, Stall, THRESHOLD, blockprobe_bin, kind,
+    require_root, run_command, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -207,6 +208,113 @@ fn after_detach(bp: &Proc, pid: u32) -> Vec<Line> {
         .skip_while(|l| !matches!(l, Line::Event(e, _) if kind(e) == "detached" && e["pid"] == pid))
         .skip(1)
         .collect()
+}
+
+// ------------------------------------------------------------------ fork
+
+/// `run`: a loop process forks without exec and the child runs a new loop of its own
+/// (fork_child.py). Both block 50 ms in a coroutine: the child's stall is reported with
+/// the child's pid and tid and blames `child_handler`; the parent's blames
+/// `parent_handler`; neither process is blamed for the other's.
+#[test]
+fn forked_child_loop_is_traced_under_run() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let script_path = script("fork_child.py");
+    let bp = ctx.spawn(
+        "blockprobe run fork_child.py",
+        &mut run_command(&python, &script_path, &[], &[]),
+    );
+    let ready = ctx.wait_ready(&bp);
+    let pid = ready.pid.expect("READY has a pid");
+    ctx.adopt(pid, "fork_child.py");
+    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    bp.send("GO");
+
+    let child = ctx.wait_for("the child's CHILD line", || {
+        bp.texts()
+            .iter()
+            .find_map(|t| t.strip_prefix("CHILD ")?.parse::<u32>().ok())
+    });
+    ctx.adopt(child, "fork_child.py");
+    let child_tid = ctx.wait_for("the child's LOOP line", || {
+        bp.script_state().loop_tid("child")
+    });
+    ctx.ensure(child_tid == child && child != pid, || {
+        format!("the child (pid {child}) should run its loop on its main thread, not {child_tid}")
+    });
+    ctx.wait_loops_live(&bp, child, &[child_tid]);
+
+    let go = unix_now_ns();
+    bp.send("BLOCK");
+    let blames = |stall: &Stall, function: &str| {
+        stall
+            .culprit
+            .as_ref()
+            .is_some_and(|c| c.function == function)
+    };
+    ctx.wait_for("both processes' stalls", || {
+        let parent = bp.stalls(pid).iter().any(|s| blames(s, "parent_handler"));
+        let child = !bp.stalls(child).is_empty();
+        (parent && child).then_some(())
+    });
+    let seen = unix_now_ns();
+    bp.send("RELEASE");
+    ctx.wait_finished(&bp);
+    bp.send("QUIT");
+    bp.close_stdin();
+    let status = bp.wait_exit();
+    ctx.check_clean(&bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}, expected 0 (the child exits 0 too)")
+    });
+
+    let state = bp.script_state();
+    let expect = |function: &'static str| ExpectStall {
+        script: &script_path,
+        function,
+        cause: "sleep",
+        syscall: python.sleep_syscall(),
+        measured_ns: state
+            .measured(function)
+            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
+        nominal: Duration::from_millis(50),
+        window_unix_ns: Some((go, seen)),
+    };
+    let child_stalls = bp.stalls(child);
+    ctx.ensure(
+        child_stalls.len() == 1
+            && child_stalls[0].tid == child_tid
+            && child_stalls[0].comm == python.comm(),
+        || format!("expected one stall of the child's loop thread {child_tid}: {child_stalls:#?}"),
+    );
+    ctx.check_stall(&child_stalls[0], &expect("child_handler"));
+    let parent_stalls = bp.stalls(pid);
+    let parents: Vec<&Stall> = parent_stalls
+        .iter()
+        .filter(|s| blames(s, "parent_handler"))
+        .collect();
+    ctx.ensure(parents.len() == 1 && parents[0].tid == pid, || {
+        format!(
+            "expected one stall of the parent's loop blaming parent_handler: {parent_stalls:#?}"
+        )
+    });
+    ctx.check_stall(parents[0], &expect("parent_handler"));
+    ctx.ensure(
+        !parent_stalls.iter().any(|s| blames(s, "child_handler")),
+        || format!("a parent stall blames the child's function: {parent_stalls:#?}"),
+    );
+    let attached = bp.events_of("attached", child);
+    ctx.ensure(
+        attached.len() == 1 && attached[0]["python_version"] == python.version(),
+        || format!("expected one attached event for the child, got {attached:?}"),
+    );
+    let detached = bp.events_of("detached", child);
+    ctx.ensure(
+        detached.len() == 1 && detached[0]["reason"] == "exit",
+        || format!("expected the child to be detached at its exit, got {detached:?}"),
+    );
 }
 
 // ------------------------------------------------------------------ privileges
