@@ -1,14 +1,15 @@
-//! Faults around the tracer: targets that exec or fork, and a user without the
-//! privileges.
+//! Faults around the tracer: targets that exec or fork, a full disk for the report, and
+//! a user without the privileges.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Line, Proc, Python, Stall, THRESHOLD, blockprobe_bin, kind,
-    require_root, run_command, script, unix_now_ns,
+    Ctx, CtxRef, ExpectStall, Line, Proc, Python, Scenario, Stall, THRESHOLD, blockprobe_bin, kind,
+    read_json, require_root, run_blockprobe, run_command, run_scenario, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -314,6 +315,140 @@ fn forked_child_loop_is_traced_under_run() {
     ctx.ensure(
         detached.len() == 1 && detached[0]["reason"] == "exit",
         || format!("expected the child to be detached at its exit, got {detached:?}"),
+    );
+}
+
+// ------------------------------------------------------------------ full disk
+
+/// A tmpfs mounted for one test; unmounted (lazily, should a process still use it) when
+/// dropped, also when the test fails.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .unwrap_or_else(|err| panic!("cannot mount a tmpfs on {}: {err}", dir.path().display()));
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Fills the file system of `dir` with a file until the space runs out.
+fn fill(ctx: &CtxRef, dir: &Path) {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path)
+        .unwrap_or_else(|err| ctx.fail(format!("cannot create {}: {err}", path.display())));
+    let block = [0u8; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => break,
+            Err(err) => ctx.fail(format!("cannot fill {}: {err}", path.display())),
+        }
+    }
+}
+
+/// `-o` into a full 64 KiB tmpfs that holds the report of an earlier run: blockprobe
+/// traces as usual, then fails with one line naming the report and the cause, exits
+/// non-zero, leaves the old report byte for byte, and leaves no temporary file.
+#[test]
+fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let tmpfs = Tmpfs::mount("64k");
+    let report = tmpfs.path().join("report.json");
+    let report_arg = report.to_string_lossy().into_owned();
+    let (status, _, stderr) = run_blockprobe(
+        &ctx,
+        "blockprobe run -o (the old report)",
+        &["run", "-q", "-o", &report_arg, "--", "true"],
+    );
+    ctx.ensure(status.success(), || {
+        format!("the old report could not be written ({status}): {stderr}")
+    });
+    let old_report = read_json(&ctx, &report);
+    ctx.ensure(old_report["schema"] == "blockprobe.report/v1", || {
+        format!("the old report is not a report: {old_report}")
+    });
+    let old = std::fs::read(&report).expect("the old report is readable");
+    fill(&ctx, tmpfs.path());
+
+    let ran = run_scenario(&Scenario {
+        python: &python,
+        script: "sleep_in_coroutine.py",
+        script_args: &[],
+        blockprobe_args: &["-o", &report_arg],
+        stalls: 1,
+    });
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "handler",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(200),
+    );
+    let ctx = &ran.ctx;
+    ctx.ensure(ran.status.code().is_some_and(|c| c != 0), || {
+        format!(
+            "blockprobe run exited with {}: a report it could not write must fail it",
+            ran.status
+        )
+    });
+    let stderr = ran.bp.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    ctx.ensure(
+        lines.len() == 1
+            && lines[0].contains(&report_arg)
+            && lines[0].contains("No space left on device"),
+        || {
+            format!(
+                "expected one line on stderr naming {report_arg} and the full disk, got:\n{stderr}"
+            )
+        },
+    );
+    let now = std::fs::read(&report).unwrap_or_default();
+    ctx.ensure(now == old, || {
+        format!(
+            "the old report changed ({} bytes, now {}): {}",
+            old.len(),
+            now.len(),
+            String::from_utf8_lossy(&now)
+        )
+    });
+    let names: BTreeSet<String> = std::fs::read_dir(tmpfs.path())
+        .expect("the tmpfs is readable")
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    ctx.ensure(
+        names == BTreeSet::from(["filler".to_string(), "report.json".to_string()]),
+        || format!("the tmpfs should hold only the filler and the old report: {names:?}"),
     );
 }
 
