@@ -1,5 +1,5 @@
-//! Faults around the tracer: targets that exec or fork, a full disk for the report, and
-//! a user without the privileges.
+//! Faults around the tracer: targets that exec, fork or corrupt their own frames, a full
+//! disk for the report, and a user without the privileges.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
@@ -8,11 +8,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Line, Proc, Python, Scenario, Stall, THRESHOLD, blockprobe_bin, kind,
-    read_json, require_root, run_blockprobe, run_command, run_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall, THRESHOLD,
+    blockprobe_bin, kind, marker_line, nanos, read_json, require_root, run_blockprobe, run_command,
+    run_scenario, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
+
+/// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
+const WALK_DEPTH: usize = 127;
 
 // ------------------------------------------------------------------ exec
 
@@ -449,6 +453,126 @@ fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
     ctx.ensure(
         names == BTreeSet::from(["filler".to_string(), "report.json".to_string()]),
         || format!("the tmpfs should hold only the filler and the old report: {names:?}"),
+    );
+}
+
+// ------------------------------------------------------------------ hostile target
+
+/// hostile_frames.py breaks, with ctypes, what blockprobe reads while it blocks: a code
+/// object's name, a frame's link to its caller (to unmapped memory, then to the frame
+/// itself). blockprobe neither hangs nor crashes, reports each stall with its right
+/// duration and cause, and marks what it could not read: an unreadable code object is an
+/// `<unreadable>` frame (the rest of the stack intact), a cut walk ends in `<unreadable>`,
+/// a cycle is walked 127 frames deep and ends in `<truncated>`. The process survives.
+#[test]
+fn corrupted_frames_and_code_are_survived() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let script_path = script("hostile_frames.py");
+    let bp = ctx.spawn(
+        "blockprobe run hostile_frames.py",
+        &mut run_command(&python, &script_path, &[], &[]),
+    );
+    let ready = ctx.wait_ready(&bp);
+    let pid = ready.pid.expect("READY has a pid");
+    ctx.adopt(pid, "hostile_frames.py");
+    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    let go = unix_now_ns();
+    bp.send("GO");
+    // The code object's name stays broken until the test has its stall.
+    ctx.wait_for("the first stall and `DONE nameless`", || {
+        let measured = bp.script_state().measured("nameless").is_some();
+        (measured && !bp.stalls(pid).is_empty()).then_some(())
+    });
+    bp.send("RESTORE");
+    ctx.wait_finished(&bp);
+    ctx.wait_stalls(&bp, pid, 3);
+    let seen = unix_now_ns();
+    bp.send("QUIT");
+    bp.close_stdin();
+    let status = bp.wait_exit();
+    ctx.check_clean(&bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}: the hostile script should survive and exit 0")
+    });
+
+    let stalls = bp.stalls(pid);
+    ctx.ensure(stalls.len() == 3, || {
+        format!("expected three stalls, got {stalls:#?}")
+    });
+    let state = bp.script_state();
+    let expect = |function: &'static str| ExpectStall {
+        script: &script_path,
+        function,
+        cause: "sleep",
+        syscall: python.sleep_syscall(),
+        measured_ns: state
+            .measured(function)
+            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
+        nominal: Duration::from_millis(100),
+        window_unix_ns: Some((go, seen)),
+    };
+    let marker = |function: &str, file: &str| Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 0,
+    };
+
+    // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
+    //    did not block; the function that did cannot be named); the walk goes on.
+    let nameless = &stalls[0];
+    let measured = expect("nameless").measured_ns;
+    let (low, high) = (measured - nanos(BELOW), measured + nanos(ABOVE));
+    let unreadable_code = marker("<unreadable>", "<unknown>");
+    let caller = Frame::new(
+        "scenario",
+        &script_path,
+        marker_line(&script_path, "CALL nameless"),
+    );
+    ctx.ensure(
+        (low..=high).contains(&nameless.duration_ns)
+            && nameless.cause == "sleep"
+            && nameless.stack.len() > 2
+            && nameless.stack[0] == unreadable_code
+            && nameless.stack[1] == caller
+            && nameless.culprit.as_ref() == Some(&unreadable_code)
+            && nameless
+                .stack
+                .last()
+                .is_some_and(|f| f.function == "<module>"),
+        || {
+            format!(
+                "the first stall should last [{low}, {high}] ns, be `sleep`, and its stack \
+                 start with {unreadable_code:?} (also the culprit), then {caller:?}, and go on \
+                 to <module>: {nameless:#?}"
+            )
+        },
+    );
+
+    // 2. A frame whose caller link points to unmapped memory: the walk stops there.
+    let cut = &stalls[1];
+    ctx.check_stall(cut, &expect("cut_victim"));
+    let victim = cut.stack[0].clone();
+    ctx.ensure(cut.stack == [victim, marker("<unreadable>", "")], || {
+        format!("the cut stack should be the victim, then <unreadable>: {cut:#?}")
+    });
+
+    // 3. A frame that is its own caller: the walk is bounded.
+    let cycle = &stalls[2];
+    ctx.check_stall(cycle, &expect("cycle_victim"));
+    let victim = &cycle.stack[0];
+    ctx.ensure(
+        cycle.stack.len() == WALK_DEPTH + 1
+            && cycle.stack[..WALK_DEPTH].iter().all(|f| f == victim)
+            && cycle.stack[WALK_DEPTH] == marker("<truncated>", ""),
+        || {
+            format!(
+                "the cyclic stack should be the victim {WALK_DEPTH} times, then <truncated>; \
+                 it has {} frames: {cycle:#?}",
+                cycle.stack.len()
+            )
+        },
     );
 }
 
