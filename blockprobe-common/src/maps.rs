@@ -10,6 +10,11 @@ pub const FAMILY: &str = "FAMILY";
 pub const ANNOUNCED: &str = "ANNOUNCED";
 /// `HashMap<u32 tid, ThreadClass>`: what each polling thread is (pending, loop, not a loop).
 pub const THREAD_CLASS: &str = "THREAD_CLASS";
+/// `Array<u64>` indexed by `tid / 8`: byte `tid % 8` of a word is 1 while thread `tid` is
+/// a loop thread. Every hot hook (each syscall, each context switch) skips all other
+/// threads with one array load instead of a hash lookup. Bytes, not bits: BPF programs
+/// on different CPUs set and clear them with plain stores, without losing a neighbour's.
+pub const LOOP_THREADS: &str = "LOOP_THREADS";
 /// `HashMap<u32 tid, LoopTiming>`: per loop thread timestamps, written only by BPF.
 pub const LOOP_TIMING: &str = "LOOP_TIMING";
 /// `HashMap<u32 tid, GilWaitEvent>`: a loop thread's GIL wait in progress, with the
@@ -28,6 +33,9 @@ pub const MAX_PROCESSES: u32 = 4096;
 pub const MAX_FAMILY: u32 = 65536;
 /// Capacity of [`ANNOUNCED`].
 pub const MAX_ANNOUNCED: u32 = 16384;
+/// Default capacity of [`LOOP_THREADS`] in words (threads 0..32768, the default
+/// `pid_max`); userspace sizes it to the host's `pid_max` before loading.
+pub const DEFAULT_LOOP_THREAD_WORDS: u32 = 32768 / 8;
 /// Capacity of [`THREAD_CLASS`] and [`LOOP_TIMING`].
 pub const MAX_THREADS: u32 = 65536;
 /// Capacity of [`GIL_WAITS`]: loop threads waiting for the GIL at the same time.

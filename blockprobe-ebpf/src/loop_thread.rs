@@ -20,7 +20,10 @@ use blockprobe_common::{
 
 use crate::{
     emit::{current_ids, header, now_ns, reserve},
-    maps::{EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
+    maps::{
+        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
+        is_loop_thread, mark_loop_thread,
+    },
     process::announce_if_in_scope,
     sched::close_period,
     walk,
@@ -53,7 +56,12 @@ pub fn on_poll_enter() {
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let thread = unsafe { &mut *thread };
     match thread.class {
-        class::LOOP => end_off_await(tid, now, config.threshold_ns),
+        class::LOOP => {
+            if !is_loop_thread(tid) {
+                mark_loop_thread(tid, true);
+            }
+            end_off_await(tid, now, config.threshold_ns)
+        }
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
             thread.class = class::PENDING;
             thread.since_ns = now;
@@ -282,6 +290,9 @@ fn send_gil_wait(tid: u32, now: u64) {
 #[inline(always)]
 pub fn on_cpu_sample() {
     let (tgid, tid) = current_ids();
+    if !is_loop_thread(tid) {
+        return;
+    }
     // SAFETY: read-only lookup. This NMI may interrupt a scheduler program updating the
     // same entry, so it must not write.
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {

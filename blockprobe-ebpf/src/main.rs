@@ -22,21 +22,27 @@ use aya_ebpf::{
 };
 use blockprobe_common::syscalls::{is_blocking, is_poller};
 
-/// `raw_syscalls:sys_enter` (raw): pollers start a loop wait, blocking calls are timed.
+/// `raw_syscalls:sys_enter` (raw): pollers start a loop wait, blocking calls of loop
+/// threads are timed. Every syscall on the host passes here: anything but a poller costs
+/// a compare and, for blocking calls, one array load.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if is_poller(nr) {
         loop_thread::on_poll_enter();
-    } else if is_blocking(nr) {
+    } else if is_blocking(nr) && maps::is_loop_thread(emit::current_ids().1) {
         loop_thread::on_block_enter(nr as u32, ctx.arg(0));
     }
     0
 }
 
 /// `raw_syscalls:sys_exit` (raw): a loop leaves its poller, or a timed call returns.
+/// Only loop threads get past the first check.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    if !maps::is_loop_thread(emit::current_ids().1) {
+        return 0;
+    }
     let Some(config) = maps::config() else {
         return 0;
     };

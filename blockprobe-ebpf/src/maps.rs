@@ -9,7 +9,8 @@ use blockprobe_common::{
     counters::Counter,
     event::GilWaitEvent,
     maps::{
-        DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_GIL_WAITS, MAX_PROCESSES, MAX_THREADS,
+        DEFAULT_LOOP_THREAD_WORDS, DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_GIL_WAITS,
+        MAX_PROCESSES, MAX_THREADS,
     },
     thread::{LoopTiming, ThreadClass},
 };
@@ -33,6 +34,10 @@ pub static ANNOUNCED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_ANN
 /// See `blockprobe_common::maps::THREAD_CLASS`.
 #[map]
 pub static THREAD_CLASS: HashMap<u32, ThreadClass> = HashMap::with_max_entries(MAX_THREADS, 0);
+
+/// See `blockprobe_common::maps::LOOP_THREADS`; userspace sizes it to `pid_max`.
+#[map]
+pub static LOOP_THREADS: Array<u64> = Array::with_max_entries(DEFAULT_LOOP_THREAD_WORDS, 0);
 
 /// See `blockprobe_common::maps::LOOP_TIMING`.
 #[map]
@@ -58,6 +63,27 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[inline(always)]
 pub fn config() -> Option<&'static GlobalConfig> {
     CONFIG.get(0)
+}
+
+/// Whether thread `tid` is a loop thread: the cheap first check of every hot hook.
+#[inline(always)]
+pub fn is_loop_thread(tid: u32) -> bool {
+    LOOP_THREADS
+        .get(tid / 8)
+        .is_some_and(|word| (word >> ((tid % 8) * 8)) & 0xff != 0)
+}
+
+/// Marks thread `tid` as a loop thread or not (a single-byte store: neighbours' bytes in
+/// the same word are left alone). A tid beyond the map (`pid_max` raised after loading)
+/// cannot be marked: counted as a full thread map.
+#[inline(always)]
+pub fn mark_loop_thread(tid: u32, is_loop: bool) {
+    match LOOP_THREADS.get_ptr_mut(tid / 8) {
+        // SAFETY: the byte lies inside the 8-byte map value the lookup returned.
+        Some(word) => unsafe { *(word as *mut u8).add((tid % 8) as usize) = u8::from(is_loop) },
+        None if is_loop => count(Counter::ThreadMapFull),
+        None => {}
+    }
 }
 
 /// Adds one to a counter.

@@ -9,7 +9,10 @@ use blockprobe_common::{
 
 use crate::{
     emit::{current_ids, header, now_ns, reserve},
-    maps::{ANNOUNCED, FAMILY, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count},
+    maps::{
+        ANNOUNCED, FAMILY, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count, is_loop_thread,
+        mark_loop_thread,
+    },
 };
 
 /// Tells userspace, once per process, that an untraced process in scope may be Python.
@@ -108,6 +111,9 @@ pub fn on_exit(ctx: &RawTracePointContext) {
 /// Drops what the loop-thread probes know about thread `tid`.
 #[inline(always)]
 fn forget_thread(tid: u32) {
+    if is_loop_thread(tid) {
+        mark_loop_thread(tid, false);
+    }
     let _ = THREAD_CLASS.remove(tid);
     let _ = LOOP_TIMING.remove(tid);
 }

@@ -14,7 +14,7 @@ use blockprobe_common::{cause, config::GlobalConfig};
 
 use crate::{
     emit::now_ns,
-    maps::{LOOP_TIMING, config},
+    maps::{LOOP_TIMING, config, is_loop_thread},
 };
 
 /// Mask of the task-state bits; 0 means runnable.
@@ -53,6 +53,7 @@ pub fn on_switch(ctx: &RawTracePointContext) {
     let next: *const u8 = ctx.arg(2);
     let now = now_ns();
     if let Some(prev_tid) = task_tid(config, prev)
+        && is_loop_thread(prev_tid)
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(prev_tid)
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -76,6 +77,7 @@ pub fn on_switch(ctx: &RawTracePointContext) {
         }
     }
     if let Some(next_tid) = task_tid(config, next)
+        && is_loop_thread(next_tid)
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(next_tid)
     {
         // SAFETY: as above.
@@ -91,6 +93,9 @@ pub fn on_wakeup(ctx: &RawTracePointContext) {
     let Some(tid) = task_tid(config, ctx.arg(0)) else {
         return;
     };
+    if !is_loop_thread(tid) {
+        return;
+    }
     let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
         return;
     };

@@ -74,6 +74,7 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
+            .map_max_entries(maps::LOOP_THREADS, loop_thread_words())
             .load(BPF_OBJECT)
             .context(
                 "loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)",
@@ -188,6 +189,18 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Size of the loop-thread flags in words: one byte per possible thread id, up to the
+/// host's `pid_max` (a tid beyond it, after `pid_max` is raised, is counted, not traced).
+fn loop_thread_words() -> u32 {
+    /// `PID_MAX_LIMIT` on 64-bit kernels, if `pid_max` cannot be read.
+    const PID_MAX_LIMIT: u32 = 4 << 20;
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(PID_MAX_LIMIT);
+    pid_max.div_ceil(8).max(1)
 }
 
 /// The program `name` of the loaded object.
