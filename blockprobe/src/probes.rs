@@ -94,6 +94,7 @@ impl Probes {
             _ebpf: ebpf,
         };
         probes.attach_all()?;
+        release_freed_heap();
         Ok(probes)
     }
 
@@ -188,6 +189,18 @@ impl Probes {
                 Ok((c, per_cpu.iter().sum()))
             })
             .collect()
+    }
+}
+
+/// Hands the heap freed by loading back to the kernel. Reading the kernel's BTF (for
+/// offsets, and by aya for relocations) allocates ~25 MiB that is freed at once but kept
+/// by glibc's allocator: a long-running tracer would otherwise sit on 40 MiB of RSS
+/// instead of ~14 MiB (8 of them the event ring buffer's double mapping).
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
