@@ -223,6 +223,7 @@ impl Session {
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
                 self.attributor.forget_process(pid);
+                self.probes.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
                     let reason = if exec {
                         DetachReason::Exec
@@ -246,6 +247,7 @@ impl Session {
                         let recipe = traced.python.walk_config();
                         self.probes.trace_process(pid, recipe)?;
                     }
+                    self.probes.sample_loop_thread(pid, tid)?;
                     self.aggregator.add_loop_thread(pid, tid);
                     self.sink.status(&Status::Loop { pid, tid })?;
                 }
