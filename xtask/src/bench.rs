@@ -92,14 +92,17 @@ enum Workload {
     MapPyfunc,
     /// dd with 1-byte blocks, not Python: seconds.
     Syscalls,
+    /// An asyncio loop stalling 1,000 times a second: what the tracer itself costs then.
+    StallRate,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 5] = [
         Workload::Http,
         Workload::Queue,
         Workload::MapPyfunc,
         Workload::Syscalls,
+        Workload::StallRate,
     ];
 
     fn name(self) -> &'static str {
@@ -108,6 +111,15 @@ impl Workload {
             Workload::Queue => "asyncio.Queue ping-pong 200k (s)",
             Workload::MapPyfunc => "list(map(pyfunc)) 4M + sorted(key) (s)",
             Workload::Syscalls => "dd bs=1 count=2M, not Python (s)",
+            Workload::StallRate => "1,000 stalls/s for 5 s, --threshold 500us (s)",
+        }
+    }
+
+    /// The `--threshold` blockprobe runs with: the stall generator's stalls last 0.6 ms.
+    fn threshold(self) -> &'static str {
+        match self {
+            Workload::StallRate => "500us",
+            _ => "10ms",
         }
     }
 
@@ -120,6 +132,8 @@ impl Workload {
         match self {
             // Not Python: only the system-wide modes say what it costs everyone else.
             Workload::Syscalls => vec![Mode::Bare, Mode::TraceHost, Mode::Serve],
+            // The tracer's own CPU and memory under load: blockprobe's modes only.
+            Workload::StallRate => vec![Mode::Bare, Mode::TracePid, Mode::TraceHost, Mode::Serve],
             // No event loop: the asyncio peers do not apply.
             Workload::MapPyfunc => vec![
                 Mode::Bare,
@@ -234,6 +248,25 @@ struct Bench {
     deps: PathBuf,
 }
 
+/// The CPU the measured workload runs on, and the one its load generator (wrk) runs on:
+/// pinned, because on a small machine where the scheduler happens to put the server and
+/// its client (same CPU or not) moves requests/s by ±15% from run to run, bare or traced.
+/// The tracer is not pinned.
+const WORKLOAD_CPU: usize = 0;
+/// See [`WORKLOAD_CPU`].
+const LOAD_CPU: usize = 1;
+
+/// `program` pinned to `cpu` with taskset, when the machine has more than one CPU.
+fn on_cpu(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpu.to_string()).arg(program);
+    cmd
+}
+
 /// A running child killed on drop.
 struct Running(Child);
 
@@ -249,10 +282,10 @@ impl Bench {
         self.root.join("bench/workloads").join(name)
     }
 
-    /// A Python command for `script`, wrapped for in-process peers and py-spy.
+    /// A Python command for `script`, wrapped for in-process peers and py-spy, on CPU 0.
     fn python(&self, mode: Mode, script: &str, args: &[&str]) -> Command {
         let mut cmd = if mode == Mode::PySpy {
-            let mut c = Command::new(self.deps.join("bin/py-spy"));
+            let mut c = on_cpu(WORKLOAD_CPU, self.deps.join("bin/py-spy"));
             c.args([
                 "record",
                 "-r",
@@ -267,7 +300,7 @@ impl Bench {
             c.arg(PYTHON);
             c
         } else {
-            Command::new(PYTHON)
+            on_cpu(WORKLOAD_CPU, PYTHON)
         };
         cmd.arg(self.workload_script("peer.py"))
             .arg(mode.peer())
@@ -282,16 +315,24 @@ impl Bench {
     }
 
     fn measure(&self, workload: Workload, mode: Mode) -> Result<Sample> {
+        let threshold = workload.threshold();
         // System-wide tracers start first and must be ready before the workload starts.
         let mut tracer = match mode {
-            Mode::TraceHost => Some(self.start_tracer(&["trace", "--format", "jsonl"])?),
-            Mode::Serve => Some(self.start_serve()?),
+            Mode::TraceHost => Some(self.start_tracer(&["trace", "--format", "jsonl"], threshold)?),
+            Mode::Serve => Some(self.start_serve(threshold)?),
             _ => None,
         };
         let (value, p99_ms, pid_tracer) = match workload {
             Workload::Syscalls => (self.run_dd()?, None, None),
-            Workload::Queue => self.run_python_timed(mode, "queue_pingpong.py", &["200000"])?,
-            Workload::MapPyfunc => self.run_python_timed(mode, "map_pyfunc.py", &["4000000"])?,
+            Workload::Queue => {
+                self.run_python_timed(mode, "queue_pingpong.py", &["200000"], threshold)?
+            }
+            Workload::MapPyfunc => {
+                self.run_python_timed(mode, "map_pyfunc.py", &["4000000"], threshold)?
+            }
+            Workload::StallRate => {
+                self.run_python_timed(mode, "stall_rate.py", &["5", "1000"], threshold)?
+            }
             Workload::Http => self.run_http(mode)?,
         };
         if let Some(t) = pid_tracer {
@@ -305,9 +346,10 @@ impl Bench {
         })
     }
 
-    fn start_tracer(&self, args: &[&str]) -> Result<Tracer> {
+    fn start_tracer(&self, args: &[&str], threshold: &str) -> Result<Tracer> {
         let mut child = Command::new(&self.blockprobe)
             .args(args)
+            .args(["--threshold", threshold])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -344,11 +386,11 @@ impl Bench {
         })
     }
 
-    fn start_serve(&self) -> Result<Tracer> {
+    fn start_serve(&self, threshold: &str) -> Result<Tracer> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let child = Command::new(&self.blockprobe)
-            .args(["serve", "--listen", &listen])
+            .args(["serve", "--listen", &listen, "--threshold", threshold])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -379,6 +421,7 @@ impl Bench {
         mode: Mode,
         script: &str,
         args: &[&str],
+        threshold: &str,
     ) -> Result<(f64, Option<f64>, Option<Tracer>)> {
         let mut child = Running(
             self.python(mode, script, args)
@@ -389,7 +432,7 @@ impl Bench {
         wait_for_line(&mut out, "READY")?;
         let tracer = if mode == Mode::TracePid {
             let pid = child.0.id().to_string();
-            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid])?)
+            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid], threshold)?)
         } else {
             None
         };
@@ -406,7 +449,7 @@ impl Bench {
 
     fn run_dd(&self) -> Result<f64> {
         let started = Instant::now();
-        let status = Command::new("dd")
+        let status = on_cpu(WORKLOAD_CPU, "dd")
             .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=2000000"])
             .stderr(Stdio::null())
             .status()?;
@@ -427,13 +470,14 @@ impl Bench {
         wait_for_line(&mut out, "READY")?;
         let tracer = if mode == Mode::TracePid {
             let pid = server.0.id().to_string();
-            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid])?)
+            let threshold = Workload::Http.threshold();
+            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid], threshold)?)
         } else {
             None
         };
         writeln!(server.0.stdin.as_mut().context("no stdin")?, "GO")?;
         wait_for_line(&mut out, "LISTENING")?;
-        let wrk = Command::new("wrk")
+        let wrk = on_cpu(LOAD_CPU, "wrk")
             .args(["-t1", "-c16", &format!("-d{HTTP_SECONDS}s"), "--latency"])
             .arg(format!("http://127.0.0.1:{port}/"))
             .output()
@@ -725,7 +769,8 @@ fn machine_info() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!(
-        "Machine: {cores} cores, {cpu}, Linux {}; Python: {PYTHON}; blockprobe at {rev} (release build).",
+        "Machine: {cores} cores, {cpu}, Linux {}; Python: {PYTHON}; blockprobe at {rev} (release build). \
+         Workloads run on CPU {WORKLOAD_CPU}, wrk on CPU {LOAD_CPU} (taskset, with 2+ cores); the tracer is not pinned.",
         kernel.trim()
     )
 }
