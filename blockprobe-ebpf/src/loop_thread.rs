@@ -30,16 +30,26 @@ use crate::{
 };
 
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2.
+///
+/// A thread of a traced process is flagged in [`crate::maps::LOOP_THREADS`] from its first
+/// poll call, while userspace decides what it is: its poll exits must be seen from the
+/// first one after it is found to be a loop (an idle loop's next wake-up may be the
+/// stall). A loop thread keeps the flag; any other loses it at its next poll exit.
 #[inline(always)]
 pub fn on_poll_enter() {
     let (tgid, tid) = current_ids();
+    let Some(config) = config() else { return };
+    let now = now_ns();
+    // A known loop thread (every iteration of a busy loop): one array load and the one
+    // hash lookup its timing needs.
+    if is_loop_thread(tid) && end_off_await(tid, now, config.threshold_ns) {
+        return;
+    }
     // SAFETY: map values are only read here; userspace writes whole values.
     if unsafe { PROCESSES.get(tgid) }.is_none() {
         announce_if_in_scope(tgid, blockprobe_common::event::candidate_reason::POLL);
         return;
     }
-    let Some(config) = config() else { return };
-    let now = now_ns();
     let Some(thread) = THREAD_CLASS.get_ptr_mut(tid) else {
         let pending = ThreadClass {
             class: class::PENDING,
@@ -50,32 +60,31 @@ pub fn on_poll_enter() {
             count(Counter::ThreadMapFull);
             return;
         }
+        mark_loop_thread(tid, true);
         send_poll_stack(tgid, now);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let thread = unsafe { &mut *thread };
     match thread.class {
-        class::LOOP => {
-            if !is_loop_thread(tid) {
-                mark_loop_thread(tid, true);
-            }
-            end_off_await(tid, now, config.threshold_ns)
-        }
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
             thread.class = class::PENDING;
             thread.since_ns = now;
+            mark_loop_thread(tid, true);
             send_poll_stack(tgid, now);
         }
-        _ => {}
+        class::NOT_LOOP => {}
+        // Pending, or a loop whose timing starts at this call's exit.
+        _ => mark_loop_thread(tid, true),
     }
 }
 
-/// Closes the loop thread's off-await interval; reports it when it reached the threshold.
+/// Closes the loop thread's off-await interval, reporting it when it reached the
+/// threshold; `false` when the thread has no timing (not, or not yet, a loop).
 #[inline(always)]
-fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
+fn end_off_await(tid: u32, now: u64, threshold_ns: u64) -> bool {
     let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return;
+        return false;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let timing = unsafe { &mut *timing };
@@ -84,7 +93,7 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
     timing.poll_exit_ns = 0;
     timing.syscall_enter_ns = 0;
     if left == 0 || now.saturating_sub(left) < threshold_ns {
-        return;
+        return true;
     }
     if let Some(mut entry) = reserve::<StallEvent>(Counter::LostStall) {
         entry.write(StallEvent {
@@ -94,6 +103,7 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) {
         });
         entry.submit(0);
     }
+    true
 }
 
 /// Sends the thread's stack at a poll call so userspace can classify the thread.
@@ -112,28 +122,23 @@ fn send_poll_stack(tgid: u32, now: u64) {
     entry.submit(0);
 }
 
-/// A thread leaves its poller.
+/// Flagged thread `tid` leaves its poller: a loop starts an off-await interval; a thread
+/// found not to be a loop loses its flag.
 #[inline(always)]
-pub fn on_poll_exit() {
-    let (_, tid) = current_ids();
-    // SAFETY: read-only access to a value userspace writes whole.
-    let Some(thread) = (unsafe { THREAD_CLASS.get(tid) }) else {
-        return;
-    };
-    if thread.class != class::LOOP {
+pub fn on_poll_exit(tid: u32) {
+    let now = now_ns();
+    if let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) {
+        // SAFETY: the pointer comes from a successful lookup in a map we own.
+        let timing = unsafe { &mut *timing };
+        timing.poll_exit_ns = now;
+        timing.syscall_enter_ns = 0;
+        timing.off_cpu_since_ns = 0;
+        timing.off_cpu_ns = [0; cause::COUNT];
         return;
     }
-    let now = now_ns();
-    match LOOP_TIMING.get_ptr_mut(tid) {
-        Some(timing) => {
-            // SAFETY: the pointer comes from a successful lookup in a map we own.
-            let timing = unsafe { &mut *timing };
-            timing.poll_exit_ns = now;
-            timing.syscall_enter_ns = 0;
-            timing.off_cpu_since_ns = 0;
-            timing.off_cpu_ns = [0; cause::COUNT];
-        }
-        None => {
+    // SAFETY: read-only access to a value userspace writes whole.
+    match unsafe { THREAD_CLASS.get(tid) }.map(|t| t.class) {
+        Some(class::LOOP) => {
             let timing = LoopTiming {
                 poll_exit_ns: now,
                 ..LoopTiming::default()
@@ -142,6 +147,8 @@ pub fn on_poll_exit() {
                 count(Counter::ThreadMapFull);
             }
         }
+        Some(class::PENDING) => {}
+        _ => mark_loop_thread(tid, false),
     }
 }
 

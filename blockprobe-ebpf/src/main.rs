@@ -40,7 +40,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 /// Only loop threads get past the first check.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    if !maps::is_loop_thread(emit::current_ids().1) {
+    let tid = emit::current_ids().1;
+    if !maps::is_loop_thread(tid) {
         return 0;
     }
     let Some(config) = maps::config() else {
@@ -53,7 +54,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         bpf_probe_read_kernel(regs.add(config.pt_regs_syscall_nr_offset as usize) as *const u64)
     };
     match nr {
-        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(),
+        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid),
         Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1)),
         _ => {}
     }
