@@ -23,10 +23,27 @@ use crate::{
     render::live::{DetachReason, StallSink, Status},
 };
 
-/// How long a Python process that is still starting up is retried before giving up.
+/// How much CPU time a Python process that is still starting up may use before blockprobe
+/// gives up on it. CPU time, not wall time: on a loaded host (two hundred interpreters
+/// starting on two CPUs) a start-up can take many seconds of waiting for a CPU.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
-/// How often processes that are still starting up are retried.
+/// How often processes that are still starting up are retried, at first; the interval
+/// doubles with each try up to [`MAX_RETRY`].
 const TICK: Duration = Duration::from_millis(5);
+/// The longest interval between two tries of a starting process.
+const MAX_RETRY: Duration = Duration::from_millis(200);
+
+/// A Python process not traceable yet (its runtime is still initializing).
+struct Starting {
+    /// Why it is not traceable yet.
+    why: String,
+    /// Its CPU time when it was first tried.
+    cpu_at_first_try: Duration,
+    /// When to try it again.
+    next_try: Instant,
+    /// How long to wait after the next try.
+    backoff: Duration,
+}
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -61,7 +78,7 @@ pub struct Session {
     probes: Probes,
     processes: HashMap<u32, Traced>,
     /// Python processes not ready to trace yet: since when, and why.
-    starting: HashMap<u32, (Instant, String)>,
+    starting: HashMap<u32, Starting>,
     given_up: HashSet<u32>,
     attributor: Attributor,
     aggregator: Aggregator,
@@ -105,11 +122,16 @@ impl Session {
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
             Inspection::NotReady(why) => {
-                let entry = self
-                    .starting
-                    .entry(pid)
-                    .or_insert_with(|| (Instant::now(), String::new()));
-                entry.1 = why;
+                let now = Instant::now();
+                let entry = self.starting.entry(pid).or_insert_with(|| Starting {
+                    why: String::new(),
+                    cpu_at_first_try: cpu_time(pid).unwrap_or_default(),
+                    next_try: now,
+                    backoff: TICK,
+                });
+                entry.why = why;
+                entry.next_try = now + entry.backoff;
+                entry.backoff = (entry.backoff * 2).min(MAX_RETRY);
                 Ok(Attach::Waiting)
             }
             Inspection::Ready(python) => {
@@ -374,17 +396,18 @@ impl Session {
 
     fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let starting: Vec<(u32, Instant)> =
-            self.starting.iter().map(|(p, (t, _))| (*p, *t)).collect();
-        for (pid, since) in starting {
-            if now.duration_since(since) > ATTACH_PATIENCE {
-                let why = self
-                    .starting
-                    .remove(&pid)
-                    .map(|(_, why)| why)
+        let due: Vec<(u32, Duration)> = (self.starting.iter())
+            .filter(|(_, s)| s.next_try <= now)
+            .map(|(&pid, s)| (pid, s.cpu_at_first_try))
+            .collect();
+        for (pid, cpu_at_first_try) in due {
+            let used = cpu_time(pid).map(|cpu| cpu.saturating_sub(cpu_at_first_try));
+            if used.is_some_and(|used| used > ATTACH_PATIENCE) {
+                let why = (self.starting.remove(&pid))
+                    .map(|s| s.why)
                     .unwrap_or_default();
                 self.warn(format!(
-                    "pid {pid} is Python but still not traceable after {ATTACH_PATIENCE:?} ({why}); not traced"
+                    "pid {pid} is Python but still not traceable after {ATTACH_PATIENCE:?} of its CPU time ({why}); not traced"
                 ))?;
                 continue;
             }
@@ -452,4 +475,16 @@ fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces and parentheses).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    Some(Duration::from_millis(ticks * 1000 / hz))
 }
