@@ -667,8 +667,20 @@ impl CtxRef {
     /// Waits until `check` returns `Some`, and returns that. Fails after [`TIMEOUT`], or
     /// as soon as a process exits that the test did not expect to exit.
     #[track_caller]
-    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + TIMEOUT;
+    pub fn wait_for<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        self.wait_up_to(TIMEOUT, what, check)
+    }
+
+    /// [`CtxRef::wait_for`] with another time limit, for steps whose time grows with a
+    /// load the test chose (starting hundreds of processes).
+    #[track_caller]
+    pub fn wait_up_to<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
         let notify = self.0.notify.clone();
         let mut generation = lock(&notify.generation);
         loop {
@@ -687,7 +699,7 @@ impl CtxRef {
             let now = Instant::now();
             if now >= deadline {
                 drop(generation);
-                self.fail(format!("timed out after {TIMEOUT:?} waiting for {what}"));
+                self.fail(format!("timed out after {limit:?} waiting for {what}"));
             }
             // Wake on output, and at least every 50 ms to notice a silent exit.
             let slice = (deadline - now).min(Duration::from_millis(50));
