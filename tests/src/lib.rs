@@ -851,6 +851,38 @@ impl CtxRef {
         })
     }
 
+    /// Waits until the script `name` that `bp` runs is READY and blockprobe found each of
+    /// the loops it listed; adopts the script's process. Returns what it said and its pid.
+    #[track_caller]
+    pub fn wait_live(&self, bp: &Proc, name: &str) -> (ScriptState, u32) {
+        let ready = self.wait_ready(bp);
+        let pid = ready.pid.expect("READY has a pid");
+        self.adopt(pid, name);
+        let tids: Vec<u32> = ready.loops.iter().map(|(_, tid)| *tid).collect();
+        self.wait_loops_live(bp, pid, &tids);
+        (ready, pid)
+    }
+
+    /// Ends a `blockprobe run` whose script waits for QUIT: sends QUIT, closes stdin,
+    /// waits for blockprobe to exit and checks its output ([`CtxRef::check_clean`]).
+    #[track_caller]
+    pub fn quit(&self, bp: &Proc) -> ExitStatus {
+        bp.send("QUIT");
+        bp.close_stdin();
+        let status = bp.wait_exit();
+        self.check_clean(bp);
+        status
+    }
+
+    /// [`CtxRef::quit`], and fails unless blockprobe exited 0 (`why`: what a 0 says).
+    #[track_caller]
+    pub fn quit_ok(&self, bp: &Proc, why: &str) {
+        let status = self.quit(bp);
+        self.ensure(status.code() == Some(0), || {
+            format!("blockprobe run exited with {status}, expected 0{why}")
+        });
+    }
+
     /// Waits until blockprobe reported at least `count` stalls for `pid`.
     #[track_caller]
     pub fn wait_stalls(&self, bp: &Proc, pid: u32, count: usize) -> Vec<Stall> {
@@ -1318,21 +1350,14 @@ pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: us
     let ctx = Ctx::new();
     let script = script(name);
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, name);
-    let tids: Vec<u32> = ready.loops.iter().map(|(_, tid)| *tid).collect();
-    ctx.wait_loops_live(&bp, pid, &tids);
+    let (_, pid) = ctx.wait_live(&bp, name);
     let go = unix_now_ns();
     bp.send("GO");
     let _ = ctx.wait_finished(&bp);
     ctx.wait_stalls(&bp, pid, stalls);
     // The stalls are over by now: blockprobe reports a stall when the loop is back.
     let seen = unix_now_ns();
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
+    let status = ctx.quit(&bp);
     let state = bp.script_state();
     Ran {
         ctx,

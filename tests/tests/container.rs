@@ -51,13 +51,7 @@ fn unshare_mount_and_pid_namespaces() {
     let finished = ctx.wait_finished(&bp);
     let stalls = ctx.wait_stalls(&bp, pid, 1);
     let seen = unix_now_ns();
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.success(), || {
-        format!("blockprobe run exited with {status}")
-    });
+    ctx.quit_ok(&bp, "");
     let stall = &stalls[0];
     ctx.ensure(stall.tid == pid, || {
         format!(

@@ -132,10 +132,7 @@ fn exec_into_python_is_followed_under_run() {
             &[],
         ),
     );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, "sleep_in_coroutine.py");
-    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
 
     let detached = ctx.wait_event(&bp, "detached", pid);
@@ -160,13 +157,7 @@ fn exec_into_python_is_followed_under_run() {
     let state = ctx.wait_finished(&bp);
     ctx.wait_stalls(&bp, pid, 1);
     let seen = unix_now_ns();
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe run exited with {status}, expected 0")
-    });
+    ctx.quit_ok(&bp, "");
 
     let reasons: Vec<Value> = bp
         .events_of("detached", pid)
@@ -231,10 +222,7 @@ fn forked_child_loop_is_traced_under_run() {
         "blockprobe run fork_child.py",
         &mut run_command(&python, &script_path, &[], &[]),
     );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, "fork_child.py");
-    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    let (_, pid) = ctx.wait_live(&bp, "fork_child.py");
     bp.send("GO");
 
     let child = ctx.wait_for("the child's CHILD line", || {
@@ -267,13 +255,7 @@ fn forked_child_loop_is_traced_under_run() {
     let seen = unix_now_ns();
     bp.send("RELEASE");
     ctx.wait_finished(&bp);
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe run exited with {status}, expected 0 (the child exits 0 too)")
-    });
+    ctx.quit_ok(&bp, " (the child exits 0 too)");
 
     let state = bp.script_state();
     let expect = |function: &'static str| ExpectStall {
@@ -474,10 +456,7 @@ fn corrupted_frames_and_code_are_survived() {
         "blockprobe run hostile_frames.py",
         &mut run_command(&python, &script_path, &[], &[]),
     );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, "hostile_frames.py");
-    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    let (_, pid) = ctx.wait_live(&bp, "hostile_frames.py");
     let go = unix_now_ns();
     bp.send("GO");
     // The code object's name stays broken until the test has its stall.
@@ -489,13 +468,7 @@ fn corrupted_frames_and_code_are_survived() {
     ctx.wait_finished(&bp);
     ctx.wait_stalls(&bp, pid, 3);
     let seen = unix_now_ns();
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe run exited with {status}: the hostile script should survive and exit 0")
-    });
+    ctx.quit_ok(&bp, ": the hostile script should survive and exit 0");
 
     let stalls = bp.stalls(pid);
     ctx.ensure(stalls.len() == 3, || {

@@ -30,11 +30,7 @@ fn losses_are_counted_never_silent() {
             &["--ring-buffer-kib", "4", "-o", &report.to_string_lossy()],
         ),
     );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, "stall_storm.py");
-    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
-    ctx.wait_loops_live(&bp, pid, &tids);
+    let (_, pid) = ctx.wait_live(&bp, "stall_storm.py");
 
     // The tracer stops reading; the script (sharing its stdin and stdout) goes on.
     bp.signal(Signal::SIGSTOP);

@@ -69,11 +69,7 @@ fn sigterm_writes_report(python: &Python) {
         &format!("blockprobe run -o ({})", python.label),
         &mut run_command(python, &script, &[], &["-o", &report.to_string_lossy()]),
     );
-    let ready = ctx.wait_ready(&bp);
-    let pid = ready.pid.expect("READY has a pid");
-    ctx.adopt(pid, "sleep_in_coroutine.py");
-    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
-    ctx.wait_loops_live(&bp, pid, &tids);
+    let (ready, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
     ctx.wait_finished(&bp);
     let live = ctx.wait_stalls(&bp, pid, 1);
@@ -88,6 +84,7 @@ fn sigterm_writes_report(python: &Python) {
     ctx.check_clean(&bp);
 
     let report = read_json(&ctx, &report);
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     check_report_header(&ctx, &report, pid, &tids, python);
     let stalls = report_stalls(&ctx, &report, pid);
     ctx.ensure(

@@ -102,13 +102,7 @@ fn two_hundred_processes_stall_at_once() {
             || format!("child {pid} (loop thread {tid}) should have one 50 ms sleep stall in child_handler: {mine:#?}"),
         );
     }
-    bp.send("QUIT");
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.success(), || {
-        format!("blockprobe run exited with {status}")
-    });
+    ctx.quit_ok(&bp, "");
 }
 
 /// The resident set size of process `pid` in KiB.
