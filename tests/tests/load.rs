@@ -1,11 +1,15 @@
-//! Load: many traced processes at once. blockprobe must attach to each, find each loop,
-//! report each stall with its own pid and culprit, lose nothing, and keep its memory
-//! bounded.
+//! Load: many traced processes at once, and a flood of stalls. blockprobe must attach to
+//! each process, find each loop, report each stall with its own pid and culprit, keep its
+//! memory bounded, and account for every stall: reported, or counted as lost.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
-use blockprobe_tests::{Ctx, Python, Stall, kind, require_root, run_command, script};
+use blockprobe_tests::{
+    Ctx, Python, Stall, blockprobe_bin, kind, python_env, read_json, require_root, run_command,
+    script,
+};
 
 /// How many processes the fleet test starts (issue 7: "200 Python processes at once").
 const FLEET: usize = 200;
@@ -16,8 +20,9 @@ const MAX_RSS_KIB: u64 = 200 * 1024;
 const START_LIMIT: Duration = Duration::from_secs(90);
 
 /// 200 Python processes under one `blockprobe run`, each with its own asyncio loop, all
-/// blocking 50 ms at once: every child gets exactly its one stall, blamed on its own
-/// coroutine, with nothing lost, and blockprobe's RSS stays under 200 MiB.
+/// blocking 50 ms at once: every child gets exactly one sleep stall, on its own pid and
+/// tid, blamed on its own coroutine, with nothing lost, and blockprobe's RSS stays under
+/// 200 MiB.
 #[test]
 fn two_hundred_processes_stall_at_once() {
     require_root();
@@ -89,20 +94,31 @@ fn two_hundred_processes_stall_at_once() {
     });
     for (&pid, &tid) in &children {
         let mine: Vec<&Stall> = stalls.iter().filter(|s| s.pid == pid).collect();
-        let culprit = mine
-            .first()
-            .and_then(|s| s.culprit.as_ref())
-            .map(|f| f.function.as_str());
+        let blames =
+            |s: &Stall| s.culprit.as_ref().map(|f| f.function.as_str()) == Some("child_handler");
+        // On a machine this loaded a child may also wait for a CPU past the threshold in
+        // another iteration: a `runqueue`/`cpu` stall that blames no handler.
+        let (sleeps, others): (Vec<&Stall>, Vec<&Stall>) =
+            mine.iter().partition(|s| s.cause == "sleep");
         ctx.ensure(
-            mine.len() == 1
-                && mine[0].tid == tid
-                && mine[0].duration_ns >= 50_000_000
-                && mine[0].causes.get("sleep").copied().unwrap_or(0) >= 45_000_000
-                && culprit == Some("child_handler"),
+            sleeps.len() == 1
+                && sleeps[0].tid == tid
+                && sleeps[0].duration_ns >= 50_000_000
+                && slept_through(sleeps[0])
+                && blames(sleeps[0])
+                && others.iter().all(|s| !blames(s) && matches!(s.cause.as_str(), "runqueue" | "cpu")),
             || format!("child {pid} (loop thread {tid}) should have one 50 ms sleep stall in child_handler: {mine:#?}"),
         );
     }
     ctx.quit_ok(&bp, "");
+}
+
+/// Whether the 50 ms from the sleep's deadline to its end are sleep and run-queue time in
+/// `stall`: time.sleep fixes its deadline before the call, so on a loaded machine a
+/// preemption just before it turns part of the 50 ms into waiting for a CPU.
+fn slept_through(stall: &Stall) -> bool {
+    let part = |cause: &str| stall.causes.get(cause).copied().unwrap_or(0);
+    part("sleep") + stall.runqueue_ns() >= 49_000_000
 }
 
 /// The resident set size of process `pid` in KiB.
@@ -116,4 +132,44 @@ fn resident_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(u64::MAX)
+}
+
+/// A loop flooding blockprobe with stalls for 2 s (110 us busy waits over a 100 us
+/// threshold, ~7,000 a second here, at least 500 a second demanded) while blockprobe prints each as a JSON line: every
+/// stall the script made is either in the report or counted as lost, and blockprobe exits
+/// cleanly.
+#[test]
+fn a_stall_flood_is_reported_or_counted() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report = dir.path().join("report.json");
+    let mut cmd = Command::new(blockprobe_bin());
+    cmd.args(["run", "--format", "jsonl", "--threshold", "100us", "-o"])
+        .arg(&report)
+        .arg("--")
+        .arg(&python.path)
+        .arg(script("stall_flood.py"));
+    python_env(&mut cmd);
+    let bp = ctx.spawn("blockprobe run stall_flood.py", &mut cmd);
+    ctx.wait_live(&bp, "stall_flood.py");
+    bp.send("GO");
+    let state = ctx.wait_finished(&bp);
+    let made = state.measured("flood").unwrap_or(0);
+    ctx.quit_ok(&bp, "");
+    let report = read_json(&ctx, &report);
+    // Every stall counts in its service (most of these, shorter than the 1 ms between CPU
+    // samples, have no culprit to count under).
+    let reported: u64 = report["services"]
+        .as_array()
+        .map(|ss| ss.iter().filter_map(|s| s["count"].as_u64()).sum())
+        .unwrap_or(0);
+    let lost = report["lost"]["ringbuf_stall"].as_u64().unwrap_or(0);
+    ctx.ensure(made >= 1_000, || {
+        format!("the script made only {made} stalls in 2 s: no flood")
+    });
+    ctx.ensure(reported + lost >= made, || {
+        format!("{reported} stalls reported + {lost} counted lost < the {made} made")
+    });
 }
