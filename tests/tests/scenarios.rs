@@ -203,3 +203,38 @@ fn two_loops(python: &Python) {
         || format!("the stall's stack has the main thread's frames: {stall:#?}"),
     );
 }
+
+/// A loop found while parked in its poller, whose very next wake-up is the stall
+/// (idle_first_wakeup.py: no ticker; its first poll call after blockprobe attached parks
+/// it until GO): the stall is reported. (The kernel side must see that poll call's exit
+/// although userspace decided the thread is a loop only while it was parked in it.)
+#[test]
+fn first_wakeup_of_an_idle_loop() {
+    blockprobe_tests::require_root();
+    let ctx = blockprobe_tests::Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let name = "idle_first_wakeup.py";
+    let bp = ctx.spawn(
+        "blockprobe run idle_first_wakeup.py",
+        &mut blockprobe_tests::run_command(&python, &blockprobe_tests::script(name), &[], &[]),
+    );
+    let ready = ctx.wait_ready(&bp);
+    let pid = ready.pid.expect("READY has a pid");
+    ctx.adopt(pid, name);
+    ctx.wait_event(&bp, "attached", pid);
+    bp.send("ATTACHED");
+    ctx.wait_loops_live(&bp, pid, &[pid]);
+    bp.send("GO");
+    let state = ctx.wait_finished(&bp);
+    let stalls = ctx.wait_stalls(&bp, pid, 1);
+    ctx.quit_ok(&bp, "");
+    let measured = state.measured("handler").unwrap_or(0);
+    let culprit = stalls[0].culprit.as_ref().map(|f| f.function.as_str());
+    ctx.ensure(
+        stalls.len() == 1
+            && culprit == Some("handler")
+            && stalls[0].duration_ns >= measured
+            && stalls[0].cause == "sleep",
+        || format!("expected one sleep stall in handler of at least {measured} ns: {stalls:#?}"),
+    );
+}
