@@ -206,6 +206,71 @@ fn after_detach(bp: &Proc, pid: u32) -> Vec<Line> {
         .collect()
 }
 
+// ------------------------------------------------------------------ upgrade
+
+/// Python upgraded on disk while it runs: a copy of Debian's static python3.11 runs
+/// sleep_in_coroutine.py, then another program is renamed over the copy (a new inode, as
+/// a package upgrade does; `/proc/PID/maps` now says `(deleted)`). `trace -p` attached
+/// after that reads the interpreter the process really runs (through
+/// `/proc/PID/map_files`), not the file now at its path: it finds the loop and reports
+/// the stall as usual.
+#[test]
+fn python_replaced_on_disk_is_read_from_the_running_image() {
+    require_root();
+    let ctx = Ctx::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let binary = dir.path().join("python3.11");
+    std::fs::copy("/usr/bin/python3.11", &binary).expect("copying /usr/bin/python3.11");
+    let python = Python {
+        label: "debian 3.11 (a copy, replaced on disk)".into(),
+        path: binary.clone(),
+        env: Vec::new(),
+    };
+    let script_path = script("sleep_in_coroutine.py");
+    let py = ctx.spawn(
+        "script (replaced python)",
+        &mut python.command(&script_path),
+    );
+    let ready = ctx.wait_ready(&py);
+    let upgrade = dir.path().join("python3.11.new");
+    std::fs::copy("/bin/sleep", &upgrade).expect("copying /bin/sleep");
+    std::fs::rename(&upgrade, &binary).expect("renaming over the running python");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", py.pid())).unwrap_or_default();
+    ctx.ensure(maps.contains("python3.11 (deleted)"), || {
+        format!("the running python's mapping should show as deleted:\n{maps}")
+    });
+    let bp = ctx.spawn(
+        "blockprobe trace -p (replaced python)",
+        Command::new(blockprobe_bin()).args([
+            "trace",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+            "-p",
+            &py.pid().to_string(),
+        ]),
+    );
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, py.pid(), &tids);
+    py.send("GO");
+    let state = ctx.wait_finished(&py);
+    let stalls = ctx.wait_stalls(&bp, py.pid(), 1);
+    py.send("QUIT");
+    py.close_stdin();
+    ctx.ensure(py.wait_exit().success(), || "the script failed".into());
+    stop_trace(&ctx, &bp);
+    let measured = state.measured("handler").unwrap_or(0);
+    let culprit = stalls[0].culprit.as_ref().map(|f| f.function.as_str());
+    ctx.ensure(
+        stalls.len() == 1
+            && culprit == Some("handler")
+            && stalls[0].cause == "sleep"
+            && stalls[0].duration_ns >= measured,
+        || format!("expected one sleep stall in handler of at least {measured} ns: {stalls:#?}"),
+    );
+}
+
 // ------------------------------------------------------------------ fork
 
 /// `run`: a loop process forks without exec and the child runs a new loop of its own
