@@ -206,6 +206,97 @@ fn after_detach(bp: &Proc, pid: u32) -> Vec<Line> {
         .collect()
 }
 
+// ------------------------------------------------------------------ pid reuse
+
+/// PID reuse under host-wide `trace`: process A (sleep_in_coroutine.py) stalls in
+/// `handler` and exits; B (sync_chain.py) is then started with A's pid (set through
+/// `/proc/sys/kernel/ns_last_pid`) and stalls in `level3`. blockprobe detaches A, attaches
+/// B afresh, finds B's loop again, and blames `level3` with B's file: nothing of A (its
+/// classification, timing, symbols or evidence) carries over to B.
+#[test]
+fn a_reused_pid_is_a_new_process() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let bp = ctx.spawn(
+        "blockprobe trace (host)",
+        Command::new(blockprobe_bin()).args([
+            "trace",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+        ]),
+    );
+    ctx.wait_for("blockprobe's `ready` event", || {
+        bp.events().into_iter().find(|e| kind(e) == "ready")
+    });
+
+    let first = script("sleep_in_coroutine.py");
+    let a = ctx.spawn("A: sleep_in_coroutine.py", &mut python.command(&first));
+    let ready = ctx.wait_ready(&a);
+    let pid = a.pid();
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    a.send("GO");
+    ctx.wait_finished(&a);
+    ctx.wait_stalls(&bp, pid, 1);
+    a.send("QUIT");
+    a.close_stdin();
+    ctx.ensure(a.wait_exit().success(), || "A failed".into());
+    ctx.wait_event(&bp, "detached", pid);
+
+    // The next process forked gets pid `pid`, unless another one is forked meanwhile.
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+        .unwrap_or_else(|e| ctx.fail(format!("cannot write ns_last_pid: {e}")));
+    let second = script("sync_chain.py");
+    let b = ctx.spawn("B: sync_chain.py", &mut python.command(&second));
+    ctx.ensure(b.pid() == pid, || {
+        format!(
+            "B got pid {}, not A's {pid}: another process was forked in between",
+            b.pid()
+        )
+    });
+    ctx.wait_ready(&b);
+    ctx.wait_for(
+        "a second `attached` and `loop` event for the reused pid",
+        || {
+            (bp.events_of("attached", pid).len() == 2 && bp.events_of("loop", pid).len() == 2)
+                .then_some(())
+        },
+    );
+    b.send("GO");
+    ctx.wait_finished(&b);
+    let stalls = ctx.wait_stalls(&bp, pid, 2);
+    b.send("QUIT");
+    b.close_stdin();
+    ctx.ensure(b.wait_exit().success(), || "B failed".into());
+    stop_trace(&ctx, &bp);
+    let blamed: Vec<(Option<&str>, Option<&str>)> = stalls
+        .iter()
+        .map(|s| {
+            let culprit = s.culprit.as_ref();
+            (
+                culprit.map(|f| f.function.as_str()),
+                culprit.map(|f| f.file.as_str()),
+            )
+        })
+        .collect();
+    let (first, second) = (first.to_string_lossy(), second.to_string_lossy());
+    ctx.ensure(
+        blamed
+            == [
+                (Some("handler"), Some(first.as_ref())),
+                (Some("level3"), Some(second.as_ref())),
+            ],
+        || {
+            format!(
+                "A's stall should blame handler in {first}, B's level3 in {second}: {stalls:#?}"
+            )
+        },
+    );
+}
+
 // ------------------------------------------------------------------ upgrade
 
 /// Python upgraded on disk while it runs: a copy of Debian's static python3.11 runs
