@@ -1314,6 +1314,17 @@ impl Ran {
     }
 }
 
+/// The command line of `blockprobe trace` with JSON lines and the tests' threshold, on
+/// `pids` (none: every Python process on the host).
+pub fn trace_command(pids: &[u32]) -> Command {
+    let mut cmd = Command::new(blockprobe_bin());
+    cmd.args(["trace", "--format", "jsonl", "--threshold", THRESHOLD]);
+    for pid in pids {
+        cmd.arg("-p").arg(pid.to_string());
+    }
+    cmd
+}
+
 /// The command line of `blockprobe run` for a scenario.
 pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &[&str]) -> Command {
     let mut cmd = Command::new(blockprobe_bin());

@@ -2,12 +2,11 @@
 //! every Python process, including one started later (no `-p`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Proc, Python, THRESHOLD, blockprobe_bin, python_matrix, require_root,
-    script, unix_now_ns,
+    Ctx, CtxRef, ExpectStall, Proc, Python, python_matrix, require_root, script, trace_command,
+    unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
@@ -30,18 +29,7 @@ fn trace_pid(python: &Python) {
             py.pid()
         )
     });
-    let bp = ctx.spawn(
-        "blockprobe trace -p",
-        Command::new(blockprobe_bin()).args([
-            "trace",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-            "-p",
-            &py.pid().to_string(),
-        ]),
-    );
+    let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[py.pid()]));
     drive_traced_script(&ctx, &bp, &py, python, &script);
     stop_trace(&ctx, &bp);
 }
@@ -54,16 +42,7 @@ fn trace_pid(python: &Python) {
 fn trace_all_catches_later_process(python: &Python) {
     require_root();
     let ctx = Ctx::new();
-    let bp = ctx.spawn(
-        "blockprobe trace (all)",
-        Command::new(blockprobe_bin()).args([
-            "trace",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-        ]),
-    );
+    let bp = ctx.spawn("blockprobe trace (all)", &mut trace_command(&[]));
     let sentinel = ctx.spawn(
         &format!("sentinel idle.py ({})", python.label),
         &mut python.command(&script("idle.py")),

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall, THRESHOLD,
+    ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
     blockprobe_bin, kind, marker_line, nanos, read_json, require_root, run_blockprobe, run_command,
-    run_scenario, script, unix_now_ns,
+    run_scenario, script, trace_command, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -41,17 +41,7 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
     let (pid, other_pid) = (execs.pid(), other.pid());
     let bp = ctx.spawn(
         "blockprobe trace -p -p",
-        Command::new(blockprobe_bin()).args([
-            "trace",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-            "-p",
-            &pid.to_string(),
-            "-p",
-            &other_pid.to_string(),
-        ]),
+        &mut trace_command(&[pid, other_pid]),
     );
     ctx.wait_loops_live(&bp, pid, &execs_loops);
     ctx.wait_loops_live(&bp, other_pid, &other_loops);
@@ -218,16 +208,7 @@ fn a_reused_pid_is_a_new_process() {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
-    let bp = ctx.spawn(
-        "blockprobe trace (host)",
-        Command::new(blockprobe_bin()).args([
-            "trace",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-        ]),
-    );
+    let bp = ctx.spawn("blockprobe trace (host)", &mut trace_command(&[]));
     ctx.wait_for("blockprobe's `ready` event", || {
         bp.events().into_iter().find(|e| kind(e) == "ready")
     });
@@ -332,15 +313,7 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
     });
     let bp = ctx.spawn(
         "blockprobe trace -p (replaced python)",
-        Command::new(blockprobe_bin()).args([
-            "trace",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-            "-p",
-            &py.pid().to_string(),
-        ]),
+        &mut trace_command(&[py.pid()]),
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, py.pid(), &tids);
