@@ -26,47 +26,40 @@ async def handler():
     say(f"DONE handler {time.monotonic_ns() - started}")
 
 
-class Stdin:
-    """Lines from fd 0, read unbuffered (a buffered read could swallow the next line
-    before the loop's reader is armed)."""
+def read_line():
+    """The next line of fd 0, read a byte at a time: nothing after it is consumed, so a
+    line the test sends next stays in the pipe and wakes the loop's poller."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    return line.decode().strip()
 
-    def __init__(self):
-        self.buf = b""
 
-    def line(self):
-        """The next line; blocks the thread (and so the loop) until it comes."""
-        while b"\n" not in self.buf:
-            data = os.read(0, 4096)
-            if not data:
-                return ""
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    async def next_line(self):
-        """The next line, waiting in the loop's poller."""
-        if b"\n" not in self.buf:
-            loop = asyncio.get_running_loop()
-            ready = loop.create_future()
-            loop.add_reader(0, lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(0)
-        return self.line()
+async def next_line():
+    """The next line of fd 0, waited for in the loop's poller."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(0, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(0)
+    return read_line()
 
 
 async def main():
-    stdin = Stdin()
     say(f"LOOP main {threading.get_native_id()}")
     say(f"READY {os.getpid()}")
-    if stdin.line() != "ATTACHED":
+    if read_line() != "ATTACHED":
         sys.exit("idle_first_wakeup: expected ATTACHED")
-    if await stdin.next_line() != "GO":
+    if await next_line() != "GO":
         sys.exit("idle_first_wakeup: expected GO")
     await handler()
     say("FINISHED")
-    while await stdin.next_line() not in ("", "QUIT"):
+    while await next_line() not in ("", "QUIT"):
         pass
 
 

@@ -863,6 +863,33 @@ impl CtxRef {
         (ready, pid)
     }
 
+    /// Stops `blockprobe trace` with SIGINT (unless it already stopped by itself) and
+    /// checks it exits 0 with clean output.
+    #[track_caller]
+    pub fn stop_trace(&self, bp: &Proc) {
+        bp.may_exit();
+        if bp.exited().is_none() {
+            bp.signal(Signal::SIGINT);
+        }
+        let status = bp.wait_exit();
+        self.check_clean(bp);
+        self.ensure(status.code() == Some(0), || {
+            format!("blockprobe trace stopped with {status}, expected exit code 0")
+        });
+    }
+
+    /// Ends a script the test started itself (traced with `trace`): sends QUIT, closes
+    /// its stdin and fails unless it exits 0.
+    #[track_caller]
+    pub fn quit_script(&self, script: &Proc) {
+        script.send("QUIT");
+        script.close_stdin();
+        let status = script.wait_exit();
+        self.ensure(status.success(), || {
+            format!("the script exited with {status}")
+        });
+    }
+
     /// Ends a `blockprobe run` whose script waits for QUIT: sends QUIT, closes stdin,
     /// waits for blockprobe to exit and checks its output ([`CtxRef::check_clean`]).
     #[track_caller]

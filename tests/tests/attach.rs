@@ -8,7 +8,6 @@ use blockprobe_tests::{
     Ctx, CtxRef, ExpectStall, Proc, Python, python_matrix, require_root, script, trace_command,
     unix_now_ns,
 };
-use nix::sys::signal::Signal;
 
 python_matrix!(trace_pid, trace_all_catches_later_process);
 
@@ -31,7 +30,7 @@ fn trace_pid(python: &Python) {
     });
     let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[py.pid()]));
     drive_traced_script(&ctx, &bp, &py, python, &script);
-    stop_trace(&ctx, &bp);
+    ctx.stop_trace(&bp);
 }
 
 /// (g) `trace` with no `-p`, then a script started afterwards: its stall is caught.
@@ -64,7 +63,7 @@ fn trace_all_catches_later_process(python: &Python) {
     ctx.ensure(sentinel.wait_exit().success(), || {
         "the sentinel failed".into()
     });
-    stop_trace(&ctx, &bp);
+    ctx.stop_trace(&bp);
     let idle_stalls = bp.stalls(sentinel.pid());
     ctx.ensure(idle_stalls.is_empty(), || {
         format!("the idle sentinel never blocks, yet: {idle_stalls:#?}")
@@ -83,12 +82,7 @@ fn drive_traced_script(ctx: &CtxRef, bp: &Proc, py: &Proc, python: &Python, scri
     ctx.wait_stalls(bp, pid, 1);
     // The stall is over by now: blockprobe reports it when the loop is back.
     let seen = unix_now_ns();
-    py.send("QUIT");
-    py.close_stdin();
-    let status = py.wait_exit();
-    ctx.ensure(status.success(), || {
-        format!("the script exited with {status}")
-    });
+    ctx.quit_script(py);
     let detached = ctx.wait_event(bp, "detached", pid);
     ctx.ensure(detached["reason"] == "exit", || {
         format!("expected a detached event with reason \"exit\", got {detached}")
@@ -114,17 +108,4 @@ fn drive_traced_script(ctx: &CtxRef, bp: &Proc, py: &Proc, python: &Python, scri
             window_unix_ns: Some((go, seen)),
         },
     );
-}
-
-/// Stops `trace` with SIGINT (unless it already stopped by itself) and checks it exits 0.
-fn stop_trace(ctx: &CtxRef, bp: &Proc) {
-    bp.may_exit();
-    if bp.exited().is_none() {
-        bp.signal(Signal::SIGINT);
-    }
-    let status = bp.wait_exit();
-    ctx.check_clean(bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe trace stopped with {status}, expected exit code 0")
-    });
 }

@@ -12,7 +12,6 @@ use blockprobe_tests::{
     blockprobe_bin, kind, marker_line, nanos, read_json, require_root, run_blockprobe, run_command,
     run_scenario, script, trace_command, unix_now_ns,
 };
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
@@ -62,11 +61,7 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
     let state = ctx.wait_finished(&other);
     let stalls = ctx.wait_stalls(&bp, other_pid, 1);
     let seen = unix_now_ns();
-    other.send("QUIT");
-    other.close_stdin();
-    ctx.ensure(other.wait_exit().success(), || {
-        "sleep_in_coroutine.py failed".into()
-    });
+    ctx.quit_script(&other);
     ctx.check_stall(
         &stalls[0],
         &ExpectStall {
@@ -82,7 +77,7 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
         },
     );
     ctx.wait_event(&bp, "detached", other_pid);
-    stop_trace(&ctx, &bp);
+    ctx.stop_trace(&bp);
 
     let exec_stalls = bp.stalls(pid);
     ctx.ensure(exec_stalls.is_empty(), || {
@@ -219,12 +214,12 @@ fn a_reused_pid_is_a_new_process() {
     let pid = a.pid();
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, pid, &tids);
+    let go_a = unix_now_ns();
     a.send("GO");
-    ctx.wait_finished(&a);
-    ctx.wait_stalls(&bp, pid, 1);
-    a.send("QUIT");
-    a.close_stdin();
-    ctx.ensure(a.wait_exit().success(), || "A failed".into());
+    let state_a = ctx.wait_finished(&a);
+    let stall_a = ctx.wait_stalls(&bp, pid, 1).remove(0);
+    let seen_a = unix_now_ns();
+    ctx.quit_script(&a);
     ctx.wait_event(&bp, "detached", pid);
 
     // The next process forked gets pid `pid`, unless another one is forked meanwhile.
@@ -246,34 +241,41 @@ fn a_reused_pid_is_a_new_process() {
                 .then_some(())
         },
     );
+    let go_b = unix_now_ns();
     b.send("GO");
-    ctx.wait_finished(&b);
+    let state_b = ctx.wait_finished(&b);
     let stalls = ctx.wait_stalls(&bp, pid, 2);
-    b.send("QUIT");
-    b.close_stdin();
-    ctx.ensure(b.wait_exit().success(), || "B failed".into());
-    stop_trace(&ctx, &bp);
-    let blamed: Vec<(Option<&str>, Option<&str>)> = stalls
-        .iter()
-        .map(|s| {
-            let culprit = s.culprit.as_ref();
-            (
-                culprit.map(|f| f.function.as_str()),
-                culprit.map(|f| f.file.as_str()),
-            )
-        })
-        .collect();
-    let (first, second) = (first.to_string_lossy(), second.to_string_lossy());
-    ctx.ensure(
-        blamed
-            == [
-                (Some("handler"), Some(first.as_ref())),
-                (Some("level3"), Some(second.as_ref())),
-            ],
-        || {
-            format!(
-                "A's stall should blame handler in {first}, B's level3 in {second}: {stalls:#?}"
-            )
+    let seen_b = unix_now_ns();
+    ctx.quit_script(&b);
+    ctx.stop_trace(&bp);
+    ctx.ensure(stalls.len() == 2, || {
+        format!("expected A's stall and B's, got {stalls:#?}")
+    });
+    let measured = |state: &blockprobe_tests::ScriptState, name: &str| {
+        (state.measured(name)).unwrap_or_else(|| ctx.fail(format!("no `DONE {name}` line")))
+    };
+    ctx.check_stall(
+        &stall_a,
+        &ExpectStall {
+            script: &first,
+            function: "handler",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: measured(&state_a, "handler"),
+            nominal: Duration::from_millis(200),
+            window_unix_ns: Some((go_a, seen_a)),
+        },
+    );
+    ctx.check_stall(
+        &stalls[1],
+        &ExpectStall {
+            script: &second,
+            function: "level3",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: measured(&state_b, "level3"),
+            nominal: Duration::from_millis(100),
+            window_unix_ns: Some((go_b, seen_b)),
         },
     );
 }
@@ -317,21 +319,29 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, py.pid(), &tids);
+    let go = unix_now_ns();
     py.send("GO");
     let state = ctx.wait_finished(&py);
     let stalls = ctx.wait_stalls(&bp, py.pid(), 1);
-    py.send("QUIT");
-    py.close_stdin();
-    ctx.ensure(py.wait_exit().success(), || "the script failed".into());
-    stop_trace(&ctx, &bp);
-    let measured = state.measured("handler").unwrap_or(0);
-    let culprit = stalls[0].culprit.as_ref().map(|f| f.function.as_str());
-    ctx.ensure(
-        stalls.len() == 1
-            && culprit == Some("handler")
-            && stalls[0].cause == "sleep"
-            && stalls[0].duration_ns >= measured,
-        || format!("expected one sleep stall in handler of at least {measured} ns: {stalls:#?}"),
+    let seen = unix_now_ns();
+    ctx.quit_script(&py);
+    ctx.stop_trace(&bp);
+    ctx.ensure(stalls.len() == 1, || {
+        format!("expected exactly one stall, got {stalls:#?}")
+    });
+    ctx.check_stall(
+        &stalls[0],
+        &ExpectStall {
+            script: &script_path,
+            function: "handler",
+            cause: "sleep",
+            // The file at `python.path` is no Python any more: ask the original.
+            syscall: Python::debian().sleep_syscall(),
+            measured_ns: (state.measured("handler"))
+                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
+            nominal: Duration::from_millis(200),
+            window_unix_ns: Some((go, seen)),
+        },
     );
 }
 
@@ -742,15 +752,4 @@ fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
 
 fn loop_tids(state: &blockprobe_tests::ScriptState) -> Vec<u32> {
     state.loops.iter().map(|(_, tid)| *tid).collect()
-}
-
-/// Stops `trace` with SIGINT and checks it exits 0 with clean output.
-fn stop_trace(ctx: &CtxRef, bp: &Proc) {
-    bp.may_exit();
-    bp.signal(Signal::SIGINT);
-    let status = bp.wait_exit();
-    ctx.check_clean(bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe trace stopped with {status}, expected exit code 0")
-    });
 }

@@ -224,17 +224,26 @@ fn first_wakeup_of_an_idle_loop() {
     ctx.wait_event(&bp, "attached", pid);
     bp.send("ATTACHED");
     ctx.wait_loops_live(&bp, pid, &[pid]);
+    let go = blockprobe_tests::unix_now_ns();
     bp.send("GO");
     let state = ctx.wait_finished(&bp);
     let stalls = ctx.wait_stalls(&bp, pid, 1);
+    let seen = blockprobe_tests::unix_now_ns();
     ctx.quit_ok(&bp, "");
-    let measured = state.measured("handler").unwrap_or(0);
-    let culprit = stalls[0].culprit.as_ref().map(|f| f.function.as_str());
-    ctx.ensure(
-        stalls.len() == 1
-            && culprit == Some("handler")
-            && stalls[0].duration_ns >= measured
-            && stalls[0].cause == "sleep",
-        || format!("expected one sleep stall in handler of at least {measured} ns: {stalls:#?}"),
+    ctx.ensure(stalls.len() == 1, || {
+        format!("expected exactly one stall, got {stalls:#?}")
+    });
+    ctx.check_stall(
+        &stalls[0],
+        &blockprobe_tests::ExpectStall {
+            script: &blockprobe_tests::script(name),
+            function: "handler",
+            cause: "sleep",
+            syscall: python.sleep_syscall(),
+            measured_ns: (state.measured("handler"))
+                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
+            nominal: Duration::from_millis(50),
+            window_unix_ns: Some((go, seen)),
+        },
     );
 }
