@@ -17,6 +17,7 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
+    metrics::process::cpu_time,
     model::{Cause, Frame},
     probes::Probes,
     python::{Inspection, PythonProcess},
@@ -475,18 +476,4 @@ fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
-}
-
-/// The CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name (which may hold spaces and parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()?
-        .max(1);
-    Some(Duration::from_millis(ticks * 1000 / hz))
 }

@@ -17,6 +17,30 @@ pub struct SelfStats {
     pub start_time_seconds: f64,
 }
 
+/// Index of `utime` among [`stat_fields`] (clock ticks in user mode).
+const UTIME: usize = 11;
+/// Index of `stime` among [`stat_fields`] (clock ticks in kernel mode).
+const STIME: usize = 12;
+
+/// The fields of a `/proc/PID/stat` line from the 3rd (state) on: the command name
+/// before them may hold spaces and parentheses.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split_whitespace().collect())
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f = stat_fields(&stat)?;
+    let ticks = f.get(UTIME)?.parse::<u64>().ok()? + f.get(STIME)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
+}
+
 impl SelfStats {
     /// Reads `/proc/self`; what cannot be read stays 0.
     pub fn read() -> SelfStats {
@@ -31,12 +55,10 @@ impl SelfStats {
         let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
         let page = if page > 0 { page as u64 } else { 4096 };
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-            && let Some((_, rest)) = stat.rsplit_once(") ")
+            && let Some(f) = stat_fields(&stat)
         {
-            // Fields from the 3rd (state) on.
-            let f: Vec<&str> = rest.split_whitespace().collect();
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            me.cpu_seconds = (num(11) + num(12)) as f64 / ticks;
+            me.cpu_seconds = (num(UTIME) + num(STIME)) as f64 / ticks;
             me.virtual_bytes = num(20);
             me.resident_bytes = num(21).saturating_mul(page);
             if let Some(boot) = boot_time() {
