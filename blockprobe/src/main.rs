@@ -13,6 +13,7 @@ mod histogram;
 mod kernel;
 mod metrics;
 mod model;
+mod patience;
 mod preflight;
 mod probes;
 mod python;

@@ -2,7 +2,7 @@
 //! and feeds them to the live output and the aggregate report.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     time::{Duration, Instant},
 };
 
@@ -17,33 +17,19 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
-    metrics::process::cpu_time,
     model::{Cause, Frame},
+    patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
     python::{Inspection, PythonProcess},
     render::live::{DetachReason, StallSink, Status},
 };
 
-/// How much CPU time a Python process that is still starting up may use before blockprobe
-/// gives up on it. CPU time, not wall time: on a loaded host (two hundred interpreters
-/// starting on two CPUs) a start-up can take many seconds of waiting for a CPU.
-const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
-/// How often processes that are still starting up are retried, at first; the interval
-/// doubles with each try up to [`MAX_RETRY`].
-const TICK: Duration = Duration::from_millis(5);
-/// The longest interval between two tries of a starting process.
-const MAX_RETRY: Duration = Duration::from_millis(200);
-
 /// A Python process not traceable yet (its runtime is still initializing).
 struct Starting {
     /// Why it is not traceable yet.
     why: String,
-    /// Its CPU time when it was first tried.
-    cpu_at_first_try: Duration,
-    /// When to try it again.
-    next_try: Instant,
-    /// How long to wait after the next try.
-    backoff: Duration,
+    /// When to try again, and when to give up.
+    patience: Patience,
 }
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
@@ -123,38 +109,44 @@ impl Session {
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
             Inspection::NotReady(why) => {
-                let now = Instant::now();
-                let entry = self.starting.entry(pid).or_insert_with(|| Starting {
-                    why: String::new(),
-                    cpu_at_first_try: cpu_time(pid).unwrap_or_default(),
-                    next_try: now,
-                    backoff: TICK,
-                });
-                entry.why = why;
-                entry.next_try = now + entry.backoff;
-                entry.backoff = (entry.backoff * 2).min(MAX_RETRY);
+                match self.starting.entry(pid) {
+                    Entry::Occupied(mut starting) => {
+                        let starting = starting.get_mut();
+                        starting.why = why;
+                        starting.patience.failed_again();
+                    }
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(Starting {
+                            why,
+                            patience: Patience::new(pid),
+                        });
+                    }
+                }
                 Ok(Attach::Waiting)
             }
-            Inspection::Ready(python) => {
-                self.starting.remove(&pid);
-                self.probes.trace_process(pid, python.walk_config())?;
-                let comm = comm_of(pid);
-                let version = python.version().to_string();
-                self.sink.status(&Status::Attached {
-                    pid,
-                    comm: comm.clone(),
-                    python_version: version.clone(),
-                })?;
-                self.aggregator
-                    .register_process(crate::fleet::identity::process_info(
-                        pid,
-                        comm.clone(),
-                        version,
-                    ));
-                self.processes.insert(pid, Traced { python, comm });
-                Ok(Attach::Attached)
-            }
+            Inspection::Ready(python) => self.trace_ready(pid, python).map(|()| Attach::Attached),
         }
+    }
+
+    /// Traces `pid`, which `python` describes (an inspection that found it ready).
+    pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
+        self.starting.remove(&pid);
+        self.probes.trace_process(pid, python.walk_config())?;
+        let comm = comm_of(pid);
+        let version = python.version().to_string();
+        self.sink.status(&Status::Attached {
+            pid,
+            comm: comm.clone(),
+            python_version: version.clone(),
+        })?;
+        self.aggregator
+            .register_process(crate::fleet::identity::process_info(
+                pid,
+                comm.clone(),
+                version,
+            ));
+        self.processes.insert(pid, Traced { python, comm });
+        Ok(())
     }
 
     /// Attaches to every Python process already running on the host.
@@ -391,19 +383,18 @@ impl Session {
         if self.starting.is_empty() {
             COUNTER_INTERVAL
         } else {
-            TICK
+            FIRST_RETRY
         }
     }
 
     fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let due: Vec<(u32, Duration)> = (self.starting.iter())
-            .filter(|(_, s)| s.next_try <= now)
-            .map(|(&pid, s)| (pid, s.cpu_at_first_try))
+        let due: Vec<u32> = (self.starting.iter())
+            .filter(|(_, s)| s.patience.due(now))
+            .map(|(&pid, _)| pid)
             .collect();
-        for (pid, cpu_at_first_try) in due {
-            let used = cpu_time(pid).map(|cpu| cpu.saturating_sub(cpu_at_first_try));
-            if used.is_some_and(|used| used > ATTACH_PATIENCE) {
+        for pid in due {
+            if self.starting[&pid].patience.exhausted() {
                 let why = (self.starting.remove(&pid))
                     .map(|s| s.why)
                     .unwrap_or_default();

@@ -12,6 +12,8 @@ script therefore:
 3. runs the scenario, timing each blocking call in-process with ``time.monotonic_ns()``
    and printing ``DONE <name> <ns>``, then ``FINISHED``; a scenario in several steps
    waits for the test's word to start each further step (``await expect("BLOCK")``);
+   (with ``--spin-after-ready S``, the loop first spins in Python for S seconds, as a
+   busy single-threaded server does when a tracer attaches to it);
 4. waits for ``QUIT`` or the end of stdin and exits (0, or ``--exit-code N``). Staying
    alive until then gives blockprobe the time to read this process's memory to symbolize
    the stalls it saw.
@@ -190,6 +192,13 @@ def run(scenario, loops=(), setup=None):
     """
     parser = argparse.ArgumentParser()
     parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument(
+        "--spin-after-ready",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="right after READY, spin in Python (holding the GIL) this long",
+    )
     args = parser.parse_args()
 
     for extra in loops:
@@ -205,6 +214,9 @@ def run(scenario, loops=(), setup=None):
         await asyncio.sleep(TICK_S)
         say(f"LOOP main {threading.get_native_id()}")
         say(f"READY {os.getpid()}")
+        spin_until = time.monotonic() + args.spin_after_ready
+        while time.monotonic() < spin_until:
+            pass
         await commands.expect_go()
         await scenario()
         say("FINISHED")

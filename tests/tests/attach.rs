@@ -9,16 +9,34 @@ use blockprobe_tests::{
     unix_now_ns,
 };
 
-python_matrix!(trace_pid, trace_all_catches_later_process);
+python_matrix!(
+    trace_pid,
+    trace_pid_while_the_gil_is_held,
+    trace_all_catches_later_process
+);
 
 /// (f) `trace -p PID` on a script the test started itself, already running.
 fn trace_pid(python: &Python) {
+    trace_running_script(python, &[]);
+}
+
+/// `trace -p PID` on a single-threaded script busy in Python (holding the GIL) when the
+/// tracer starts: while one thread holds the GIL, some interpreters (3.15) keep its thread
+/// state in two thread-local variables, and blockprobe must wait for the moment that tells
+/// them apart, not give up.
+fn trace_pid_while_the_gil_is_held(python: &Python) {
+    trace_running_script(python, &["--spin-after-ready", "1.5"]);
+}
+
+/// Starts sleep_in_coroutine.py with `args`, then `trace -p` on it once it is READY, and
+/// drives it through its stall.
+fn trace_running_script(python: &Python, args: &[&str]) {
     require_root();
     let ctx = Ctx::new();
     let script = script("sleep_in_coroutine.py");
     let py = ctx.spawn(
         &format!("script ({})", python.label),
-        &mut python.command(&script),
+        python.command(&script).args(args),
     );
     let ready = ctx.wait_ready(&py);
     ctx.ensure(ready.pid == Some(py.pid()), || {

@@ -1,34 +1,31 @@
 //! `blockprobe trace`: trace running processes (-p) or every Python process on the host.
 
+use std::time::{Duration, Instant};
+
 use anyhow::bail;
 use blockprobe_common::config::Scope;
 
 use crate::{
     cli::TraceOptions,
     commands::tracing,
+    patience::Patience,
     preflight,
     python::{Inspection, PythonProcess},
-    session::{Attach, StopReason},
+    session::StopReason,
 };
+
+/// The longest wall time `trace -p` waits for a process that is not traceable yet (one
+/// stopped while holding the GIL uses no CPU time).
+const WALL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Traces `pids`, or the whole host when empty, until a signal or `--duration`.
 pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     // Without root, inspecting a pid would only say "permission denied": say why first.
     preflight::require_root()?;
     // Bad pids fail before any probe is loaded.
+    let mut ready = Vec::with_capacity(pids.len());
     for &pid in &pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("no process with pid {pid}");
-        }
-        match PythonProcess::inspect(pid)? {
-            Inspection::Ready(_) => {}
-            Inspection::NotPython => bail!(
-                "pid {pid} is not a Python process (no libpython or python runtime in its memory map)"
-            ),
-            Inspection::NotReady(why) => bail!(
-                "pid {pid} is a Python process that cannot be traced yet ({why}); try again in a moment"
-            ),
-        }
+        ready.push((pid, wait_until_traceable(pid).await?));
     }
     let scope = if pids.is_empty() {
         Scope::Host
@@ -40,14 +37,8 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     if pids.is_empty() {
         session.attach_existing()?;
     }
-    for pid in pids {
-        match session.attach(pid)? {
-            Attach::Attached => {}
-            // Checked above; only an exec or exit in between gets here.
-            Attach::NotPython | Attach::Waiting => {
-                bail!("pid {pid} changed while blockprobe attached to it")
-            }
-        }
+    for (pid, python) in ready {
+        session.trace_ready(pid, python)?;
     }
     let started = prepared.started();
     let reason = prepared
@@ -58,4 +49,36 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     Ok(match reason {
         StopReason::Duration | StopReason::Signal(_) | StopReason::ChildExited(_) => 0,
     })
+}
+
+/// Inspects `pid` until it is a Python process ready to be traced. A process between two
+/// states (a thread taking the GIL, a runtime still initializing) is retried with the same
+/// patience as in system-wide tracing, and for at most [`WALL_PATIENCE`].
+async fn wait_until_traceable(pid: u32) -> anyhow::Result<PythonProcess> {
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("no process with pid {pid}");
+    }
+    let since = Instant::now();
+    let mut patience: Option<Patience> = None;
+    loop {
+        let why = match PythonProcess::inspect(pid)? {
+            Inspection::Ready(python) => return Ok(python),
+            Inspection::NotPython => bail!(
+                "pid {pid} is not a Python process (no libpython or python runtime in its memory map)"
+            ),
+            Inspection::NotReady(why) => why,
+        };
+        match &mut patience {
+            None => patience = Some(Patience::new(pid)),
+            Some(p) if p.exhausted() || since.elapsed() > WALL_PATIENCE => bail!(
+                "pid {pid} is a Python process that is still not traceable after {:.1} s ({why})",
+                since.elapsed().as_secs_f64()
+            ),
+            Some(p) => p.failed_again(),
+        }
+        let next = patience
+            .as_ref()
+            .map_or(Duration::ZERO, Patience::until_next_try);
+        tokio::time::sleep(next).await;
+    }
 }
