@@ -43,6 +43,36 @@ impl ProcessMemory {
         }
     }
 
+    /// Reads records of `size` bytes, the i-th from `addrs[i]` into the i-th `size` bytes
+    /// of `buf`, in one system call; returns how many records, from the first, were read
+    /// whole (the kernel stops at the first address it cannot read).
+    pub fn read_records(
+        &self,
+        addrs: &[u64],
+        size: usize,
+        buf: &mut [u8],
+    ) -> anyhow::Result<usize> {
+        if size == 0 || addrs.is_empty() {
+            return Ok(0);
+        }
+        let remote = (addrs.iter())
+            .map(|&addr| {
+                let base = usize::try_from(addr).context("address out of range")?;
+                base.checked_add(size)
+                    .with_context(|| format!("read of {size} bytes at {addr:#x} wraps around"))?;
+                Ok(RemoteIoVec { base, len: size })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let local = buf
+            .get_mut(..size * addrs.len())
+            .context("buffer smaller than the records")?;
+        match process_vm_readv(self.pid, &mut [IoSliceMut::new(local)], &remote) {
+            Ok(n) => Ok(n / size),
+            Err(nix::errno::Errno::EFAULT) => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("cannot read memory of process {}", self.pid)),
+        }
+    }
+
     /// Fills `buf` from `addr`; fails unless every byte could be read.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         let n = self.read_prefix(addr, buf)?;

@@ -19,6 +19,9 @@ const MAX_STRING_BYTES: usize = 4096;
 const MAX_LINETABLE_BYTES: usize = 64 * 1024;
 /// Code objects remembered per process before the cache starts over.
 const MAX_CACHED_CODES: usize = 16 * 1024;
+/// Lines remembered per code object (one per instruction seen) before its cache starts
+/// over: a hostile frame can claim any instruction.
+const MAX_CACHED_LINES: usize = 256;
 
 /// Symbolizes the frames of one process, caching what it learnt about each code object.
 #[derive(Debug)]
@@ -48,6 +51,8 @@ struct CodeInfo {
     function: String,
     file: String,
     linetable: Vec<u8>,
+    /// Lines already looked up, by instruction offset.
+    lines: HashMap<i64, Option<u32>>,
 }
 
 impl Symbolizer {
@@ -65,21 +70,27 @@ impl Symbolizer {
     /// `<unreadable>` in `<unknown>` at line 0. Interpreter shim frames (code 0) are left out.
     pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
         let len = (stack.len as usize).min(MAX_FRAMES);
-        stack.frames[..len]
+        let raws: Vec<&RawFrame> = stack.frames[..len]
             .iter()
             .filter(|raw| raw.code != 0)
-            .map(|raw| {
-                self.frame(raw).unwrap_or_else(|_| Frame {
-                    function: "<unreadable>".into(),
-                    file: "<unknown>".into(),
-                    line: 0,
-                })
+            .collect();
+        let codes: Vec<u64> = raws.iter().map(|raw| raw.code).collect();
+        let headers = self.headers(&codes);
+        raws.into_iter()
+            .zip(headers)
+            .map(|(raw, header)| {
+                header
+                    .and_then(|header| self.frame(raw, header))
+                    .unwrap_or_else(|_| Frame {
+                        function: "<unreadable>".into(),
+                        file: "<unknown>".into(),
+                        line: 0,
+                    })
             })
             .collect()
     }
 
-    fn frame(&mut self, raw: &RawFrame) -> anyhow::Result<Frame> {
-        let header = self.header(raw.code)?;
+    fn frame(&mut self, raw: &RawFrame, header: Header) -> anyhow::Result<Frame> {
         ensure!(
             header.ob_type == self.code_type,
             "{:#x} is not a code object",
@@ -98,7 +109,7 @@ impl Symbolizer {
         }
         let info = self
             .codes
-            .get(&raw.code)
+            .get_mut(&raw.code)
             .context("code cache lost an entry")?;
         let offset = match self.layout.instr {
             InstrKind::Pointer { bytecode } => {
@@ -108,12 +119,13 @@ impl Symbolizer {
             InstrKind::LastiBytes => i64::from(raw.instr as u32 as i32),
             InstrKind::LastiUnits => 2 * i64::from(raw.instr as u32 as i32),
         };
-        let line = linetable::line_at(
-            self.layout.linetable,
-            &info.linetable,
-            info.header.first_line,
-            offset,
-        );
+        let format = self.layout.linetable;
+        if info.lines.len() >= MAX_CACHED_LINES {
+            info.lines.clear();
+        }
+        let line = *info.lines.entry(offset).or_insert_with(|| {
+            linetable::line_at(format, &info.linetable, info.header.first_line, offset)
+        });
         Ok(Frame {
             function: info.function.clone(),
             file: info.file.clone(),
@@ -121,7 +133,8 @@ impl Symbolizer {
         })
     }
 
-    fn header(&self, code: u64) -> anyhow::Result<Header> {
+    /// The offsets of the header fields, and how many bytes cover them all.
+    fn header_fields(&self) -> ([u64; 6], usize) {
         let l = &self.layout;
         let fields = [
             OBJECT_TYPE,
@@ -132,15 +145,51 @@ impl Symbolizer {
             l.code_linetable,
         ];
         let end = fields.iter().max().map_or(0, |&o| o + 8);
-        let mut buf = vec![0u8; end as usize];
+        (fields, end as usize)
+    }
+
+    /// The headers of the code objects at `codes`, read together in as few system calls
+    /// as the readable ones allow (one when all are).
+    fn headers(&self, codes: &[u64]) -> Vec<anyhow::Result<Header>> {
+        let (_, size) = self.header_fields();
+        let mut buf = vec![0u8; size * codes.len()];
+        let mut headers = Vec::with_capacity(codes.len());
+        let mut rest = codes;
+        while !rest.is_empty() {
+            let read = (self.memory)
+                .read_records(rest, size, &mut buf)
+                .unwrap_or(0);
+            headers.extend(
+                buf.chunks_exact(size)
+                    .take(read)
+                    .map(|b| self.parse_header(b)),
+            );
+            let Some(&failed) = rest.get(read) else {
+                break;
+            };
+            // The kernel stopped at this one: read it alone, for its own error.
+            headers.push(self.header(failed));
+            rest = &rest[read + 1..];
+        }
+        headers
+    }
+
+    fn header(&self, code: u64) -> anyhow::Result<Header> {
+        let (_, size) = self.header_fields();
+        let mut buf = vec![0u8; size];
         self.memory.read_bytes(code, &mut buf)?;
+        self.parse_header(&buf)
+    }
+
+    fn parse_header(&self, buf: &[u8]) -> anyhow::Result<Header> {
+        let ([ob_type, flags, first_line, filename, name, linetable], _) = self.header_fields();
         Ok(Header {
-            ob_type: u64::from_ne_bytes(field(&buf, OBJECT_TYPE)?),
-            flags: u32::from_ne_bytes(field(&buf, l.code_flags)?),
-            first_line: i32::from_ne_bytes(field(&buf, l.code_firstlineno)?),
-            filename: u64::from_ne_bytes(field(&buf, l.code_filename)?),
-            name: u64::from_ne_bytes(field(&buf, l.code_name)?),
-            linetable: u64::from_ne_bytes(field(&buf, l.code_linetable)?),
+            ob_type: u64::from_ne_bytes(field(buf, ob_type)?),
+            flags: u32::from_ne_bytes(field(buf, flags)?),
+            first_line: i32::from_ne_bytes(field(buf, first_line)?),
+            filename: u64::from_ne_bytes(field(buf, filename)?),
+            name: u64::from_ne_bytes(field(buf, name)?),
+            linetable: u64::from_ne_bytes(field(buf, linetable)?),
         })
     }
 
@@ -150,6 +199,7 @@ impl Symbolizer {
             function: self.string(header.name).context("code name")?,
             file: self.string(header.filename).context("code file name")?,
             linetable: self.bytes(header.linetable).context("line table")?,
+            lines: HashMap::new(),
         })
     }
 
