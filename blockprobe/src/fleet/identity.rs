@@ -19,6 +19,7 @@
 //! `/srv/app-v2/api/db.py` with app root `/srv/app-v2` → `api/db.py`. Other paths are
 //! kept as they are.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::aggregate::ProcessInfo;
@@ -392,6 +393,34 @@ pub fn stable_file<'a>(file: &'a str, roots: impl IntoIterator<Item = &'a str>) 
     }
 }
 
+/// (App root, file) pairs remembered by [`StableFiles`] before it starts over.
+const MAX_REMEMBERED_FILES: usize = 16 * 1024;
+
+/// [`stable_file`] with a memory: a session sees the same few files in every stall.
+#[derive(Debug, Default)]
+pub struct StableFiles {
+    by_root: HashMap<String, HashMap<String, String>>,
+    remembered: usize,
+}
+
+impl StableFiles {
+    /// The stable name of `file` in a process whose app root is `app_root`.
+    pub fn get(&mut self, file: &str, app_root: &str) -> String {
+        if let Some(stable) = self.by_root.get(app_root).and_then(|files| files.get(file)) {
+            return stable.clone();
+        }
+        let stable = stable_file(file, [app_root]);
+        if self.remembered >= MAX_REMEMBERED_FILES {
+            self.by_root.clear();
+            self.remembered = 0;
+        }
+        self.remembered += 1;
+        (self.by_root.entry(app_root.to_owned()).or_default())
+            .insert(file.to_owned(), stable.clone());
+        stable
+    }
+}
+
 fn is_python_dir(dir: &str) -> bool {
     dir.strip_prefix("python3.").is_some_and(|minor| {
         minor.starts_with(|c: char| c.is_ascii_digit())
@@ -450,6 +479,30 @@ mod tests {
 
     fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn remembered_stable_files_are_per_app_root() {
+        let mut files = StableFiles::default();
+        for _ in 0..2 {
+            assert_eq!(
+                files.get("/srv/app/api/views.py", "/srv/app"),
+                "api/views.py"
+            );
+            assert_eq!(
+                files.get("/srv/app/api/views.py", "/srv"),
+                "app/api/views.py"
+            );
+            assert_eq!(
+                files.get("/srv/app/api/views.py", ""),
+                "/srv/app/api/views.py"
+            );
+        }
+        for i in 0..=MAX_REMEMBERED_FILES {
+            files.get(&format!("/x/{i}.py"), "/x");
+        }
+        assert!(files.remembered <= MAX_REMEMBERED_FILES, "bounded");
+        assert_eq!(files.get("/x/7.py", "/x"), "7.py");
     }
 
     #[test]

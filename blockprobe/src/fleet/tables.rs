@@ -11,7 +11,7 @@ use crate::aggregate::{FunctionStats, OTHER_FUNCTION, UNKNOWN_FUNCTION};
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
 
-use super::identity::stable_file;
+use super::identity::StableFiles;
 
 /// Distinct service labels kept; stalls of later ones count under [`OTHER_FUNCTION`].
 pub const MAX_SERVICES: usize = 1_000;
@@ -41,7 +41,7 @@ pub struct ServiceReport {
 pub struct StackFrame {
     /// Qualified name.
     pub function: String,
-    /// Stable file name (see [`stable_file`]).
+    /// Stable file name (see [`super::identity::stable_file`]).
     pub file: String,
 }
 
@@ -97,6 +97,7 @@ pub fn leaf_of(stall: &Stall) -> String {
 pub struct Tables {
     services: HashMap<String, FunctionStats>,
     stacks: HashMap<StackKey, (u64, u64)>,
+    stable_files: StableFiles,
 }
 
 impl Tables {
@@ -126,7 +127,7 @@ impl Tables {
                 .iter()
                 .map(|f| StackFrame {
                     function: f.function.clone(),
-                    file: stable_file(&f.file, [app_root]),
+                    file: self.stable_files.get(&f.file, app_root),
                 })
                 .collect(),
         };
