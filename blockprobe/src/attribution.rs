@@ -229,25 +229,35 @@ fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
         .map_or(Cause::Other, |(cause, _)| *cause)
 }
 
-/// The number of samples sharing the most frequent culprit, and the latest such sample.
+/// The number of samples sharing the most frequent culprit function, and the latest
+/// sample on that function's most frequent line: the line where the time went, not
+/// wherever the last sample happened to land (e.g. the statement after a long C call).
 fn most_frequent(samples: &[CpuSample]) -> (u32, Option<&CpuSample>) {
-    let mut counts: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
+    // Culprit function (line 0) -> (samples, latest index), and the same per line.
+    let mut by_function: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
+    let mut by_line: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
     for (i, sample) in samples.iter().enumerate() {
-        let entry = counts.entry(culprit_key(&sample.stack)).or_insert((0, i));
-        entry.0 += 1;
-        entry.1 = i;
+        let line = culprit(&sample.stack);
+        let function = line.clone().map(|f| Frame { line: 0, ..f });
+        for (map, key) in [(&mut by_function, function), (&mut by_line, line)] {
+            let entry = map.entry(key).or_insert((0, i));
+            entry.0 += 1;
+            entry.1 = i;
+        }
     }
-    let (count, latest) = counts
-        .into_values()
-        .max_by_key(|&(count, latest)| (count, latest))
-        .unwrap_or((0, 0));
-    (count, samples.get(latest))
-}
-
-/// The culprit of `stack` without its line, so samples on different lines of one
-/// function count together.
-fn culprit_key(stack: &[Frame]) -> Option<Frame> {
-    culprit(stack).map(|f| Frame { line: 0, ..f })
+    let best = |counts: HashMap<Option<Frame>, (u32, usize)>| {
+        (counts.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))
+    };
+    let Some((function, (count, _))) = best(by_function) else {
+        return (0, None);
+    };
+    let same_function = |line: &Option<Frame>| {
+        line.as_ref().map(|f| (&f.function, &f.file))
+            == function.as_ref().map(|f| (&f.function, &f.file))
+    };
+    by_line.retain(|line, _| same_function(line));
+    let sample = best(by_line).and_then(|(_, (_, latest))| samples.get(latest));
+    (count, sample)
 }
 
 /// The innermost first-party frame of `stack`, else its innermost frame.
@@ -301,9 +311,16 @@ mod tests {
     }
 
     fn sample(ts_ns: u64, function: &str) -> CpuSample {
+        sample_at(ts_ns, function, 3)
+    }
+
+    fn sample_at(ts_ns: u64, function: &str, line: u32) -> CpuSample {
         CpuSample {
             ts_ns,
-            stack: vec![frame(function, "/app/svc.py")],
+            stack: vec![Frame {
+                line,
+                ..frame(function, "/app/svc.py")
+            }],
             task: None,
         }
     }
@@ -360,6 +377,26 @@ mod tests {
         assert_eq!(stall.cpu_samples, 3);
         assert_eq!(stall.culprit.unwrap().function, "hash_pw");
         assert_eq!(stall.syscall, None);
+    }
+
+    #[test]
+    fn cpu_stalls_blame_the_most_sampled_line_of_that_function() {
+        let mut a = Attributor::default();
+        // A long C call on line 25, then the last sample on the statement after it.
+        for (ts, f, line) in [
+            (10, "hash_pw", 25),
+            (20, "hash_pw", 25),
+            (25, "log", 7),
+            (26, "log", 7),
+            (30, "hash_pw", 25),
+            (40, "hash_pw", 26),
+        ] {
+            a.cpu_sample(1, 2, sample_at(ts, f, line));
+        }
+        let stall = a.close(window(0, 50, &[]), |t| t);
+        assert_eq!(stall.cpu_samples, 4);
+        let culprit = stall.culprit.unwrap();
+        assert_eq!((culprit.function.as_str(), culprit.line), ("hash_pw", 25));
     }
 
     #[test]
