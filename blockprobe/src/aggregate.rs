@@ -13,7 +13,9 @@
 //! [`Aggregator::report`] turns all of it into a [`Report`].
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+
+use foldhash::HashMap;
 
 use blockprobe_common::counters::Counter;
 use serde::{Deserialize, Serialize};
@@ -212,7 +214,7 @@ impl Aggregator {
     pub fn new(limits: Limits) -> Self {
         Aggregator {
             limits,
-            functions: HashMap::new(),
+            functions: HashMap::default(),
             other: FunctionStats::default(),
             stalls: BinaryHeap::new(),
             seq: 0,

@@ -2,7 +2,9 @@
 //! scheduler), and who is to blame (culprit, from the evidence that fits the main cause:
 //! the blocking call, the CPU samples, or the thread that held the GIL).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 
 use blockprobe_common::cause;
 
@@ -234,8 +236,8 @@ fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
 /// wherever the last sample happened to land (e.g. the statement after a long C call).
 fn most_frequent(samples: &[CpuSample]) -> (u32, Option<&CpuSample>) {
     // Culprit function (line 0) -> (samples, latest index), and the same per line.
-    let mut by_function: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
-    let mut by_line: HashMap<Option<Frame>, (u32, usize)> = HashMap::new();
+    let mut by_function: HashMap<Option<Frame>, (u32, usize)> = HashMap::default();
+    let mut by_line: HashMap<Option<Frame>, (u32, usize)> = HashMap::default();
     for (i, sample) in samples.iter().enumerate() {
         let line = culprit(&sample.stack);
         let function = line.clone().map(|f| Frame { line: 0, ..f });

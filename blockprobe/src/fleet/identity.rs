@@ -19,7 +19,7 @@
 //! `/srv/app-v2/api/db.py` with app root `/srv/app-v2` → `api/db.py`. Other paths are
 //! kept as they are.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::OnceLock;
 
 use crate::aggregate::ProcessInfo;

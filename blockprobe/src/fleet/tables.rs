@@ -3,7 +3,9 @@
 //! stack, for flame graphs and pprof). Both cover every stall, not only the kept ones,
 //! and add up exactly when reports are merged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! Turning the code and instruction pointers BPF captured into function, file and line.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::stack::{MAX_FRAMES, RawFrame, RawStack};
@@ -62,7 +62,7 @@ impl Symbolizer {
             memory,
             layout: Box::new(layout),
             code_type,
-            codes: HashMap::new(),
+            codes: HashMap::default(),
         }
     }
 
@@ -199,7 +199,7 @@ impl Symbolizer {
             function: self.string(header.name).context("code name")?,
             file: self.string(header.filename).context("code file name")?,
             linetable: self.bytes(header.linetable).context("line table")?,
-            lines: HashMap::new(),
+            lines: HashMap::default(),
         })
     }
 
