@@ -197,6 +197,13 @@ impl Session {
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the BPF ring buffer: {e}"))?;
+        // Every process asked for is attached: tell a supervisor listening on
+        // $NOTIFY_SOCKET (systemd `Type=notify`, the benchmark) that tracing runs.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            self.warn(format!(
+                "cannot notify $NOTIFY_SOCKET that tracing runs: {e}"
+            ))?;
+        }
         let mut next_read = tokio::time::Instant::now();
         let reason = loop {
             tokio::select! {

@@ -1,12 +1,13 @@
 //! `blockprobe trace`: attaching to a process that already runs (`-p PID`), and tracing
 //! every Python process, including one started later (no `-p`).
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Proc, Python, python_matrix, require_root, script, trace_command,
-    unix_now_ns,
+    Ctx, CtxRef, ExpectStall, Proc, Python, TIMEOUT, python_matrix, require_root, script,
+    trace_command, unix_now_ns,
 };
 
 python_matrix!(
@@ -48,6 +49,40 @@ fn trace_running_script(python: &Python, args: &[&str]) {
     });
     let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[py.pid()]));
     drive_traced_script(&ctx, &bp, &py, python, &script);
+    ctx.stop_trace(&bp);
+}
+
+/// `trace -p` tells a supervisor listening on `$NOTIFY_SOCKET` (systemd `Type=notify`,
+/// the benchmark) `READY=1` once the process asked for is attached.
+#[test]
+fn notify_socket_hears_ready_once_attached() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let py = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
+    ctx.wait_ready(&py);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).expect("binding a datagram socket");
+    socket
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("a read timeout");
+    let bp = ctx.spawn(
+        "blockprobe trace -p",
+        trace_command(&[py.pid()]).env("NOTIFY_SOCKET", &path),
+    );
+    let mut message = [0u8; 64];
+    let n = (socket.recv(&mut message))
+        .unwrap_or_else(|e| ctx.fail(format!("nothing on $NOTIFY_SOCKET: {e}")));
+    ctx.ensure(&message[..n] == b"READY=1\n", || {
+        format!(
+            "expected READY=1 on $NOTIFY_SOCKET, got {:?}",
+            String::from_utf8_lossy(&message[..n])
+        )
+    });
+    ctx.wait_event(&bp, "attached", py.pid());
+    py.send("GO");
+    ctx.quit_script(&py);
     ctx.stop_trace(&bp);
 }
 

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, ErrorKind, Write as _};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,8 +57,8 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
-            Mode::TracePid => "blockprobe trace -p",
-            Mode::TraceHost => "blockprobe trace (host)",
+            Mode::TracePid => "blockprobe trace -p PID --quiet",
+            Mode::TraceHost => "blockprobe trace --quiet (host)",
             Mode::Serve => "blockprobe serve",
             Mode::AsyncioDebug => "asyncio debug mode",
             Mode::LoopMonitor => "asyncio-event-loop-monitor",
@@ -320,7 +321,7 @@ impl Bench {
         let threshold = workload.threshold();
         // System-wide tracers start first and must be ready before the workload starts.
         let mut tracer = match mode {
-            Mode::TraceHost => Some(self.start_tracer(&["trace", "--format", "jsonl"], threshold)?),
+            Mode::TraceHost => Some(self.start_tracer(&[], threshold)?),
             Mode::Serve => Some(self.start_serve(threshold)?),
             _ => None,
         };
@@ -348,72 +349,83 @@ impl Bench {
         })
     }
 
+    /// Starts `blockprobe trace ARGS --quiet` (the mode an SRE leaves running).
     fn start_tracer(&self, args: &[&str], threshold: &str) -> Result<Tracer> {
-        let mut child = Command::new(&self.blockprobe)
-            .args(args)
-            .args(["--threshold", threshold])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting blockprobe")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let started = Instant::now();
-        let want = if args.contains(&"-p") {
-            "\"attached\""
-        } else {
-            "\"ready\""
-        };
-        loop {
-            if started.elapsed() > READY_TIMEOUT {
-                bail!("blockprobe not ready after {READY_TIMEOUT:?}");
-            }
-            match lines.next() {
-                Some(line) => {
-                    if line?.contains(want) {
-                        break;
-                    }
-                }
-                None => bail!("blockprobe exited before it was ready"),
-            }
-        }
-        // Keep draining its stdout so it never blocks on a full pipe.
-        let drain = std::thread::spawn(move || for _ in lines {});
-        Ok(Tracer {
-            cpu_at_start_s: cpu_seconds(child.id())?,
-            child: Running(child),
-            started: Instant::now(),
-            _drain: drain,
-        })
+        let mut all = vec!["trace", "--quiet", "--threshold", threshold];
+        all.extend_from_slice(args);
+        self.start_blockprobe(&all)
     }
 
     fn start_serve(&self, threshold: &str) -> Result<Tracer> {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(&self.blockprobe)
-            .args(["serve", "--listen", &listen, "--threshold", threshold])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting blockprobe serve")?;
-        let child = Running(child);
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        self.start_blockprobe(&["serve", "--listen", &listen, "--threshold", threshold])
+    }
+
+    /// Starts blockprobe with `args` and waits until it says `READY=1` on the
+    /// `$NOTIFY_SOCKET` it is given (what systemd's `Type=notify` listens to): every
+    /// process asked for is attached and events flow.
+    fn start_blockprobe(&self, args: &[&str]) -> Result<Tracer> {
+        let dir = tempfile::tempdir().context("creating a directory for the notify socket")?;
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).context("binding the notify socket")?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut child = Running(
+            Command::new(&self.blockprobe)
+                .args(args)
+                .env("NOTIFY_SOCKET", &path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting blockprobe")?,
+        );
         let started = Instant::now();
-        // The port accepts connections as soon as it is bound, before the probes are
-        // attached: ready means /metrics answers.
-        while !metrics_answer(&listen) {
-            if started.elapsed() > READY_TIMEOUT {
-                bail!("blockprobe serve not answering /metrics after {READY_TIMEOUT:?}");
+        let mut message = [0u8; 256];
+        loop {
+            match socket.recv(&mut message) {
+                Ok(n) if message[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e).context("reading the notify socket"),
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some(status) = child.0.try_wait()? {
+                bail!(
+                    "blockprobe {} exited before it was ready: {status}",
+                    args.join(" ")
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "blockprobe {} not ready after {READY_TIMEOUT:?}",
+                    args.join(" ")
+                );
+            }
         }
         Ok(Tracer {
             cpu_at_start_s: cpu_seconds(child.0.id())?,
             child,
             started: Instant::now(),
-            _drain: std::thread::spawn(|| {}),
         })
+    }
+
+    /// Waits for the workload's READY line, starts `trace -p` on it in [`Mode::TracePid`],
+    /// then lets it go.
+    fn trace_then_go(
+        &self,
+        mode: Mode,
+        workload: &mut Running,
+        out: &mut BufReader<ChildStdout>,
+        threshold: &str,
+    ) -> Result<Option<Tracer>> {
+        wait_for_line(out, "READY")?;
+        let tracer = if mode == Mode::TracePid {
+            let pid = workload.0.id().to_string();
+            Some(self.start_tracer(&["-p", &pid], threshold)?)
+        } else {
+            None
+        };
+        writeln!(workload.0.stdin.as_mut().context("no stdin")?, "GO")?;
+        Ok(tracer)
     }
 
     /// Runs a timing workload script: it prints READY, waits for a line, then prints the
@@ -431,14 +443,7 @@ impl Bench {
                 .context("starting python")?,
         );
         let mut out = BufReader::new(child.0.stdout.take().context("no stdout")?);
-        wait_for_line(&mut out, "READY")?;
-        let tracer = if mode == Mode::TracePid {
-            let pid = child.0.id().to_string();
-            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid], threshold)?)
-        } else {
-            None
-        };
-        writeln!(child.0.stdin.as_mut().context("no stdin")?, "GO")?;
+        let tracer = self.trace_then_go(mode, &mut child, &mut out, threshold)?;
         // py-spy prints its own lines on the same stdout: take the first number.
         let seconds = loop {
             if let Ok(value) = read_line(&mut out)?.trim().parse::<f64>() {
@@ -469,15 +474,7 @@ impl Bench {
                 .context("starting the aiohttp server")?,
         );
         let mut out = BufReader::new(server.0.stdout.take().context("no stdout")?);
-        wait_for_line(&mut out, "READY")?;
-        let tracer = if mode == Mode::TracePid {
-            let pid = server.0.id().to_string();
-            let threshold = Workload::Http.threshold();
-            Some(self.start_tracer(&["trace", "--format", "jsonl", "-p", &pid], threshold)?)
-        } else {
-            None
-        };
-        writeln!(server.0.stdin.as_mut().context("no stdin")?, "GO")?;
+        let tracer = self.trace_then_go(mode, &mut server, &mut out, Workload::Http.threshold())?;
         wait_for_line(&mut out, "LISTENING")?;
         let wrk = on_cpu(LOAD_CPU, "wrk")
             .args(["-t1", "-c16", &format!("-d{HTTP_SECONDS}s"), "--latency"])
@@ -505,7 +502,6 @@ struct Tracer {
     /// what a long-running tracer costs, so it is left out.
     started: Instant,
     cpu_at_start_s: f64,
-    _drain: std::thread::JoinHandle<()>,
 }
 
 impl Tracer {
@@ -544,20 +540,6 @@ fn read_line(out: &mut BufReader<ChildStdout>) -> Result<String> {
         bail!("the workload exited early");
     }
     Ok(line)
-}
-
-/// Whether `GET /metrics` on `addr` answers 200.
-fn metrics_answer(addr: &str) -> bool {
-    use std::io::Read as _;
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 fn free_port() -> Result<u16> {
