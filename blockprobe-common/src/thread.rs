@@ -41,8 +41,9 @@ pub struct LoopTiming {
     pub off_cpu_since_ns: u64,
     /// The [`cause`] index the current off-CPU period counts as.
     pub off_cpu_cause: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// 1 when `off_cpu_ns` holds any time: a busy loop's iterations rarely leave the CPU,
+    /// and clearing the array at every poll exit would cost each of them a memset.
+    pub has_off_cpu: u32,
     /// Off-CPU time of the current off-await interval, by [`cause`] index (CPU unused).
     pub off_cpu_ns: [u64; cause::COUNT],
 }

@@ -133,7 +133,10 @@ pub fn on_poll_exit(tid: u32) {
         timing.poll_exit_ns = now;
         timing.syscall_enter_ns = 0;
         timing.off_cpu_since_ns = 0;
-        timing.off_cpu_ns = [0; cause::COUNT];
+        if timing.has_off_cpu != 0 {
+            timing.off_cpu_ns = [0; cause::COUNT];
+            timing.has_off_cpu = 0;
+        }
         return;
     }
     // SAFETY: read-only access to a value userspace writes whole.

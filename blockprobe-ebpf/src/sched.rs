@@ -39,6 +39,7 @@ pub fn close_period(timing: &mut blockprobe_common::thread::LoopTiming, now: u64
     }
     if let Some(slot) = timing.off_cpu_ns.get_mut(timing.off_cpu_cause as usize) {
         *slot += now.saturating_sub(since);
+        timing.has_off_cpu = 1;
     }
     timing.off_cpu_since_ns = 0;
 }
