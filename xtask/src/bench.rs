@@ -36,6 +36,9 @@ enum Mode {
     TracePid,
     TraceHost,
     Serve,
+    /// The `raw_syscalls` tracepoints on, with no BPF program and nothing recorded: the
+    /// floor any tracer hooked there pays (this kernel has no kprobes or trampolines).
+    SyscallHooksOnly,
     AsyncioDebug,
     LoopMonitor,
     Aiodebug,
@@ -43,11 +46,12 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Bare,
         Mode::TracePid,
         Mode::TraceHost,
         Mode::Serve,
+        Mode::SyscallHooksOnly,
         Mode::AsyncioDebug,
         Mode::LoopMonitor,
         Mode::Aiodebug,
@@ -60,6 +64,9 @@ impl Mode {
             Mode::TracePid => "blockprobe trace -p PID --quiet",
             Mode::TraceHost => "blockprobe trace --quiet (host)",
             Mode::Serve => "blockprobe serve",
+            Mode::SyscallHooksOnly => {
+                "floor: raw_syscalls tracepoints, no BPF (ftrace, recording off)"
+            }
             Mode::AsyncioDebug => "asyncio debug mode",
             Mode::LoopMonitor => "asyncio-event-loop-monitor",
             Mode::Aiodebug => "aiodebug slow callbacks",
@@ -132,7 +139,12 @@ impl Workload {
     fn modes(self) -> Vec<Mode> {
         match self {
             // Not Python: only the system-wide modes say what it costs everyone else.
-            Workload::Syscalls => vec![Mode::Bare, Mode::TraceHost, Mode::Serve],
+            Workload::Syscalls => vec![
+                Mode::Bare,
+                Mode::TraceHost,
+                Mode::Serve,
+                Mode::SyscallHooksOnly,
+            ],
             // The tracer's own CPU and memory under load: blockprobe's modes only.
             Workload::StallRate => vec![Mode::Bare, Mode::TracePid, Mode::TraceHost, Mode::Serve],
             // No event loop: the asyncio peers do not apply.
@@ -141,6 +153,7 @@ impl Workload {
                 Mode::TracePid,
                 Mode::TraceHost,
                 Mode::Serve,
+                Mode::SyscallHooksOnly,
                 Mode::PySpy,
             ],
             _ => Mode::ALL.to_vec(),
@@ -257,6 +270,52 @@ impl Drop for BpfStats {
     }
 }
 
+/// The `raw_syscalls` trace events enabled with tracing off: every syscall on the host
+/// takes the kernel's traced path and runs the tracepoint, which records nothing.
+/// Restored on drop.
+struct SyscallHooks {
+    tracing_was: String,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const SYSCALL_EVENTS: [&str; 2] = ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit"];
+
+impl SyscallHooks {
+    fn enable() -> Result<Self> {
+        if !Path::new(TRACEFS).join("events").is_dir() {
+            let status = Command::new("mount")
+                .args(["-t", "tracefs", "nodev", TRACEFS])
+                .status()
+                .context("mounting tracefs")?;
+            if !status.success() {
+                bail!("mounting tracefs at {TRACEFS} failed: {status}");
+            }
+        }
+        let tracefs = Path::new(TRACEFS);
+        let tracing_was =
+            std::fs::read_to_string(tracefs.join("tracing_on")).context("reading tracing_on")?;
+        // Built before the writes, so that a failure half-way still restores what was set.
+        let hooks = SyscallHooks { tracing_was };
+        std::fs::write(tracefs.join("tracing_on"), "0").context("turning tracing off")?;
+        for event in SYSCALL_EVENTS {
+            let enable = tracefs.join("events").join(event).join("enable");
+            std::fs::write(&enable, "1")
+                .with_context(|| format!("writing {}", enable.display()))?;
+        }
+        Ok(hooks)
+    }
+}
+
+impl Drop for SyscallHooks {
+    fn drop(&mut self) {
+        let tracefs = Path::new(TRACEFS);
+        for event in SYSCALL_EVENTS {
+            let _ = std::fs::write(tracefs.join("events").join(event).join("enable"), "0");
+        }
+        let _ = std::fs::write(tracefs.join("tracing_on"), self.tracing_was.trim());
+    }
+}
+
 struct Bench {
     root: PathBuf,
     blockprobe: PathBuf,
@@ -337,6 +396,9 @@ impl Bench {
             Mode::Serve => Some(self.start_serve(threshold)?),
             _ => None,
         };
+        let _hooks = (mode == Mode::SyscallHooksOnly)
+            .then(SyscallHooks::enable)
+            .transpose()?;
         let (value, p99_ms, pid_tracer) = match workload {
             Workload::Syscalls => (self.run_dd()?, None, None),
             Workload::Queue => {
