@@ -1,7 +1,7 @@
 //! Facts about the running kernel that the BPF programs need, read from its BTF.
 
 use anyhow::{Context as _, anyhow, bail};
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 
 /// The kernel's own BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,7 +25,12 @@ pub struct Offsets {
 
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
 pub fn offsets() -> anyhow::Result<Offsets> {
-    let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
+    // Mapped, not parsed whole: a few lookups need a few pages, where parsing every type
+    // of the kernel would take 40 MB at start-up. Kernels that cannot map their BTF
+    // (before 6.16) get the parsed copy, freed on return.
+    let btf = (Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap))
+        .or_else(|_| Btf::from_file(VMLINUX_BTF))
+        .with_context(|| {
         format!(
             "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
         )
