@@ -131,6 +131,17 @@ impl Workload {
         }
     }
 
+    /// The most blockprobe may cost this workload, as a ratio to bare (issue 5).
+    fn budget(self) -> Option<f64> {
+        match self {
+            Workload::Http => Some(1.01),
+            Workload::Queue => Some(1.03),
+            Workload::MapPyfunc => Some(1.05),
+            Workload::Syscalls => Some(1.01),
+            Workload::StallRate => None,
+        }
+    }
+
     /// Whether a larger number is better (throughput) rather than worse (time).
     fn higher_is_better(self) -> bool {
         self == Workload::Http
@@ -706,33 +717,25 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The results as Markdown.
-fn render(
-    samples: &BTreeMap<(Workload, Mode), Vec<Sample>>,
-    bpf_runs: &BTreeMap<(Workload, Mode), Sample>,
-    reps: usize,
-    elapsed: Duration,
-) -> Result<String> {
-    let mut s = String::new();
-    writeln!(s, "# blockprobe benchmark\n")?;
-    writeln!(s, "{}\n", machine_info())?;
-    writeln!(
-        s,
-        "{reps} repetitions, modes alternating within each; {:.0} s in all. Ratio: the \
-         workload's cost relative to bare (time ratio, or bare/traced for throughput), so \
-         1.05 means 5% slower.\n",
-        elapsed.as_secs_f64()
-    )?;
-    writeln!(
-        s,
-        "Tracer CPU %: its user+system time while the workload ran (after start-up), as a \
-         share of one core. Tracer RSS: at the end of the workload (the largest over the \
-         runs), and its peak, which start-up sets (reading the kernel's BTF).\n"
-    )?;
-    writeln!(
-        s,
-        "| workload | mode | median | min–max | ratio | p99 ms | tracer CPU % | tracer RSS MB (peak) |"
-    )?;
-    writeln!(s, "|---|---|---|---|---|---|---|---|")?;
+/// The most CPU the tracer may use at 1,000 stalls/s, in % of one core (issue 5).
+const TRACER_CPU_BUDGET: f64 = 1.0;
+/// The most memory the tracer may hold at 1,000 stalls/s, in MB (issue 5).
+const TRACER_RSS_BUDGET_MB: f64 = 30.0;
+
+/// One workload × mode, summarized over its repetitions.
+struct Row {
+    median: f64,
+    min: f64,
+    max: f64,
+    /// Cost relative to bare (see [`render`]).
+    ratio: f64,
+    p99_ms: Option<f64>,
+    /// The tracer's CPU (% of a core), RSS and peak RSS (MB), for blockprobe's modes.
+    tracer: Option<(f64, f64, f64)>,
+}
+
+fn summarize(samples: &BTreeMap<(Workload, Mode), Vec<Sample>>) -> BTreeMap<(Workload, Mode), Row> {
+    let mut rows = BTreeMap::new();
     for workload in Workload::ALL {
         let Some(bare) = samples.get(&(workload, Mode::Bare)) else {
             continue;
@@ -744,40 +747,146 @@ fn render(
             };
             let mut values: Vec<f64> = runs.iter().map(|x| x.value).collect();
             let med = median(&mut values);
-            let (lo, hi) = (values[0], values[values.len() - 1]);
             let ratio = if workload.higher_is_better() {
                 bare_median / med
             } else {
                 med / bare_median
             };
             let mut p99: Vec<f64> = runs.iter().filter_map(|x| x.p99_ms).collect();
-            let p99 = if p99.is_empty() {
-                "".into()
-            } else {
-                format!("{:.2}", median(&mut p99))
-            };
             let costs: Vec<&TracerCost> = runs.iter().filter_map(|x| x.tracer.as_ref()).collect();
-            let (cpu, rss) = if costs.is_empty() {
-                (String::new(), String::new())
-            } else {
+            let tracer = (!costs.is_empty()).then(|| {
                 let mut cpu: Vec<f64> = costs
                     .iter()
                     .map(|c| 100.0 * c.cpu_s / c.wall_s.max(1e-9))
                     .collect();
+                let mb = |kb: u64| kb as f64 / 1024.0;
                 let rss = costs.iter().map(|c| c.rss_kb).max().unwrap_or(0);
                 let peak = costs.iter().map(|c| c.peak_rss_kb).max().unwrap_or(0);
-                (
-                    format!("{:.1}", median(&mut cpu)),
-                    format!("{:.1} ({:.1})", rss as f64 / 1024.0, peak as f64 / 1024.0),
-                )
-            };
-            writeln!(
-                s,
-                "| {} | {} | {med:.3} | {lo:.3}–{hi:.3} | {ratio:.3} | {p99} | {cpu} | {rss} |",
-                workload.name(),
-                mode.name()
-            )?;
+                (median(&mut cpu), mb(rss), mb(peak))
+            });
+            rows.insert(
+                (workload, mode),
+                Row {
+                    median: med,
+                    min: values[0],
+                    max: values[values.len() - 1],
+                    ratio,
+                    p99_ms: (!p99.is_empty()).then(|| median(&mut p99)),
+                    tracer,
+                },
+            );
         }
+    }
+    rows
+}
+
+/// The budgets of issue 5 against the worst blockprobe mode, and the floor: what the
+/// `raw_syscalls` tracepoints alone cost, which no program hooked there can go below.
+fn render_budgets(s: &mut String, rows: &BTreeMap<(Workload, Mode), Row>) -> Result<()> {
+    writeln!(
+        s,
+        "## Budgets\n\nFloor: the `raw_syscalls` tracepoints turned on with nothing attached \
+         (ftrace, recording off), i.e. what any tool hooked there pays: every syscall on the \
+         host then takes the kernel's traced path. blockprobe hooks the epoll and blocking \
+         syscalls there because this kernel offers nothing cheaper (no kprobes; BPF \
+         trampolines on the syscall functions are refused). Beyond the floor: blockprobe's \
+         worst ratio divided by the floor, what its own programs and tracer add.\n"
+    )?;
+    writeln!(
+        s,
+        "| workload | budget | blockprobe, worst mode | floor: tracepoints alone | blockprobe beyond the floor | within budget |"
+    )?;
+    writeln!(s, "|---|---|---|---|---|---|")?;
+    let verdict = |ok: bool| if ok { "yes" } else { "no" };
+    for workload in Workload::ALL {
+        let Some(budget) = workload.budget() else {
+            continue;
+        };
+        let worst = (rows.iter())
+            .filter(|((w, m), _)| *w == workload && m.is_blockprobe())
+            .map(|((_, m), row)| (row.ratio, *m))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((worst, mode)) = worst else {
+            continue;
+        };
+        let floor = rows
+            .get(&(workload, Mode::SyscallHooksOnly))
+            .map(|r| r.ratio);
+        writeln!(
+            s,
+            "| {} | {budget:.2} | {worst:.3} ({}) | {} | {} | {} |",
+            workload.name(),
+            mode.name(),
+            floor.map_or("—".into(), |f| format!("{f:.3}")),
+            floor.map_or("—".into(), |f| format!("{:.3}", worst / f)),
+            verdict(worst <= budget),
+        )?;
+    }
+    let tracer = (rows.iter())
+        .filter(|((w, _), _)| *w == Workload::StallRate)
+        .filter_map(|(_, row)| row.tracer);
+    let (cpu, rss, peak) = tracer.fold((0.0f64, 0.0f64, 0.0f64), |acc, t| {
+        (acc.0.max(t.0), acc.1.max(t.1), acc.2.max(t.2))
+    });
+    writeln!(
+        s,
+        "| tracer CPU at 1,000 stalls/s (% of a core) | {TRACER_CPU_BUDGET:.1} | {cpu:.1} | — | — | {} |",
+        verdict(cpu <= TRACER_CPU_BUDGET)
+    )?;
+    writeln!(
+        s,
+        "| tracer RSS at 1,000 stalls/s, MB (start-up peak) | {TRACER_RSS_BUDGET_MB:.0} | {rss:.1} ({peak:.1}) | — | — | {} |",
+        verdict(peak.max(rss) <= TRACER_RSS_BUDGET_MB)
+    )?;
+    Ok(())
+}
+
+fn render(
+    samples: &BTreeMap<(Workload, Mode), Vec<Sample>>,
+    bpf_runs: &BTreeMap<(Workload, Mode), Sample>,
+    reps: usize,
+    elapsed: Duration,
+) -> Result<String> {
+    let rows = summarize(samples);
+    let mut s = String::new();
+    writeln!(s, "# blockprobe benchmark\n")?;
+    writeln!(s, "{}\n", machine_info())?;
+    writeln!(
+        s,
+        "{reps} repetitions, modes alternating within each; {:.0} s in all. Ratio: the \
+         workload's cost relative to bare (time ratio, or bare/traced for throughput), so \
+         1.05 means 5% slower.\n",
+        elapsed.as_secs_f64()
+    )?;
+    render_budgets(&mut s, &rows)?;
+    writeln!(
+        s,
+        "\n## Every workload and mode\n\nTracer CPU %: its user+system time while the \
+         workload ran (after start-up), as a share of one core. Tracer RSS: at the end of \
+         the workload (the largest over the runs), and its peak, which start-up sets.\n"
+    )?;
+    writeln!(
+        s,
+        "| workload | mode | median | min–max | ratio | p99 ms | tracer CPU % | tracer RSS MB (peak) |"
+    )?;
+    writeln!(s, "|---|---|---|---|---|---|---|---|")?;
+    for ((workload, mode), row) in &rows {
+        let p99 = row.p99_ms.map_or(String::new(), |p| format!("{p:.2}"));
+        let (cpu, rss) = row
+            .tracer
+            .map_or((String::new(), String::new()), |(cpu, rss, peak)| {
+                (format!("{cpu:.1}"), format!("{rss:.1} ({peak:.1})"))
+            });
+        writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3}–{:.3} | {:.3} | {p99} | {cpu} | {rss} |",
+            workload.name(),
+            mode.name(),
+            row.median,
+            row.min,
+            row.max,
+            row.ratio,
+        )?;
     }
     writeln!(
         s,
