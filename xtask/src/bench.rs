@@ -63,7 +63,7 @@ impl Mode {
             Mode::Bare => "bare",
             Mode::TracePid => "blockprobe trace -p PID --quiet",
             Mode::TraceHost => "blockprobe trace --quiet (host)",
-            Mode::Serve => "blockprobe serve",
+            Mode::Serve => "blockprobe serve --quiet",
             Mode::SyscallHooksOnly => {
                 "floor: raw_syscalls tracepoints, no BPF (ftrace, recording off)"
             }
@@ -443,7 +443,16 @@ impl Bench {
 
     fn start_serve(&self, threshold: &str) -> Result<Tracer> {
         let listen = format!("127.0.0.1:{}", free_port()?);
-        self.start_blockprobe(&["serve", "--listen", &listen, "--threshold", threshold])
+        // As deployed (deploy/daemonset.yaml): metrics only, no stall lines on stdout.
+        let args = [
+            "serve",
+            "--quiet",
+            "--listen",
+            &listen,
+            "--threshold",
+            threshold,
+        ];
+        self.start_blockprobe(&args)
     }
 
     /// Starts blockprobe with `args` and waits until it says `READY=1` on the
