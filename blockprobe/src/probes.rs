@@ -157,6 +157,8 @@ impl Probes {
                 self.samplers.insert(tid, (pid, link));
                 Ok(())
             }
+            // Exited (ESRCH also for a zombie whose parent has not reaped it yet).
+            Err(e) if no_such_thread(&e) => Ok(()),
             Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => Ok(()),
             Err(e) => Err(e).with_context(|| format!("attaching the CPU sampler to thread {tid}")),
         }
@@ -277,4 +279,12 @@ fn program_mut<'a>(
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name)
         .ok_or_else(|| anyhow!("BPF map {name} missing from the object"))
+}
+
+/// Whether `err` (or an error it wraps) is the kernel's "no such process".
+fn no_such_thread(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ESRCH))
+    })
 }

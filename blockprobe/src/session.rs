@@ -280,7 +280,13 @@ impl Session {
                         let recipe = traced.python.walk_config();
                         self.probes.trace_process(pid, recipe)?;
                     }
-                    self.probes.sample_loop_thread(pid, tid)?;
+                    // Without samples, only this thread's CPU-bound stalls lose their
+                    // culprit: say so, keep tracing.
+                    if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
+                        self.warn(format!(
+                            "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
+                        ))?;
+                    }
                     self.aggregator.add_loop_thread(pid, tid);
                     self.sink.status(&Status::Loop { pid, tid })?;
                 }

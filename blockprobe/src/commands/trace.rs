@@ -23,9 +23,8 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     // Without root, inspecting a pid would only say "permission denied": say why first.
     preflight::require_root()?;
     // Bad pids fail before any probe is loaded.
-    let mut ready = Vec::with_capacity(pids.len());
     for &pid in &pids {
-        ready.push((pid, wait_until_traceable(pid).await?));
+        wait_until_traceable(pid).await?;
     }
     let scope = if pids.is_empty() {
         Scope::Host
@@ -37,7 +36,10 @@ pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
     if pids.is_empty() {
         session.attach_existing()?;
     }
-    for (pid, python) in ready {
+    // Inspected again: loading the probes takes a while, and the process may have
+    // exec'd or exited meanwhile.
+    for &pid in &pids {
+        let python = wait_until_traceable(pid).await?;
         session.trace_ready(pid, python)?;
     }
     let started = prepared.started();
