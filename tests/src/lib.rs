@@ -954,6 +954,40 @@ impl CtxRef {
         });
     }
 
+    /// What the script behind `state` measured for `name` (its `DONE <name>` line); a
+    /// failure when it printed none.
+    #[track_caller]
+    pub fn measured(&self, state: &ScriptState, name: &str) -> u64 {
+        (state.measured(name))
+            .unwrap_or_else(|| self.fail(format!("the script printed no `DONE {name}` line")))
+    }
+
+    /// Checks that `stall` is the one of sleep_in_coroutine.py (at `script`): `handler`
+    /// sleeping 200 ms through `syscall`, as the script measured it (`state`), within
+    /// `window_unix_ns`.
+    #[track_caller]
+    pub fn check_handler_sleep(
+        &self,
+        stall: &Stall,
+        script: &Path,
+        syscall: &str,
+        state: &ScriptState,
+        window_unix_ns: (u64, u64),
+    ) {
+        self.check_stall(
+            stall,
+            &ExpectStall {
+                script,
+                function: "handler",
+                cause: "sleep",
+                syscall,
+                measured_ns: self.measured(state, "handler"),
+                nominal: Duration::from_millis(200),
+                window_unix_ns: Some(window_unix_ns),
+            },
+        );
+    }
+
     /// Checks one stall against what the script measured and where it blocked.
     #[track_caller]
     pub fn check_stall(&self, stall: &Stall, expect: &ExpectStall<'_>) {

@@ -3,11 +3,10 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, ExpectStall, Proc, Python, TIMEOUT, python_matrix, require_root, script,
-    trace_command, unix_now_ns,
+    Ctx, CtxRef, Proc, Python, TIMEOUT, python_matrix, require_root, script, trace_command,
+    unix_now_ns,
 };
 
 python_matrix!(
@@ -147,18 +146,11 @@ fn drive_traced_script(ctx: &CtxRef, bp: &Proc, py: &Proc, python: &Python, scri
     ctx.ensure(stalls.len() == 1, || {
         format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
     });
-    ctx.check_stall(
+    ctx.check_handler_sleep(
         &stalls[0],
-        &ExpectStall {
-            script,
-            function: "handler",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: state
-                .measured("handler")
-                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go, seen)),
-        },
+        script,
+        python.sleep_syscall(),
+        &state,
+        (go, seen),
     );
 }

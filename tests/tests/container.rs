@@ -3,11 +3,9 @@
 //! through `/proc/PID/root`), and its pids are not the host's.
 
 use std::process::Command;
-use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, ExpectStall, THRESHOLD, blockprobe_bin, kind, python_env, require_root, script,
-    unix_now_ns,
+    Ctx, THRESHOLD, blockprobe_bin, kind, python_env, require_root, script, unix_now_ns,
 };
 
 #[test]
@@ -59,16 +57,5 @@ fn unshare_mount_and_pid_namespaces() {
             stall.tid
         )
     });
-    ctx.check_stall(
-        stall,
-        &ExpectStall {
-            script: &script,
-            function: "handler",
-            cause: "sleep",
-            syscall: "clock_nanosleep",
-            measured_ns: finished.measured("handler").expect("DONE handler"),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go, seen)),
-        },
-    );
+    ctx.check_handler_sleep(stall, &script, "clock_nanosleep", &finished, (go, seen));
 }

@@ -62,19 +62,12 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
     let stalls = ctx.wait_stalls(&bp, other_pid, 1);
     let seen = unix_now_ns();
     ctx.quit_script(&other);
-    ctx.check_stall(
+    ctx.check_handler_sleep(
         &stalls[0],
-        &ExpectStall {
-            script: &other_script,
-            function: "handler",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: state
-                .measured("handler")
-                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go, seen)),
-        },
+        &other_script,
+        python.sleep_syscall(),
+        &state,
+        (go, seen),
     );
     ctx.wait_event(&bp, "detached", other_pid);
     ctx.stop_trace(&bp);
@@ -166,19 +159,12 @@ fn exec_into_python_is_followed_under_run() {
     ctx.ensure(stalls.len() == 1, || {
         format!("expected only the new image's stall, got {stalls:#?}")
     });
-    ctx.check_stall(
+    ctx.check_handler_sleep(
         &stalls[0],
-        &ExpectStall {
-            script: &next,
-            function: "handler",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: state
-                .measured("handler")
-                .unwrap_or_else(|| ctx.fail("the new image printed no `DONE handler` line")),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go, seen)),
-        },
+        &next,
+        python.sleep_syscall(),
+        &state,
+        (go, seen),
     );
 }
 
@@ -251,20 +237,12 @@ fn a_reused_pid_is_a_new_process() {
     ctx.ensure(stalls.len() == 2, || {
         format!("expected A's stall and B's, got {stalls:#?}")
     });
-    let measured = |state: &blockprobe_tests::ScriptState, name: &str| {
-        (state.measured(name)).unwrap_or_else(|| ctx.fail(format!("no `DONE {name}` line")))
-    };
-    ctx.check_stall(
+    ctx.check_handler_sleep(
         &stall_a,
-        &ExpectStall {
-            script: &first,
-            function: "handler",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: measured(&state_a, "handler"),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go_a, seen_a)),
-        },
+        &first,
+        python.sleep_syscall(),
+        &state_a,
+        (go_a, seen_a),
     );
     ctx.check_stall(
         &stalls[1],
@@ -273,7 +251,7 @@ fn a_reused_pid_is_a_new_process() {
             function: "level3",
             cause: "sleep",
             syscall: python.sleep_syscall(),
-            measured_ns: measured(&state_b, "level3"),
+            measured_ns: ctx.measured(&state_b, "level3"),
             nominal: Duration::from_millis(100),
             window_unix_ns: Some((go_b, seen_b)),
         },
@@ -329,19 +307,13 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
     ctx.ensure(stalls.len() == 1, || {
         format!("expected exactly one stall, got {stalls:#?}")
     });
-    ctx.check_stall(
+    ctx.check_handler_sleep(
         &stalls[0],
-        &ExpectStall {
-            script: &script_path,
-            function: "handler",
-            cause: "sleep",
-            // The file at `python.path` is no Python any more: ask the original.
-            syscall: Python::debian().sleep_syscall(),
-            measured_ns: (state.measured("handler"))
-                .unwrap_or_else(|| ctx.fail("the script printed no `DONE handler` line")),
-            nominal: Duration::from_millis(200),
-            window_unix_ns: Some((go, seen)),
-        },
+        &script_path,
+        // The file at `python.path` is no Python any more: ask the original.
+        Python::debian().sleep_syscall(),
+        &state,
+        (go, seen),
     );
 }
 
