@@ -418,7 +418,7 @@ impl Session {
             .map(|(&pid, _)| pid)
             .collect();
         for pid in due {
-            if self.starting[&pid].patience.exhausted() {
+            if (self.starting.get(&pid)).is_some_and(|s| s.patience.exhausted()) {
                 let why = (self.starting.remove(&pid))
                     .map(|s| s.why)
                     .unwrap_or_default();
