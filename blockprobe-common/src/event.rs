@@ -105,10 +105,15 @@ assert_size!(ProcessGoneEvent, 32);
 pub struct PollStackEvent {
     /// Common header.
     pub header: EventHeader,
+    /// The epoll fd polled (the loop's poller when the stack says it is a loop's poll).
+    pub poll_fd: u32,
+    /// 1 when the thread already runs a loop polling another fd: a callback's sync
+    /// selector, or a new loop replacing the old one; 0 for a thread not known as a loop.
+    pub foreign: u32,
     /// The stack at the poll call.
     pub stack: RawStack,
 }
-assert_size!(PollStackEvent, 24 + core::mem::size_of::<RawStack>());
+assert_size!(PollStackEvent, 32 + core::mem::size_of::<RawStack>());
 
 /// A blocking syscall made by a loop thread while off-await.
 #[repr(C)]

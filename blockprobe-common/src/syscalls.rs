@@ -5,6 +5,7 @@ pub mod nr {
     #![allow(missing_docs)]
     pub const READ: u32 = 0;
     pub const WRITE: u32 = 1;
+    pub const CLOSE: u32 = 3;
     pub const POLL: u32 = 7;
     pub const PREAD64: u32 = 17;
     pub const READV: u32 = 19;
@@ -55,7 +56,8 @@ pub const fn cause_of(nr: u32) -> usize {
         nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => crate::cause::SLEEP,
         nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT => crate::cause::LOCK,
         nr::WAIT4 | nr::WAITID => crate::cause::WAIT,
-        _ if is_blocking(nr as u64) => crate::cause::IO,
+        // A poll that is not the loop's own (a callback's sync selector) waits on fds.
+        _ if is_blocking(nr as u64) || is_poller(nr as u64) => crate::cause::IO,
         _ => crate::cause::OTHER,
     }
 }

@@ -18,8 +18,8 @@ pub mod class {
 pub struct ThreadClass {
     /// One of the [`class`] constants.
     pub class: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// The epoll fd of the poll call the class was decided at: a loop's own poller.
+    pub poll_fd: u32,
     /// When the class was set (monotonic ns); NOT_LOOP threads are re-examined later.
     pub since_ns: u64,
 }
@@ -44,9 +44,18 @@ pub struct LoopTiming {
     /// 1 when `off_cpu_ns` holds any time: a busy loop's iterations rarely leave the CPU,
     /// and clearing the array at every poll exit would cost each of them a memset.
     pub has_off_cpu: u32,
+    /// The epoll fd of the loop's poller: polls on other fds (sync `selectors` code run by
+    /// a callback) are blocking calls inside the interval, not the loop coming back.
+    pub loop_fd: u32,
+    /// The other epoll fd whose poll stack was last sent for classification
+    /// ([`NO_FD`]: none), so a callback polling one fd over and over sends it once.
+    pub foreign_fd: u32,
     /// Off-CPU time of the current off-await interval, by [`cause`] index (CPU unused).
     pub off_cpu_ns: [u64; cause::COUNT],
 }
-assert_size!(LoopTiming, 40 + 8 * cause::COUNT);
+assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
+
+/// No file descriptor (in [`LoopTiming::foreign_fd`]).
+pub const NO_FD: u32 = u32::MAX;
 
 user_pod!(ThreadClass, LoopTiming);

@@ -15,7 +15,7 @@ use blockprobe_common::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
     syscalls::{cause_of, fd_count_arg, is_futex},
-    thread::{LoopTiming, ThreadClass, class},
+    thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
 use crate::{
@@ -29,20 +29,40 @@ use crate::{
     walk,
 };
 
-/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2.
+/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`, saved registers
+/// `regs`).
 ///
 /// A thread of a traced process is flagged in [`crate::maps::LOOP_THREADS`] from its first
 /// poll call, while userspace decides what it is: its poll exits must be seen from the
 /// first one after it is found to be a loop (an idle loop's next wake-up may be the
 /// stall). A loop thread keeps the flag; any other loses it at its next poll exit.
 #[inline(always)]
-pub fn on_poll_enter() {
+pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let (tgid, tid) = current_ids();
     let Some(config) = config() else { return };
     let now = now_ns();
+    let fd = syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
     // A known loop thread (every iteration of a busy loop): one array load and the one
     // hash lookup its timing needs.
-    if is_loop_thread(tid) && end_off_await(tid, now, config.threshold_ns) {
+    if is_loop_thread(tid)
+        && let Some(timing) = LOOP_TIMING.get_ptr_mut(tid)
+    {
+        // SAFETY: the pointer comes from a successful lookup in a map we own.
+        let timing = unsafe { &mut *timing };
+        if fd == timing.loop_fd {
+            end_off_await(timing, now, config.threshold_ns);
+        } else if adopts(tid, fd) {
+            // A new loop replaced the old one in this thread: the time in between
+            // belongs to no loop.
+            timing.loop_fd = fd;
+            end_off_await(timing, now, u64::MAX);
+        } else {
+            on_block_enter(nr, regs);
+            if timing.foreign_fd != fd {
+                timing.foreign_fd = fd;
+                send_poll_stack(tgid, now, fd, true);
+            }
+        }
         return;
     }
     // SAFETY: map values are only read here; userspace writes whole values.
@@ -53,7 +73,7 @@ pub fn on_poll_enter() {
     let Some(thread) = THREAD_CLASS.get_ptr_mut(tid) else {
         let pending = ThreadClass {
             class: class::PENDING,
-            _pad: 0,
+            poll_fd: fd,
             since_ns: now,
         };
         if THREAD_CLASS.insert(tid, pending, 0).is_err() {
@@ -61,7 +81,7 @@ pub fn on_poll_enter() {
             return;
         }
         mark_loop_thread(tid, true);
-        send_poll_stack(tgid, now);
+        send_poll_stack(tgid, now, fd, false);
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -69,9 +89,10 @@ pub fn on_poll_enter() {
     match thread.class {
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
             thread.class = class::PENDING;
+            thread.poll_fd = fd;
             thread.since_ns = now;
             mark_loop_thread(tid, true);
-            send_poll_stack(tgid, now);
+            send_poll_stack(tgid, now, fd, false);
         }
         class::NOT_LOOP => {}
         // Pending, or a loop whose timing starts at this call's exit.
@@ -79,21 +100,23 @@ pub fn on_poll_enter() {
     }
 }
 
-/// Closes the loop thread's off-await interval, reporting it when it reached the
-/// threshold; `false` when the thread has no timing (not, or not yet, a loop).
+/// Whether userspace found epoll fd `fd` of loop thread `tid` to be a new loop's poller.
 #[inline(always)]
-fn end_off_await(tid: u32, now: u64, threshold_ns: u64) -> bool {
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return false;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let timing = unsafe { &mut *timing };
+fn adopts(tid: u32, fd: u32) -> bool {
+    // SAFETY: read-only access to a value userspace writes whole.
+    unsafe { THREAD_CLASS.get(tid) }.is_some_and(|c| c.class == class::LOOP && c.poll_fd == fd)
+}
+
+/// Closes the loop thread's off-await interval at `now`, reporting it when it reached
+/// `threshold_ns`.
+#[inline(always)]
+fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
     close_period(timing, now);
     let left = timing.poll_exit_ns;
     timing.poll_exit_ns = 0;
     timing.syscall_enter_ns = 0;
     if left == 0 || now.saturating_sub(left) < threshold_ns {
-        return true;
+        return;
     }
     if let Some(mut entry) = reserve::<StallEvent>(Counter::LostStall) {
         entry.write(StallEvent {
@@ -103,12 +126,12 @@ fn end_off_await(tid: u32, now: u64, threshold_ns: u64) -> bool {
         });
         entry.submit(0);
     }
-    true
 }
 
-/// Sends the thread's stack at a poll call so userspace can classify the thread.
+/// Sends the thread's stack at a poll call on epoll fd `fd` so userspace can classify
+/// the thread (`foreign`: a loop thread polling another fd than its loop's).
 #[inline(always)]
-fn send_poll_stack(tgid: u32, now: u64) {
+fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) {
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
@@ -118,18 +141,29 @@ fn send_poll_stack(tgid: u32, now: u64) {
     // SAFETY: the entry is ours until submitted; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = header(EventKind::PollStack, now);
+    event.poll_fd = fd;
+    event.foreign = u32::from(foreign);
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
 }
 
-/// Flagged thread `tid` leaves its poller: a loop starts an off-await interval; a thread
-/// found not to be a loop loses its flag.
+/// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an off-await
+/// interval; a thread found not to be a loop loses its flag.
 #[inline(always)]
-pub fn on_poll_exit(tid: u32) {
+pub fn on_poll_exit(tid: u32, ret: i64) {
     let now = now_ns();
     if let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
+        // The loop's own poll cleared the call at entry: this is another fd's poll,
+        // unless userspace meanwhile found it to be a new loop's.
+        if timing.syscall_enter_ns != 0 {
+            if !adopts(tid, timing.foreign_fd) {
+                on_block_exit(ret);
+                return;
+            }
+            timing.loop_fd = timing.foreign_fd;
+        }
         timing.poll_exit_ns = now;
         timing.syscall_enter_ns = 0;
         timing.off_cpu_since_ns = 0;
@@ -140,18 +174,35 @@ pub fn on_poll_exit(tid: u32) {
         return;
     }
     // SAFETY: read-only access to a value userspace writes whole.
-    match unsafe { THREAD_CLASS.get(tid) }.map(|t| t.class) {
-        Some(class::LOOP) => {
+    match unsafe { THREAD_CLASS.get(tid) } {
+        Some(thread) if thread.class == class::LOOP => {
             let timing = LoopTiming {
                 poll_exit_ns: now,
+                loop_fd: thread.poll_fd,
+                foreign_fd: NO_FD,
                 ..LoopTiming::default()
             };
             if LOOP_TIMING.insert(tid, timing, 0).is_err() {
                 count(Counter::ThreadMapFull);
             }
         }
-        Some(class::PENDING) => {}
+        Some(thread) if thread.class == class::PENDING => {}
         _ => mark_loop_thread(tid, false),
+    }
+}
+
+/// Loop thread `tid` closes a file descriptor: when it is its loop's poller, the loop is
+/// gone, and the thread is classified afresh at its next poll.
+#[inline(always)]
+pub fn on_close(tid: u32, regs: *const u8) {
+    let Some(config) = config() else { return };
+    // SAFETY: read-only lookup; the entry is removed, not written.
+    let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
+        return;
+    };
+    if syscall_arg(config, regs, 0).is_some_and(|fd| fd as u32 == timing.loop_fd) {
+        let _ = LOOP_TIMING.remove(tid);
+        let _ = THREAD_CLASS.remove(tid);
     }
 }
 
@@ -255,7 +306,10 @@ pub fn on_block_exit(ret: i64) {
     let Some(config) = config() else { return };
     let long = now.saturating_sub(start) >= config.min_block_ns;
     if timing.syscall_cause == cause::GIL as u32 {
-        if long {
+        // The interpreter waits for the GIL in slices of its switch interval (5 ms),
+        // each shorter than `min_block_ns` at high thresholds: what counts is how long
+        // the loop has been away.
+        if now.saturating_sub(timing.poll_exit_ns) >= config.min_block_ns {
             send_gil_wait(tid, now);
         }
         let _ = GIL_WAITS.remove(tid);

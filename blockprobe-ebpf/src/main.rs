@@ -20,18 +20,24 @@ use aya_ebpf::{
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use blockprobe_common::syscalls::{is_blocking, is_poller};
+use blockprobe_common::syscalls::{is_blocking, is_poller, nr::CLOSE};
 
 /// `raw_syscalls:sys_enter` (raw): pollers start a loop wait, blocking calls of loop
-/// threads are timed. Every syscall on the host passes here: anything but a poller costs
-/// a compare and, for blocking calls, one array load.
+/// threads are timed, and a loop closing its poller ends it. Every syscall on the host
+/// passes here: anything but a poller costs a few compares and, for blocking calls and
+/// `close`, one array load.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     if is_poller(nr) {
-        loop_thread::on_poll_enter();
+        loop_thread::on_poll_enter(nr as u32, ctx.arg(0));
     } else if is_blocking(nr) && maps::is_loop_thread(emit::current_ids().1) {
         loop_thread::on_block_enter(nr as u32, ctx.arg(0));
+    } else if nr == u64::from(CLOSE) {
+        let tid = emit::current_ids().1;
+        if maps::is_loop_thread(tid) {
+            loop_thread::on_close(tid, ctx.arg(0));
+        }
     }
     0
 }
@@ -54,7 +60,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         bpf_probe_read_kernel(regs.add(config.pt_regs_syscall_nr_offset as usize) as *const u64)
     };
     match nr {
-        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid),
+        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid, ctx.arg(1)),
         Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1)),
         _ => {}
     }
@@ -79,8 +85,8 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Sampling timer (perf cpu-clock, every CPU): the stack of a loop thread running long
-/// off-await, for CPU-bound stalls.
+/// Sampling timer (perf task clock, one per loop thread): the stack of a loop thread
+/// running long off-await, for CPU-bound stalls.
 #[perf_event]
 pub fn cpu_sample(_ctx: PerfEventContext) -> u32 {
     loop_thread::on_cpu_sample();

@@ -292,6 +292,13 @@ impl Aggregator {
         }
     }
 
+    /// Whether thread `tid` of process `pid` is known to run an event loop.
+    pub fn is_loop_thread(&self, pid: u32, tid: u32) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| p.loop_threads.binary_search(&tid).is_ok())
+    }
+
     /// Records that thread `tid` of registered process `pid` runs an event loop.
     /// Ignored if the process is not registered.
     pub fn add_loop_thread(&mut self, pid: u32, tid: u32) {

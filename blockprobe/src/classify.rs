@@ -11,12 +11,19 @@
 
 use crate::model::Frame;
 
-/// Whether `stack` (innermost first) is an asyncio event loop's poll.
+/// Whether `stack` (innermost first) is an asyncio event loop's poll: the frame that
+/// called into `selectors` (or into C, for uvloop) is the loop itself. A callback running
+/// sync `selectors` code under `_run_once` polls too, and that poll is not the loop's.
 pub fn is_asyncio_loop(stack: &[Frame]) -> bool {
-    let stdlib_loop = stack.iter().any(|f| {
-        f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
-    });
-    stdlib_loop || stack.first().is_some_and(is_loop_runner)
+    stack
+        .iter()
+        .find(|f| !path_ends_with(&f.file, "selectors.py"))
+        .is_some_and(|caller| is_run_once(caller) || is_loop_runner(caller))
+}
+
+/// `BaseEventLoop._run_once`: the selector event loop's iteration.
+fn is_run_once(f: &Frame) -> bool {
+    f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
 }
 
 /// `asyncio.run` / `asyncio.Runner.run` (3.11+) / `uvloop.run`: frames that call a loop's
@@ -96,6 +103,18 @@ mod tests {
             frame("serve_forever", "/usr/lib/python3.11/socketserver.py"),
         ];
         assert!(!is_asyncio_loop(&sync));
+        // A callback's own selector, called under the loop's iteration.
+        let in_callback = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("wait_for_device", "/app/handlers.py"),
+            frame("handler", "/app/handlers.py"),
+            frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),
+            frame(
+                "BaseEventLoop._run_once",
+                "/usr/lib/python3.11/asyncio/base_events.py",
+            ),
+        ];
+        assert!(!is_asyncio_loop(&in_callback));
         let lookalike = [frame("Scheduler._run_once", "/app/sched.py")];
         assert!(!is_asyncio_loop(&lookalike));
         assert!(!is_asyncio_loop(&[]));

@@ -35,6 +35,10 @@ pub enum Event {
         pid: u32,
         /// Thread id.
         tid: u32,
+        /// The epoll fd polled.
+        poll_fd: u32,
+        /// The thread already runs a loop, which polls another fd.
+        foreign: bool,
         /// The Python stack at the poll call.
         stack: Box<RawStack>,
     },
@@ -144,6 +148,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
             Event::PollStack {
                 pid,
                 tid,
+                poll_fd: e.poll_fd,
+                foreign: e.foreign != 0,
                 stack: sane(e.stack),
             }
         }

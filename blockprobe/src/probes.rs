@@ -214,15 +214,22 @@ impl Probes {
             .with_context(|| format!("removing pid {pid} from the traced family"))
     }
 
-    /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`).
-    pub fn classify_thread(&mut self, tid: u32, is_loop: bool, now_ns: u64) -> anyhow::Result<()> {
+    /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`) from its
+    /// poll call on epoll fd `poll_fd`.
+    pub fn classify_thread(
+        &mut self,
+        tid: u32,
+        is_loop: bool,
+        poll_fd: u32,
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
         let value = ThreadClass {
             class: if is_loop {
                 class::LOOP
             } else {
                 class::NOT_LOOP
             },
-            _pad: 0,
+            poll_fd,
             since_ns: now_ns,
         };
         self.thread_class

@@ -266,29 +266,27 @@ impl Session {
                     self.sink.status(&Status::Detached { pid, reason })?;
                 }
             }
-            Event::PollStack { pid, tid, stack } => {
+            Event::PollStack {
+                pid,
+                tid,
+                poll_fd,
+                foreign,
+                stack,
+            } => {
                 let frames = self.symbolize(pid, &stack);
                 let is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
-                self.probes
-                    .classify_thread(tid, is_loop, self.clock.monotonic_ns())?;
+                // A loop thread polling another fd: a new loop it now runs is adopted;
+                // a callback's own selector leaves the thread a loop.
+                if is_loop || !foreign {
+                    self.probes.classify_thread(
+                        tid,
+                        is_loop,
+                        poll_fd,
+                        self.clock.monotonic_ns(),
+                    )?;
+                }
                 if is_loop {
-                    // A running loop means asyncio is imported: its task offsets (3.14+)
-                    // can now be found and handed to the stack walk.
-                    if let Some(traced) = self.processes.get_mut(&pid)
-                        && traced.python.refresh_asyncio()
-                    {
-                        let recipe = traced.python.walk_config();
-                        self.probes.trace_process(pid, recipe)?;
-                    }
-                    // Without samples, only this thread's CPU-bound stalls lose their
-                    // culprit: say so, keep tracing.
-                    if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
-                        self.warn(format!(
-                            "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
-                        ))?;
-                    }
-                    self.aggregator.add_loop_thread(pid, tid);
-                    self.sink.status(&Status::Loop { pid, tid })?;
+                    self.loop_found(pid, tid)?;
                 }
             }
             Event::BlockedCall {
@@ -367,6 +365,30 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Thread `tid` of `pid` runs an event loop: said every time one is found (a thread
+    /// may close its loop and run another); the first time, its sampler is attached.
+    fn loop_found(&mut self, pid: u32, tid: u32) -> anyhow::Result<()> {
+        if !self.aggregator.is_loop_thread(pid, tid) {
+            // A running loop means asyncio is imported: its task offsets (3.14+) can
+            // now be found and handed to the stack walk.
+            if let Some(traced) = self.processes.get_mut(&pid)
+                && traced.python.refresh_asyncio()
+            {
+                let recipe = traced.python.walk_config();
+                self.probes.trace_process(pid, recipe)?;
+            }
+            // Without samples, only this thread's CPU-bound stalls lose their culprit:
+            // say so, keep tracing.
+            if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
+                self.warn(format!(
+                    "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
+                ))?;
+            }
+            self.aggregator.add_loop_thread(pid, tid);
+        }
+        self.sink.status(&Status::Loop { pid, tid })
     }
 
     /// Shows a warning.

@@ -2,8 +2,8 @@
 
 use blockprobe_common::syscalls::nr;
 
-/// Name of every timed syscall, by x86_64 number.
-const NAMES: [(u32, &str); 26] = [
+/// Name of every timed syscall (pollers too: a callback's own selector), by x86_64 number.
+const NAMES: [(u32, &str); 29] = [
     (nr::NANOSLEEP, "nanosleep"),
     (nr::CLOCK_NANOSLEEP, "clock_nanosleep"),
     (nr::READ, "read"),
@@ -30,6 +30,9 @@ const NAMES: [(u32, &str); 26] = [
     (nr::FUTEX_WAIT, "futex_wait"),
     (nr::WAIT4, "wait4"),
     (nr::WAITID, "waitid"),
+    (nr::EPOLL_WAIT, "epoll_wait"),
+    (nr::EPOLL_PWAIT, "epoll_pwait"),
+    (nr::EPOLL_PWAIT2, "epoll_pwait2"),
 ];
 
 /// The name of timed syscall `nr`.
@@ -39,16 +42,17 @@ pub fn name(nr: u32) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use blockprobe_common::syscalls::{cause_of, is_blocking};
+    use blockprobe_common::syscalls::{cause_of, is_blocking, is_poller};
 
     use super::*;
 
     #[test]
     fn every_timed_syscall_has_its_libc_name() {
-        let timed: Vec<u64> = (0..1024).filter(|&n| is_blocking(n)).collect();
-        assert_eq!(timed.len(), NAMES.len(), "a timed syscall has no name");
+        let timed = |n: u64| is_blocking(n) || is_poller(n);
+        let count = (0..1024).filter(|&n| timed(n)).count();
+        assert_eq!(count, NAMES.len(), "a timed syscall has no name");
         for (nr, name) in NAMES {
-            assert!(is_blocking(u64::from(nr)), "{name} is named but not timed");
+            assert!(timed(u64::from(nr)), "{name} is named but not timed");
         }
         assert_eq!(
             name(libc::SYS_clock_nanosleep as u32),
@@ -68,6 +72,7 @@ mod tests {
         assert_eq!(cause_of(libc::SYS_fsync as u32), cause::IO);
         assert_eq!(cause_of(libc::SYS_futex as u32), cause::LOCK);
         assert_eq!(cause_of(libc::SYS_wait4 as u32), cause::WAIT);
+        assert_eq!(cause_of(libc::SYS_epoll_wait as u32), cause::IO);
         assert_eq!(cause_of(libc::SYS_getpid as u32), cause::OTHER);
     }
 }

@@ -462,7 +462,8 @@ pub fn kind(event: &Value) -> &str {
     event.get("event").and_then(Value::as_str).unwrap_or("")
 }
 
-fn field_u32(event: &Value, name: &str) -> Option<u32> {
+/// Field `name` of a JSON event, as a u32.
+pub fn field_u32(event: &Value, name: &str) -> Option<u32> {
     event
         .get(name)
         .and_then(Value::as_u64)
@@ -1419,9 +1420,23 @@ pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
 /// takes it through the protocol of [`run_scenario`].
 #[track_caller]
 pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: usize) -> Ran {
+    drive_scenario_after(python, name, cmd, stalls, |_, _| {})
+}
+
+/// [`drive_scenario`] for a script with steps of its own before its READY: `prelude`
+/// takes it through them.
+#[track_caller]
+pub fn drive_scenario_after(
+    python: &Python,
+    name: &str,
+    cmd: &mut Command,
+    stalls: usize,
+    prelude: impl FnOnce(&CtxRef, &Proc),
+) -> Ran {
     let ctx = Ctx::new();
     let script = script(name);
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
+    prelude(&ctx, &bp);
     let (_, pid) = ctx.wait_live(&bp, name);
     let go = unix_now_ns();
     bp.send("GO");

@@ -28,6 +28,7 @@ python_matrix!(
     sleep,
     requests_get,
     pipe_read,
+    selector_wait,
     fsync,
     thread_lock,
     gil_hog,
@@ -269,6 +270,26 @@ fn pipe_read(python: &Python) {
             syscall: Some("read"),
             culprit: "read_message",
             culprit_line: Some(line(&ran, "BLOCK read_message")),
+        },
+    );
+    check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));
+}
+
+/// A coroutine's own sync selector (epoll, the loop's poller's syscall) waiting 150 ms
+/// for a pipe: a blocking call inside the stall, not the loop coming back to its poller:
+/// `io` in `epoll_wait`.
+fn selector_wait(python: &Python) {
+    let ran = run_case(python, "cause_selector.py", &[], 1);
+    let stall = ran.only_stall();
+    check(
+        &ran,
+        &stall,
+        &Expect {
+            measured: "wait_for_device",
+            cause: "io",
+            syscall: Some("epoll_wait"),
+            culprit: "wait_for_device",
+            culprit_line: Some(line(&ran, "BLOCK wait_for_device")),
         },
     );
     check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));

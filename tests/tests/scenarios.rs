@@ -5,9 +5,18 @@
 
 use std::time::Duration;
 
-use blockprobe_tests::{Python, Scenario, python_matrix, run_scenario};
+use blockprobe_tests::{
+    Python, Scenario, drive_scenario_after, field_u32, kind, python_matrix, require_root,
+    run_command, run_scenario, script,
+};
 
-python_matrix!(sleep_in_coroutine, sync_chain, blocking_recv, two_loops);
+python_matrix!(
+    sleep_in_coroutine,
+    sync_chain,
+    blocking_recv,
+    two_loops,
+    loop_replaced
+);
 
 /// The same scenarios with uvloop running the loop (libuv polls; Cython frames are no
 /// Python frames): pyenv 3.11 with uvloop from PyPI, Debian sid 3.14 with its own.
@@ -244,5 +253,44 @@ fn first_wakeup_of_an_idle_loop() {
             nominal: Duration::from_millis(50),
             window_unix_ns: Some((go, seen)),
         },
+    );
+}
+
+/// A loop closed and replaced by a new one in the same thread: the 300 ms between them
+/// belong to no loop (no stall), and the new loop is found again and its 200 ms stall
+/// attributed.
+fn loop_replaced(python: &Python) {
+    require_root();
+    let name = "loop_replaced.py";
+    let mut cmd = run_command(python, &script(name), &[], &[]);
+    let ran = drive_scenario_after(python, name, &mut cmd, 1, |ctx, bp| {
+        let tid: u32 = ctx.wait_for("the script's FIRST line", || {
+            bp.texts().iter().find_map(|text| {
+                text.strip_prefix("FIRST ")
+                    .and_then(|id| id.trim().parse().ok())
+            })
+        });
+        let loops_found = || {
+            bp.events()
+                .iter()
+                .filter(|e| kind(e) == "loop" && field_u32(e, "tid") == Some(tid))
+                .count()
+        };
+        ctx.wait_for("blockprobe's `loop` event for the first loop", || {
+            (loops_found() >= 1).then_some(())
+        });
+        bp.send("NEXT");
+        ctx.wait_for("blockprobe's `loop` event for the second loop", || {
+            (loops_found() >= 2).then_some(())
+        });
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "handler",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(200),
     );
 }
