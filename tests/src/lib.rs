@@ -1387,11 +1387,15 @@ pub fn trace_command(pids: &[u32]) -> Command {
     cmd
 }
 
-/// The command line of `blockprobe run` for a scenario.
+/// The command line of `blockprobe run` for a scenario (with the tests' threshold unless
+/// `opts` sets one).
 pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &[&str]) -> Command {
     let mut cmd = Command::new(blockprobe_bin());
-    cmd.args(["run", "--format", "jsonl", "--threshold", THRESHOLD])
-        .args(opts)
+    cmd.args(["run", "--format", "jsonl"]);
+    if !opts.contains(&"--threshold") {
+        cmd.args(["--threshold", THRESHOLD]);
+    }
+    cmd.args(opts)
         .arg("--")
         .arg(&python.path)
         .arg(script)

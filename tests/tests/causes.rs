@@ -32,6 +32,7 @@ python_matrix!(
     fsync,
     thread_lock,
     gil_hog,
+    gil_hog_high_threshold,
     subprocess_wait,
     cpu_bound,
     runqueue,
@@ -52,8 +53,20 @@ const MIN_RUNQUEUE_SHARE: f64 = 0.20;
 /// waits for `stalls` stalls.
 #[track_caller]
 fn run_case(python: &Python, name: &str, env: &[(&str, OsString)], stalls: usize) -> Ran {
+    run_case_with(python, name, env, &[], stalls)
+}
+
+/// [`run_case`] with blockprobe options `opts`.
+#[track_caller]
+fn run_case_with(
+    python: &Python,
+    name: &str,
+    env: &[(&str, OsString)],
+    opts: &[&str],
+    stalls: usize,
+) -> Ran {
     require_root();
-    let mut cmd = run_command(python, &script(name), &[], &[]);
+    let mut cmd = run_command(python, &script(name), &[], opts);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let ran = drive_scenario(python, name, &mut cmd, stalls);
     ran.expect_success();
@@ -354,20 +367,32 @@ fn thread_lock(python: &Python) {
 /// 20 ms: `gil`, `gil_holder_tid` the hog thread's native id (3.11+), culprit the hog thread's
 /// function `crunch`, at its `re.match` line.
 fn gil_hog(python: &Python) {
-    let ran = run_case(python, "cause_gil.py", &[], 1);
+    check_gil_hog(&run_case(python, "cause_gil.py", &[], 1), python);
+}
+
+/// [`gil_hog`] at `--threshold 100ms`: the interpreter waits for the GIL in slices of
+/// its 5 ms switch interval, each far below the threshold; the holder is still found.
+fn gil_hog_high_threshold(python: &Python) {
+    let ran = run_case_with(python, "cause_gil.py", &[], &["--threshold", "100ms"], 1);
+    check_gil_hog(&ran, python);
+}
+
+/// The checks of [`gil_hog`].
+#[track_caller]
+fn check_gil_hog(ran: &Ran, python: &Python) {
     let stall = ran.only_stall();
     let measured = check(
-        &ran,
+        ran,
         &stall,
         &Expect {
             measured: "handle_ping",
             cause: "gil",
             syscall: Some("futex"),
             culprit: "crunch",
-            culprit_line: Some(line(&ran, "HOG crunch")),
+            culprit_line: Some(line(ran, "HOG crunch")),
         },
     );
-    let hog = hog_id(&ran, "crunch");
+    let hog = hog_id(ran, "crunch");
     // blockprobe reads the holder's `PyThreadState.native_thread_id` only on 3.11+ (its
     // layouts for 3.9/3.10 do not record the field): there, no tid rather than a wrong one.
     let expected = (python.major_minor() >= (3, 11)).then_some(hog);
