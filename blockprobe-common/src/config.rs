@@ -41,8 +41,30 @@ pub struct GlobalConfig {
     /// 1 when the `sched_process_exit` tracepoint passes `group_dead` (its second
     /// argument); 0 on kernels without it (then a process is gone when its leader exits).
     pub exit_has_group_dead: u32,
+    /// How to find the inode mode of a file descriptor of the current task.
+    pub fd_path: FdPath,
 }
-assert_size!(GlobalConfig, 72);
+assert_size!(GlobalConfig, 96);
+
+/// Offsets (from BTF) of the chain from a task to the type of a file descriptor:
+/// `task->files->fdt`, bounded by `fdt->max_fds`, `fdt->fd[n]->f_inode->i_mode`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FdPath {
+    /// Offset of `files` in `struct task_struct`.
+    pub task_files: u32,
+    /// Offset of `fdt` in `struct files_struct`.
+    pub files_fdt: u32,
+    /// Offset of `max_fds` in `struct fdtable`.
+    pub fdt_max_fds: u32,
+    /// Offset of `fd` (the `struct file *` array) in `struct fdtable`.
+    pub fdt_fd: u32,
+    /// Offset of `f_inode` in `struct file`.
+    pub file_inode: u32,
+    /// Offset of `i_mode` in `struct inode`.
+    pub inode_mode: u32,
+}
+assert_size!(FdPath, 24);
 
 /// How to find and walk the Python stack of a thread of one process
 /// (value of [`crate::maps::PROCESSES`]). Every offset is in bytes.

@@ -129,10 +129,14 @@ pub struct BlockedCallEvent {
     pub start_ns: u64,
     /// The call's return value.
     pub ret: i64,
+    /// The file descriptor it was made on (-1: the call takes none).
+    pub fd: i32,
+    /// The file type bits (`S_IFMT`) of that descriptor's inode; 0: unknown.
+    pub fd_mode: u32,
     /// The Python stack making the call (unchanged between entry and return).
     pub stack: RawStack,
 }
-assert_size!(BlockedCallEvent, 48 + core::mem::size_of::<RawStack>());
+assert_size!(BlockedCallEvent, 56 + core::mem::size_of::<RawStack>());
 
 /// A loop iteration whose off-await time reached the threshold.
 #[repr(C)]

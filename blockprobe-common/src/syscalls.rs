@@ -73,6 +73,31 @@ pub const fn fd_count_arg(nr: u32) -> Option<usize> {
     }
 }
 
+/// The file type bits of an inode's mode (`S_IFMT`).
+pub const S_IFMT: u32 = 0o170_000;
+
+/// Whether the first argument of timed syscall `nr` is the file descriptor it waits on.
+pub const fn takes_fd(nr: u32) -> bool {
+    matches!(
+        nr,
+        nr::READ
+            | nr::WRITE
+            | nr::PREAD64
+            | nr::READV
+            | nr::WRITEV
+            | nr::CONNECT
+            | nr::ACCEPT
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::FSYNC
+            | nr::FDATASYNC
+            | nr::ACCEPT4
+            | nr::RECVMMSG
+    )
+}
+
 /// Whether `nr` is a syscall whose blocking is timed when a loop thread makes it off-await.
 pub const fn is_blocking(nr: u64) -> bool {
     nr <= u32::MAX as u64

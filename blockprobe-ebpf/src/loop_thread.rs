@@ -6,7 +6,7 @@
 //! starts an off-await interval, coming back ends it (a stall when it reached the
 //! threshold), and blocking syscalls inside it are reported with their Python stack.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use blockprobe_common::{
     cause,
     config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess},
@@ -14,7 +14,7 @@ use blockprobe_common::{
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
-    syscalls::{cause_of, fd_count_arg, is_futex},
+    syscalls::{S_IFMT, cause_of, fd_count_arg, is_futex, takes_fd},
     thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
@@ -147,10 +147,10 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) {
     entry.submit(0);
 }
 
-/// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an off-await
+/// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop starts an off-await
 /// interval; a thread found not to be a loop loses its flag.
 #[inline(always)]
-pub fn on_poll_exit(tid: u32, ret: i64) {
+pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
     let now = now_ns();
     if let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -159,7 +159,7 @@ pub fn on_poll_exit(tid: u32, ret: i64) {
         // unless userspace meanwhile found it to be a new loop's.
         if timing.syscall_enter_ns != 0 {
             if !adopts(tid, timing.foreign_fd) {
-                on_block_exit(ret);
+                on_block_exit(ret, regs);
                 return;
             }
             timing.loop_fd = timing.foreign_fd;
@@ -285,11 +285,12 @@ fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
     }
 }
 
-/// A thread returns from a blocking syscall: long ones are reported with their stack. The
-/// Python frames cannot change while the thread is inside the syscall, so the stack
-/// walked at return is the stack that made the call.
+/// A thread returns from a blocking syscall (return value `ret`, saved registers
+/// `regs`): long ones are reported with their stack and the type of the file descriptor
+/// they waited on. The Python frames cannot change while the thread is inside the
+/// syscall, so the stack walked at return is the stack that made the call.
 #[inline(always)]
-pub fn on_block_exit(ret: i64) {
+pub fn on_block_exit(ret: i64, regs: *const u8) {
     let (tgid, tid) = current_ids();
     let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
         return;
@@ -331,8 +332,44 @@ pub fn on_block_exit(ret: i64) {
     event.cause = timing.syscall_cause;
     event.start_ns = start;
     event.ret = ret;
+    event.fd = -1;
+    event.fd_mode = 0;
+    if takes_fd(timing.syscall_nr)
+        && let Some(fd) = syscall_arg(config, regs, 0)
+    {
+        event.fd = fd as i32;
+        event.fd_mode = fd_mode(config, fd as u32).unwrap_or(0);
+    }
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
+}
+
+/// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.
+#[inline(always)]
+fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
+    let path = &config.fd_path;
+    // SAFETY: every read is fault-tolerant; the offsets come from the kernel's BTF and
+    // the index is bounded by the table's own size.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files: *const u8 =
+            bpf_probe_read_kernel(task.add(path.task_files as usize) as _).ok()?;
+        let fdt: *const u8 = bpf_probe_read_kernel(files.add(path.files_fdt as usize) as _).ok()?;
+        let max_fds: u32 = bpf_probe_read_kernel(fdt.add(path.fdt_max_fds as usize) as _).ok()?;
+        if fd >= max_fds {
+            return None;
+        }
+        let table: *const *const u8 =
+            bpf_probe_read_kernel(fdt.add(path.fdt_fd as usize) as _).ok()?;
+        let file = bpf_probe_read_kernel(table.add(fd as usize)).ok()?;
+        if file.is_null() {
+            return None;
+        }
+        let inode: *const u8 =
+            bpf_probe_read_kernel(file.add(path.file_inode as usize) as _).ok()?;
+        let mode: u16 = bpf_probe_read_kernel(inode.add(path.inode_mode as usize) as _).ok()?;
+        Some(u32::from(mode) & S_IFMT)
+    }
 }
 
 /// Sends the GIL wait of thread `tid` that just ended.

@@ -60,8 +60,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         bpf_probe_read_kernel(regs.add(config.pt_regs_syscall_nr_offset as usize) as *const u64)
     };
     match nr {
-        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid, ctx.arg(1)),
-        Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1)),
+        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid, ctx.arg(1), regs),
+        Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1), regs),
         _ => {}
     }
     0

@@ -446,6 +446,7 @@ pub(crate) mod tests {
             duration_ns: dur,
             cause: Cause::Sleep,
             syscall: Some("clock_nanosleep".into()),
+            fd_kind: None,
             causes,
             stack: culprit.iter().cloned().collect(),
             culprit,

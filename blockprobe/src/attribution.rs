@@ -9,7 +9,7 @@ use foldhash::HashMap;
 use blockprobe_common::cause;
 
 use crate::{
-    model::{Cause, Frame, Stall},
+    model::{Cause, FdKind, Frame, Stall},
     python::origin::{Origin, classify},
     syscalls,
 };
@@ -28,6 +28,8 @@ pub struct BlockedCall {
     pub start_ns: u64,
     /// Return time (monotonic ns).
     pub end_ns: u64,
+    /// What its file descriptor was, when it takes one.
+    pub fd_kind: Option<FdKind>,
     /// The Python stack that made it, innermost first.
     pub stack: Vec<Frame>,
     /// The asyncio task that made it, when known.
@@ -164,6 +166,7 @@ impl Attributor {
             duration_ns,
             cause,
             syscall: None,
+            fd_kind: None,
             causes,
             stack: Vec::new(),
             culprit: None,
@@ -196,6 +199,7 @@ impl Attributor {
             _ => {
                 if let Some(call) = longest_call(Some(cause)).or_else(|| longest_call(None)) {
                     stall.syscall = syscalls::name(call.nr).map(str::to_owned);
+                    stall.fd_kind = call.fd_kind;
                     stall.stack.clone_from(&call.stack);
                     stall.task.clone_from(&call.task);
                 }
@@ -304,6 +308,7 @@ mod tests {
             cause: Cause::Sleep,
             start_ns,
             end_ns,
+            fd_kind: None,
             stack: vec![
                 frame("inner", "/app/svc.py"),
                 frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),

@@ -56,6 +56,8 @@ pub enum Event {
         start_ns: u64,
         /// Return time (monotonic ns).
         end_ns: u64,
+        /// The file type bits of the descriptor it waited on (0: none, unknown).
+        fd_mode: u32,
         /// The Python stack that made the call.
         stack: Box<RawStack>,
     },
@@ -162,6 +164,7 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 cause: e.cause as usize,
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
+                fd_mode: e.fd_mode,
                 stack: sane(e.stack),
             }
         }

@@ -1,6 +1,7 @@
 //! Facts about the running kernel that the BPF programs need, read from its BTF.
 
 use anyhow::{Context as _, anyhow, bail};
+use blockprobe_common::config::FdPath;
 use btf_rs::{Backend, Btf, Type};
 
 /// The kernel's own BTF.
@@ -21,6 +22,8 @@ pub struct Offsets {
     pub task_pid: u64,
     /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
     pub task_state: u64,
+    /// The chain from a task to the type of one of its file descriptors.
+    pub fd_path: FdPath,
 }
 
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`.
@@ -45,6 +48,26 @@ pub fn offsets() -> anyhow::Result<Offsets> {
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
         pt_regs_arg1: member(&btf, &regs, "si")?.0,
+        fd_path: fd_path(&btf, &task)?,
+    })
+}
+
+/// The offsets of `task->files->fdt->fd[n]->f_inode->i_mode`.
+fn fd_path(btf: &Btf, task: &btf_rs::Struct) -> anyhow::Result<FdPath> {
+    let offset = |parent: &btf_rs::Struct, name: &str| -> anyhow::Result<u32> {
+        Ok(u32::try_from(member(btf, parent, name)?.0)?)
+    };
+    let files = named_struct(btf, "files_struct")?;
+    let fdtable = named_struct(btf, "fdtable")?;
+    let file = named_struct(btf, "file")?;
+    let inode = named_struct(btf, "inode")?;
+    Ok(FdPath {
+        task_files: offset(task, "files")?,
+        files_fdt: offset(&files, "fdt")?,
+        fdt_max_fds: offset(&fdtable, "max_fds")?,
+        fdt_fd: offset(&fdtable, "fd")?,
+        file_inode: offset(&file, "f_inode")?,
+        inode_mode: offset(&inode, "i_mode")?,
     })
 }
 
@@ -105,5 +128,13 @@ mod tests {
         // The state is near the start of task_struct, the pid well inside it.
         assert!(offsets.task_state < 64, "state at {}", offsets.task_state);
         assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
+        // `i_mode` opens struct inode; `fdt` and `fd` sit early in their structs.
+        let fd = offsets.fd_path;
+        assert_eq!(fd.inode_mode, 0);
+        assert!(
+            fd.files_fdt < 64 && fd.fdt_fd < 64 && fd.fdt_max_fds < 64,
+            "{fd:?}"
+        );
+        assert!(fd.task_files > 512 && fd.task_files < 16384, "{fd:?}");
     }
 }

@@ -68,6 +68,52 @@ impl Cause {
     }
 }
 
+/// What a file descriptor a blocking call waited on is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FdKind {
+    /// A regular file.
+    File,
+    /// A socket.
+    Socket,
+    /// A pipe or FIFO.
+    Pipe,
+    /// A character device (a terminal, `/dev/…`).
+    Char,
+    /// A block device.
+    Block,
+    /// A directory.
+    Dir,
+}
+
+impl FdKind {
+    /// The kind of an inode from its file type bits (`S_IFMT` of `st_mode`); `None` for
+    /// 0 (unknown) and anything else.
+    pub fn from_mode(mode: u32) -> Option<FdKind> {
+        Some(match mode & 0o170_000 {
+            0o100_000 => FdKind::File,
+            0o140_000 => FdKind::Socket,
+            0o010_000 => FdKind::Pipe,
+            0o020_000 => FdKind::Char,
+            0o060_000 => FdKind::Block,
+            0o040_000 => FdKind::Dir,
+            _ => return None,
+        })
+    }
+
+    /// The name used in reports and live output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FdKind::File => "file",
+            FdKind::Socket => "socket",
+            FdKind::Pipe => "pipe",
+            FdKind::Char => "char",
+            FdKind::Block => "block",
+            FdKind::Dir => "dir",
+        }
+    }
+}
+
 /// One stall: a loop iteration whose off-await time reached the threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stall {
@@ -85,6 +131,9 @@ pub struct Stall {
     pub cause: Cause,
     /// The blocking syscall that took longest, if any.
     pub syscall: Option<String>,
+    /// What that syscall's file descriptor was (file, socket, pipe, …), when it takes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd_kind: Option<FdKind>,
     /// Time spent blocked in syscalls during the stall, by cause.
     pub causes: std::collections::BTreeMap<Cause, u64>,
     /// The loop thread's Python stack while stalled, innermost first.
@@ -107,4 +156,26 @@ pub struct Stall {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FdKind;
+
+    #[test]
+    fn descriptor_kinds_from_inode_modes() {
+        // st_mode values as stat(2) gives them, permission bits included.
+        assert_eq!(FdKind::from_mode(0o100_644), Some(FdKind::File));
+        assert_eq!(FdKind::from_mode(0o140_777), Some(FdKind::Socket));
+        assert_eq!(FdKind::from_mode(0o010_600), Some(FdKind::Pipe));
+        assert_eq!(FdKind::from_mode(0o020_620), Some(FdKind::Char));
+        assert_eq!(FdKind::from_mode(0o060_660), Some(FdKind::Block));
+        assert_eq!(FdKind::from_mode(0o040_755), Some(FdKind::Dir));
+        assert_eq!(
+            FdKind::from_mode(0o120_777),
+            None,
+            "a symlink is never an open fd"
+        );
+        assert_eq!(FdKind::from_mode(0), None);
+    }
 }

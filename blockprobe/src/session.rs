@@ -17,7 +17,7 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
-    model::{Cause, Frame},
+    model::{Cause, FdKind, Frame},
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
     python::{Inspection, PythonProcess},
@@ -296,6 +296,7 @@ impl Session {
                 cause,
                 start_ns,
                 end_ns,
+                fd_mode,
                 stack,
             } => {
                 let task = self.task_name(pid, &stack);
@@ -306,6 +307,7 @@ impl Session {
                     cause: Cause::from_index(cause),
                     start_ns,
                     end_ns,
+                    fd_kind: FdKind::from_mode(fd_mode),
                     stack,
                 };
                 self.attributor.blocked_call(pid, tid, call);

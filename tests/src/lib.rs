@@ -420,6 +420,9 @@ pub struct Stall {
     /// The asyncio task the loop was running (3.14+).
     #[serde(default)]
     pub task: Option<String>,
+    /// What the blocking syscall's file descriptor was (file, socket, pipe, …).
+    #[serde(default)]
+    pub fd_kind: Option<String>,
 }
 
 impl Stall {
@@ -1062,6 +1065,17 @@ impl CtxRef {
                 },
             );
         }
+    }
+
+    /// Checks what the stall's blocking syscall waited on (`None`: it takes no fd).
+    #[track_caller]
+    pub fn check_fd_kind(&self, stall: &Stall, expected: Option<&str>) {
+        self.ensure(stall.fd_kind.as_deref() == expected, || {
+            format!(
+                "fd_kind is {:?}, expected {expected:?}: {stall:#?}",
+                stall.fd_kind
+            )
+        });
     }
 
     /// Checks that `stack` holds `expected` frames (function, marker of its line)

@@ -285,6 +285,7 @@ fn pipe_read(python: &Python) {
             culprit_line: Some(line(&ran, "BLOCK read_message")),
         },
     );
+    ran.ctx.check_fd_kind(&stall, Some("pipe"));
     check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));
 }
 
@@ -305,6 +306,8 @@ fn selector_wait(python: &Python) {
             culprit_line: Some(line(&ran, "BLOCK wait_for_device")),
         },
     );
+    // An epoll fd is no file, socket or pipe: the call is named, its fd is not.
+    ran.ctx.check_fd_kind(&stall, None);
     check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));
 }
 
@@ -343,6 +346,7 @@ fn fsync(python: &Python) {
             culprit_line: Some(line(&ran, "BLOCK save_snapshot")),
         },
     );
+    ran.ctx.check_fd_kind(&stall, Some("file"));
 }
 
 /// A `threading.Lock` another thread holds for 150 more ms: `lock` in `futex`.

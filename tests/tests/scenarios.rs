@@ -162,6 +162,7 @@ fn blocking_recv(python: &Python) {
         "recvfrom",
         Duration::from_millis(150),
     );
+    ran.ctx.check_fd_kind(&stall, Some("socket"));
     ran.ctx.check_stack_prefix(
         &stall,
         &ran.script,

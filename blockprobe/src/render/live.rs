@@ -126,7 +126,11 @@ pub fn stall_line(stall: &Stall) -> String {
 
 fn stall_line_at(stall: &Stall, clock: &str) -> String {
     let comm: String = escape(&stall.comm).chars().take(15).collect();
-    let syscall = stall.syscall.as_deref().map_or("-".into(), escape);
+    let syscall = match (stall.syscall.as_deref(), stall.fd_kind) {
+        (None, _) => "-".into(),
+        (Some(name), None) => escape(name),
+        (Some(name), Some(fd)) => format!("{}({})", escape(name), fd.as_str()).into(),
+    };
     let head = format!(
         "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<5} {:<15} ",
         stall.pid,
@@ -329,7 +333,7 @@ impl<E: Write> StallSink for QuietSink<E> {
 mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
-    use crate::model::Cause;
+    use crate::model::{Cause, FdKind};
 
     fn sample() -> Stall {
         let mut s = stall(4242, 1_700_000_000_123_456_789, 152_340_000, None);
@@ -408,6 +412,23 @@ mod tests {
         assert_eq!(v["comm"], "py\u{1b}[2J");
         assert_eq!(v["culprit"]["function"], "evil\n\u{1b}[31mfn");
         assert_eq!(v["syscall"], "read\u{7}");
+    }
+
+    #[test]
+    fn the_descriptor_kind_follows_the_syscall() {
+        let mut s = sample();
+        s.syscall = Some("read".into());
+        s.fd_kind = Some(FdKind::Pipe);
+        assert!(
+            stall_line(&s).contains(" read(pipe) "),
+            "{}",
+            stall_line(&s)
+        );
+        let v: serde_json::Value = serde_json::from_str(&stall_json(&s)).unwrap();
+        assert_eq!(
+            (&v["syscall"], &v["fd_kind"]),
+            (&"read".into(), &"pipe".into())
+        );
     }
 
     #[test]
