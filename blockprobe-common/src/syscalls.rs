@@ -33,6 +33,22 @@ pub mod nr {
     pub const EPOLL_PWAIT2: u32 = 441;
     pub const FUTEX_WAITV: u32 = 449;
     pub const FUTEX_WAIT: u32 = 455;
+    pub const OPEN: u32 = 2;
+    pub const PWRITE64: u32 = 18;
+    pub const SENDFILE: u32 = 40;
+    pub const FCNTL: u32 = 72;
+    pub const FLOCK: u32 = 73;
+    pub const OPENAT: u32 = 257;
+    pub const SPLICE: u32 = 275;
+    pub const SYNC_FILE_RANGE: u32 = 277;
+    pub const PREADV: u32 = 295;
+    pub const PWRITEV: u32 = 296;
+    pub const SYNCFS: u32 = 306;
+    pub const SENDMMSG: u32 = 307;
+    pub const COPY_FILE_RANGE: u32 = 326;
+    pub const PREADV2: u32 = 327;
+    pub const PWRITEV2: u32 = 328;
+    pub const OPENAT2: u32 = 437;
 }
 
 /// Whether `nr` is one of the epoll-family pollers an asyncio loop parks in.
@@ -55,6 +71,8 @@ pub const fn cause_of(nr: u32) -> usize {
     match nr {
         nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => crate::cause::SLEEP,
         nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT => crate::cause::LOCK,
+        // fcntl blocks only to take a record lock (F_SETLKW); flock to take a file lock.
+        nr::FCNTL | nr::FLOCK => crate::cause::LOCK,
         nr::WAIT4 | nr::WAITID => crate::cause::WAIT,
         // A poll that is not the loop's own (a callback's sync selector) waits on fds.
         _ if is_blocking(nr as u64) || is_poller(nr as u64) => crate::cause::IO,
@@ -95,6 +113,19 @@ pub const fn takes_fd(nr: u32) -> bool {
             | nr::FDATASYNC
             | nr::ACCEPT4
             | nr::RECVMMSG
+            | nr::PWRITE64
+            | nr::SENDFILE
+            | nr::FCNTL
+            | nr::FLOCK
+            | nr::SPLICE
+            | nr::SYNC_FILE_RANGE
+            | nr::PREADV
+            | nr::PWRITEV
+            | nr::SYNCFS
+            | nr::SENDMMSG
+            | nr::COPY_FILE_RANGE
+            | nr::PREADV2
+            | nr::PWRITEV2
     )
 }
 
@@ -129,5 +160,21 @@ pub const fn is_blocking(nr: u64) -> bool {
                 | nr::PPOLL
                 | nr::ACCEPT4
                 | nr::RECVMMSG
+                | nr::OPEN
+                | nr::OPENAT
+                | nr::OPENAT2
+                | nr::PWRITE64
+                | nr::SENDFILE
+                | nr::FCNTL
+                | nr::FLOCK
+                | nr::SPLICE
+                | nr::SYNC_FILE_RANGE
+                | nr::PREADV
+                | nr::PWRITEV
+                | nr::SYNCFS
+                | nr::SENDMMSG
+                | nr::COPY_FILE_RANGE
+                | nr::PREADV2
+                | nr::PWRITEV2
         )
 }

@@ -3,7 +3,7 @@
 use blockprobe_common::syscalls::nr;
 
 /// Name of every timed syscall (pollers too: a callback's own selector), by x86_64 number.
-const NAMES: [(u32, &str); 29] = [
+const NAMES: [(u32, &str); 45] = [
     (nr::NANOSLEEP, "nanosleep"),
     (nr::CLOCK_NANOSLEEP, "clock_nanosleep"),
     (nr::READ, "read"),
@@ -33,6 +33,22 @@ const NAMES: [(u32, &str); 29] = [
     (nr::EPOLL_WAIT, "epoll_wait"),
     (nr::EPOLL_PWAIT, "epoll_pwait"),
     (nr::EPOLL_PWAIT2, "epoll_pwait2"),
+    (nr::OPEN, "open"),
+    (nr::OPENAT, "openat"),
+    (nr::OPENAT2, "openat2"),
+    (nr::PWRITE64, "pwrite64"),
+    (nr::PREADV, "preadv"),
+    (nr::PWRITEV, "pwritev"),
+    (nr::PREADV2, "preadv2"),
+    (nr::PWRITEV2, "pwritev2"),
+    (nr::SENDFILE, "sendfile"),
+    (nr::SENDMMSG, "sendmmsg"),
+    (nr::SPLICE, "splice"),
+    (nr::COPY_FILE_RANGE, "copy_file_range"),
+    (nr::SYNC_FILE_RANGE, "sync_file_range"),
+    (nr::SYNCFS, "syncfs"),
+    (nr::FCNTL, "fcntl"),
+    (nr::FLOCK, "flock"),
 ];
 
 /// The name of timed syscall `nr`.
@@ -61,6 +77,11 @@ mod tests {
         assert_eq!(name(libc::SYS_recvfrom as u32), Some("recvfrom"));
         assert_eq!(name(libc::SYS_futex as u32), Some("futex"));
         assert_eq!(name(libc::SYS_waitid as u32), Some("waitid"));
+        assert_eq!(
+            name(libc::SYS_copy_file_range as u32),
+            Some("copy_file_range")
+        );
+        assert_eq!(name(libc::SYS_openat2 as u32), Some("openat2"));
         assert_eq!(name(libc::SYS_getpid as u32), None);
     }
 
@@ -73,6 +94,8 @@ mod tests {
         assert_eq!(cause_of(libc::SYS_futex as u32), cause::LOCK);
         assert_eq!(cause_of(libc::SYS_wait4 as u32), cause::WAIT);
         assert_eq!(cause_of(libc::SYS_epoll_wait as u32), cause::IO);
+        assert_eq!(cause_of(libc::SYS_openat as u32), cause::IO);
+        assert_eq!(cause_of(libc::SYS_flock as u32), cause::LOCK);
         assert_eq!(cause_of(libc::SYS_getpid as u32), cause::OTHER);
     }
 }

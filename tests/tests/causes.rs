@@ -29,6 +29,7 @@ python_matrix!(
     requests_get,
     pipe_read,
     selector_wait,
+    fifo_open,
     fsync,
     thread_lock,
     gil_hog,
@@ -308,6 +309,24 @@ fn selector_wait(python: &Python) {
     );
     // An epoll fd is no file, socket or pipe: the call is named, its fd is not.
     ran.ctx.check_fd_kind(&stall, None);
+    check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));
+}
+
+/// `os.open` of a FIFO whose writer (a thread) opens it 150 ms later: `io` in `openat`.
+fn fifo_open(python: &Python) {
+    let ran = run_case(python, "cause_fifo.py", &[], 1);
+    let stall = ran.only_stall();
+    check(
+        &ran,
+        &stall,
+        &Expect {
+            measured: "open_feed",
+            cause: "io",
+            syscall: Some("openat"),
+            culprit: "open_feed",
+            culprit_line: Some(line(&ran, "BLOCK open_feed")),
+        },
+    );
     check_blocked_at_least(&ran, &stall, "io", Duration::from_millis(150));
 }
 
