@@ -13,6 +13,7 @@ pub mod maps;
 pub mod stack;
 pub mod syscalls;
 pub mod thread;
+pub mod walk;
 
 /// Asserts at compile time that a shared type has the size both sides expect.
 #[macro_export]

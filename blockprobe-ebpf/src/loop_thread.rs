@@ -16,6 +16,7 @@ use blockprobe_common::{
     },
     syscalls::{S_IFMT, cause_of, fd_count_arg, is_futex, takes_fd},
     thread::{LoopTiming, NO_FD, ThreadClass, class},
+    walk::{UserMemory, walk_thread},
 };
 
 use crate::{
@@ -26,7 +27,7 @@ use crate::{
     },
     process::announce_if_in_scope,
     sched::close_period,
-    walk,
+    walk::{self, CurrentUser},
 };
 
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`, saved registers
@@ -269,15 +270,19 @@ fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
     };
     // SAFETY: per-CPU scratch entry, ours for the duration of this program.
     let wait = unsafe { &mut *scratch };
-    let holder = walk::read_user_u64(process.gil_addr + GIL_LAST_HOLDER).unwrap_or(0);
+    let holder = CurrentUser
+        .read_u64(process.gil_addr + GIL_LAST_HOLDER)
+        .unwrap_or(0);
     wait.start_ns = now;
     wait.holder_tid = if holder != 0 && process.tstate_native_tid != 0 {
-        walk::read_user_u64(holder + process.tstate_native_tid as u64).unwrap_or(0) as u32
+        CurrentUser
+            .read_u64(holder + process.tstate_native_tid as u64)
+            .unwrap_or(0) as u32
     } else {
         0
     };
     wait._pad = 0;
-    walk::capture_thread(process, holder, &mut wait.stack);
+    walk_thread(&CurrentUser, process, holder, &mut wait.stack);
     // By reference: the 2 KiB value does not fit the 512-byte BPF stack.
     let wait: &GilWaitEvent = wait;
     if GIL_WAITS.insert(tid, wait, 0).is_err() {

@@ -453,6 +453,7 @@ pub(crate) mod tests {
             gil_holder_tid: None,
             task: None,
             cpu_samples: 0,
+            ongoing: false,
         }
     }
 

@@ -173,6 +173,7 @@ impl Attributor {
             gil_holder_tid: None,
             task: None,
             cpu_samples: 0,
+            ongoing: false,
         };
         let longest_call = |want: Option<Cause>| {
             calls

@@ -152,6 +152,10 @@ pub struct Stall {
     /// most frequent one).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cpu_samples: u32,
+    /// The loop was still stuck when tracing stopped: the stall lasted at least this
+    /// long, and its stack is where the loop was stuck then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ongoing: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -17,7 +17,7 @@ use blockprobe_common::{
     config::{GlobalConfig, PyProcess, Scope},
     counters::Counter,
     maps,
-    thread::{ThreadClass, class},
+    thread::{LoopTiming, ThreadClass, class},
 };
 
 use crate::tracefs;
@@ -49,7 +49,9 @@ pub struct Probes {
     processes: HashMap<MapData, u32, PyProcess>,
     family: HashMap<MapData, u32, u8>,
     thread_class: HashMap<MapData, u32, ThreadClass>,
+    loop_timing: HashMap<MapData, u32, LoopTiming>,
     counters: PerCpuArray<MapData, u64>,
+    threshold_ns: u64,
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
@@ -93,6 +95,8 @@ impl Probes {
             processes: HashMap::try_from(take(&mut ebpf, maps::PROCESSES)?)?,
             family: HashMap::try_from(take(&mut ebpf, maps::FAMILY)?)?,
             thread_class: HashMap::try_from(take(&mut ebpf, maps::THREAD_CLASS)?)?,
+            loop_timing: HashMap::try_from(take(&mut ebpf, maps::LOOP_TIMING)?)?,
+            threshold_ns: settings.threshold_ns,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
@@ -236,6 +240,16 @@ impl Probes {
         self.thread_class
             .insert(tid, value, 0)
             .with_context(|| format!("classifying thread {tid}"))
+    }
+
+    /// What the kernel side measures of loop thread `tid`'s current loop iteration.
+    pub fn loop_timing(&self, tid: u32) -> Option<LoopTiming> {
+        self.loop_timing.get(&tid, 0).ok()
+    }
+
+    /// The stall threshold the kernel side reports at.
+    pub fn threshold_ns(&self) -> u64 {
+        self.threshold_ns
     }
 
     /// Current totals of the kernel side's loss counters (summed over CPUs).

@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::stack::{RawStack, flags as stack_flags};
+use blockprobe_common::{
+    stack::{RawStack, flags as stack_flags},
+    walk::walk_thread,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -17,10 +20,10 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
-    model::{Cause, FdKind, Frame},
+    model::{Cause, FdKind, Frame, Stall},
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess},
+    python::{Inspection, PythonProcess, memory::ProcessMemory},
     render::live::{DetachReason, StallSink, Status},
 };
 
@@ -81,6 +84,9 @@ pub struct Session {
     last_counter_read: Instant,
     last_tick: tokio::time::Instant,
     own_pid: u32,
+    /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
+    /// stack of a loop still stuck when tracing stops.
+    loop_tstates: HashMap<u32, (u32, u64)>,
 }
 
 impl Session {
@@ -98,6 +104,7 @@ impl Session {
             lost_reported: HashMap::new(),
             last_counter_read: Instant::now(),
             last_tick: tokio::time::Instant::now(),
+            loop_tstates: HashMap::new(),
             own_pid: std::process::id(),
         }
     }
@@ -227,8 +234,80 @@ impl Session {
             }
         };
         self.drain(ring.get_mut())?;
+        self.report_ongoing()?;
         self.read_counters()?;
         Ok(reason)
+    }
+
+    /// Reports the loops still stuck now that tracing stops (a hang is the stall that
+    /// matters most, and it never returns to its poller): the stall so far, marked
+    /// ongoing, blamed on the call it is stuck in, whose stack is walked now.
+    fn report_ongoing(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.monotonic_ns();
+        let threads: Vec<(u32, (u32, u64))> =
+            self.loop_tstates.iter().map(|(&t, &p)| (t, p)).collect();
+        for (tid, (pid, tstate)) in threads {
+            let Some(timing) = self.probes.loop_timing(tid) else {
+                continue;
+            };
+            let start_ns = timing.poll_exit_ns;
+            if start_ns == 0 || now.saturating_sub(start_ns) < self.probes.threshold_ns() {
+                continue;
+            }
+            let mut off_cpu_ns = timing.off_cpu_ns;
+            if timing.off_cpu_since_ns != 0
+                && let Some(slot) = off_cpu_ns.get_mut(timing.off_cpu_cause as usize)
+            {
+                *slot += now.saturating_sub(timing.off_cpu_since_ns);
+            }
+            if timing.syscall_enter_ns != 0 {
+                let call = BlockedCall {
+                    task: None,
+                    nr: timing.syscall_nr,
+                    cause: Cause::from_index(timing.syscall_cause as usize),
+                    start_ns: timing.syscall_enter_ns,
+                    end_ns: now,
+                    fd_kind: None,
+                    stack: self.walk_now(pid, tstate).unwrap_or_default(),
+                };
+                self.attributor.blocked_call(pid, tid, call);
+            }
+            let mut stall = self.close_stall(StallWindow {
+                pid,
+                tid,
+                comm: self.comm(pid),
+                start_ns,
+                end_ns: now,
+                off_cpu_ns,
+            });
+            stall.ongoing = true;
+            self.sink.stall(&stall)?;
+            self.aggregator.record(stall);
+        }
+        Ok(())
+    }
+
+    /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
+    fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
+        let recipe = self.processes.get(&pid)?.python.walk_config();
+        // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
+        let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
+        walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
+        self.symbolize(pid, &raw)
+    }
+
+    /// The command name of traced process `pid`.
+    fn comm(&self, pid: u32) -> String {
+        self.processes
+            .get(&pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default()
+    }
+
+    /// The stall of `window`, from the evidence gathered inside it.
+    fn close_stall(&mut self, window: StallWindow) -> Stall {
+        let clock = self.clock;
+        self.attributor.close(window, |t| clock.to_unix_ns(t))
     }
 
     /// Handles every event waiting in the ring buffer.
@@ -286,7 +365,7 @@ impl Session {
                     )?;
                 }
                 if is_loop {
-                    self.loop_found(pid, tid)?;
+                    self.loop_found(pid, tid, stack.tstate)?;
                 }
             }
             Event::BlockedCall {
@@ -347,21 +426,14 @@ impl Session {
                 end_ns,
                 off_cpu_ns,
             } => {
-                let comm = self
-                    .processes
-                    .get(&pid)
-                    .map(|p| p.comm.clone())
-                    .unwrap_or_default();
-                let window = StallWindow {
+                let stall = self.close_stall(StallWindow {
                     pid,
                     tid,
-                    comm,
+                    comm: self.comm(pid),
                     start_ns,
                     end_ns,
                     off_cpu_ns,
-                };
-                let clock = self.clock;
-                let stall = self.attributor.close(window, |t| clock.to_unix_ns(t));
+                });
                 self.sink.stall(&stall)?;
                 self.aggregator.record(stall);
             }
@@ -369,9 +441,13 @@ impl Session {
         Ok(())
     }
 
-    /// Thread `tid` of `pid` runs an event loop: said every time one is found (a thread
-    /// may close its loop and run another); the first time, its sampler is attached.
-    fn loop_found(&mut self, pid: u32, tid: u32) -> anyhow::Result<()> {
+    /// Thread `tid` of `pid` (thread state `tstate`) runs an event loop: said every time
+    /// one is found (a thread may close its loop and run another); the first time, its
+    /// sampler is attached.
+    fn loop_found(&mut self, pid: u32, tid: u32, tstate: u64) -> anyhow::Result<()> {
+        if tstate != 0 {
+            self.loop_tstates.insert(tid, (pid, tstate));
+        }
         if !self.aggregator.is_loop_thread(pid, tid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found and handed to the stack walk.

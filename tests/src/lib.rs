@@ -423,6 +423,9 @@ pub struct Stall {
     /// What the blocking syscall's file descriptor was (file, socket, pipe, …).
     #[serde(default)]
     pub fd_kind: Option<String>,
+    /// The loop was still stuck when tracing stopped.
+    #[serde(default)]
+    pub ongoing: bool,
 }
 
 impl Stall {

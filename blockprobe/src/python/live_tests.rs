@@ -9,6 +9,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 
 use blockprobe_common::config::PyProcess;
 use blockprobe_common::stack::{MAX_FRAMES, RawFrame, RawStack};
+use blockprobe_common::walk::walk_thread;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -92,7 +93,7 @@ fn line_of(marker: &str) -> u32 {
     index as u32 + 1
 }
 
-/// Walks one thread's stack the way the BPF program does, from its thread pointer.
+/// Walks one thread's stack with the BPF program's walk, from its thread pointer.
 fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
     let mut stack = RawStack {
         len: 0,
@@ -101,26 +102,10 @@ fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
         task_name: 0,
         frames: [RawFrame::default(); MAX_FRAMES],
     };
-    stack.tstate = mem
+    let tstate = mem
         .read_u64(fsbase.wrapping_add(cfg.tstate_slot_offset))
         .unwrap();
-    let path = &cfg.frame_path[..cfg.frame_path_len as usize];
-    let mut frame = stack.tstate;
-    for &offset in path {
-        frame = mem.read_u64(frame + u64::from(offset)).unwrap();
-    }
-    while frame != 0 && (stack.len as usize) < MAX_FRAMES {
-        let code = mem.read_u64(frame + u64::from(cfg.frame_code)).unwrap() & cfg.code_mask;
-        let instr = mem.read_u64(frame + u64::from(cfg.frame_instr)).unwrap();
-        let skip = cfg.owner_skip_min != 0
-            && u32::from(mem.read_u8(frame + u64::from(cfg.frame_owner)).unwrap())
-                >= cfg.owner_skip_min;
-        // Shim frames keep their slot with code 0, as in blockprobe-ebpf's walk.
-        let code = if skip { 0 } else { code };
-        stack.frames[stack.len as usize] = RawFrame { code, instr };
-        stack.len += 1;
-        frame = mem.read_u64(frame + u64::from(cfg.frame_previous)).unwrap();
-    }
+    walk_thread(mem, cfg, tstate, &mut stack);
     stack
 }
 

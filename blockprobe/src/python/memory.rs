@@ -3,6 +3,7 @@
 use std::io::IoSliceMut;
 
 use anyhow::{Context as _, bail};
+use blockprobe_common::walk::UserMemory;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
 use nix::unistd::Pid;
 
@@ -100,12 +101,22 @@ impl ProcessMemory {
         Ok(u32::from_ne_bytes(b))
     }
 
-    /// Reads the byte at `addr` (BPF reads frame owners; the tests emulate it).
-    #[cfg(test)]
+    /// Reads the byte at `addr`.
     pub fn read_u8(&self, addr: u64) -> anyhow::Result<u8> {
         let mut b = [0; 1];
         self.read_bytes(addr, &mut b)?;
         Ok(b[0])
+    }
+}
+
+/// The shared stack walk reads a stuck thread's frames through this.
+impl UserMemory for ProcessMemory {
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        ProcessMemory::read_u64(self, addr).ok()
+    }
+
+    fn read_u8(&self, addr: u64) -> Option<u8> {
+        ProcessMemory::read_u8(self, addr).ok()
     }
 }
 

@@ -15,7 +15,7 @@ mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
-mod memory;
+pub mod memory;
 pub mod origin;
 mod process;
 mod symbolize;
