@@ -21,6 +21,20 @@ pub fn is_asyncio_loop(stack: &[Frame]) -> bool {
         .is_some_and(|caller| is_run_once(caller) || is_loop_runner(caller))
 }
 
+/// Whether a poll with Python stack `stack` is the poll of a loop written in C that a
+/// frame started with `run_forever`/`run_until_complete` (no Python frame of its own
+/// says so), from the interpreter's asyncio state at the poll (3.14+): the running loop
+/// is `native` (it polls from C, as `uvloop.Loop`), no task is running (a loop
+/// polls between task steps, while a task's own C call that polls runs inside its
+/// task), and `selectors` did not make the call.
+pub fn is_c_loop_poll(stack: &[Frame], native: bool, task_running: bool) -> bool {
+    !task_running
+        && native
+        && !stack
+            .first()
+            .is_some_and(|f| path_ends_with(&f.file, "selectors.py"))
+}
+
 /// `BaseEventLoop._run_once`: the selector event loop's iteration.
 fn is_run_once(f: &Frame) -> bool {
     f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
@@ -94,6 +108,23 @@ mod tests {
             frame("Runner.run", "/usr/lib/python3.14/asyncio/runners.py"),
         ];
         assert!(!is_asyncio_loop(&sync_in_main));
+    }
+
+    #[test]
+    fn c_loops_run_forever_are_loops_by_their_state() {
+        let caller = [
+            frame("serve", "/app/main.py"),
+            frame("<module>", "/app/main.py"),
+        ];
+        assert!(is_c_loop_poll(&caller, true, false));
+        // A task's C call polling, a Python loop class, a sync selector: not the loop.
+        assert!(!is_c_loop_poll(&caller, true, true));
+        assert!(!is_c_loop_poll(&caller, false, false));
+        let selector = [
+            frame("EpollSelector.select", "/usr/lib/python3.14/selectors.py"),
+            frame("callback", "/app/main.py"),
+        ];
+        assert!(!is_c_loop_poll(&selector, true, false));
     }
 
     #[test]

@@ -252,6 +252,20 @@ impl Probes {
         self.threshold_ns
     }
 
+    /// Has thread `tid` send its stack again at its next poll (its last one was walked
+    /// without what its classification needs).
+    pub fn reexamine_thread(&mut self, tid: u32) -> anyhow::Result<()> {
+        let value = ThreadClass {
+            class: class::NOT_LOOP,
+            poll_fd: 0,
+            // Examined "long ago": the next poll is past the re-examination delay.
+            since_ns: 0,
+        };
+        self.thread_class
+            .insert(tid, value, 0)
+            .with_context(|| format!("re-examining thread {tid}"))
+    }
+
     /// Current totals of the kernel side's loss counters (summed over CPUs).
     pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
         Counter::ALL

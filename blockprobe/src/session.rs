@@ -351,23 +351,7 @@ impl Session {
                 poll_fd,
                 foreign,
                 stack,
-            } => {
-                let frames = self.symbolize(pid, &stack);
-                let is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
-                // A loop thread polling another fd: a new loop it now runs is adopted;
-                // a callback's own selector leaves the thread a loop.
-                if is_loop || !foreign {
-                    self.probes.classify_thread(
-                        tid,
-                        is_loop,
-                        poll_fd,
-                        self.clock.monotonic_ns(),
-                    )?;
-                }
-                if is_loop {
-                    self.loop_found(pid, tid, stack.tstate)?;
-                }
-            }
+            } => self.poll_stack(pid, tid, poll_fd, foreign, &stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -437,6 +421,49 @@ impl Session {
                 self.sink.stall(&stall)?;
                 self.aggregator.record(stall);
             }
+        }
+        Ok(())
+    }
+
+    /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
+    /// (`foreign`: the thread runs a loop that polls another fd).
+    fn poll_stack(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        poll_fd: u32,
+        foreign: bool,
+        stack: &RawStack,
+    ) -> anyhow::Result<()> {
+        let frames = self.symbolize(pid, stack);
+        let mut is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        if !is_loop
+            && !foreign
+            && let Some(frames) = &frames
+            && let Some(traced) = self.processes.get_mut(&pid)
+        {
+            if traced.python.refresh_asyncio() {
+                // This stack was walked without the running task: hand the walk the
+                // task offsets, and look at the thread again at its next poll.
+                let recipe = traced.python.walk_config();
+                self.probes.trace_process(pid, recipe)?;
+                return self.probes.reexamine_thread(tid);
+            }
+            is_loop = traced
+                .python
+                .running_loop_is_selector_loop(stack.tstate)
+                .is_some_and(|selector_loop| {
+                    classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
+                });
+        }
+        // A loop thread polling another fd: a new loop it now runs is adopted; a
+        // callback's own selector leaves the thread a loop.
+        if is_loop || !foreign {
+            self.probes
+                .classify_thread(tid, is_loop, poll_fd, self.clock.monotonic_ns())?;
+        }
+        if is_loop {
+            self.loop_found(pid, tid, stack.tstate)?;
         }
         Ok(())
     }

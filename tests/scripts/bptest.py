@@ -20,7 +20,8 @@ script therefore:
 
 Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
 Plain standard library only; with ``BPTEST_UVLOOP=1`` in the environment every loop is a
-uvloop loop (``uvloop.run`` for the main one).
+uvloop loop (``uvloop.run`` for the main one); with ``BPTEST_UVLOOP=by-hand`` the main one
+is a uvloop loop run by ``run_until_complete``, as servers do (no Python frame of its own).
 """
 
 import argparse
@@ -32,7 +33,8 @@ import threading
 import time
 
 TICK_S = 0.005
-UVLOOP = os.environ.get("BPTEST_UVLOOP") == "1"
+UVLOOP_MODE = os.environ.get("BPTEST_UVLOOP")
+UVLOOP = UVLOOP_MODE in ("1", "by-hand")
 if UVLOOP:
     import uvloop
 
@@ -223,7 +225,12 @@ def run(scenario, loops=(), setup=None):
         await commands.wait_quit()
         tick.cancel()
 
-    if UVLOOP:
+    if UVLOOP_MODE == "by-hand":
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.close()
+    elif UVLOOP:
         uvloop.run(main())
     else:
         asyncio.run(main())

@@ -228,7 +228,17 @@ impl Python {
     /// The same interpreter with bptest's loops run by uvloop (`BPTEST_UVLOOP=1`): from
     /// `target/pyuvloop/3.X` (PyPI, `cargo xtask pythons`) when there, else the
     /// interpreter's own (Debian sid's `python3-uvloop` for 3.14).
-    pub fn with_uvloop(mut self) -> Python {
+    pub fn with_uvloop(self) -> Python {
+        self.with_uvloop_mode("1", " + uvloop")
+    }
+
+    /// [`Python::with_uvloop`], the main loop run by `run_until_complete` from the script's
+    /// own frame (`BPTEST_UVLOOP=by-hand`), as servers start uvloop.
+    pub fn with_uvloop_by_hand(self) -> Python {
+        self.with_uvloop_mode("by-hand", " + uvloop by hand")
+    }
+
+    fn with_uvloop_mode(mut self, mode: &str, label: &str) -> Python {
         let (major, minor) = self.major_minor();
         let dir = pydeps()
             .parent()
@@ -238,8 +248,8 @@ impl Python {
             let path = format!("{}:{}", pydeps().display(), dir.display());
             self.env.push(("PYTHONPATH".into(), path));
         }
-        self.env.push(("BPTEST_UVLOOP".into(), "1".into()));
-        self.label.push_str(" + uvloop");
+        self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
+        self.label.push_str(label);
         let out = self
             .command(Path::new("-c"))
             .arg("import uvloop")

@@ -55,6 +55,18 @@ mod uvloop {
     fn sync_chain_3_14() {
         super::sync_chain(&py314());
     }
+
+    /// Loops run by `run_forever` (bptest's second loop) and `run_until_complete` from a
+    /// Python frame: found from the interpreter's asyncio state (3.14+).
+    #[test]
+    fn two_loops_3_14() {
+        super::two_loops(&py314());
+    }
+
+    #[test]
+    fn sleep_in_coroutine_3_14_by_hand() {
+        super::sleep_in_coroutine(&Python::debian_sid("3.14").with_uvloop_by_hand());
+    }
 }
 
 /// (a) `time.sleep(0.2)` directly in `async def handler()`: one stall as long as the

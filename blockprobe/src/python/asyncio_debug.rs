@@ -16,6 +16,8 @@ const LONG_DIGITS: u64 = 24;
 /// The offsets blockprobe uses from `Py_AsyncioModuleDebugOffsets`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AsyncioOffsets {
+    /// `asyncio_thread_state.asyncio_running_loop`: from a thread state.
+    pub running_loop: u64,
     /// `asyncio_thread_state.asyncio_running_task`: from a thread state.
     pub running_task: u64,
     /// `asyncio_task_object.task_name`: from a task.
@@ -25,6 +27,7 @@ pub struct AsyncioOffsets {
 /// Index of each used field among the section's u64s: task object (size, task_name, …
 /// 7 fields), interpreter state (2), thread state (size, running_loop, running_task, …).
 const TASK_NAME_INDEX: usize = 1;
+const RUNNING_LOOP_INDEX: usize = 10;
 const RUNNING_TASK_INDEX: usize = 11;
 /// Fields in the section (3.14, 3.15).
 const SECTION_U64S: usize = 13;
@@ -55,9 +58,49 @@ fn parse_section(data: &[u8]) -> Option<AsyncioOffsets> {
         return None;
     }
     Some(AsyncioOffsets {
+        running_loop: word(RUNNING_LOOP_INDEX).filter(|&o| o != 0)?,
         running_task: word(RUNNING_TASK_INDEX).filter(|&o| o != 0)?,
         task_name: word(TASK_NAME_INDEX).filter(|&o| o != 0)?,
     })
+}
+
+/// Longest type name read, in bytes (`str`, `BaseEventLoop`).
+const MAX_TYPE_NAME_BYTES: usize = 32;
+/// Offset of `tp_mro` (a tuple of types) in a type object, and of a tuple's size and
+/// items (3.14+, 64-bit: the tuple caches its hash before its items).
+const TP_MRO: u64 = 344;
+const TUPLE_SIZE: u64 = 16;
+const TUPLE_ITEMS: u64 = 32;
+/// Longest method resolution order examined.
+const MAX_MRO: u64 = 32;
+
+/// The `tp_name` of type object `ty` (a Python class's is its bare name).
+fn tp_name(memory: &ProcessMemory, ty: u64) -> Option<String> {
+    let name = memory.read_u64(ty.checked_add(TP_NAME)?).ok()?;
+    let mut buf = [0u8; MAX_TYPE_NAME_BYTES];
+    let read = memory.read_prefix(name, &mut buf).ok()?;
+    let end = buf[..read].iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
+/// The type name of `object`.
+fn type_name(memory: &ProcessMemory, object: u64) -> Option<String> {
+    tp_name(memory, memory.read_u64(object.checked_add(OB_TYPE)?).ok()?)
+}
+
+/// Whether event loop `object` is one of asyncio's selector loops (its class derives
+/// from `BaseEventLoop`, which polls from `_run_once`) rather than a loop that polls
+/// from C (`uvloop.Loop`); read from its type's method resolution order (3.14+ layout).
+pub fn is_selector_loop(memory: &ProcessMemory, object: u64) -> Option<bool> {
+    let ty = memory.read_u64(object.checked_add(OB_TYPE)?).ok()?;
+    let mro = memory.read_u64(ty.checked_add(TP_MRO)?).ok()?;
+    let len = memory.read_u64(mro.checked_add(TUPLE_SIZE)?).ok()?;
+    let mut found = false;
+    for i in 0..len.min(MAX_MRO) {
+        let base = memory.read_u64(mro + TUPLE_ITEMS + 8 * i).ok()?;
+        found |= tp_name(memory, base)? == "BaseEventLoop";
+    }
+    Some(found)
 }
 
 /// A task's name from its name object: a `str`, or the `int` counter CPython keeps until
@@ -67,18 +110,11 @@ pub fn task_name(
     name: u64,
     read_str: impl Fn(u64) -> anyhow::Result<String>,
 ) -> Option<String> {
-    let type_name = {
-        let ty = memory.read_u64(name.checked_add(OB_TYPE)?).ok()?;
-        let tp_name = memory.read_u64(ty.checked_add(TP_NAME)?).ok()?;
-        let mut buf = [0u8; 8];
-        memory.read_bytes(tp_name, &mut buf).ok()?;
-        buf
-    };
-    match &type_name {
-        [b's', b't', b'r', 0, ..] => read_str(name)
+    match type_name(memory, name)?.as_str() {
+        "str" => read_str(name)
             .ok()
             .map(|s| s.chars().take(MAX_NAME_BYTES).collect()),
-        [b'i', b'n', b't', 0, ..] => {
+        "int" => {
             let tag = memory.read_u64(name + LONG_TAG).ok()?;
             let digits = (tag >> 3) as usize;
             if tag & 3 != 0 || digits > 2 {
@@ -134,6 +170,11 @@ mod tests {
             "{offsets:?}"
         );
         assert!(offsets.running_task > 200, "{offsets:?}");
+        assert_eq!(
+            offsets.running_loop + 8,
+            offsets.running_task,
+            "{offsets:?}"
+        );
         assert!(
             parse_section(&data[..40]).is_none(),
             "a short section is refused"

@@ -179,6 +179,19 @@ impl PythonProcess {
         self.asyncio.is_some()
     }
 
+    /// Whether the asyncio loop thread state `tstate` is running is one of asyncio's
+    /// selector loops (not uvloop); `None` when no loop runs or it cannot be told (before
+    /// 3.14, or before the `_asyncio` offsets are known).
+    pub fn running_loop_is_selector_loop(&self, tstate: u64) -> Option<bool> {
+        let offsets = self.asyncio?;
+        let memory = ProcessMemory::new(self.pid);
+        let running = memory
+            .read_u64(tstate.checked_add(offsets.running_loop)?)
+            .ok()
+            .filter(|&l| l != 0)?;
+        asyncio_debug::is_selector_loop(&memory, running)
+    }
+
     /// The asyncio task name behind a stack's `task_name` object, if known.
     pub fn task_name(&self, name: u64) -> Option<String> {
         self.asyncio
