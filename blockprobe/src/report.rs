@@ -44,7 +44,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{FunctionStats, ProcessInfo};
+use crate::aggregate::{FunctionKey, FunctionStats, ProcessInfo};
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
 
@@ -128,11 +128,11 @@ pub struct FunctionReport {
 
 impl FunctionReport {
     /// The report entry of one aggregated function.
-    pub fn new(function: String, file: String, stats: &FunctionStats) -> Self {
+    pub fn new(key: &FunctionKey, stats: &FunctionStats) -> Self {
         FunctionReport {
-            function,
-            file,
-            stable_file: String::new(),
+            function: key.function.clone(),
+            file: key.file.clone(),
+            stable_file: key.stable_file.clone(),
             histogram: stats.histogram.clone(),
             causes: stats.causes.clone(),
         }

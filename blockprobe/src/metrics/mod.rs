@@ -34,8 +34,8 @@ pub mod sink;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use crate::aggregate::{OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
-use crate::fleet::identity::stable_file;
+use crate::aggregate::{FunctionKey, OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
+use crate::fleet::identity::StableFiles;
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_index, bucket_le_ns};
 use crate::model::Stall;
 
@@ -78,6 +78,7 @@ pub struct Metrics {
     blocked_ns_by_cause: BTreeMap<(String, String), u64>,
     processes: HashMap<u32, Traced>,
     lost: BTreeMap<String, u64>,
+    stable_files: StableFiles,
 }
 
 impl Metrics {
@@ -92,6 +93,7 @@ impl Metrics {
             blocked_ns_by_cause: BTreeMap::new(),
             processes: HashMap::new(),
             lost: BTreeMap::new(),
+            stable_files: StableFiles::default(),
         }
     }
 
@@ -150,14 +152,11 @@ impl Metrics {
             Some(p) => (p.service.clone(), p.app_root.clone()),
             None => (self.service_label(""), String::new()),
         };
-        let (function, file) = match &stall.culprit {
-            Some(f) => (f.function.clone(), stable_file(&f.file, [root.as_str()])),
-            None => (UNKNOWN_FUNCTION.to_owned(), String::new()),
-        };
+        let function = FunctionKey::of_stall(stall, &root, &mut self.stable_files);
         let mut key = SeriesKey {
             service: service.clone(),
-            function,
-            file,
+            function: function.function,
+            file: function.stable_file,
         };
         if !self.histograms.contains_key(&key) {
             let n = self
