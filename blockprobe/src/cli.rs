@@ -121,12 +121,13 @@ pub enum Command {
         /// authentication, so expose it only where scrapers need it.
         #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
         listen: SocketAddr,
-        /// Functions per service with series of their own (the first ones seen); later
-        /// ones are counted under function="<other>".
+        /// Functions per service with series of their own: the first N to stall; later
+        /// ones count under function="<other>" until their stall time there outweighs
+        /// the smallest series' (then they get one too, up to 2 x N in all).
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_functions: usize,
-        /// Services with series of their own (the first ones seen); later ones are
-        /// counted under service="<other>".
+        /// Services with series of their own: the first N to stall; later ones count
+        /// under service="<other>".
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_services: usize,
     },
@@ -178,11 +179,13 @@ METRICS (Prometheus text format):
     blockprobe_threshold_seconds, blockprobe_build_info{version}
     process_cpu_seconds_total, process_resident_memory_bytes, ... (blockprobe itself)
 
-CARDINALITY: at most --max-services services and, per service, --max-functions
-functions get series of their own: the first ones seen (series are never removed, so
-counters stay monotonic). Later ones are counted under service=\"<other>\" or
-function=\"<other>\". With the defaults the stall histogram has at most 50 x 51 label
-sets.
+CARDINALITY: series are never removed, so counters stay monotonic. The first
+--max-services services to stall get series of their own (a process that never stalls
+takes no slot); later ones count under service=\"<other>\". Per service, the first
+--max-functions functions to stall get series of their own; later ones count under
+function=\"<other>\", and one whose stall time there outweighs the smallest series'
+gets its own from then on, up to 2 x --max-functions. The <other> series come on top:
+with the defaults the stall histogram has at most (50 + 1) x (100 + 1) label sets.
 
 EXAMPLES:
     blockprobe serve                                   # http://127.0.0.1:9464/metrics
