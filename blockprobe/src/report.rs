@@ -187,6 +187,25 @@ impl Report {
         })
     }
 
+    /// [`Report::write_atomic`], but first checks that the JSON is at most `max_bytes`
+    /// (e.g. [`MAX_REPORT_BYTES`], over which [`Report::load`] would refuse it): a
+    /// larger report is not written at all, and the one-line error names `path`.
+    pub fn write_atomic_capped(&self, path: &Path, max_bytes: u64) -> anyhow::Result<()> {
+        let mut bytes = serde_json::to_vec(self)
+            .map_err(|e| anyhow!("cannot write report {}: {e}", path.display()))?;
+        bytes.push(b'\n');
+        if bytes.len() as u64 > max_bytes {
+            return Err(anyhow!(
+                "cannot write report {}: it would be {} bytes, over the {} limit for \
+                 reports (blockprobe could not read it back); nothing was written",
+                path.display(),
+                bytes.len(),
+                size_text(max_bytes)
+            ));
+        }
+        write_atomic_with(path, |w| w.write_all(&bytes))
+    }
+
     /// Reads and validates a report. Every error is one line naming `path`: missing or
     /// unreadable file, file over [`MAX_REPORT_BYTES`], empty, truncated or corrupt
     /// JSON, wrong or missing `schema`, or a v1 report with missing or invalid fields.
@@ -281,6 +300,15 @@ fn shorten(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// A byte limit as text: `256 MiB`, or `1000 bytes` below one MiB.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// Reads a whole file, refusing (before reading) one larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     let p = path.display();
@@ -296,8 +324,8 @@ fn read_capped(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     }
     let too_big = |size: &str| {
         anyhow!(
-            "report {p}: {size} bytes is over the {} MiB limit for reports; refusing to read it",
-            cap >> 20
+            "report {p}: {size} bytes is over the {} limit for reports; refusing to read it",
+            size_text(cap)
         )
     };
     if meta.len() > cap {
