@@ -109,6 +109,11 @@ pub enum Command {
         /// Entries listed per section in text output (JSON lists all).
         #[arg(long, default_value_t = 20, value_name = "N")]
         top: usize,
+        /// Gate with --fail-on-regression even when the reports were taken with
+        /// different thresholds (refused otherwise, exit 2: their stalls differ by
+        /// construction).
+        #[arg(long)]
+        allow_threshold_mismatch: bool,
     },
     /// Trace every Python process on the host, for as long as it runs, and expose
     /// Prometheus metrics on http://LISTEN/metrics.
@@ -162,7 +167,13 @@ workload before and after, and for equal time windows), or in stall time per sec
 traced with --per-second (for time windows of different lengths). p50/p99 are estimated
 from the log2 buckets (within a factor of 2).
 
-EXIT STATUS: 0 no regression (or no gate), 1 a regression crossed the gate, 2 error.
+Each entry's JSON has a `delta` object: AFTER minus BEFORE of count, total_ns, p50_ns,
+p99_ns, and of each cause's share of the stall time in percentage points
+(cause_share_pts); text shows the cause-mix shift in points.
+
+EXIT STATUS: 0 no regression (or no gate), 1 a regression crossed the gate, 2 error
+(including a gate over reports of different thresholds without
+--allow-threshold-mismatch).
 
 EXAMPLES:
     blockprobe diff before.json after.json

@@ -67,6 +67,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             format,
             per_second,
             top,
+            allow_threshold_mismatch,
         } => Ok(commands::diff::run(
             &before,
             &after,
@@ -74,6 +75,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 fail_on_regression,
                 min_count,
                 normalize: per_second,
+                allow_threshold_mismatch,
             },
             format,
             top,
