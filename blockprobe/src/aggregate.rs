@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use foldhash::HashMap;
 
-use blockprobe_common::counters::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::identity::StableFiles;
@@ -314,22 +313,7 @@ impl Aggregator {
         }
     }
 
-    /// Sets the total of a kernel-side loss counter (BPF counters are cumulative, so
-    /// this replaces the previous value).
-    pub fn set_lost(&mut self, counter: Counter, total: u64) {
-        self.set_lost_named(counter.name(), total);
-    }
-
-    /// Sets the total of a loss counter by name (for losses counted in userspace).
-    pub fn set_lost_named(&mut self, name: &str, total: u64) {
-        if total == 0 {
-            self.lost.remove(name);
-        } else {
-            self.lost.insert(name.to_owned(), total);
-        }
-    }
-
-    /// Adds to a loss counter by name.
+    /// Adds to a loss counter by name (see [`crate::losses`]).
     pub fn add_lost(&mut self, name: &str, count: u64) {
         if count == 0 {
             return;
@@ -427,6 +411,7 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
 pub(crate) mod tests {
     use super::*;
     use crate::model::Frame;
+    use blockprobe_common::counters::Counter;
 
     pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
         Frame {
@@ -687,9 +672,9 @@ pub(crate) mod tests {
         a.add_loop_thread(99, 5);
         a.record(stall(7, 0, 10, None)); // tid 8, already known
         a.record(stall(3, 0, 10, None)); // tid 4
-        a.set_lost(Counter::LostStall, 5);
-        a.set_lost(Counter::LostStall, 6);
-        a.set_lost(Counter::ThreadMapFull, 0);
+        a.add_lost(Counter::LostStall.name(), 5);
+        a.add_lost(Counter::LostStall.name(), 1);
+        a.add_lost(Counter::ThreadMapFull.name(), 0);
         a.add_lost("userspace_decode", 2);
         a.add_lost("userspace_decode", 1);
         let r = a.report(run());

@@ -11,6 +11,7 @@ mod export;
 mod fleet;
 mod histogram;
 mod kernel;
+mod losses;
 mod metrics;
 mod model;
 mod patience;

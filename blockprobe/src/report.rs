@@ -455,7 +455,7 @@ pub(crate) mod tests {
         s.tid = 4242;
         s.stack.clear();
         a.record(s);
-        a.set_lost(Counter::LostStall, 3);
+        a.add_lost(Counter::LostStall.name(), 3);
         a.report(RunInfo {
             host: "web-1".into(),
             started_unix_ns: t0,
