@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::histogram::Log2Histogram;
 use crate::model::Cause;
 use crate::render::{escape, human_duration, ms};
-use crate::report::{FunctionReport, Report};
+use crate::report::Report;
 
 /// The JSON schema of `blockprobe diff --format json`.
 pub const DIFF_SCHEMA: &str = "blockprobe.diff/v1";
@@ -75,7 +75,8 @@ pub struct Stats {
     /// Estimated from the buckets (within a factor of 2).
     pub p50_ns: Option<u64>,
     pub p99_ns: Option<u64>,
-    /// Share of the stall time per cause (`running`: not blocked in a syscall), 0..1.
+    /// Share of the stall time per cause (`running`: time no cause accounts for, in
+    /// reports of versions that measured only blocking syscalls), 0..1.
     pub causes: BTreeMap<String, f64>,
     /// The cause mix as text (`sleep 75%, io 25%`).
     pub cause_mix: String,
@@ -344,13 +345,6 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn stats(&self, e: &Entry, seconds: f64) -> Stats {
         let (h, causes) = e;
-        let probe = FunctionReport {
-            function: String::new(),
-            file: String::new(),
-            stable_file: String::new(),
-            histogram: h.clone(),
-            causes: causes.clone(),
-        };
         Stats {
             count: h.count(),
             total_ns: h.total_ns(),
@@ -359,7 +353,7 @@ impl Ctx<'_> {
             p50_ns: h.quantile(0.5),
             p99_ns: h.quantile(0.99),
             causes: cause_shares(h.total_ns(), causes),
-            cause_mix: crate::render::summary::cause_mix(&probe),
+            cause_mix: crate::render::summary::cause_mix(h.total_ns(), causes),
         }
     }
 
@@ -419,7 +413,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Shares of the stall time per cause, with the unblocked rest as `running` (0..1).
+/// Shares of the stall time per cause, with any rest no cause accounts for as
+/// `running` (0..1).
 fn cause_shares(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> BTreeMap<String, f64> {
     let blocked: u128 = causes.values().map(|&v| u128::from(v)).sum();
     let denom = u128::from(total_ns).max(blocked);
