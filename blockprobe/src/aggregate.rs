@@ -73,7 +73,7 @@ impl FunctionKey {
 pub struct FunctionStats {
     /// Stall durations.
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during those stalls, by cause (sum of `Stall::causes`).
+    /// Stall time by cause, on CPU and off (sum of `Stall::causes`).
     pub causes: BTreeMap<Cause, u64>,
 }
 

@@ -230,7 +230,9 @@ pub struct TraceOptions {
     /// `python3 /srv/billing/main.py` → billing).
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
-    /// Record only the program (argv[0]) of each traced command line in the report.
+    /// Record only the program (argv[0]) of each traced command line in the report. The
+    /// process's app_root and its service label (derived from the full command line
+    /// unless --service is given) are still recorded.
     #[arg(long)]
     pub redact_cmdline: bool,
 }

@@ -85,7 +85,8 @@ pub struct Stall {
     pub cause: Cause,
     /// The blocking syscall that took longest, if any.
     pub syscall: Option<String>,
-    /// Time spent blocked in syscalls during the stall, by cause.
+    /// The stall's duration split by cause: on CPU (`cpu`), runnable but waiting for a
+    /// CPU (`runqueue`), and off CPU by reason; the parts add up to `duration_ns`.
     pub causes: std::collections::BTreeMap<Cause, u64>,
     /// The loop thread's Python stack while stalled, innermost first.
     pub stack: Vec<Frame>,

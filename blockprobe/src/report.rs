@@ -20,7 +20,7 @@
 //!  "stacks":[{"service":str,"leaf":str,"frames":[{"function":str,"file":str}],
 //!             "count":int,"total_ns":int}],
 //!  "sources":[{"host":str,"started_unix_ns":int,"ended_unix_ns":int,
-//!              "blockprobe_version":str,"kernel_release":str}]}
+//!              "blockprobe_version":str,"kernel_release":str,"stalls":int}]}
 //! ```
 //!
 //! Compatibility rules: fields are only ever added, never renamed or removed; readers
@@ -121,7 +121,7 @@ pub struct FunctionReport {
     /// Serialized inline as `count`, `total_ns`, `max_ns`, `buckets`.
     #[serde(flatten)]
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during these stalls, by cause.
+    /// Stall time by cause, on CPU and off (sum of the stalls' `causes`).
     #[serde(default)]
     pub causes: BTreeMap<Cause, u64>,
 }

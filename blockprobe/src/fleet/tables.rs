@@ -32,7 +32,7 @@ pub struct ServiceReport {
     /// Stall durations, inline as in `functions`.
     #[serde(flatten)]
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during these stalls, by cause.
+    /// Stall time by cause, on CPU and off (sum of the stalls' `causes`).
     #[serde(default)]
     pub causes: BTreeMap<Cause, u64>,
 }

@@ -10,8 +10,8 @@
 //!   Buckets are the report's log2 buckets, `le` = (2^k - 1) ns in seconds, from the one
 //!   holding the threshold up to ~69 s.
 //! - `blockprobe_stalls_by_cause_total{service,cause}`: stalls by main cause.
-//! - `blockprobe_blocked_seconds_total{service,cause}`: time blocked in syscalls during
-//!   stalls, by cause.
+//! - `blockprobe_blocked_seconds_total{service,cause}`: stall time by cause (`cpu`,
+//!   `runqueue` and the off-CPU reasons).
 //! - `blockprobe_event_loops{service}`, `blockprobe_traced_processes{service}`: gauges.
 //! - `blockprobe_lost_events_total{kind}`: events lost (counts above may then be low).
 //! - `blockprobe_threshold_seconds`, `blockprobe_build_info{version}`, and the standard
@@ -384,7 +384,8 @@ impl Metrics {
             &mut s,
             "blockprobe_blocked_seconds_total",
             "counter",
-            "Time event loops spent blocked in syscalls during stalls, by cause.",
+            "Stall time of event loops by cause: on CPU (cpu), waiting for a CPU (runqueue), \
+             or off CPU by reason.",
         );
         for ((service, cause), ns) in &self.blocked_ns_by_cause {
             let _ = writeln!(
