@@ -1,9 +1,9 @@
 //! Aggregation of stalls into per-function histograms, with bounded memory.
 //!
 //! The [`Aggregator`] is fed every [`Stall`] of a run and keeps:
-//! - one [`FunctionStats`] (a [`Log2Histogram`] of stall durations plus the per-cause
-//!   blocked time) per culprit function, keyed by `(qualname, file)`; stalls without a
-//!   culprit go under [`UNKNOWN_FUNCTION`]. At most `max_functions` distinct keys are
+//! - one [`FunctionStats`] (a [`Log2Histogram`] of stall durations plus the time per
+//!   cause) per culprit function, keyed by [`FunctionKey`]; stalls without a culprit go
+//!   under [`UNKNOWN_FUNCTION`]. At most `max_functions` distinct keys are
 //!   kept; stalls of further functions are folded into the [`OTHER_FUNCTION`] key.
 //! - the `max_stalls` longest stalls themselves (ties keep the earlier stall), and the
 //!   number of stalls dropped to stay under that bound;
@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use foldhash::HashMap;
 
-use blockprobe_common::counters::Counter;
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::identity::StableFiles;
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
 use crate::report::{FunctionReport, Report};
@@ -29,31 +29,41 @@ pub const UNKNOWN_FUNCTION: &str = "<unknown>";
 /// Function name under which stalls of functions past `max_functions` are folded.
 pub const OTHER_FUNCTION: &str = "<other>";
 
-/// Identifies a culprit function: its qualified name and its file.
+/// Identifies a culprit function: its qualified name, its file, and the file's stable
+/// name in the stalling process.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionKey {
     /// `co_qualname` (or [`UNKNOWN_FUNCTION`] / [`OTHER_FUNCTION`]).
     pub function: String,
     /// `co_filename` (empty for the two special keys).
     pub file: String,
+    /// `file` made stable with the app root of the process that stalled (see
+    /// [`crate::fleet::identity::stable_file`]); empty for the special keys.
+    pub stable_file: String,
 }
 
 impl FunctionKey {
-    /// The key a stall is aggregated under (before the `max_functions` bound).
-    pub fn of_stall(stall: &Stall) -> Self {
+    /// The key a stall of a process whose app root is `app_root` is aggregated under
+    /// (before any bound). The report, its stacks and the metrics all take their
+    /// stable file names from here or from the same `files`, with the same root, so a
+    /// function has one key everywhere.
+    pub fn of_stall(stall: &Stall, app_root: &str, files: &mut StableFiles) -> Self {
         match &stall.culprit {
             Some(f) => FunctionKey {
                 function: f.function.clone(),
                 file: f.file.clone(),
+                stable_file: files.get(&f.file, app_root),
             },
             None => Self::special(UNKNOWN_FUNCTION),
         }
     }
 
-    fn special(name: &str) -> Self {
+    /// The key of [`UNKNOWN_FUNCTION`] or [`OTHER_FUNCTION`].
+    pub fn special(name: &str) -> Self {
         FunctionKey {
             function: name.to_owned(),
             file: String::new(),
+            stable_file: String::new(),
         }
     }
 }
@@ -63,7 +73,7 @@ impl FunctionKey {
 pub struct FunctionStats {
     /// Stall durations.
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during those stalls, by cause (sum of `Stall::causes`).
+    /// Stall time by cause, on CPU and off (sum of `Stall::causes`).
     pub causes: BTreeMap<Cause, u64>,
 }
 
@@ -201,6 +211,8 @@ pub struct Aggregator {
     lost: BTreeMap<String, u64>,
     /// Per-service and per-stack aggregates.
     tables: crate::fleet::tables::Tables,
+    /// Stable file names, for function keys and stacks alike.
+    stable_files: StableFiles,
 }
 
 impl Default for Aggregator {
@@ -223,6 +235,7 @@ impl Aggregator {
             processes_dropped: 0,
             lost: BTreeMap::new(),
             tables: Default::default(),
+            stable_files: StableFiles::default(),
         }
     }
 
@@ -230,16 +243,6 @@ impl Aggregator {
     /// process's loop threads.
     pub fn record(&mut self, stall: Stall) {
         self.seq += 1;
-        let key = FunctionKey::of_stall(&stall);
-        let special = key.function == UNKNOWN_FUNCTION && key.file.is_empty();
-        if let Some(stats) = self.functions.get_mut(&key) {
-            stats.record(&stall);
-        } else if special || self.real_function_keys() < self.limits.max_functions {
-            self.functions.entry(key).or_default().record(&stall);
-        } else {
-            self.other.record(&stall);
-        }
-
         if let Some(p) = self.processes.get_mut(&stall.pid) {
             insert_sorted(&mut p.loop_threads, stall.tid);
         }
@@ -247,7 +250,17 @@ impl Aggregator {
             .processes
             .get(&stall.pid)
             .map_or(("", ""), |p| (p.service.as_str(), p.app_root.as_str()));
-        self.tables.record(&stall, service, root);
+        let key = FunctionKey::of_stall(&stall, root, &mut self.stable_files);
+        self.tables
+            .record(&stall, service, root, &mut self.stable_files);
+        let special = key == FunctionKey::special(UNKNOWN_FUNCTION);
+        if let Some(stats) = self.functions.get_mut(&key) {
+            stats.record(&stall);
+        } else if special || self.real_function_keys() < self.limits.max_functions {
+            self.functions.entry(key).or_default().record(&stall);
+        } else {
+            self.other.record(&stall);
+        }
 
         let kept = Kept {
             seq: self.seq,
@@ -307,22 +320,7 @@ impl Aggregator {
         }
     }
 
-    /// Sets the total of a kernel-side loss counter (BPF counters are cumulative, so
-    /// this replaces the previous value).
-    pub fn set_lost(&mut self, counter: Counter, total: u64) {
-        self.set_lost_named(counter.name(), total);
-    }
-
-    /// Sets the total of a loss counter by name (for losses counted in userspace).
-    pub fn set_lost_named(&mut self, name: &str, total: u64) {
-        if total == 0 {
-            self.lost.remove(name);
-        } else {
-            self.lost.insert(name.to_owned(), total);
-        }
-    }
-
-    /// Adds to a loss counter by name.
+    /// Adds to a loss counter by name (see [`crate::losses`]).
     pub fn add_lost(&mut self, name: &str, count: u64) {
         if count == 0 {
             return;
@@ -365,18 +363,13 @@ impl Aggregator {
         let mut functions: Vec<FunctionReport> = self
             .functions
             .iter()
-            .map(|(k, s)| FunctionReport::new(k.function.clone(), k.file.clone(), s))
+            .map(|(k, s)| FunctionReport::new(k, s))
             .collect();
         if !self.other.histogram.is_empty() {
             functions.push(FunctionReport::new(
-                OTHER_FUNCTION.to_owned(),
-                String::new(),
+                &FunctionKey::special(OTHER_FUNCTION),
                 &self.other,
             ));
-        }
-        let roots: Vec<&str> = self.processes.values().map(|p| &*p.app_root).collect();
-        for f in &mut functions {
-            f.stable_file = crate::fleet::identity::stable_file(&f.file, roots.iter().copied());
         }
         crate::report::sort_functions(&mut functions);
 
@@ -425,6 +418,7 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
 pub(crate) mod tests {
     use super::*;
     use crate::model::Frame;
+    use blockprobe_common::counters::Counter;
 
     pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
         Frame {
@@ -476,6 +470,7 @@ pub(crate) mod tests {
         let key = |f: &str, file: &str| FunctionKey {
             function: f.into(),
             file: file.into(),
+            stable_file: file.into(),
         };
         let fa = a.function(&key("f", "a.py")).unwrap();
         assert_eq!(fa.histogram.count(), 2);
@@ -503,6 +498,65 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(r.stall_count(), 4);
+    }
+
+    /// A host whose processes are rooted at /srv and /srv/app, and a host with only the
+    /// /srv one: a stall of the /srv process in /srv/app/h.py has one key in the
+    /// functions, the stacks and the metrics, the same on both hosts, so merge adds it
+    /// up and diff compares it.
+    #[test]
+    fn nested_app_roots_give_a_function_one_key_everywhere() {
+        use crate::fleet::diff::{DiffOptions, Status, diff};
+        use crate::fleet::merge::{MergeLimits, merge};
+        use crate::metrics::{Metrics, MetricsConfig, process::SelfStats};
+
+        let process = |pid: u32, root: &str| ProcessInfo {
+            pid,
+            service: "api".into(),
+            app_root: root.into(),
+            ..Default::default()
+        };
+        let handler = stall(1, 0, 20_000_000, Some(frame("handler", "/srv/app/h.py", 3)));
+        let host = |roots: &[(u32, &str)]| {
+            let mut a = Aggregator::default();
+            let mut m = Metrics::new(MetricsConfig {
+                threshold_ns: 10_000_000,
+                max_functions: 10,
+                max_services: 10,
+            });
+            for &(pid, root) in roots {
+                a.register_process(process(pid, root));
+                m.attach(&process(pid, root));
+            }
+            a.record(handler.clone());
+            m.stall(&handler);
+            (a.report(run()), m.render(&SelfStats::default()))
+        };
+        let (nested, nested_metrics) = host(&[(1, "/srv"), (2, "/srv/app")]);
+        let (alone, alone_metrics) = host(&[(1, "/srv")]);
+        for (r, metrics) in [(&nested, &nested_metrics), (&alone, &alone_metrics)] {
+            assert_eq!(r.functions[0].stable_file, "app/h.py", "{:?}", r.functions);
+            assert_eq!(r.stacks[0].frames[0].file, "app/h.py");
+            assert!(
+                metrics.contains("function=\"handler\",file=\"app/h.py\""),
+                "{metrics}"
+            );
+        }
+        let merged = merge(
+            &[("a".into(), nested.clone()), ("b".into(), alone.clone())],
+            MergeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(merged.functions.len(), 1, "{:?}", merged.functions);
+        assert_eq!(merged.functions[0].histogram.count(), 2);
+        let gate = DiffOptions {
+            fail_on_regression: Some(10.0),
+            ..DiffOptions::default()
+        };
+        let d = diff(("a", &alone), ("b", &nested), &gate);
+        assert_eq!(d.functions.len(), 1, "{:?}", d.functions);
+        assert_eq!(d.functions[0].status, Status::Changed);
+        assert!(!d.regressed);
     }
 
     #[test]
@@ -627,9 +681,9 @@ pub(crate) mod tests {
         a.add_loop_thread(99, 5);
         a.record(stall(7, 0, 10, None)); // tid 8, already known
         a.record(stall(3, 0, 10, None)); // tid 4
-        a.set_lost(Counter::LostStall, 5);
-        a.set_lost(Counter::LostStall, 6);
-        a.set_lost(Counter::ThreadMapFull, 0);
+        a.add_lost(Counter::LostStall.name(), 5);
+        a.add_lost(Counter::LostStall.name(), 1);
+        a.add_lost(Counter::ThreadMapFull.name(), 0);
         a.add_lost("userspace_decode", 2);
         a.add_lost("userspace_decode", 1);
         let r = a.report(run());

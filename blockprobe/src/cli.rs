@@ -109,6 +109,11 @@ pub enum Command {
         /// Entries listed per section in text output (JSON lists all).
         #[arg(long, default_value_t = 20, value_name = "N")]
         top: usize,
+        /// Gate with --fail-on-regression even when the reports were taken with
+        /// different thresholds (refused otherwise, exit 2: their stalls differ by
+        /// construction).
+        #[arg(long)]
+        allow_threshold_mismatch: bool,
     },
     /// Trace every Python process on the host, for as long as it runs, and expose
     /// Prometheus metrics on http://LISTEN/metrics.
@@ -121,12 +126,13 @@ pub enum Command {
         /// authentication, so expose it only where scrapers need it.
         #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
         listen: SocketAddr,
-        /// Functions per service with series of their own (the first ones seen); later
-        /// ones are counted under function="<other>".
+        /// Functions per service with series of their own: the first N to stall; later
+        /// ones count under function="<other>" until their stall time there outweighs
+        /// the smallest series' (then they get one too, up to 2 x N in all).
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_functions: usize,
-        /// Services with series of their own (the first ones seen); later ones are
-        /// counted under service="<other>".
+        /// Services with series of their own: the first N to stall; later ones count
+        /// under service="<other>".
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_services: usize,
     },
@@ -161,7 +167,13 @@ workload before and after, and for equal time windows), or in stall time per sec
 traced with --per-second (for time windows of different lengths). p50/p99 are estimated
 from the log2 buckets (within a factor of 2).
 
-EXIT STATUS: 0 no regression (or no gate), 1 a regression crossed the gate, 2 error.
+Each entry's JSON has a `delta` object: AFTER minus BEFORE of count, total_ns, p50_ns,
+p99_ns, and of each cause's share of the stall time in percentage points
+(cause_share_pts); text shows the cause-mix shift in points.
+
+EXIT STATUS: 0 no regression (or no gate), 1 a regression crossed the gate, 2 error
+(including a gate over reports of different thresholds without
+--allow-threshold-mismatch).
 
 EXAMPLES:
     blockprobe diff before.json after.json
@@ -178,11 +190,13 @@ METRICS (Prometheus text format):
     blockprobe_threshold_seconds, blockprobe_build_info{version}
     process_cpu_seconds_total, process_resident_memory_bytes, ... (blockprobe itself)
 
-CARDINALITY: at most --max-services services and, per service, --max-functions
-functions get series of their own: the first ones seen (series are never removed, so
-counters stay monotonic). Later ones are counted under service=\"<other>\" or
-function=\"<other>\". With the defaults the stall histogram has at most 50 x 51 label
-sets.
+CARDINALITY: series are never removed, so counters stay monotonic. The first
+--max-services services to stall get series of their own (a process that never stalls
+takes no slot); later ones count under service=\"<other>\". Per service, the first
+--max-functions functions to stall get series of their own; later ones count under
+function=\"<other>\", and one whose stall time there outweighs the smallest series'
+gets its own from then on, up to 2 x --max-functions. The <other> series come on top:
+with the defaults the stall histogram has at most (50 + 1) x (100 + 1) label sets.
 
 EXAMPLES:
     blockprobe serve                                   # http://127.0.0.1:9464/metrics
@@ -216,7 +230,9 @@ pub struct TraceOptions {
     /// `python3 /srv/billing/main.py` → billing).
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
-    /// Record only the program (argv[0]) of each traced command line in the report.
+    /// Record only the program (argv[0]) of each traced command line in the report. The
+    /// process's app_root and its service label (derived from the full command line
+    /// unless --service is given) are still recorded.
     #[arg(long)]
     pub redact_cmdline: bool,
 }

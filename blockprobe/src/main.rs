@@ -11,6 +11,7 @@ mod export;
 mod fleet;
 mod histogram;
 mod kernel;
+mod losses;
 mod metrics;
 mod model;
 mod patience;
@@ -67,6 +68,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
             format,
             per_second,
             top,
+            allow_threshold_mismatch,
         } => Ok(commands::diff::run(
             &before,
             &after,
@@ -74,6 +76,7 @@ fn execute(cli: Cli) -> anyhow::Result<i32> {
                 fail_on_regression,
                 min_count,
                 normalize: per_second,
+                allow_threshold_mismatch,
             },
             format,
             top,

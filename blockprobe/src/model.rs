@@ -134,7 +134,8 @@ pub struct Stall {
     /// What that syscall's file descriptor was (file, socket, pipe, …), when it takes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fd_kind: Option<FdKind>,
-    /// Time spent blocked in syscalls during the stall, by cause.
+    /// The stall's duration split by cause: on CPU (`cpu`), runnable but waiting for a
+    /// CPU (`runqueue`), and off CPU by reason; the parts add up to `duration_ns`.
     pub causes: std::collections::BTreeMap<Cause, u64>,
     /// The loop thread's Python stack while stalled, innermost first.
     pub stack: Vec<Frame>,

@@ -20,7 +20,7 @@
 //!  "stacks":[{"service":str,"leaf":str,"frames":[{"function":str,"file":str}],
 //!             "count":int,"total_ns":int}],
 //!  "sources":[{"host":str,"started_unix_ns":int,"ended_unix_ns":int,
-//!              "blockprobe_version":str,"kernel_release":str}]}
+//!              "blockprobe_version":str,"kernel_release":str,"stalls":int}]}
 //! ```
 //!
 //! Compatibility rules: fields are only ever added, never renamed or removed; readers
@@ -44,7 +44,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{FunctionStats, ProcessInfo};
+use crate::aggregate::{FunctionKey, FunctionStats, ProcessInfo};
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
 
@@ -121,18 +121,18 @@ pub struct FunctionReport {
     /// Serialized inline as `count`, `total_ns`, `max_ns`, `buckets`.
     #[serde(flatten)]
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during these stalls, by cause.
+    /// Stall time by cause, on CPU and off (sum of the stalls' `causes`).
     #[serde(default)]
     pub causes: BTreeMap<Cause, u64>,
 }
 
 impl FunctionReport {
     /// The report entry of one aggregated function.
-    pub fn new(function: String, file: String, stats: &FunctionStats) -> Self {
+    pub fn new(key: &FunctionKey, stats: &FunctionStats) -> Self {
         FunctionReport {
-            function,
-            file,
-            stable_file: String::new(),
+            function: key.function.clone(),
+            file: key.file.clone(),
+            stable_file: key.stable_file.clone(),
             histogram: stats.histogram.clone(),
             causes: stats.causes.clone(),
         }
@@ -185,6 +185,25 @@ impl Report {
             serde_json::to_writer(&mut *w, self).map_err(io::Error::from)?;
             w.write_all(b"\n")
         })
+    }
+
+    /// [`Report::write_atomic`], but first checks that the JSON is at most `max_bytes`
+    /// (e.g. [`MAX_REPORT_BYTES`], over which [`Report::load`] would refuse it): a
+    /// larger report is not written at all, and the one-line error names `path`.
+    pub fn write_atomic_capped(&self, path: &Path, max_bytes: u64) -> anyhow::Result<()> {
+        let mut bytes = serde_json::to_vec(self)
+            .map_err(|e| anyhow!("cannot write report {}: {e}", path.display()))?;
+        bytes.push(b'\n');
+        if bytes.len() as u64 > max_bytes {
+            return Err(anyhow!(
+                "cannot write report {}: it would be {} bytes, over the {} limit for \
+                 reports (blockprobe could not read it back); nothing was written",
+                path.display(),
+                bytes.len(),
+                size_text(max_bytes)
+            ));
+        }
+        write_atomic_with(path, |w| w.write_all(&bytes))
     }
 
     /// Reads and validates a report. Every error is one line naming `path`: missing or
@@ -281,6 +300,15 @@ fn shorten(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// A byte limit as text: `256 MiB`, or `1000 bytes` below one MiB.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// Reads a whole file, refusing (before reading) one larger than `cap` bytes.
 fn read_capped(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     let p = path.display();
@@ -296,8 +324,8 @@ fn read_capped(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     }
     let too_big = |size: &str| {
         anyhow!(
-            "report {p}: {size} bytes is over the {} MiB limit for reports; refusing to read it",
-            cap >> 20
+            "report {p}: {size} bytes is over the {} limit for reports; refusing to read it",
+            size_text(cap)
         )
     };
     if meta.len() > cap {
@@ -427,7 +455,7 @@ pub(crate) mod tests {
         s.tid = 4242;
         s.stack.clear();
         a.record(s);
-        a.set_lost(Counter::LostStall, 3);
+        a.add_lost(Counter::LostStall.name(), 3);
         a.report(RunInfo {
             host: "web-1".into(),
             started_unix_ns: t0,

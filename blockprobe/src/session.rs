@@ -20,6 +20,7 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
+    losses::{Losses, UNDECODABLE_EVENT},
     model::{Cause, FdKind, Frame, Stall},
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
@@ -80,7 +81,9 @@ pub struct Session {
     aggregator: Aggregator,
     sink: Box<dyn StallSink + Send>,
     clock: Clock,
-    lost_reported: HashMap<&'static str, u64>,
+    losses: Losses,
+    /// Whether an undecodable event was already shown with its error.
+    undecodable_shown: bool,
     last_counter_read: Instant,
     last_tick: tokio::time::Instant,
     own_pid: u32,
@@ -101,7 +104,8 @@ impl Session {
             aggregator,
             sink,
             clock: Clock::now(),
-            lost_reported: HashMap::new(),
+            losses: Losses::default(),
+            undecodable_shown: false,
             last_counter_read: Instant::now(),
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
@@ -320,8 +324,12 @@ impl Session {
                 }
                 Err(e) => {
                     drop(item);
-                    self.aggregator.add_lost("undecodable_event", 1);
-                    self.warn(format!("dropped an undecodable event: {e:#}"))?;
+                    if !std::mem::replace(&mut self.undecodable_shown, true) {
+                        self.warn(format!(
+                            "dropped an undecodable event: {e:#}; such events are counted as lost ({UNDECODABLE_EVENT})"
+                        ))?;
+                    }
+                    Losses::lost(UNDECODABLE_EVENT, 1, &mut self.aggregator, &mut self.sink)?;
                 }
             }
         }
@@ -566,16 +574,7 @@ impl Session {
     fn read_counters(&mut self) -> anyhow::Result<()> {
         self.last_counter_read = Instant::now();
         for (counter, total) in self.probes.counters()? {
-            let reported = self.lost_reported.entry(counter.name()).or_default();
-            if total > *reported {
-                let new = total - *reported;
-                *reported = total;
-                self.aggregator.set_lost(counter, total);
-                self.sink.status(&Status::Lost {
-                    kind: counter.name().to_owned(),
-                    count: new,
-                })?;
-            }
+            (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
         Ok(())
     }

@@ -319,8 +319,8 @@ mod pprof {
 }
 
 /// `report --format svg` is well-formed SVG (parsed by Python's XML parser) naming the
-/// culprit; `--format pprof` decodes with an independent pprof reader and its totals are
-/// the report's; `--format folded` adds up to the report's stall time.
+/// culprit; `--format pprof` decodes with an independent pprof reader and with
+/// `go tool pprof` (when `go` is on PATH), and its totals are the report's; `--format folded` adds up to the report's stall time.
 #[test]
 fn exports_open_in_other_tools() {
     use prost::Message as _;
@@ -433,6 +433,7 @@ fn exports_open_in_other_tools() {
         p.time_nanos as u64 == report["started_unix_ns"].as_u64().unwrap_or(0),
         || "time_nanos is the run's start".into(),
     );
+    go_pprof_reads(ctx, &pb_path, total_ns, report_handler);
 
     let (code, folded, err) = bp(ctx, &["report", r, "--format", "folded"]);
     ctx.ensure(code == 0, || {
@@ -455,6 +456,49 @@ fn exports_open_in_other_tools() {
                 && l.contains(";fleet_handler (fleet_blocking.py);[sleep: clock_nanosleep] ")
         }),
         || format!("folded stacks: service first, culprit, then the cause:\n{folded}"),
+    );
+}
+
+/// `go` on PATH, if any.
+fn go_on_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("go"))
+        .find(|go| go.is_file())
+}
+
+/// When `go` is on PATH, Go's own pprof reads the profile: `go tool pprof -top` of the
+/// delay samples totals `total_ns` and shows `fleet_handler` with `handler_ns`
+/// cumulative.
+fn go_pprof_reads(ctx: &CtxRef, profile: &Path, total_ns: u64, handler_ns: u64) {
+    let Some(go) = go_on_path() else {
+        eprintln!("go is not on PATH: `go tool pprof` not tried (the prost decoding was)");
+        return;
+    };
+    let home = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(&go)
+        .args(["tool", "pprof", "-top", "-unit=ns", "-nodefraction=0"])
+        .args(["-sample_index=delay"])
+        .arg(profile)
+        .env("HOME", home.path())
+        .env("PPROF_TMPDIR", home.path())
+        .output()
+        .expect("go runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    ctx.ensure(out.status.success(), || {
+        format!("go tool pprof rejects the profile:\n{err}\n{text}")
+    });
+    ctx.ensure(text.contains(&format!("of {total_ns}ns total")), || {
+        format!("go tool pprof's total is not the report's {total_ns} ns:\n{text}")
+    });
+    // `flat flat% sum% cum cum% name`.
+    let handler_cum = text.lines().find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.len() == 6 && cols[5] == "fleet_handler").then(|| cols[3].to_owned())
+    });
+    ctx.ensure(
+        handler_cum.as_deref() == Some(format!("{handler_ns}ns").as_str()),
+        || format!("go tool pprof must list fleet_handler with {handler_ns}ns cumulative:\n{text}"),
     );
 }
 

@@ -1,12 +1,13 @@
 //! `blockprobe diff BEFORE AFTER`: compare two reports; a deploy or CI gate.
 //!
 //! Exit status: 0 when no regression crossed `--fail-on-regression` (or none was
-//! given), 1 when one did, 2 when the reports cannot be read.
+//! given), 1 when one did, 2 when the reports cannot be read or cannot be gated on
+//! (different thresholds without `--allow-threshold-mismatch`).
 
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::fleet::diff::{DiffOptions, diff, render_text};
+use crate::fleet::diff::{DiffOptions, check_comparable, diff, render_text};
 use crate::report::Report;
 
 /// Output format of `blockprobe diff`.
@@ -40,6 +41,10 @@ pub fn run(
             return EXIT_ERROR;
         }
     };
+    if let Err(e) = check_comparable(&b, &a, options) {
+        eprintln!("blockprobe: error: {e}");
+        return EXIT_ERROR;
+    }
     let d = diff(
         (&before.display().to_string(), &b),
         (&after.display().to_string(), &a),

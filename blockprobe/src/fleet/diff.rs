@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::histogram::Log2Histogram;
 use crate::model::Cause;
 use crate::render::{escape, human_duration, ms};
-use crate::report::{FunctionReport, Report};
+use crate::report::Report;
 
 /// The JSON schema of `blockprobe diff --format json`.
 pub const DIFF_SCHEMA: &str = "blockprobe.diff/v1";
@@ -33,6 +33,9 @@ pub struct DiffOptions {
     pub min_count: u64,
     /// Compare stall time per second traced (else totals).
     pub normalize: bool,
+    /// Gate even when the reports were taken with different thresholds (see
+    /// [`check_comparable`]).
+    pub allow_threshold_mismatch: bool,
 }
 
 impl Default for DiffOptions {
@@ -41,6 +44,7 @@ impl Default for DiffOptions {
             fail_on_regression: None,
             min_count: 1,
             normalize: false,
+            allow_threshold_mismatch: false,
         }
     }
 }
@@ -71,10 +75,54 @@ pub struct Stats {
     /// Estimated from the buckets (within a factor of 2).
     pub p50_ns: Option<u64>,
     pub p99_ns: Option<u64>,
-    /// Share of the stall time per cause (`running`: not blocked in a syscall), 0..1.
+    /// Share of the stall time per cause (`running`: time no cause accounts for, in
+    /// reports of versions that measured only blocking syscalls), 0..1.
     pub causes: BTreeMap<String, f64>,
     /// The cause mix as text (`sleep 75%, io 25%`).
     pub cause_mix: String,
+}
+
+/// An entry's change, AFTER minus BEFORE. A side without the entry counts as no
+/// stalls; quantiles are `null` unless both sides have it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Delta {
+    pub count: i64,
+    pub total_ns: i64,
+    pub p50_ns: Option<i64>,
+    pub p99_ns: Option<i64>,
+    /// Change of each cause's share of the stall time, in percentage points (a side
+    /// without the entry has no shares); only causes with a share on either side.
+    pub cause_share_pts: BTreeMap<String, f64>,
+}
+
+impl Delta {
+    fn between(before: Option<&Stats>, after: Option<&Stats>) -> Delta {
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let minus = |f: &dyn Fn(&Stats) -> u64| {
+            signed(after.map_or(0, f)).saturating_sub(signed(before.map_or(0, f)))
+        };
+        let quantile = |f: &dyn Fn(&Stats) -> Option<u64>| {
+            Some(signed(f(after?)?).saturating_sub(signed(f(before?)?)))
+        };
+        let share = |s: Option<&Stats>, cause: &str| {
+            s.and_then(|s| s.causes.get(cause)).copied().unwrap_or(0.0)
+        };
+        let causes: BTreeSet<&String> = [before, after]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.causes.keys())
+            .collect();
+        Delta {
+            count: minus(&|s| s.count),
+            total_ns: minus(&|s| s.total_ns),
+            p50_ns: quantile(&|s| s.p50_ns),
+            p99_ns: quantile(&|s| s.p99_ns),
+            cause_share_pts: causes
+                .into_iter()
+                .map(|c| (c.clone(), (share(after, c) - share(before, c)) * 100.0))
+                .collect(),
+        }
+    }
 }
 
 /// How an entry changed.
@@ -109,6 +157,8 @@ pub struct Change {
     pub status: Status,
     pub before: Option<Stats>,
     pub after: Option<Stats>,
+    /// The change of every number, explicitly.
+    pub delta: Delta,
     /// Change of the compared stall time (per second traced, or total), in percent;
     /// `null` when it was zero before.
     pub change_pct: Option<f64>,
@@ -136,6 +186,29 @@ pub struct Diff {
     pub below_min_count: u64,
     /// Whether any entry crossed the gate: `blockprobe diff` then exits 1.
     pub regressed: bool,
+}
+
+/// Whether the reports may be compared with `options`: a regression gate over reports
+/// taken with different thresholds (whose stall counts differ by construction) is
+/// refused unless `allow_threshold_mismatch` is set.
+pub fn check_comparable(
+    before: &Report,
+    after: &Report,
+    options: &DiffOptions,
+) -> Result<(), String> {
+    if options.fail_on_regression.is_some()
+        && before.threshold_ns != after.threshold_ns
+        && !options.allow_threshold_mismatch
+    {
+        return Err(format!(
+            "the reports were taken with different thresholds ({} ms before, {} ms after), \
+             so their stalls are not comparable; refusing to gate on them \
+             (--allow-threshold-mismatch to gate anyway)",
+            ms(before.threshold_ns),
+            ms(after.threshold_ns)
+        ));
+    }
+    Ok(())
 }
 
 /// Compares `before` with `after` (named for the output, e.g. by their files).
@@ -272,13 +345,6 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn stats(&self, e: &Entry, seconds: f64) -> Stats {
         let (h, causes) = e;
-        let probe = FunctionReport {
-            function: String::new(),
-            file: String::new(),
-            stable_file: String::new(),
-            histogram: h.clone(),
-            causes: causes.clone(),
-        };
         Stats {
             count: h.count(),
             total_ns: h.total_ns(),
@@ -287,7 +353,7 @@ impl Ctx<'_> {
             p50_ns: h.quantile(0.5),
             p99_ns: h.quantile(0.99),
             causes: cause_shares(h.total_ns(), causes),
-            cause_mix: crate::render::summary::cause_mix(&probe),
+            cause_mix: crate::render::summary::cause_mix(h.total_ns(), causes),
         }
     }
 
@@ -337,6 +403,7 @@ impl Ctx<'_> {
             name: name.to_owned(),
             file: file.to_owned(),
             status,
+            delta: Delta::between(before.as_ref(), after.as_ref()),
             before,
             after,
             change_pct,
@@ -346,7 +413,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Shares of the stall time per cause, with the unblocked rest as `running` (0..1).
+/// Shares of the stall time per cause, with any rest no cause accounts for as
+/// `running` (0..1).
 fn cause_shares(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> BTreeMap<String, f64> {
     let blocked: u128 = causes.values().map(|&v| u128::from(v)).sum();
     let denom = u128::from(total_ns).max(blocked);
@@ -529,10 +597,29 @@ fn entry_text(s: &mut String, c: &Change, normalized: bool) {
     );
     let _ = writeln!(
         s,
-        "           causes {} -> {}",
+        "           causes {} -> {}{}",
         num(b, &|x| x.cause_mix.clone()),
-        num(a, &|x| x.cause_mix.clone())
+        num(a, &|x| x.cause_mix.clone()),
+        cause_shift_text(c)
     );
+}
+
+/// The cause-mix change of an entry in both reports, largest first:
+/// ` (cpu +60, sleep -60 pts)`; empty when no share moved by a point or more.
+fn cause_shift_text(c: &Change) -> String {
+    if c.status != Status::Changed {
+        return String::new();
+    }
+    let mut moved: Vec<(&String, f64)> = (c.delta.cause_share_pts.iter())
+        .map(|(cause, &pts)| (cause, pts.round()))
+        .filter(|(_, pts)| *pts != 0.0)
+        .collect();
+    if moved.is_empty() {
+        return String::new();
+    }
+    moved.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then_with(|| x.0.cmp(y.0)));
+    let parts: Vec<String> = moved.iter().map(|(c, p)| format!("{c} {p:+}")).collect();
+    format!(" ({} pts)", parts.join(", "))
 }
 
 #[cfg(test)]
@@ -679,6 +766,80 @@ mod tests {
         assert!(d.regressed, "the service total still grew a lot");
         assert!(!d.functions[0].regression);
         assert!(render_text(&d, 5).contains("2 entries with fewer than 3 stalls"));
+    }
+
+    #[test]
+    fn delta_and_cause_shift() {
+        let before = report(60, &[("f", 20, 4)]);
+        let mut after = report(60, &[("f", 40, 4), ("io_fn", 12, 1)]);
+        let f = after
+            .functions
+            .iter_mut()
+            .find(|f| f.function == "f")
+            .unwrap();
+        f.causes = [(Cause::Cpu, 96_000_000), (Cause::Sleep, 64_000_000)]
+            .into_iter()
+            .collect();
+        let d = diff(("b", &before), ("a", &after), &DiffOptions::default());
+        let by = |n: &str| d.functions.iter().find(|c| c.name == n).unwrap();
+        let delta = &by("f").delta;
+        assert_eq!(delta.count, 0);
+        assert_eq!(delta.total_ns, 80_000_000);
+        assert!(delta.p50_ns.is_some_and(|p| p > 0), "{delta:?}");
+        assert!(delta.p99_ns.is_some_and(|p| p > 0), "{delta:?}");
+        let pts = |c: &str| delta.cause_share_pts[c];
+        assert!((pts("cpu") - 60.0).abs() < 1e-9, "{delta:?}");
+        assert!((pts("sleep") + 35.0).abs() < 1e-9, "{delta:?}");
+        assert!((pts("io") + 12.5).abs() < 1e-9, "{delta:?}");
+        assert!((pts("running") + 12.5).abs() < 1e-9, "{delta:?}");
+        let new = &by("io_fn").delta;
+        assert_eq!((new.count, new.total_ns), (1, 12_000_000));
+        assert_eq!((new.p50_ns, new.p99_ns), (None, None), "one side only");
+        assert!((new.cause_share_pts["io"] - 100.0).abs() < 1e-9);
+
+        let text = render_text(&d, 20);
+        assert!(
+            text.contains(
+                "causes sleep 75%, io 13%, running 12% -> cpu 60%, sleep 40% \
+                 (cpu +60, sleep -35, io -13, running -13 pts)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("causes - -> io 100%\n"),
+            "no shift for new entries: {text}"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        let f = json["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "f")
+            .unwrap();
+        assert_eq!(f["delta"]["count"], 0);
+        assert_eq!(f["delta"]["total_ns"], 80_000_000);
+        assert_eq!(f["delta"]["cause_share_pts"]["cpu"], 60.0);
+        assert!(f["delta"]["p99_ns"].is_i64());
+    }
+
+    #[test]
+    fn gating_reports_of_other_thresholds_needs_a_flag() {
+        let before = report(60, &[("f", 20, 4)]);
+        let mut after = before.clone();
+        after.threshold_ns = 5_000_000;
+        let e = check_comparable(&before, &after, &gate(10.0)).unwrap_err();
+        assert!(
+            e.contains("different thresholds (10.0 ms before, 5.0 ms after)"),
+            "{e}"
+        );
+        assert!(e.contains("--allow-threshold-mismatch"), "{e}");
+        assert!(check_comparable(&before, &after, &DiffOptions::default()).is_ok());
+        let allowed = DiffOptions {
+            allow_threshold_mismatch: true,
+            ..gate(10.0)
+        };
+        assert!(check_comparable(&before, &after, &allowed).is_ok());
+        assert!(check_comparable(&before, &before, &gate(10.0)).is_ok());
     }
 
     #[test]

@@ -333,7 +333,7 @@ mod tests {
         for spec in specs {
             a.record(make_stall(spec));
         }
-        a.set_lost_named("ringbuf_stall", specs.len() as u64 % 3);
+        a.add_lost("ringbuf_stall", specs.len() as u64 % 3);
         let mut r = a.report(RunInfo {
             host: host.into(),
             started_unix_ns: started,

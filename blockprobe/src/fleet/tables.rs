@@ -32,7 +32,7 @@ pub struct ServiceReport {
     /// Stall durations, inline as in `functions`.
     #[serde(flatten)]
     pub histogram: Log2Histogram,
-    /// Time blocked in syscalls during these stalls, by cause.
+    /// Stall time by cause, on CPU and off (sum of the stalls' `causes`).
     #[serde(default)]
     pub causes: BTreeMap<Cause, u64>,
 }
@@ -99,13 +99,18 @@ pub fn leaf_of(stall: &Stall) -> String {
 pub struct Tables {
     services: HashMap<String, FunctionStats>,
     stacks: HashMap<StackKey, (u64, u64)>,
-    stable_files: StableFiles,
 }
 
 impl Tables {
     /// Adds one stall of a process labelled `service` (empty: not registered) whose
-    /// first-party files are under `app_root`.
-    pub fn record(&mut self, stall: &Stall, service: &str, app_root: &str) {
+    /// first-party files are under `app_root`; `files` makes its frames' files stable.
+    pub fn record(
+        &mut self,
+        stall: &Stall,
+        service: &str,
+        app_root: &str,
+        files: &mut StableFiles,
+    ) {
         let service = if service.is_empty() {
             UNKNOWN_FUNCTION
         } else {
@@ -129,7 +134,7 @@ impl Tables {
                 .iter()
                 .map(|f| StackFrame {
                     function: f.function.clone(),
-                    file: self.stable_files.get(&f.file, app_root),
+                    file: files.get(&f.file, app_root),
                 })
                 .collect(),
         };
@@ -212,16 +217,17 @@ mod tests {
     #[test]
     fn services_and_stacks() {
         let mut t = Tables::default();
+        let mut files = StableFiles::default();
         let mut s = stall(1, 0, 100, Some(frame("f", "/srv/app/a.py", 3)));
         s.stack = vec![
             frame("f", "/srv/app/a.py", 3),
             frame("main", "/srv/app/main.py", 9),
         ];
-        t.record(&s, "api", "/srv/app");
+        t.record(&s, "api", "/srv/app", &mut files);
         s.stack[0].line = 4; // same stack without lines
         s.duration_ns = 50;
-        t.record(&s, "api", "/srv/app");
-        t.record(&s, "", "");
+        t.record(&s, "api", "/srv/app", &mut files);
+        t.record(&s, "", "", &mut files);
         let services = t.services();
         assert_eq!(services.len(), 2);
         assert_eq!(services[0].service, "api");
@@ -252,9 +258,10 @@ mod tests {
     #[test]
     fn bounded() {
         let mut t = Tables::default();
+        let mut files = StableFiles::default();
         for i in 0..(MAX_STACKS + 10) {
             let s = stall(1, 0, 10, Some(frame(&format!("f{i}"), "x.py", 1)));
-            t.record(&s, &format!("svc{}", i % 3), "");
+            t.record(&s, &format!("svc{}", i % 3), "", &mut files);
         }
         let stacks = t.stacks();
         assert_eq!(
@@ -266,7 +273,7 @@ mod tests {
         assert_eq!(total, MAX_STACKS as u64 + 10);
         assert!(stacks.iter().any(|s| s.frames[0].function == OTHER_STACKS));
         for i in 0..(MAX_SERVICES + 5) {
-            t.record(&stall(1, 0, 10, None), &format!("s{i}"), "");
+            t.record(&stall(1, 0, 10, None), &format!("s{i}"), "", &mut files);
         }
         let services = t.services();
         assert_eq!(services.len(), MAX_SERVICES + 1);

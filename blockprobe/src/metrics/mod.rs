@@ -10,8 +10,8 @@
 //!   Buckets are the report's log2 buckets, `le` = (2^k - 1) ns in seconds, from the one
 //!   holding the threshold up to ~69 s.
 //! - `blockprobe_stalls_by_cause_total{service,cause}`: stalls by main cause.
-//! - `blockprobe_blocked_seconds_total{service,cause}`: time blocked in syscalls during
-//!   stalls, by cause.
+//! - `blockprobe_blocked_seconds_total{service,cause}`: stall time by cause (`cpu`,
+//!   `runqueue` and the off-CPU reasons).
 //! - `blockprobe_event_loops{service}`, `blockprobe_traced_processes{service}`: gauges.
 //! - `blockprobe_lost_events_total{kind}`: events lost (counts above may then be low).
 //! - `blockprobe_threshold_seconds`, `blockprobe_build_info{version}`, and the standard
@@ -21,11 +21,22 @@
 //!
 //! # Cardinality
 //!
-//! Series are created as stalls arrive and never removed (counters stay monotonic). At
-//! most `max_services` service labels and, per service, `max_functions` functions get
-//! series of their own: the first ones seen. Stalls of later ones are counted under
-//! `service="<other>"` or `function="<other>",file=""`. So the histogram has at most
-//! `max_services × (max_functions + 1)` label sets.
+//! Series are created as stalls arrive and never removed (counters stay monotonic).
+//! - Services: the first `max_services` service labels to stall get series of their
+//!   own (a traced process that never stalls takes no slot); stalls of later ones count
+//!   under `service="<other>"`.
+//! - Functions, per service: the first `max_functions` to stall get series of their
+//!   own; later ones count under `function="<other>",file=""`. A pooled function whose
+//!   stall time while pooled comes to exceed the smallest series' total then gets a
+//!   series of its own (from that stall on; its earlier stalls stay in `<other>`), up to
+//!   a hard ceiling of 2 × `max_functions` series per service. Pooled stall time is
+//!   tracked for at most [`POOLED_CANDIDATES`] functions per service (the smallest is
+//!   forgotten first).
+//!
+//! So the histogram has at most `(max_services + 1) × (2 × max_functions + 1)` label
+//! sets: the `<other>` service and `<other>` function series come on top of the caps.
+//! The per-service gauges show at most `max_services + 1` labels (services that have
+//! not stalled yet share the labels left, then `<other>`).
 
 pub mod http;
 pub mod process;
@@ -34,10 +45,13 @@ pub mod sink;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use crate::aggregate::{OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
-use crate::fleet::identity::stable_file;
+use crate::aggregate::{FunctionKey, OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
+use crate::fleet::identity::StableFiles;
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_index, bucket_le_ns};
 use crate::model::Stall;
+
+/// Functions per service whose pooled stall time is tracked for promotion.
+pub const POOLED_CANDIDATES: usize = 256;
 
 /// Highest bucket exposed: le = 2^36 - 1 ns (~68.7 s); longer stalls only count in +Inf.
 const TOP_BUCKET: usize = 35;
@@ -47,10 +61,18 @@ const TOP_BUCKET: usize = 35;
 pub struct MetricsConfig {
     /// The session's stall threshold.
     pub threshold_ns: u64,
-    /// Functions per service with series of their own.
+    /// Functions per service with series of their own at first (the ceiling is twice
+    /// this; see the module docs).
     pub max_functions: usize,
     /// Services with series of their own.
     pub max_services: usize,
+}
+
+impl MetricsConfig {
+    /// The most function series a service gets, `<other>` not included.
+    pub fn function_ceiling(&self) -> usize {
+        self.max_functions.saturating_mul(2)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +80,15 @@ struct SeriesKey {
     service: String,
     function: String,
     file: String,
+}
+
+/// The function series of one service.
+#[derive(Debug, Default)]
+struct ServiceFunctions {
+    /// Function series of its own (not `<other>`).
+    series: usize,
+    /// Stall time of pooled functions since they were pooled, by (function, file).
+    pooled: HashMap<(String, String), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -72,12 +103,13 @@ struct Traced {
 pub struct Metrics {
     config: MetricsConfig,
     histograms: BTreeMap<SeriesKey, Log2Histogram>,
-    functions_per_service: HashMap<String, usize>,
+    functions_per_service: HashMap<String, ServiceFunctions>,
     services: BTreeSet<String>,
     stalls_by_cause: BTreeMap<(String, String), u64>,
     blocked_ns_by_cause: BTreeMap<(String, String), u64>,
     processes: HashMap<u32, Traced>,
     lost: BTreeMap<String, u64>,
+    stable_files: StableFiles,
 }
 
 impl Metrics {
@@ -92,16 +124,14 @@ impl Metrics {
             blocked_ns_by_cause: BTreeMap::new(),
             processes: HashMap::new(),
             lost: BTreeMap::new(),
+            stable_files: StableFiles::default(),
         }
     }
 
-    /// The label a service gets: itself, or `<other>` past the bound.
+    /// The label of a stalling service: itself (taking a slot at its first stall), or
+    /// `<other>` once the slots are taken.
     fn service_label(&mut self, service: &str) -> String {
-        let service = if service.is_empty() {
-            UNKNOWN_FUNCTION
-        } else {
-            service
-        };
+        let service = service_name(service);
         if self.services.contains(service) {
             return service.to_owned();
         }
@@ -113,13 +143,12 @@ impl Metrics {
         OTHER_FUNCTION.to_owned()
     }
 
-    /// A process is now traced.
+    /// A process is now traced. Its service takes a slot only when it first stalls.
     pub fn attach(&mut self, info: &ProcessInfo) {
-        let service = self.service_label(&info.service);
         self.processes.insert(
             info.pid,
             Traced {
-                service,
+                service: service_name(&info.service).to_owned(),
                 app_root: info.app_root.clone(),
                 loops: BTreeSet::new(),
             },
@@ -148,29 +177,11 @@ impl Metrics {
     pub fn stall(&mut self, stall: &Stall) {
         let (service, root) = match self.processes.get(&stall.pid) {
             Some(p) => (p.service.clone(), p.app_root.clone()),
-            None => (self.service_label(""), String::new()),
+            None => (String::new(), String::new()),
         };
-        let (function, file) = match &stall.culprit {
-            Some(f) => (f.function.clone(), stable_file(&f.file, [root.as_str()])),
-            None => (UNKNOWN_FUNCTION.to_owned(), String::new()),
-        };
-        let mut key = SeriesKey {
-            service: service.clone(),
-            function,
-            file,
-        };
-        if !self.histograms.contains_key(&key) {
-            let n = self
-                .functions_per_service
-                .entry(service.clone())
-                .or_default();
-            if *n < self.config.max_functions {
-                *n += 1;
-            } else {
-                key.function = OTHER_FUNCTION.to_owned();
-                key.file = String::new();
-            }
-        }
+        let service = self.service_label(&service);
+        let function = FunctionKey::of_stall(stall, &root, &mut self.stable_files);
+        let key = self.series_key(service.clone(), function, stall.duration_ns);
         self.histograms
             .entry(key)
             .or_default()
@@ -189,6 +200,109 @@ impl Metrics {
         }
     }
 
+    /// The series a stall of `duration_ns` in `function` of `service` counts in: its
+    /// own, a new one (a free slot, or a pooled function promoted), or `<other>`.
+    fn series_key(
+        &mut self,
+        service: String,
+        function: FunctionKey,
+        duration_ns: u64,
+    ) -> SeriesKey {
+        let key = SeriesKey {
+            service,
+            function: function.function,
+            file: function.stable_file,
+        };
+        if self.histograms.contains_key(&key) {
+            return key;
+        }
+        let smallest = self.smallest_series_ns(&key.service);
+        let ceiling = self.config.function_ceiling();
+        let first = self.config.max_functions;
+        let fs = self
+            .functions_per_service
+            .entry(key.service.clone())
+            .or_default();
+        if fs.series < first {
+            fs.series += 1;
+            return key;
+        }
+        let name = (key.function.clone(), key.file.clone());
+        let pooled = fs
+            .pooled
+            .get(&name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(duration_ns);
+        if fs.series < ceiling && smallest.is_some_and(|min| pooled > min) {
+            fs.series += 1;
+            fs.pooled.remove(&name);
+            return key;
+        }
+        if !fs.pooled.contains_key(&name)
+            && fs.pooled.len() >= POOLED_CANDIDATES
+            && let Some(least) = fs
+                .pooled
+                .iter()
+                .min_by_key(|(k, ns)| (**ns, (*k).clone()))
+                .map(|(k, _)| k.clone())
+        {
+            fs.pooled.remove(&least);
+        }
+        fs.pooled.insert(name, pooled);
+        SeriesKey {
+            service: key.service,
+            function: OTHER_FUNCTION.to_owned(),
+            file: String::new(),
+        }
+    }
+
+    /// The smallest total stall time of `service`'s own function series.
+    fn smallest_series_ns(&self, service: &str) -> Option<u64> {
+        let from = SeriesKey {
+            service: service.to_owned(),
+            function: String::new(),
+            file: String::new(),
+        };
+        self.histograms
+            .range(from..)
+            .take_while(|(k, _)| k.service == service)
+            .filter(|(k, _)| !(k.function == OTHER_FUNCTION && k.file.is_empty()))
+            .map(|(_, h)| h.total_ns())
+            .min()
+    }
+
+    /// Event loops and processes traced, by gauge label: services with stall series,
+    /// then other traced services while there are fewer than `max_services` labels,
+    /// then `<other>`.
+    fn gauges(&self) -> BTreeMap<&str, (u64, u64)> {
+        let mut out: BTreeMap<&str, (u64, u64)> =
+            self.services.iter().map(|s| (s.as_str(), (0, 0))).collect();
+        let mut quiet: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for p in self.processes.values() {
+            let service = p.service.as_str();
+            let e = if out.contains_key(service) {
+                out.entry(service)
+            } else {
+                quiet.entry(service)
+            }
+            .or_default();
+            e.0 += p.loops.len() as u64;
+            e.1 += 1;
+        }
+        for (service, (loops, procs)) in quiet {
+            let label = if out.len() < self.config.max_services {
+                service
+            } else {
+                OTHER_FUNCTION
+            };
+            let e = out.entry(label).or_default();
+            e.0 += loops;
+            e.1 += procs;
+        }
+        out
+    }
+
     /// The buckets exposed: from the one holding the threshold to [`TOP_BUCKET`].
     fn bucket_range(&self) -> std::ops::RangeInclusive<usize> {
         let lo = bucket_index(self.config.threshold_ns).min(TOP_BUCKET);
@@ -205,10 +319,15 @@ impl Metrics {
             "histogram",
             &format!(
                 "Stalls (event-loop iterations off-await at least the threshold) by service \
-                 and culprit function. Cardinality is capped: the first {} services and, per \
-                 service, the first {} functions get their own series; later ones count \
-                 under service=\"<other>\" / function=\"<other>\".",
-                m.max_services, m.max_functions
+                 and culprit function. Cardinality is capped: the first {} services to \
+                 stall get their own series, later ones count under service=\"<other>\"; \
+                 per service, the first {} functions to stall do, later ones count under \
+                 function=\"<other>\" until their stall time there exceeds the smallest \
+                 series' (at most {} function series per service). The <other> series \
+                 come on top of these caps.",
+                m.max_services,
+                m.max_functions,
+                m.function_ceiling()
             ),
         );
         for (k, h) in &self.histograms {
@@ -265,7 +384,8 @@ impl Metrics {
             &mut s,
             "blockprobe_blocked_seconds_total",
             "counter",
-            "Time event loops spent blocked in syscalls during stalls, by cause.",
+            "Stall time of event loops by cause: on CPU (cpu), waiting for a CPU (runqueue), \
+             or off CPU by reason.",
         );
         for ((service, cause), ns) in &self.blocked_ns_by_cause {
             let _ = writeln!(
@@ -277,13 +397,7 @@ impl Metrics {
             );
         }
 
-        let mut loops: BTreeMap<&str, (u64, u64)> =
-            self.services.iter().map(|s| (s.as_str(), (0, 0))).collect();
-        for p in self.processes.values() {
-            let e = loops.entry(p.service.as_str()).or_default();
-            e.0 += p.loops.len() as u64;
-            e.1 += 1;
-        }
+        let loops = self.gauges();
         header(
             &mut s,
             "blockprobe_event_loops",
@@ -347,6 +461,15 @@ impl Metrics {
         );
         me.render(&mut s);
         s
+    }
+}
+
+/// A service label: the service, or `<unknown>` when it has none.
+fn service_name(service: &str) -> &str {
+    if service.is_empty() {
+        UNKNOWN_FUNCTION
+    } else {
+        service
     }
 }
 
@@ -611,18 +734,20 @@ mod tests {
     #[test]
     fn cardinality_is_capped() {
         let mut m = metrics(2, 2);
-        m.attach(&proc(1, "a"));
-        m.attach(&proc(2, "b"));
-        m.attach(&proc(3, "c"));
+        for (pid, service) in [(1, "a"), (2, "quiet"), (3, "c"), (4, "d")] {
+            m.attach(&proc(pid, service));
+        }
         for f in ["f1", "f2", "f3", "f4", "f1"] {
             m.stall(&stall(1, 0, 20_000_000, Some(frame(f, "/srv/app/x.py", 1))));
         }
-        m.stall(&stall(
-            3,
-            0,
-            20_000_000,
-            Some(frame("g", "/srv/app/x.py", 1)),
-        ));
+        for pid in [3, 4] {
+            m.stall(&stall(
+                pid,
+                0,
+                20_000_000,
+                Some(frame("g", "/srv/app/x.py", 1)),
+            ));
+        }
         let text = m.render(&process::SelfStats::default());
         let count = |l: &str| {
             value(
@@ -642,15 +767,87 @@ mod tests {
             count("service=\"a\",function=\"<other>\",file=\"\"").as_deref(),
             Some("2")
         );
+        // "quiet" never stalled: it took no slot, so "c" has one and "d" is <other>.
+        assert_eq!(
+            count("service=\"c\",function=\"g\",file=\"x.py\"").as_deref(),
+            Some("1")
+        );
         assert_eq!(
             count("service=\"<other>\",function=\"g\",file=\"x.py\"").as_deref(),
             Some("1")
         );
+        assert!(!text.contains("service=\"quiet\",function"), "{text}");
         let series = text
             .lines()
             .filter(|l| l.starts_with("blockprobe_stall_duration_seconds_count"))
             .count();
-        assert_eq!(series, 4);
-        assert!(text.contains("the first 2 services"), "documented in HELP");
+        assert_eq!(series, 5);
+        // Gauges: the two stalled services, then <other> for the rest (quiet and d).
+        assert_eq!(
+            value(&text, "blockprobe_traced_processes{service=\"<other>\"}").as_deref(),
+            Some("2")
+        );
+        assert!(
+            text.contains("the first 2 services to stall"),
+            "documented in HELP"
+        );
+        assert!(
+            text.contains("at most 4 function series per service"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pooled_functions_that_outweigh_a_series_get_their_own() {
+        let mut m = metrics(2, 5);
+        m.attach(&proc(1, "api"));
+        let at = |m: &mut Metrics, f: &str, ms: u64| {
+            m.stall(&stall(
+                1,
+                0,
+                ms * 1_000_000,
+                Some(frame(f, "/srv/app/x.py", 1)),
+            ));
+        };
+        at(&mut m, "small", 20);
+        at(&mut m, "big", 60);
+        // Pooled 15 ms is not more than small's 20 ms: it stays in <other>.
+        at(&mut m, "hot", 15);
+        // Pooled 30 ms is: hot gets its own series from this stall on.
+        at(&mut m, "hot", 15);
+        at(&mut m, "hot", 15);
+        let text = m.render(&process::SelfStats::default());
+        let count = |text: &str, f: &str| {
+            let file = if f == "<other>" { "" } else { "x.py" };
+            value(
+                text,
+                &format!(
+                    "blockprobe_stall_duration_seconds_count{{service=\"api\",function=\"{f}\",file=\"{file}\"}}"
+                ),
+            )
+        };
+        assert_eq!(count(&text, "hot").as_deref(), Some("2"), "{text}");
+        assert_eq!(count(&text, "<other>").as_deref(), Some("1"));
+        assert_eq!(count(&text, "small").as_deref(), Some("1"), "never removed");
+        // The ceiling: 2 x 2 function series, whatever outweighs them later.
+        for f in ["w1", "w2", "w3", "w4"] {
+            for _ in 0..3 {
+                at(&mut m, f, 100);
+            }
+        }
+        let text = m.render(&process::SelfStats::default());
+        let own: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("blockprobe_stall_duration_seconds_count"))
+            .filter(|l| !l.contains("function=\"<other>\""))
+            .collect();
+        assert_eq!(own.len(), 4, "{own:#?}");
+        assert_eq!(
+            count(&text, "w1").as_deref(),
+            Some("3"),
+            "100 ms > 20 ms at once"
+        );
+        assert_eq!(count(&text, "w2"), None);
+        assert_eq!(count(&text, "<other>").as_deref(), Some("10"));
     }
 }

@@ -15,6 +15,7 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
+use super::summary::cause_mix;
 use super::{escape, local_clock, ms, short_path};
 use crate::model::{Frame, Stall};
 
@@ -112,14 +113,19 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// The header line of the text stream (no newline).
 pub fn text_header() -> String {
     format!(
-        "{:<12} {:>7} {:<15} {:>7} {:>8} {:<5} {:<15} {}",
-        "TIME", "PID", "COMM", "TID", "STALL_MS", "CAUSE", "SYSCALL", "CULPRIT"
+        "{:<12} {:>7} {:<15} {:>7} {:>8} {:<CAUSES$} {:<15} {}",
+        "TIME", "PID", "COMM", "TID", "STALL_MS", "CAUSES", "SYSCALL", "CULPRIT"
     )
 }
 
-/// One stall as a text line (no newline), in the local time zone, laid out for
-/// `width` columns: the culprit comes last and is shortened to fit (function names lose
-/// their start, files are shown by their last two components). Names are escaped.
+/// Width of the CAUSES column: `cpu 60%, gil 40%` fits; a longer mix pushes the rest
+/// of its line right.
+const CAUSES: usize = 16;
+
+/// One stall as a text line (no newline), in the local time zone: the stall's cause
+/// breakdown (as in the summary, e.g. `sleep 100%` or `cpu 60%, gil 40%`), its longest
+/// syscall, then the culprit, never cut (files are shown by their last two components).
+/// Names are escaped.
 pub fn stall_line(stall: &Stall) -> String {
     stall_line_at(stall, &local_clock(stall.start_unix_ns))
 }
@@ -131,12 +137,14 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         (Some(name), None) => escape(name),
         (Some(name), Some(fd)) => format!("{}({})", escape(name), fd.as_str()).into(),
     };
+    // A loop still stuck when tracing stopped: it lasted at least this long.
+    let at_least = if stall.ongoing { ">" } else { "" };
     let head = format!(
-        "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<5} {:<15} ",
+        "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<CAUSES$} {:<15} ",
         stall.pid,
         stall.tid,
-        ms(stall.duration_ns),
-        stall.cause.as_str(),
+        format!("{at_least}{}", ms(stall.duration_ns)),
+        cause_mix(stall.duration_ns, &stall.causes),
         syscall,
     );
     // The culprit is never cut: a line that wraps beats a name that misleads.
@@ -339,6 +347,10 @@ mod tests {
         let mut s = stall(4242, 1_700_000_000_123_456_789, 152_340_000, None);
         s.tid = 4250;
         s.culprit = Some(frame("Client.fetch_data", "/srv/app/services/db.py", 42));
+        s.cause = Cause::Cpu;
+        s.causes = [(Cause::Cpu, 91_404_000), (Cause::Gil, 60_936_000)]
+            .into_iter()
+            .collect();
         s.stack = vec![
             frame("sleep", "/usr/lib/python3.11/asyncio/x.py", 3),
             frame("Client.fetch_data", "/srv/app/services/db.py", 42),
@@ -351,12 +363,21 @@ mod tests {
         let line = stall_line_at(&sample(), "22:13:20.123");
         assert_eq!(
             line,
-            "22:13:20.123    4242 python3            4250    152.3 sleep clock_nanosleep Client.fetch_data (services/db.py:42)"
+            "22:13:20.123    4242 python3            4250    152.3 cpu 60%, gil 40% clock_nanosleep Client.fetch_data (services/db.py:42)"
         );
         let header = text_header();
         // The header's columns line up with the line's.
         assert_eq!(header.find("CULPRIT"), line.find("Client"));
-        assert_eq!(header.find("CAUSE"), line.find("sleep"));
+        assert_eq!(header.find("CAUSES"), line.find("cpu"));
+        assert_eq!(header.find("SYSCALL"), line.find("clock_"));
+        // A one-cause stall, as most are.
+        let mut s = sample();
+        s.causes = [(Cause::Sleep, s.duration_ns)].into_iter().collect();
+        let line = stall_line_at(&s, "22:13:20.123");
+        assert!(
+            line.contains(" 152.3 sleep 100%       clock_nanosleep Client"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -384,12 +405,13 @@ mod tests {
         s.culprit = None;
         s.syscall = None;
         s.cause = Cause::Other;
+        s.causes = [(Cause::Other, s.duration_ns)].into_iter().collect();
         let line = stall_line_at(&s, "x");
         assert!(
             line.ends_with(" <unknown> in sleep (asyncio/x.py:3)"),
             "{line}"
         );
-        assert!(line.contains(" other -  "), "{line}");
+        assert!(line.contains(" other 100%       -  "), "{line}");
         s.stack.clear();
         assert!(stall_line_at(&s, "x").ends_with(" <unknown>"));
     }
@@ -412,6 +434,20 @@ mod tests {
         assert_eq!(v["comm"], "py\u{1b}[2J");
         assert_eq!(v["culprit"]["function"], "evil\n\u{1b}[31mfn");
         assert_eq!(v["syscall"], "read\u{7}");
+    }
+
+    #[test]
+    fn an_ongoing_stall_lasted_at_least() {
+        let mut s = sample();
+        s.ongoing = true;
+        assert!(stall_line(&s).contains(" >"), "{}", stall_line(&s));
+        assert_eq!(stall_json_value(&s)["ongoing"], true);
+        s.ongoing = false;
+        assert!(stall_json_value(&s).get("ongoing").is_none());
+    }
+
+    fn stall_json_value(s: &Stall) -> serde_json::Value {
+        serde_json::from_str(&stall_json(s)).unwrap()
     }
 
     #[test]

@@ -20,14 +20,17 @@
 //! Histogram rows are the log2 buckets from the lowest to the highest non-empty one;
 //! `lo -> hi` is the bucket `[lo, hi)` converted to the unit in the title (chosen so the
 //! lowest bucket's bound is at least 1 of it). Every line of a histogram fits in 80
-//! columns. Cause shares are of the function's total stall time; `running` is the time
-//! not spent blocked in a syscall (running code, or waiting for a CPU).
+//! columns. Cause shares are of the function's total stall time (see [`cause_mix`]):
+//! `cpu` is running code, `runqueue` waiting for a CPU, the others time off CPU by
+//! reason.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::{escape, human_duration, local_clock, ms, short_path, truncate_left};
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
+use crate::model::Cause;
 use crate::report::{FunctionReport, Report};
 
 /// What the summary shows.
@@ -251,24 +254,26 @@ fn function_block(s: &mut String, rank: usize, f: &FunctionReport) {
         est(0.5),
         est(0.99)
     );
-    let _ = writeln!(s, "    causes: {}", cause_mix(f));
+    let _ = writeln!(s, "    causes: {}", cause_mix(h.total_ns(), &f.causes));
     for line in histogram_lines(h) {
         let _ = writeln!(s, "{line}");
     }
 }
 
-/// The cause mix of a function: shares of its total stall time, largest first, e.g.
-/// `sleep 75%, io 13%, running 12%` (`-` when nothing is known). The shares add up to
-/// 100% (largest-remainder rounding); those that round to 0% are left out.
-pub fn cause_mix(f: &FunctionReport) -> String {
-    let total = f.histogram.total_ns() as u128;
-    let blocked: u128 = f.causes.values().map(|&v| v as u128).sum();
+/// The cause mix of stall time `total_ns` with time per cause `causes` (a function's,
+/// or one stall's in the live stream): shares of the stall time, largest first, e.g.
+/// `sleep 75%, io 13%, running 12%` (`-` when nothing is known). `running` is time no
+/// cause accounts for (reports of blockprobe versions that measured only blocking
+/// syscalls). The shares add up to 100% (largest-remainder rounding); those that round
+/// to 0% are left out.
+pub fn cause_mix(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> String {
+    let total = total_ns as u128;
+    let blocked: u128 = causes.values().map(|&v| v as u128).sum();
     let denom = total.max(blocked);
     if denom == 0 {
         return "-".into();
     }
-    let mut shares: Vec<(&str, u128)> = f
-        .causes
+    let mut shares: Vec<(&str, u128)> = causes
         .iter()
         .map(|(c, &ns)| (c.as_str(), ns as u128))
         .collect();
@@ -483,6 +488,10 @@ mod tests {
         assert!(histogram_lines(&Log2Histogram::new()).is_empty());
     }
 
+    fn mix(f: &FunctionReport) -> String {
+        cause_mix(f.histogram.total_ns(), &f.causes)
+    }
+
     #[test]
     fn cause_mix_shares() {
         let mut a = Aggregator::default();
@@ -490,13 +499,13 @@ mod tests {
         s.causes = [(Cause::Sleep, 98), (Cause::Io, 1)].into_iter().collect();
         a.record(s);
         let r = a.report(run());
-        assert_eq!(cause_mix(&r.functions[0]), "sleep 98%, io 1%, running 1%");
+        assert_eq!(mix(&r.functions[0]), "sleep 98%, io 1%, running 1%");
 
         let mut a = Aggregator::default();
         let mut s = stall(1, 0, 100, Some(frame("f", "f.py", 1)));
         s.causes.clear();
         a.record(s);
-        assert_eq!(cause_mix(&a.report(run()).functions[0]), "running 100%");
+        assert_eq!(mix(&a.report(run()).functions[0]), "running 100%");
 
         let mut a = Aggregator::default();
         let mut s = stall(1, 0, 100, Some(frame("f", "f.py", 1)));
@@ -505,10 +514,7 @@ mod tests {
             .into_iter()
             .collect();
         a.record(s);
-        assert_eq!(
-            cause_mix(&a.report(run()).functions[0]),
-            "lock 75%, wait 25%"
-        );
+        assert_eq!(mix(&a.report(run()).functions[0]), "lock 75%, wait 25%");
     }
 
     fn run() -> RunInfo {
