@@ -867,14 +867,20 @@ impl CtxRef {
     /// checks it exits 0 with clean output.
     #[track_caller]
     pub fn stop_trace(&self, bp: &Proc) {
+        self.stop_trace_with(bp, Signal::SIGINT);
+    }
+
+    /// [`CtxRef::stop_trace`] with `signal` (SIGINT or SIGTERM: both end tracing cleanly).
+    #[track_caller]
+    pub fn stop_trace_with(&self, bp: &Proc, signal: Signal) {
         bp.may_exit();
         if bp.exited().is_none() {
-            bp.signal(Signal::SIGINT);
+            bp.signal(signal);
         }
         let status = bp.wait_exit();
         self.check_clean(bp);
         self.ensure(status.code() == Some(0), || {
-            format!("blockprobe trace stopped with {status}, expected exit code 0")
+            format!("blockprobe trace stopped by {signal} with {status}, expected exit code 0")
         });
     }
 
