@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -662,23 +662,97 @@ fn corrupted_frames_and_code_are_survived() {
 
 // ------------------------------------------------------------------ privileges
 
+/// What `setpriv` options make of blockprobe's privileges: another user (nobody) and the
+/// capabilities it keeps or loses across the exec.
+const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+
 /// `trace -p PID` as an unprivileged user (nobody): exit 1 before anything else, with
-/// exactly one line on stderr saying that root (CAP_BPF, CAP_PERFMON) is needed, not the
-/// "permission denied" that reading the process would give.
+/// exactly one line on stderr saying that root is needed and naming every capability it
+/// lacks, not the "permission denied" that reading the process would give.
 #[test]
 fn not_root_is_one_clear_line() {
+    refused_with_one_line(
+        AS_NOBODY,
+        "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH",
+    );
+}
+
+/// `trace -p PID` as root without CAP_BPF and CAP_PERFMON (dropped from the bounding and
+/// inheritable sets, so root's exec does not get them back), and without CAP_SYS_ADMIN,
+/// which the kernel accepts instead of either: exit 1 with one line naming exactly those
+/// two. (Before the capability check, root passed and blockprobe failed later, loading
+/// its programs.)
+#[test]
+fn missing_bpf_and_perfmon_is_one_line_naming_them() {
+    let drop = "-bpf,-perfmon,-sys_admin";
+    refused_with_one_line(
+        &[
+            &format!("--inh-caps={drop}"),
+            &format!("--bounding-set={drop}"),
+        ],
+        "CAP_BPF, CAP_PERFMON",
+    );
+}
+
+/// A user other than root (nobody) holding the capabilities blockprobe needs, as ambient
+/// capabilities: not refused by any root check; `trace -p` of root's sleep_in_coroutine.py
+/// finds its loop and reports its stall as usual.
+#[test]
+fn a_user_with_the_capabilities_is_not_refused() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let script_path = script("sleep_in_coroutine.py");
+    let target = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&script_path));
+    let ready = ctx.wait_ready(&target);
+    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let granted = [
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    ];
+    let setpriv: Vec<&str> = AS_NOBODY
+        .iter()
+        .copied()
+        .chain(granted.iter().map(String::as_str))
+        .collect();
+    let pid = target.pid();
+    let (_bin, bp) = spawn_privileged(
+        &ctx,
+        "blockprobe trace -p (nobody with capabilities)",
+        &setpriv,
+        trace_command(&[pid]).get_args(),
+    );
+    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
+    let go = unix_now_ns();
+    target.send("GO");
+    let state = ctx.wait_finished(&target);
+    let stalls = ctx.wait_stalls(&bp, pid, 1);
+    let seen = unix_now_ns();
+    ctx.quit_script(&target);
+    ctx.stop_trace(&bp);
+    ctx.check_handler_sleep(
+        &stalls[0],
+        &script_path,
+        python.sleep_syscall(),
+        &state,
+        (go, seen),
+    );
+}
+
+/// Runs `trace -p` (on a live idle.py) under `setpriv SETPRIV…`, and checks that it is
+/// refused with exit code 1 and exactly one line on stderr that says root is needed and
+/// lists exactly `missing` as what blockprobe lacks; nothing on stdout.
+fn refused_with_one_line(setpriv: &[&str], missing: &str) {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
     ctx.wait_ready(&target);
-    let bin = unprivileged_copy(&ctx);
-    let bp = ctx.spawn(
-        "blockprobe trace -p (as nobody)",
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin.1)
-            .args(["trace", "-p", &target.pid().to_string()]),
+    let (_bin, bp) = spawn_privileged(
+        &ctx,
+        &format!("blockprobe trace -p (setpriv {})", setpriv.join(" ")),
+        setpriv,
+        ["trace", "-p", &target.pid().to_string()].map(std::ffi::OsStr::new),
     );
     bp.close_stdin();
     let status = bp.wait_exit();
@@ -687,13 +761,21 @@ fn not_root_is_one_clear_line() {
         format!("expected exit code 1, got {status}")
     });
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lacks = lines.first().and_then(|l| {
+        let (_, rest) = l.split_once("capabilities it lacks: ")?;
+        Some(rest.split_once(" (").map_or(rest, |(names, _)| names))
+    });
     ctx.ensure(
         lines.len() == 1
             && lines[0].contains("needs root")
-            && lines[0].contains("CAP_BPF")
-            && lines[0].contains("CAP_PERFMON")
+            && lacks == Some(missing)
             && !stderr.contains("panicked"),
-        || format!("expected one line on stderr saying root is needed, got:\n{stderr}"),
+        || {
+            format!(
+                "expected one line on stderr saying root is needed and that blockprobe \
+                 lacks exactly {missing}, got:\n{stderr}"
+            )
+        },
     );
     ctx.ensure(bp.lines().is_empty(), || {
         "blockprobe printed something on stdout".into()
@@ -703,9 +785,15 @@ fn not_root_is_one_clear_line() {
     ctx.ensure(target.wait_exit().success(), || "idle.py failed".into());
 }
 
-/// A copy of the binary that any user may run (the build's directory may be private),
-/// in a temporary directory kept with it.
-fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
+/// Starts `blockprobe ARGS` through `setpriv SETPRIV… --`, from a copy of the binary any
+/// user may run (the build's directory may be private), in a temporary directory that
+/// must live as long as the process.
+fn spawn_privileged<'a>(
+    ctx: &CtxRef,
+    name: &str,
+    setpriv: &[&str],
+    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> (tempfile::TempDir, Proc) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let bin = dir.path().join("blockprobe");
     let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -717,7 +805,15 @@ fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
             bin.display()
         ));
     }
-    (dir, bin)
+    let bp = ctx.spawn(
+        name,
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg("--")
+            .arg(&bin)
+            .args(args),
+    );
+    (dir, bp)
 }
 
 // ------------------------------------------------------------------ helpers
