@@ -184,10 +184,22 @@ pub struct Python {
 impl Python {
     /// A pyenv build (`$PYENV_ROOT`, default `/root/.pyenv`), e.g. `pyenv("3.11.7")`.
     pub fn pyenv(version: &str) -> Python {
+        let python = Python::pyenv_unchecked(version);
+        python.check();
+        python
+    }
+
+    /// [`Python::pyenv`], or `None` when that build is not installed.
+    pub fn pyenv_if_present(version: &str) -> Option<Python> {
+        let python = Python::pyenv_unchecked(version);
+        python.path.is_file().then_some(python)
+    }
+
+    fn pyenv_unchecked(version: &str) -> Python {
         let root = std::env::var_os("PYENV_ROOT")
             .map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from);
         let minor: Vec<&str> = version.split('.').take(2).collect();
-        let python = Python {
+        Python {
             env: Vec::new(),
             label: format!("pyenv {version}"),
             path: root
@@ -195,9 +207,7 @@ impl Python {
                 .join(version)
                 .join("bin")
                 .join(format!("python{}", minor.join("."))),
-        };
-        python.check();
-        python
+        }
     }
 
     /// Debian's own (stripped) `/usr/bin/python3.11`.
