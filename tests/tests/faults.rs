@@ -24,36 +24,80 @@ const WALK_DEPTH: usize = 127;
 /// stall, after the exec, is found as usual.
 #[test]
 fn exec_into_non_python_detaches_and_tracing_goes_on() {
-    require_root();
-    let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
-    let execs = ctx.spawn(
+    leaves_mid_iteration_and_tracing_goes_on(
         "exec_into.py -- /bin/sleep",
         python
             .command(&script("exec_into.py"))
             .args(["--", "/bin/sleep", "600"]),
+        "exec",
+        |ctx, a| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", a.pid())).unwrap_or_default();
+            ctx.ensure(comm.trim_end() == "sleep", || {
+                format!(
+                    "pid {} should now run /bin/sleep, its comm is {comm:?}",
+                    a.pid()
+                )
+            });
+        },
     );
+}
+
+/// `trace -p A -p B`: A's loop blocks in a 10 s `time.sleep` and another thread of A calls
+/// `os._exit(0)` 100 ms into it (exit_mid_stall.py). blockprobe says `detached` (reason
+/// `exit`) for A, reports no stall for it (the stall never ended), loses nothing, and goes
+/// on tracing: B's stall, afterwards, is found as usual.
+#[test]
+fn exit_mid_stall_detaches_and_tracing_goes_on() {
+    let python = Python::pyenv("3.11.7");
+    leaves_mid_iteration_and_tracing_goes_on(
+        "exit_mid_stall.py",
+        &mut python.command(&script("exit_mid_stall.py")),
+        "exit",
+        |ctx, a| {
+            let status = a.wait_exit();
+            ctx.ensure(status.code() == Some(0), || {
+                format!("exit_mid_stall.py should have called os._exit(0), it exited {status}")
+            });
+        },
+    );
+}
+
+/// `trace -p A -p B`, A started by `command` (a scenario that leaves, on GO, with its loop
+/// off-await), B sleep_in_coroutine.py: after GO, blockprobe says `detached` with
+/// `reason` for A (then `gone` checks A), reports no stall for A, attaches to it once and
+/// detaches once, and goes on tracing: B's stall, afterwards, is found as usual. trace
+/// exits 0 with clean output.
+fn leaves_mid_iteration_and_tracing_goes_on(
+    name: &str,
+    command: &mut Command,
+    reason: &str,
+    gone: impl FnOnce(&CtxRef, &Proc),
+) {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let leaving = ctx.spawn(name, command);
     let other_script = script("sleep_in_coroutine.py");
     let other = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&other_script));
-    let execs_loops = loop_tids(&ctx.wait_ready(&execs));
+    let leaving_loops = loop_tids(&ctx.wait_ready(&leaving));
     let other_loops = loop_tids(&ctx.wait_ready(&other));
-    let (pid, other_pid) = (execs.pid(), other.pid());
+    let (pid, other_pid) = (leaving.pid(), other.pid());
     let bp = ctx.spawn(
         "blockprobe trace -p -p",
         &mut trace_command(&[pid, other_pid]),
     );
-    ctx.wait_loops_live(&bp, pid, &execs_loops);
+    ctx.wait_loops_live(&bp, pid, &leaving_loops);
     ctx.wait_loops_live(&bp, other_pid, &other_loops);
 
-    execs.send("GO");
+    leaving.may_exit();
+    leaving.send("GO");
     let detached = ctx.wait_event(&bp, "detached", pid);
-    ctx.ensure(detached["reason"] == "exec", || {
-        format!("expected a detached event with reason \"exec\", got {detached}")
+    ctx.ensure(detached["reason"] == reason, || {
+        format!("expected a detached event with reason {reason:?}, got {detached}")
     });
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    ctx.ensure(comm.trim_end() == "sleep", || {
-        format!("pid {pid} should now run /bin/sleep, its comm is {comm:?}")
-    });
+    gone(&ctx, &leaving);
 
     // Tracing goes on after the detach.
     let go = unix_now_ns();
@@ -72,16 +116,16 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
     ctx.wait_event(&bp, "detached", other_pid);
     ctx.stop_trace(&bp);
 
-    let exec_stalls = bp.stalls(pid);
-    ctx.ensure(exec_stalls.is_empty(), || {
-        format!("pid {pid} never stalled, yet: {exec_stalls:#?}")
+    let leaving_stalls = bp.stalls(pid);
+    ctx.ensure(leaving_stalls.is_empty(), || {
+        format!("pid {pid} never ended a stall, yet: {leaving_stalls:#?}")
     });
     let attached = bp.events_of("attached", pid).len();
     let detached = bp.events_of("detached", pid).len();
     ctx.ensure(attached == 1 && detached == 1, || {
         format!(
             "expected one attached and one detached event for pid {pid}, got {attached} and \
-             {detached}: the new image is not Python and `-p` does not follow execs"
+             {detached} (`-p` does not follow execs)"
         )
     });
     ctx.ensure(bp.stalls(other_pid).len() == 1, || {
