@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use blockprobe_tests::{
     ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
-    blockprobe_bin, kind, marker_line, nanos, read_json, require_root, run_blockprobe, run_command,
-    run_scenario, script, trace_command, unix_now_ns,
+    blockprobe_bin, kind, marker_line, nanos, python_matrix, read_json, require_root,
+    run_blockprobe, run_command, run_scenario, script, trace_command, unix_now_ns,
 };
 use serde_json::Value;
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
 const WALK_DEPTH: usize = 127;
+
+python_matrix!(deep_recursion_is_truncated_and_marked);
 
 // ------------------------------------------------------------------ exec
 
@@ -641,12 +643,6 @@ fn corrupted_frames_and_code_are_survived() {
         nominal: Duration::from_millis(100),
         window_unix_ns: Some((go, seen)),
     };
-    let marker = |function: &str, file: &str| Frame {
-        function: function.into(),
-        file: file.into(),
-        line: 0,
-    };
-
     // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
     //    did not block; the function that did cannot be named); the walk goes on.
     let nameless = &stalls[0];
@@ -702,6 +698,58 @@ fn corrupted_frames_and_code_are_survived() {
             )
         },
     );
+}
+
+/// A Python stack recursing 1,100 frames deep in a coroutine, blocking 200 ms in its
+/// innermost call (deep_recursion.py): the stall is reported as usual, blamed on the
+/// innermost `recurse` at its `time.sleep` line; its stack is cut at the walk's depth, the
+/// innermost 127 frames (the blocking call, then 126 recursive calls), and marked as
+/// truncated by a last `<truncated>` frame. Nothing hangs; the script exits 0.
+fn deep_recursion_is_truncated_and_marked(python: &Python) {
+    let ran = run_scenario(&Scenario {
+        python,
+        script: "deep_recursion.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        "recurse",
+        "sleep",
+        python.sleep_syscall(),
+        Duration::from_millis(200),
+    );
+    let call = Frame::new(
+        "recurse",
+        &ran.script,
+        marker_line(&ran.script, "CALL recurse"),
+    );
+    ran.ctx.ensure(
+        stall.stack.len() == WALK_DEPTH + 1
+            && stall.stack[1..WALK_DEPTH].iter().all(|f| *f == call)
+            && stall.stack[WALK_DEPTH] == marker("<truncated>", ""),
+        || {
+            format!(
+                "the stack should be the blocking call, {} recursive calls ({call:?}), then \
+                 <truncated>; it has {} frames: {stall:#?}",
+                WALK_DEPTH - 1,
+                stall.stack.len()
+            )
+        },
+    );
+}
+
+/// A marker frame blockprobe puts in a stack for what it could not walk or name
+/// (`<truncated>`, `<unreadable>`): line 0.
+fn marker(function: &str, file: &str) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 0,
+    }
 }
 
 // ------------------------------------------------------------------ privileges
