@@ -2,6 +2,7 @@
 //! tracer leaves nothing attached.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 use blockprobe_tests::{Ctx, Python, kind, read_json, require_root, run_command, script};
@@ -91,12 +92,54 @@ fn bpf_program_ids(pid: u32) -> BTreeSet<u32> {
     ids
 }
 
+/// The BPF links (`bpftool link show`) attaching any of the programs `ids`.
+fn bpf_links(ctx: &Ctx, ids: &BTreeSet<u32>) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .unwrap_or_else(|e| ctx.fail(format!("cannot run bpftool: {e}")));
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        ctx.fail(format!(
+            "`bpftool link show --json` ({}) is not a JSON list ({e}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    });
+    links
+        .into_iter()
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .is_some_and(|id| ids.contains(&id))
+        })
+        .collect()
+}
+
+/// The kprobe and uprobe events defined in tracefs (`kprobe_events`, `uprobe_events`; a
+/// kernel without kprobes has no such file), one line each.
+fn probe_events() -> BTreeSet<String> {
+    ["kprobe_events", "uprobe_events"]
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(Path::new("/sys/kernel/tracing").join(file))
+                .unwrap_or_default();
+            text.lines()
+                .map(|l| format!("{file}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// SIGKILL gives blockprobe no chance to clean up: the kernel must drop its programs with
-/// its file descriptors, leaving nothing attached.
+/// its file descriptors, leaving nothing attached: no BPF link to any of its programs
+/// (`bpftool link`), the programs unloaded (`bpftool prog`), and no kprobe or uprobe event
+/// it defined left in tracefs.
 #[test]
 fn sigkill_leaves_no_probes() {
     require_root();
     let ctx = Ctx::new();
+    let events_before = probe_events();
     let bp = ctx.spawn(
         "blockprobe trace",
         Command::new(blockprobe_tests::blockprobe_bin()).args(["trace", "--format", "jsonl"]),
@@ -107,6 +150,11 @@ fn sigkill_leaves_no_probes() {
     let ids = bpf_program_ids(bp.pid());
     ctx.ensure(ids.len() >= 8, || {
         format!("blockprobe should hold its BPF programs, holds {ids:?}")
+    });
+    // The check below sees links when there are some.
+    let links = bpf_links(&ctx, &ids);
+    ctx.ensure(!links.is_empty(), || {
+        format!("bpftool shows no link to blockprobe's programs {ids:?}")
     });
     bp.may_exit();
     bp.signal(Signal::SIGKILL);
@@ -125,9 +173,13 @@ fn sigkill_leaves_no_probes() {
             .collect()
     };
     ctx.wait_for(
-        "blockprobe's BPF programs to be unloaded after SIGKILL",
-        || loaded().is_empty().then_some(()),
+        "blockprobe's BPF links to be gone and its programs unloaded after SIGKILL",
+        || (bpf_links(&ctx, &ids).is_empty() && loaded().is_empty()).then_some(()),
     );
+    let left: Vec<String> = probe_events().difference(&events_before).cloned().collect();
+    ctx.ensure(left.is_empty(), || {
+        format!("tracefs probe events left after SIGKILL: {left:?}")
+    });
 }
 
 /// 64 loop threads in one process, all stalling at once: every worker thread's 20 ms
