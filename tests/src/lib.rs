@@ -910,10 +910,19 @@ impl CtxRef {
     /// waits for blockprobe to exit and checks its output ([`CtxRef::check_clean`]).
     #[track_caller]
     pub fn quit(&self, bp: &Proc) -> ExitStatus {
+        let status = self.quit_counting_losses(bp);
+        self.check_clean(bp);
+        status
+    }
+
+    /// [`CtxRef::quit`] for a load test: blockprobe may have lost events, as long as it
+    /// counted them; checks [`CtxRef::check_whole`] only.
+    #[track_caller]
+    pub fn quit_counting_losses(&self, bp: &Proc) -> ExitStatus {
         bp.send("QUIT");
         bp.close_stdin();
         let status = bp.wait_exit();
-        self.check_clean(bp);
+        self.check_whole(bp);
         status
     }
 
@@ -936,6 +945,19 @@ impl CtxRef {
         })
     }
 
+    /// Waits until blockprobe reported at least `count` stalls for `pid`, or fewer and
+    /// counted the others as lost ([`Proc::lost`] `ringbuf_stall`, which names no pid: the
+    /// test must trace only the processes it counts): every stall reported or counted.
+    #[track_caller]
+    pub fn wait_stalls_or_lost(&self, bp: &Proc, pid: u32, count: usize) -> Vec<Stall> {
+        let what = format!("{count} stall event(s) for pid {pid}, or `lost` counts for them");
+        self.wait_for(&what, || {
+            let stalls = bp.stalls(pid);
+            let lost = usize::try_from(bp.lost("ringbuf_stall")).unwrap_or(usize::MAX);
+            (stalls.len().saturating_add(lost) >= count).then_some(stalls)
+        })
+    }
+
     /// Waits until blockprobe reported `event` (e.g. `attached`, `detached`) for `pid`.
     #[track_caller]
     pub fn wait_event(&self, bp: &Proc, event: &str, pid: u32) -> Value {
@@ -945,10 +967,24 @@ impl CtxRef {
 
     // -------------------------------------------------------------- common assertions
 
-    /// What every test demands of blockprobe's output: whole lines, no panic, no lost
-    /// events (nothing here is busy enough to excuse losing any).
+    /// What every test demands of blockprobe's output: [`CtxRef::check_whole`], and no
+    /// lost events (nothing but the load tests is busy enough to excuse losing any).
     #[track_caller]
     pub fn check_clean(&self, bp: &Proc) {
+        self.check_whole(bp);
+        let lost: Vec<Value> = bp
+            .events()
+            .into_iter()
+            .filter(|e| kind(e) == "lost")
+            .collect();
+        self.ensure(lost.is_empty(), || {
+            format!("blockprobe lost events: {lost:?}")
+        });
+    }
+
+    /// What even a load test demands of blockprobe's output: whole lines, no panic.
+    #[track_caller]
+    pub fn check_whole(&self, bp: &Proc) {
         let garbled = bp.garbled();
         self.ensure(garbled.is_empty(), || {
             format!(
@@ -959,14 +995,6 @@ impl CtxRef {
         });
         self.ensure(!bp.stderr().contains("panicked"), || {
             "blockprobe panicked".into()
-        });
-        let lost: Vec<Value> = bp
-            .events()
-            .into_iter()
-            .filter(|e| kind(e) == "lost")
-            .collect();
-        self.ensure(lost.is_empty(), || {
-            format!("blockprobe lost events: {lost:?}")
         });
     }
 
@@ -1267,6 +1295,15 @@ impl Proc {
             .collect()
     }
 
+    /// How many events of `kind` (`ringbuf_stall`, …) its `lost` events counted so far.
+    pub fn lost(&self, counter: &str) -> u64 {
+        self.events()
+            .iter()
+            .filter(|e| kind(e) == "lost" && e["kind"] == counter)
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    }
+
     /// Its stdout lines that are not blockprobe's events.
     pub fn texts(&self) -> Vec<String> {
         lock(&self.inner.stdout)
@@ -1326,6 +1363,8 @@ pub struct Ran {
     pub status: ExitStatus,
     /// Unix ns when the test sent `GO`, and when it had read the stalls it waited for.
     pub window_unix_ns: (u64, u64),
+    /// blockprobe's peak resident set size ([`peak_rss_kib`]) once the stalls were in.
+    pub bp_peak_rss_kib: u64,
 }
 
 impl Ran {
@@ -1421,6 +1460,26 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
 /// waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
+    drive(scenario, Losses::Forbidden)
+}
+
+/// [`run_scenario`] for a load test, where the machine may not keep up: blockprobe may
+/// lose events as long as it counts them. Waits until each expected stall is reported or
+/// counted as lost (`ringbuf_stall`), and checks [`CtxRef::check_whole`].
+#[track_caller]
+pub fn run_load_scenario(scenario: &Scenario<'_>) -> Ran {
+    drive(scenario, Losses::Counted)
+}
+
+/// Whether a test allows blockprobe to lose (and count) events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Losses {
+    Forbidden,
+    Counted,
+}
+
+#[track_caller]
+fn drive(scenario: &Scenario<'_>, losses: Losses) -> Ran {
     require_root();
     let mut cmd = run_command(
         scenario.python,
@@ -1428,13 +1487,30 @@ pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
         scenario.script_args,
         scenario.blockprobe_args,
     );
-    drive_scenario(scenario.python, scenario.script, &mut cmd, scenario.stalls)
+    drive_command(
+        scenario.python,
+        scenario.script,
+        &mut cmd,
+        scenario.stalls,
+        losses,
+    )
 }
 
 /// Starts `cmd` (a `blockprobe run` of tests/scripts/`name`, see [`run_command`]) and
 /// takes it through the protocol of [`run_scenario`].
 #[track_caller]
 pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: usize) -> Ran {
+    drive_command(python, name, cmd, stalls, Losses::Forbidden)
+}
+
+#[track_caller]
+fn drive_command(
+    python: &Python,
+    name: &str,
+    cmd: &mut Command,
+    stalls: usize,
+    losses: Losses,
+) -> Ran {
     let ctx = Ctx::new();
     let script = script(name);
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
@@ -1442,10 +1518,17 @@ pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: us
     let go = unix_now_ns();
     bp.send("GO");
     let _ = ctx.wait_finished(&bp);
-    ctx.wait_stalls(&bp, pid, stalls);
+    match losses {
+        Losses::Forbidden => drop(ctx.wait_stalls(&bp, pid, stalls)),
+        Losses::Counted => drop(ctx.wait_stalls_or_lost(&bp, pid, stalls)),
+    }
     // The stalls are over by now: blockprobe reports a stall when the loop is back.
     let seen = unix_now_ns();
-    let status = ctx.quit(&bp);
+    let bp_peak_rss_kib = peak_rss_kib(bp.pid());
+    let status = match losses {
+        Losses::Forbidden => ctx.quit(&bp),
+        Losses::Counted => ctx.quit_counting_losses(&bp),
+    };
     let state = bp.script_state();
     Ran {
         ctx,
@@ -1455,7 +1538,22 @@ pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: us
         state,
         status,
         window_unix_ns: (go, seen),
+        bp_peak_rss_kib,
     }
+}
+
+/// The peak resident set size (`VmHWM`) of process `pid` so far, in KiB; `u64::MAX` when
+/// it cannot be read (so that any bound on it fails).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// Reads and parses a JSON file blockprobe wrote.

@@ -182,15 +182,20 @@ fn sigkill_leaves_no_probes() {
     });
 }
 
+/// blockprobe's peak resident memory may not exceed this with 64 loop threads traced.
+const SIXTY_FOUR_MAX_RSS_KIB: u64 = 64 * 1024;
+
 /// 64 loop threads in one process, all stalling at once: every worker thread's 20 ms
-/// sleep is inside one of its own stalls, stalls whose main cause is the sleep blame the
-/// worker's own coroutine, and nothing is lost. With 65 threads taking turns on the GIL,
-/// a loop may also wait for the GIL longer than it slept (then the stall says `gil`, or
-/// `cpu` for the interpreter's own work): those are real and allowed.
+/// sleep is either inside one of its own stalls or counted as lost (`ringbuf_stall`);
+/// stalls whose main cause is the sleep blame the worker's own coroutine (or none, when
+/// the evidence that names it was counted as lost); blockprobe's peak RSS stays under
+/// 64 MiB. With 65 threads taking turns on the GIL, a loop may also wait for the GIL
+/// longer than it slept (then the stall says `gil`, or `cpu` for the interpreter's own
+/// work): those are real and allowed.
 #[test]
 fn sixty_four_loops_stall_at_once() {
     let python = Python::pyenv("3.11.7");
-    let ran = blockprobe_tests::run_scenario(&blockprobe_tests::Scenario {
+    let ran = blockprobe_tests::run_load_scenario(&blockprobe_tests::Scenario {
         python: &python,
         script: "many_loops.py",
         script_args: &[],
@@ -218,14 +223,34 @@ fn sixty_four_loops_stall_at_once() {
             && part("sleep") + part("gil") + part("runqueue") >= 19_000_000
     };
     let sleeping: BTreeSet<u32> = stalls.iter().filter(slept).map(|s| s.tid).collect();
-    ran.ctx
-        .ensure(workers.len() == 64 && sleeping == workers, || {
+    let lost = ran.bp.lost("ringbuf_stall");
+    eprintln!(
+        "load: 64 loop threads: {} sleeps reported, {lost} stalls counted lost, \
+         blockprobe's peak RSS {} KiB",
+        sleeping.len(),
+        ran.bp_peak_rss_kib
+    );
+    ran.ctx.ensure(
+        workers.len() == 64
+            && sleeping.is_subset(&workers)
+            && (workers.len() - sleeping.len()) as u64 <= lost,
+        || {
             format!(
-                "each of the 64 worker threads should have a stall holding its 20 ms sleep; \
-             {} threads do",
+                "each of the 64 worker threads should have a stall holding its 20 ms sleep, \
+                 or be counted lost; {} threads do, {lost} stalls were counted lost",
                 sleeping.len()
             )
+        },
+    );
+    ran.ctx
+        .ensure(ran.bp_peak_rss_kib <= SIXTY_FOUR_MAX_RSS_KIB, || {
+            format!(
+                "blockprobe's peak RSS is {} KiB with 64 loop threads",
+                ran.bp_peak_rss_kib
+            )
         });
+    // Without its blocking-call event, a stall cannot name the function that blocked.
+    let evidence_lost = ran.bp.lost("ringbuf_blocked_call") > 0;
     // A stack blockprobe could not read is an honest "don't know", not a wrong answer:
     // it is allowed once in 64 (seen once in many runs: every code object of one stall's
     // stack unreadable; under investigation), another function never.
@@ -234,6 +259,9 @@ fn sixty_four_loops_stall_at_once() {
         let culprit = stall.culprit.as_ref().map(|f| f.function.as_str());
         if culprit == Some("<unreadable>") {
             unreadable += 1;
+            continue;
+        }
+        if culprit.is_none() && evidence_lost {
             continue;
         }
         ran.ctx.ensure(culprit == Some("blocking_handler"), || {
