@@ -1,24 +1,39 @@
 //! Checks that this host can run blockprobe, with one clear line when it cannot.
 
+use std::path::Path;
+
 use anyhow::bail;
 
 /// Everything a tracing command needs before loading BPF: privileges, BTF, tracefs
 /// and the locked-memory limit (older kernels charge BPF maps to RLIMIT_MEMLOCK).
 pub fn check() -> anyhow::Result<std::path::PathBuf> {
     require_privileges()?;
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!(
-            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): blockprobe needs CONFIG_DEBUG_INFO_BTF=y"
-        );
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    if !btf.exists() {
+        bail!(no_btf(btf));
     }
     let tracefs = crate::tracefs::ensure_mounted()?;
-    if !crate::tracefs::has_tracepoint(&tracefs, "syscalls", "sys_enter_epoll_wait") {
+    check_tracepoints(&tracefs)?;
+    raise_memlock_limit();
+    Ok(tracefs)
+}
+
+/// The one line for a kernel without BTF at `btf`.
+fn no_btf(btf: &Path) -> String {
+    format!(
+        "this kernel has no BTF ({} is missing): blockprobe needs CONFIG_DEBUG_INFO_BTF=y",
+        btf.display()
+    )
+}
+
+/// Fails with one line unless tracefs at `tracefs` has the syscall tracepoints.
+fn check_tracepoints(tracefs: &Path) -> anyhow::Result<()> {
+    if !crate::tracefs::has_tracepoint(tracefs, "syscalls", "sys_enter_epoll_wait") {
         bail!(
             "this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): blockprobe cannot see event loops"
         );
     }
-    raise_memlock_limit();
-    Ok(tracefs)
+    Ok(())
 }
 
 /// A Linux capability (`include/uapi/linux/capability.h`).
@@ -208,6 +223,24 @@ mod tests {
         );
         let overriding = granted | set(&[CAP_DAC_OVERRIDE]);
         assert!(missing_capabilities(overriding, false).is_empty());
+    }
+
+    #[test]
+    fn a_kernel_without_btf_or_syscall_tracepoints_is_one_line() {
+        let message = no_btf(Path::new("/nonexistent/vmlinux"));
+        assert!(
+            !message.contains('\n') && message.contains("no BTF (/nonexistent/vmlinux"),
+            "{message}"
+        );
+        let tracefs = tempfile::tempdir().unwrap();
+        let err = check_tracepoints(tracefs.path()).unwrap_err().to_string();
+        assert!(
+            !err.contains('\n') && err.contains("no syscall tracepoints"),
+            "{err}"
+        );
+        let event = tracefs.path().join("events/syscalls/sys_enter_epoll_wait");
+        std::fs::create_dir_all(event).unwrap();
+        check_tracepoints(tracefs.path()).unwrap();
     }
 
     #[test]
