@@ -130,35 +130,76 @@ fn missing_capabilities(effective: u64, tracefs_readable: bool) -> Vec<Capabilit
 
 /// This thread's effective capability set, from capget(2), as a bit mask.
 fn effective_capabilities() -> anyhow::Result<u64> {
-    /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, in two 32-bit halves.
-    const VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
+    let caps = ThreadCapabilities::get()
+        .map_err(|e| anyhow::anyhow!("cannot read blockprobe's capabilities (capget): {e}"))?;
+    Ok(caps.effective())
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, in two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+impl CapHeader {
+    /// Version 3, the calling thread.
+    fn this_thread() -> Self {
+        CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        }
     }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
+}
+
+/// `struct __user_cap_data_struct`: one 32-bit half of each set.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The capability sets of the calling thread (capabilities are per thread on Linux).
+pub(crate) struct ThreadCapabilities([CapData; 2]);
+
+impl ThreadCapabilities {
+    /// Reads them with capget(2).
+    pub(crate) fn get() -> std::io::Result<Self> {
+        let mut header = CapHeader::this_thread();
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget(2) with a version-3 header writes two `CapData` records, which
+        // `data` has room for; both pointers are valid for the call.
+        let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ThreadCapabilities(data))
     }
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget(2) with a version-3 header writes two `Data` records, which `data`
-    // has room for; both pointers are valid for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
-    if rc != 0 {
-        bail!(
-            "cannot read blockprobe's capabilities (capget): {}",
-            std::io::Error::last_os_error()
-        );
+
+    /// The effective set, as a bit mask.
+    pub(crate) fn effective(&self) -> u64 {
+        u64::from(self.0[0].effective) | (u64::from(self.0[1].effective) << 32)
     }
-    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+
+    /// Removes the capabilities of `mask` from the effective set and applies the sets to
+    /// the calling thread with capset(2).
+    #[cfg(test)]
+    pub(crate) fn drop_effective(mut self, mask: u64) -> std::io::Result<()> {
+        self.0[0].effective &= !(mask as u32);
+        self.0[1].effective &= !((mask >> 32) as u32);
+        let header = CapHeader::this_thread();
+        // SAFETY: capset(2) with a version-3 header reads two `CapData` records.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, self.0.as_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use memory cgroups

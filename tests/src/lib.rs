@@ -873,6 +873,53 @@ impl CtxRef {
         (ready, pid)
     }
 
+    /// Starts host-wide `blockprobe trace` ([`trace_command`] with no pid) and waits for
+    /// its `ready` event: its probes are attached.
+    #[track_caller]
+    pub fn spawn_trace_host(&self) -> Proc {
+        let bp = self.spawn("blockprobe trace (host)", &mut trace_command(&[]));
+        self.wait_for("blockprobe's `ready` event", || {
+            bp.events().into_iter().find(|e| kind(e) == "ready")
+        });
+        bp
+    }
+
+    /// Runs sleep_in_coroutine.py (`script`, run by `py` on `python`, already READY)
+    /// through the protocol while `bp` (`blockprobe trace`) traces it, lets it exit, and
+    /// checks blockprobe's view of it: attached, its one stall (see
+    /// [`CtxRef::check_handler_sleep`]), detached at its exit.
+    #[track_caller]
+    pub fn drive_traced_sleep(&self, bp: &Proc, py: &Proc, python: &Python, script: &Path) {
+        let pid = py.pid();
+        let tids: Vec<u32> = py.script_state().loops.iter().map(|(_, t)| *t).collect();
+        self.wait_loops_live(bp, pid, &tids);
+        let go = unix_now_ns();
+        py.send("GO");
+        let state = self.wait_finished(py);
+        self.wait_stalls(bp, pid, 1);
+        // The stall is over by now: blockprobe reports it when the loop is back.
+        let seen = unix_now_ns();
+        self.quit_script(py);
+        let detached = self.wait_event(bp, "detached", pid);
+        self.ensure(detached["reason"] == "exit", || {
+            format!("expected a detached event with reason \"exit\", got {detached}")
+        });
+        self.ensure(!bp.events_of("attached", pid).is_empty(), || {
+            format!("no `attached` event for pid {pid}")
+        });
+        let stalls = bp.stalls(pid);
+        self.ensure(stalls.len() == 1, || {
+            format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
+        });
+        self.check_handler_sleep(
+            &stalls[0],
+            script,
+            python.sleep_syscall(),
+            &state,
+            (go, seen),
+        );
+    }
+
     /// Stops `blockprobe trace` with SIGINT (unless it already stopped by itself) and
     /// checks it exits 0 with clean output.
     #[track_caller]
@@ -1461,6 +1508,29 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
     drive(scenario, Losses::Forbidden)
+}
+
+/// Runs a scenario whose one stall is a `time.sleep` of `nominal` in `function` (its
+/// `# BLOCK function` line) with [`run_scenario`], and fails unless blockprobe exited 0
+/// having reported exactly that stall ([`Ran::check_stall`]). Returns the run and the
+/// stall, for more checks.
+#[track_caller]
+pub fn run_sleep_scenario(
+    scenario: &Scenario<'_>,
+    function: &str,
+    nominal: Duration,
+) -> (Ran, Stall) {
+    let ran = run_scenario(scenario);
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        function,
+        "sleep",
+        scenario.python.sleep_syscall(),
+        nominal,
+    );
+    (ran, stall)
 }
 
 /// [`run_scenario`] for a load test, where the machine may not keep up: blockprobe may

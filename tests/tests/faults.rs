@@ -10,7 +10,8 @@ use std::time::Duration;
 use blockprobe_tests::{
     ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
     blockprobe_bin, kind, marker_line, nanos, python_matrix, read_json, require_root,
-    run_blockprobe, run_command, run_scenario, script, trace_command, unix_now_ns,
+    run_blockprobe, run_command, run_scenario, run_sleep_scenario, script, trace_command,
+    unix_now_ns,
 };
 use serde_json::Value;
 
@@ -235,10 +236,7 @@ fn a_reused_pid_is_a_new_process() {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
-    let bp = ctx.spawn("blockprobe trace (host)", &mut trace_command(&[]));
-    ctx.wait_for("blockprobe's `ready` event", || {
-        bp.events().into_iter().find(|e| kind(e) == "ready")
-    });
+    let bp = ctx.spawn_trace_host();
 
     let first = script("sleep_in_coroutine.py");
     let a = ctx.spawn("A: sleep_in_coroutine.py", &mut python.command(&first));
@@ -706,20 +704,15 @@ fn corrupted_frames_and_code_are_survived() {
 /// innermost 127 frames (the blocking call, then 126 recursive calls), and marked as
 /// truncated by a last `<truncated>` frame. Nothing hangs; the script exits 0.
 fn deep_recursion_is_truncated_and_marked(python: &Python) {
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "deep_recursion.py",
-        script_args: &[],
-        blockprobe_args: &[],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "deep_recursion.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
         "recurse",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(200),
     );
     let call = Frame::new(
@@ -796,7 +789,7 @@ fn a_user_with_the_capabilities_is_not_refused() {
     let python = Python::pyenv("3.11.7");
     let script_path = script("sleep_in_coroutine.py");
     let target = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&script_path));
-    let ready = ctx.wait_ready(&target);
+    ctx.wait_ready(&target);
     let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
     let granted = [
         format!("--inh-caps={caps}"),
@@ -807,28 +800,14 @@ fn a_user_with_the_capabilities_is_not_refused() {
         .copied()
         .chain(granted.iter().map(String::as_str))
         .collect();
-    let pid = target.pid();
     let (_bin, bp) = spawn_privileged(
         &ctx,
         "blockprobe trace -p (nobody with capabilities)",
         &setpriv,
-        trace_command(&[pid]).get_args(),
+        trace_command(&[target.pid()]).get_args(),
     );
-    ctx.wait_loops_live(&bp, pid, &loop_tids(&ready));
-    let go = unix_now_ns();
-    target.send("GO");
-    let state = ctx.wait_finished(&target);
-    let stalls = ctx.wait_stalls(&bp, pid, 1);
-    let seen = unix_now_ns();
-    ctx.quit_script(&target);
+    ctx.drive_traced_sleep(&bp, &target, &python, &script_path);
     ctx.stop_trace(&bp);
-    ctx.check_handler_sleep(
-        &stalls[0],
-        &script_path,
-        python.sleep_syscall(),
-        &state,
-        (go, seen),
-    );
 }
 
 /// Runs `trace -p` (on a live idle.py) under `setpriv SETPRIV…`, and checks that it is

@@ -140,13 +140,7 @@ fn sigkill_leaves_no_probes() {
     require_root();
     let ctx = Ctx::new();
     let events_before = probe_events();
-    let bp = ctx.spawn(
-        "blockprobe trace",
-        Command::new(blockprobe_tests::blockprobe_bin()).args(["trace", "--format", "jsonl"]),
-    );
-    ctx.wait_for("the `ready` event", || {
-        bp.events().into_iter().find(|e| kind(e) == "ready")
-    });
+    let bp = ctx.spawn_trace_host();
     let ids = bpf_program_ids(bp.pid());
     ctx.ensure(ids.len() >= 8, || {
         format!("blockprobe should hold its BPF programs, holds {ids:?}")

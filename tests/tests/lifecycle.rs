@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use blockprobe_tests::{
     ABOVE, BELOW, Ctx, CtxRef, Python, Scenario, ScriptState, Stall, nanos, python_matrix,
-    read_json, require_root, run_blockprobe, run_command, run_scenario, script, trace_command,
+    read_json, require_root, run_blockprobe, run_command, run_scenario, run_sleep_scenario, script,
+    trace_command,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -169,23 +170,18 @@ fn report_file(python: &Python) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("report.json");
     let path_arg = path.to_string_lossy().into_owned();
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "sleep_in_coroutine.py",
-        script_args: &[],
-        blockprobe_args: &["-o", &path_arg],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let ctx = &ran.ctx;
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "sleep_in_coroutine.py",
+            script_args: &[],
+            blockprobe_args: &["-o", &path_arg],
+            stalls: 1,
+        },
         "handler",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(200),
     );
+    let ctx = &ran.ctx;
     let report = read_json(ctx, &path);
     let tids = [ran.pid];
     check_report_header(ctx, &report, ran.pid, &tids, python);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use blockprobe_tests::{Line, Python, Scenario, python_matrix, run_scenario, unix_now_ns};
+use blockprobe_tests::{Line, Python, Scenario, python_matrix, run_sleep_scenario, unix_now_ns};
 
 python_matrix!(secrets_in_arguments_and_locals_never_leave);
 
@@ -18,20 +18,15 @@ fn secrets_in_arguments_and_locals_never_leave(python: &Python) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let report = dir.path().join("report.json");
     let report_arg = report.to_string_lossy().into_owned();
-    let ran = run_scenario(&Scenario {
-        python: &python,
-        script: "secret_args.py",
-        script_args: &[],
-        blockprobe_args: &["-o", &report_arg],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, _) = run_sleep_scenario(
+        &Scenario {
+            python: &python,
+            script: "secret_args.py",
+            script_args: &[],
+            blockprobe_args: &["-o", &report_arg],
+            stalls: 1,
+        },
         "f",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(200),
     );
     let ctx = &ran.ctx;
