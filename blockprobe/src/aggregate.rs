@@ -714,4 +714,31 @@ pub(crate) mod tests {
         assert_eq!(r.lost.get("userspace_decode"), Some(&3));
         assert!(!r.lost.contains_key("thread_map_full"));
     }
+
+    /// Every counter the kernel side keeps (a full ring buffer per event kind, a full map)
+    /// reaches the report under its own name, and `lost_events` is their sum.
+    #[test]
+    fn every_kernel_counter_reaches_the_report() {
+        use blockprobe_common::counters::Counter;
+        let mut a = Aggregator::new(Limits::default());
+        for (i, counter) in Counter::ALL.into_iter().enumerate() {
+            a.set_lost(counter, i as u64 + 1);
+        }
+        let r = a.report(run());
+        let n = Counter::ALL.len() as u64;
+        assert_eq!(
+            r.lost.len(),
+            Counter::ALL.len(),
+            "names are distinct: {:?}",
+            r.lost
+        );
+        for (i, counter) in Counter::ALL.into_iter().enumerate() {
+            assert_eq!(
+                r.lost.get(counter.name()),
+                Some(&(i as u64 + 1)),
+                "{counter:?}"
+            );
+        }
+        assert_eq!(r.lost_events, n * (n + 1) / 2);
+    }
 }

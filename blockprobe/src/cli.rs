@@ -306,6 +306,20 @@ mod tests {
         assert!(parse_duration("10").is_err());
     }
 
+    /// `serve` binds loopback unless told otherwise: its endpoint has no authentication.
+    #[test]
+    fn serve_listens_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Serve { listen, .. } => listen,
+            _ => panic!("not serve"),
+        };
+        let default = listen(&["blockprobe", "serve"]);
+        assert!(default.ip().is_loopback(), "{default}");
+        assert_eq!(default.port(), 9464);
+        let told = listen(&["blockprobe", "serve", "--listen", "0.0.0.0:9000"]);
+        assert_eq!(told.to_string(), "0.0.0.0:9000");
+    }
+
     #[test]
     fn run_takes_the_command_after_double_dash() {
         let cli = Cli::try_parse_from([

@@ -61,3 +61,41 @@ impl Patience {
             .is_some_and(|cpu| cpu.saturating_sub(self.cpu_at_first_try) > ATTACH_PATIENCE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tries are retried after 5 ms, the interval doubling up to 200 ms.
+    #[test]
+    fn backs_off_from_5_ms_to_200_ms() {
+        let mut patience = Patience::new(std::process::id());
+        assert!(patience.until_next_try() <= FIRST_RETRY);
+        assert!(!patience.due(Instant::now() - Duration::from_millis(1)));
+        assert!(patience.due(Instant::now() + FIRST_RETRY));
+        let mut intervals = vec![patience.backoff];
+        for _ in 0..6 {
+            patience.failed_again();
+            intervals.push(patience.backoff);
+        }
+        let ms: Vec<u128> = intervals.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 200, 200]);
+    }
+
+    /// Patience runs out on the process's own CPU time, not on wall time: a process that
+    /// used (almost) none since its first try, or that is gone, is never given up on.
+    #[test]
+    fn counts_the_process_cpu_time_not_wall_time() {
+        let mut idle = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let mut patience = Patience::new(idle.id());
+        patience.cpu_at_first_try = Duration::ZERO;
+        assert!(!patience.exhausted());
+        patience.pid = u32::MAX;
+        assert!(!patience.exhausted());
+        let _ = idle.kill();
+        let _ = idle.wait();
+    }
+}

@@ -752,38 +752,10 @@ pub(crate) mod tests {
     /// Drops the capabilities that let root ignore file permissions, for the calling
     /// thread only (capabilities are per thread on Linux).
     fn drop_dac_override_in_this_thread() {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy, Default)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        const V3: u32 = 0x2008_0522;
-        let mut hdr = Header {
-            version: V3,
-            pid: 0,
-        };
-        let mut data = [Data::default(); 2];
-        // SAFETY: capget/capset with a v3 header and two data structs, as documented.
-        unsafe {
-            assert_eq!(
-                libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()),
-                0
-            );
-            // CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2), CAP_FOWNER (3).
-            data[0].effective &= !((1 << 1) | (1 << 2) | (1 << 3));
-            hdr = Header {
-                version: V3,
-                pid: 0,
-            };
-            assert_eq!(libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()), 0);
-        }
+        // CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2), CAP_FOWNER (3).
+        crate::preflight::ThreadCapabilities::get()
+            .and_then(|caps| caps.drop_effective((1 << 1) | (1 << 2) | (1 << 3)))
+            .unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 /// Where tracefs is mounted (or will be).
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Makes sure tracefs is mounted at `/sys/kernel/tracing`, mounting it if needed.
 pub fn ensure_mounted() -> anyhow::Result<PathBuf> {

@@ -7,9 +7,17 @@
 
 Then ``marker()`` blocks for 50 ms with ``time.sleep``: the only stall blockprobe should
 report, which also proves tracing was live during the controls.
+
+All along, a worker thread runs sync ``selectors`` code: a ``DefaultSelector`` (epoll)
+polled in a loop with 5 ms waits, as sync client code does. It polls, but it is no event
+loop: it prints ``WORKER selector <native thread id>`` when it starts, and the scenario
+ends with ``DONE selector_polls <polls during the scenario>``.
 """
 
 import asyncio
+import os
+import selectors
+import threading
 import time
 
 import requests
@@ -19,6 +27,22 @@ import bptest
 SLOW_S = 0.2
 
 
+selector_polls = 0
+
+
+def selector_worker():
+    """Polls a pipe that never becomes readable, every 5 ms, with sync selectors."""
+    global selector_polls
+    bptest.say(f"WORKER selector {threading.get_native_id()}")
+    never, _keep = os.pipe()
+    with selectors.DefaultSelector() as selector:
+        selector.register(never, selectors.EVENT_READ)
+        while True:
+            selector.select(0.005)
+            selector_polls += 1
+
+
+threading.Thread(target=selector_worker, name="selector", daemon=True).start()
 BASE_URL = bptest.start_slow_http_server(SLOW_S)
 # Warm up before the loop starts: requests' lazy imports and set-up must not run on the
 # loop (they would be a real, if small, stall).
@@ -41,6 +65,7 @@ async def marker():
 
 async def scenario():
     loop = asyncio.get_running_loop()
+    polls_before = selector_polls
 
     started = time.monotonic_ns()
     await asyncio.sleep(0.2)
@@ -56,6 +81,7 @@ async def scenario():
     bptest.done("to_thread_requests", time.monotonic_ns() - started)
 
     await marker()
+    bptest.done("selector_polls", selector_polls - polls_before)
 
 
 if __name__ == "__main__":

@@ -184,10 +184,22 @@ pub struct Python {
 impl Python {
     /// A pyenv build (`$PYENV_ROOT`, default `/root/.pyenv`), e.g. `pyenv("3.11.7")`.
     pub fn pyenv(version: &str) -> Python {
+        let python = Python::pyenv_unchecked(version);
+        python.check();
+        python
+    }
+
+    /// [`Python::pyenv`], or `None` when that build is not installed.
+    pub fn pyenv_if_present(version: &str) -> Option<Python> {
+        let python = Python::pyenv_unchecked(version);
+        python.path.is_file().then_some(python)
+    }
+
+    fn pyenv_unchecked(version: &str) -> Python {
         let root = std::env::var_os("PYENV_ROOT")
             .map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from);
         let minor: Vec<&str> = version.split('.').take(2).collect();
-        let python = Python {
+        Python {
             env: Vec::new(),
             label: format!("pyenv {version}"),
             path: root
@@ -195,9 +207,7 @@ impl Python {
                 .join(version)
                 .join("bin")
                 .join(format!("python{}", minor.join("."))),
-        };
-        python.check();
-        python
+        }
     }
 
     /// Debian's own (stripped) `/usr/bin/python3.11`.
@@ -880,18 +890,71 @@ impl CtxRef {
         (ready, pid)
     }
 
+    /// Starts host-wide `blockprobe trace` ([`trace_command`] with no pid) and waits for
+    /// its `ready` event: its probes are attached.
+    #[track_caller]
+    pub fn spawn_trace_host(&self) -> Proc {
+        let bp = self.spawn("blockprobe trace (host)", &mut trace_command(&[]));
+        self.wait_for("blockprobe's `ready` event", || {
+            bp.events().into_iter().find(|e| kind(e) == "ready")
+        });
+        bp
+    }
+
+    /// Runs sleep_in_coroutine.py (`script`, run by `py` on `python`, already READY)
+    /// through the protocol while `bp` (`blockprobe trace`) traces it, lets it exit, and
+    /// checks blockprobe's view of it: attached, its one stall (see
+    /// [`CtxRef::check_handler_sleep`]), detached at its exit.
+    #[track_caller]
+    pub fn drive_traced_sleep(&self, bp: &Proc, py: &Proc, python: &Python, script: &Path) {
+        let pid = py.pid();
+        let tids: Vec<u32> = py.script_state().loops.iter().map(|(_, t)| *t).collect();
+        self.wait_loops_live(bp, pid, &tids);
+        let go = unix_now_ns();
+        py.send("GO");
+        let state = self.wait_finished(py);
+        self.wait_stalls(bp, pid, 1);
+        // The stall is over by now: blockprobe reports it when the loop is back.
+        let seen = unix_now_ns();
+        self.quit_script(py);
+        let detached = self.wait_event(bp, "detached", pid);
+        self.ensure(detached["reason"] == "exit", || {
+            format!("expected a detached event with reason \"exit\", got {detached}")
+        });
+        self.ensure(!bp.events_of("attached", pid).is_empty(), || {
+            format!("no `attached` event for pid {pid}")
+        });
+        let stalls = bp.stalls(pid);
+        self.ensure(stalls.len() == 1, || {
+            format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
+        });
+        self.check_handler_sleep(
+            &stalls[0],
+            script,
+            python.sleep_syscall(),
+            &state,
+            (go, seen),
+        );
+    }
+
     /// Stops `blockprobe trace` with SIGINT (unless it already stopped by itself) and
     /// checks it exits 0 with clean output.
     #[track_caller]
     pub fn stop_trace(&self, bp: &Proc) {
+        self.stop_trace_with(bp, Signal::SIGINT);
+    }
+
+    /// [`CtxRef::stop_trace`] with `signal` (SIGINT or SIGTERM: both end tracing cleanly).
+    #[track_caller]
+    pub fn stop_trace_with(&self, bp: &Proc, signal: Signal) {
         bp.may_exit();
         if bp.exited().is_none() {
-            bp.signal(Signal::SIGINT);
+            bp.signal(signal);
         }
         let status = bp.wait_exit();
         self.check_clean(bp);
         self.ensure(status.code() == Some(0), || {
-            format!("blockprobe trace stopped with {status}, expected exit code 0")
+            format!("blockprobe trace stopped by {signal} with {status}, expected exit code 0")
         });
     }
 
@@ -911,10 +974,19 @@ impl CtxRef {
     /// waits for blockprobe to exit and checks its output ([`CtxRef::check_clean`]).
     #[track_caller]
     pub fn quit(&self, bp: &Proc) -> ExitStatus {
+        let status = self.quit_counting_losses(bp);
+        self.check_clean(bp);
+        status
+    }
+
+    /// [`CtxRef::quit`] for a load test: blockprobe may have lost events, as long as it
+    /// counted them; checks [`CtxRef::check_whole`] only.
+    #[track_caller]
+    pub fn quit_counting_losses(&self, bp: &Proc) -> ExitStatus {
         bp.send("QUIT");
         bp.close_stdin();
         let status = bp.wait_exit();
-        self.check_clean(bp);
+        self.check_whole(bp);
         status
     }
 
@@ -937,6 +1009,19 @@ impl CtxRef {
         })
     }
 
+    /// Waits until blockprobe reported at least `count` stalls for `pid`, or fewer and
+    /// counted the others as lost ([`Proc::lost`] `ringbuf_stall`, which names no pid: the
+    /// test must trace only the processes it counts): every stall reported or counted.
+    #[track_caller]
+    pub fn wait_stalls_or_lost(&self, bp: &Proc, pid: u32, count: usize) -> Vec<Stall> {
+        let what = format!("{count} stall event(s) for pid {pid}, or `lost` counts for them");
+        self.wait_for(&what, || {
+            let stalls = bp.stalls(pid);
+            let lost = usize::try_from(bp.lost("ringbuf_stall")).unwrap_or(usize::MAX);
+            (stalls.len().saturating_add(lost) >= count).then_some(stalls)
+        })
+    }
+
     /// Waits until blockprobe reported `event` (e.g. `attached`, `detached`) for `pid`.
     #[track_caller]
     pub fn wait_event(&self, bp: &Proc, event: &str, pid: u32) -> Value {
@@ -946,10 +1031,24 @@ impl CtxRef {
 
     // -------------------------------------------------------------- common assertions
 
-    /// What every test demands of blockprobe's output: whole lines, no panic, no lost
-    /// events (nothing here is busy enough to excuse losing any).
+    /// What every test demands of blockprobe's output: [`CtxRef::check_whole`], and no
+    /// lost events (nothing but the load tests is busy enough to excuse losing any).
     #[track_caller]
     pub fn check_clean(&self, bp: &Proc) {
+        self.check_whole(bp);
+        let lost: Vec<Value> = bp
+            .events()
+            .into_iter()
+            .filter(|e| kind(e) == "lost")
+            .collect();
+        self.ensure(lost.is_empty(), || {
+            format!("blockprobe lost events: {lost:?}")
+        });
+    }
+
+    /// What even a load test demands of blockprobe's output: whole lines, no panic.
+    #[track_caller]
+    pub fn check_whole(&self, bp: &Proc) {
         let garbled = bp.garbled();
         self.ensure(garbled.is_empty(), || {
             format!(
@@ -960,14 +1059,6 @@ impl CtxRef {
         });
         self.ensure(!bp.stderr().contains("panicked"), || {
             "blockprobe panicked".into()
-        });
-        let lost: Vec<Value> = bp
-            .events()
-            .into_iter()
-            .filter(|e| kind(e) == "lost")
-            .collect();
-        self.ensure(lost.is_empty(), || {
-            format!("blockprobe lost events: {lost:?}")
         });
     }
 
@@ -1279,6 +1370,15 @@ impl Proc {
             .collect()
     }
 
+    /// How many events of `kind` (`ringbuf_stall`, …) its `lost` events counted so far.
+    pub fn lost(&self, counter: &str) -> u64 {
+        self.events()
+            .iter()
+            .filter(|e| kind(e) == "lost" && e["kind"] == counter)
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    }
+
     /// Its stdout lines that are not blockprobe's events.
     pub fn texts(&self) -> Vec<String> {
         lock(&self.inner.stdout)
@@ -1338,6 +1438,8 @@ pub struct Ran {
     pub status: ExitStatus,
     /// Unix ns when the test sent `GO`, and when it had read the stalls it waited for.
     pub window_unix_ns: (u64, u64),
+    /// blockprobe's peak resident set size ([`peak_rss_kib`]) once the stalls were in.
+    pub bp_peak_rss_kib: u64,
 }
 
 impl Ran {
@@ -1437,6 +1539,49 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
 /// waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
+    drive(scenario, Losses::Forbidden)
+}
+
+/// Runs a scenario whose one stall is a `time.sleep` of `nominal` in `function` (its
+/// `# BLOCK function` line) with [`run_scenario`], and fails unless blockprobe exited 0
+/// having reported exactly that stall ([`Ran::check_stall`]). Returns the run and the
+/// stall, for more checks.
+#[track_caller]
+pub fn run_sleep_scenario(
+    scenario: &Scenario<'_>,
+    function: &str,
+    nominal: Duration,
+) -> (Ran, Stall) {
+    let ran = run_scenario(scenario);
+    ran.expect_success();
+    let stall = ran.only_stall();
+    ran.check_stall(
+        &stall,
+        function,
+        "sleep",
+        scenario.python.sleep_syscall(),
+        nominal,
+    );
+    (ran, stall)
+}
+
+/// [`run_scenario`] for a load test, where the machine may not keep up: blockprobe may
+/// lose events as long as it counts them. Waits until each expected stall is reported or
+/// counted as lost (`ringbuf_stall`), and checks [`CtxRef::check_whole`].
+#[track_caller]
+pub fn run_load_scenario(scenario: &Scenario<'_>) -> Ran {
+    drive(scenario, Losses::Counted)
+}
+
+/// Whether a test allows blockprobe to lose (and count) events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Losses {
+    Forbidden,
+    Counted,
+}
+
+#[track_caller]
+fn drive(scenario: &Scenario<'_>, losses: Losses) -> Ran {
     require_root();
     let mut cmd = run_command(
         scenario.python,
@@ -1444,14 +1589,21 @@ pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
         scenario.script_args,
         scenario.blockprobe_args,
     );
-    drive_scenario(scenario.python, scenario.script, &mut cmd, scenario.stalls)
+    drive_command(
+        scenario.python,
+        scenario.script,
+        &mut cmd,
+        scenario.stalls,
+        losses,
+        |_, _| {},
+    )
 }
 
 /// Starts `cmd` (a `blockprobe run` of tests/scripts/`name`, see [`run_command`]) and
 /// takes it through the protocol of [`run_scenario`].
 #[track_caller]
 pub fn drive_scenario(python: &Python, name: &str, cmd: &mut Command, stalls: usize) -> Ran {
-    drive_scenario_after(python, name, cmd, stalls, |_, _| {})
+    drive_command(python, name, cmd, stalls, Losses::Forbidden, |_, _| {})
 }
 
 /// [`drive_scenario`] for a script with steps of its own before its READY: `prelude`
@@ -1464,6 +1616,18 @@ pub fn drive_scenario_after(
     stalls: usize,
     prelude: impl FnOnce(&CtxRef, &Proc),
 ) -> Ran {
+    drive_command(python, name, cmd, stalls, Losses::Forbidden, prelude)
+}
+
+#[track_caller]
+fn drive_command(
+    python: &Python,
+    name: &str,
+    cmd: &mut Command,
+    stalls: usize,
+    losses: Losses,
+    prelude: impl FnOnce(&CtxRef, &Proc),
+) -> Ran {
     let ctx = Ctx::new();
     let script = script(name);
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
@@ -1472,10 +1636,17 @@ pub fn drive_scenario_after(
     let go = unix_now_ns();
     bp.send("GO");
     let _ = ctx.wait_finished(&bp);
-    ctx.wait_stalls(&bp, pid, stalls);
+    match losses {
+        Losses::Forbidden => drop(ctx.wait_stalls(&bp, pid, stalls)),
+        Losses::Counted => drop(ctx.wait_stalls_or_lost(&bp, pid, stalls)),
+    }
     // The stalls are over by now: blockprobe reports a stall when the loop is back.
     let seen = unix_now_ns();
-    let status = ctx.quit(&bp);
+    let bp_peak_rss_kib = peak_rss_kib(bp.pid());
+    let status = match losses {
+        Losses::Forbidden => ctx.quit(&bp),
+        Losses::Counted => ctx.quit_counting_losses(&bp),
+    };
     let state = bp.script_state();
     Ran {
         ctx,
@@ -1485,7 +1656,22 @@ pub fn drive_scenario_after(
         state,
         status,
         window_unix_ns: (go, seen),
+        bp_peak_rss_kib,
     }
+}
+
+/// The peak resident set size (`VmHWM`) of process `pid` so far, in KiB; `u64::MAX` when
+/// it cannot be read (so that any bound on it fails).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// Reads and parses a JSON file blockprobe wrote.

@@ -3,19 +3,22 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
     ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
-    blockprobe_bin, kind, marker_line, nanos, read_json, require_root, run_blockprobe, run_command,
-    run_scenario, script, trace_command, unix_now_ns,
+    blockprobe_bin, kind, marker_line, nanos, python_matrix, read_json, require_root,
+    run_blockprobe, run_command, run_scenario, run_sleep_scenario, script, trace_command,
+    unix_now_ns,
 };
 use serde_json::Value;
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
 const WALK_DEPTH: usize = 127;
+
+python_matrix!(deep_recursion_is_truncated_and_marked);
 
 // ------------------------------------------------------------------ exec
 
@@ -24,36 +27,80 @@ const WALK_DEPTH: usize = 127;
 /// stall, after the exec, is found as usual.
 #[test]
 fn exec_into_non_python_detaches_and_tracing_goes_on() {
-    require_root();
-    let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
-    let execs = ctx.spawn(
+    leaves_mid_iteration_and_tracing_goes_on(
         "exec_into.py -- /bin/sleep",
         python
             .command(&script("exec_into.py"))
             .args(["--", "/bin/sleep", "600"]),
+        "exec",
+        |ctx, a| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", a.pid())).unwrap_or_default();
+            ctx.ensure(comm.trim_end() == "sleep", || {
+                format!(
+                    "pid {} should now run /bin/sleep, its comm is {comm:?}",
+                    a.pid()
+                )
+            });
+        },
     );
+}
+
+/// `trace -p A -p B`: A's loop blocks in a 10 s `time.sleep` and another thread of A calls
+/// `os._exit(0)` 100 ms into it (exit_mid_stall.py). blockprobe says `detached` (reason
+/// `exit`) for A, reports no stall for it (the stall never ended), loses nothing, and goes
+/// on tracing: B's stall, afterwards, is found as usual.
+#[test]
+fn exit_mid_stall_detaches_and_tracing_goes_on() {
+    let python = Python::pyenv("3.11.7");
+    leaves_mid_iteration_and_tracing_goes_on(
+        "exit_mid_stall.py",
+        &mut python.command(&script("exit_mid_stall.py")),
+        "exit",
+        |ctx, a| {
+            let status = a.wait_exit();
+            ctx.ensure(status.code() == Some(0), || {
+                format!("exit_mid_stall.py should have called os._exit(0), it exited {status}")
+            });
+        },
+    );
+}
+
+/// `trace -p A -p B`, A started by `command` (a scenario that leaves, on GO, with its loop
+/// off-await), B sleep_in_coroutine.py: after GO, blockprobe says `detached` with
+/// `reason` for A (then `gone` checks A), reports no stall for A, attaches to it once and
+/// detaches once, and goes on tracing: B's stall, afterwards, is found as usual. trace
+/// exits 0 with clean output.
+fn leaves_mid_iteration_and_tracing_goes_on(
+    name: &str,
+    command: &mut Command,
+    reason: &str,
+    gone: impl FnOnce(&CtxRef, &Proc),
+) {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let leaving = ctx.spawn(name, command);
     let other_script = script("sleep_in_coroutine.py");
     let other = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&other_script));
-    let execs_loops = loop_tids(&ctx.wait_ready(&execs));
+    let leaving_loops = loop_tids(&ctx.wait_ready(&leaving));
     let other_loops = loop_tids(&ctx.wait_ready(&other));
-    let (pid, other_pid) = (execs.pid(), other.pid());
+    let (pid, other_pid) = (leaving.pid(), other.pid());
     let bp = ctx.spawn(
         "blockprobe trace -p -p",
         &mut trace_command(&[pid, other_pid]),
     );
-    ctx.wait_loops_live(&bp, pid, &execs_loops);
+    ctx.wait_loops_live(&bp, pid, &leaving_loops);
     ctx.wait_loops_live(&bp, other_pid, &other_loops);
 
-    execs.send("GO");
+    leaving.may_exit();
+    leaving.send("GO");
     let detached = ctx.wait_event(&bp, "detached", pid);
-    ctx.ensure(detached["reason"] == "exec", || {
-        format!("expected a detached event with reason \"exec\", got {detached}")
+    ctx.ensure(detached["reason"] == reason, || {
+        format!("expected a detached event with reason {reason:?}, got {detached}")
     });
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    ctx.ensure(comm.trim_end() == "sleep", || {
-        format!("pid {pid} should now run /bin/sleep, its comm is {comm:?}")
-    });
+    gone(&ctx, &leaving);
 
     // Tracing goes on after the detach.
     let go = unix_now_ns();
@@ -72,16 +119,16 @@ fn exec_into_non_python_detaches_and_tracing_goes_on() {
     ctx.wait_event(&bp, "detached", other_pid);
     ctx.stop_trace(&bp);
 
-    let exec_stalls = bp.stalls(pid);
-    ctx.ensure(exec_stalls.is_empty(), || {
-        format!("pid {pid} never stalled, yet: {exec_stalls:#?}")
+    let leaving_stalls = bp.stalls(pid);
+    ctx.ensure(leaving_stalls.is_empty(), || {
+        format!("pid {pid} never ended a stall, yet: {leaving_stalls:#?}")
     });
     let attached = bp.events_of("attached", pid).len();
     let detached = bp.events_of("detached", pid).len();
     ctx.ensure(attached == 1 && detached == 1, || {
         format!(
             "expected one attached and one detached event for pid {pid}, got {attached} and \
-             {detached}: the new image is not Python and `-p` does not follow execs"
+             {detached} (`-p` does not follow execs)"
         )
     });
     ctx.ensure(bp.stalls(other_pid).len() == 1, || {
@@ -189,10 +236,7 @@ fn a_reused_pid_is_a_new_process() {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
-    let bp = ctx.spawn("blockprobe trace (host)", &mut trace_command(&[]));
-    ctx.wait_for("blockprobe's `ready` event", || {
-        bp.events().into_iter().find(|e| kind(e) == "ready")
-    });
+    let bp = ctx.spawn_trace_host();
 
     let first = script("sleep_in_coroutine.py");
     let a = ctx.spawn("A: sleep_in_coroutine.py", &mut python.command(&first));
@@ -597,12 +641,6 @@ fn corrupted_frames_and_code_are_survived() {
         nominal: Duration::from_millis(100),
         window_unix_ns: Some((go, seen)),
     };
-    let marker = |function: &str, file: &str| Frame {
-        function: function.into(),
-        file: file.into(),
-        line: 0,
-    };
-
     // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
     //    did not block; the function that did cannot be named); the walk goes on.
     let nameless = &stalls[0];
@@ -660,25 +698,132 @@ fn corrupted_frames_and_code_are_survived() {
     );
 }
 
+/// A Python stack recursing 1,100 frames deep in a coroutine, blocking 200 ms in its
+/// innermost call (deep_recursion.py): the stall is reported as usual, blamed on the
+/// innermost `recurse` at its `time.sleep` line; its stack is cut at the walk's depth, the
+/// innermost 127 frames (the blocking call, then 126 recursive calls), and marked as
+/// truncated by a last `<truncated>` frame. Nothing hangs; the script exits 0.
+fn deep_recursion_is_truncated_and_marked(python: &Python) {
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "deep_recursion.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
+        "recurse",
+        Duration::from_millis(200),
+    );
+    let call = Frame::new(
+        "recurse",
+        &ran.script,
+        marker_line(&ran.script, "CALL recurse"),
+    );
+    ran.ctx.ensure(
+        stall.stack.len() == WALK_DEPTH + 1
+            && stall.stack[1..WALK_DEPTH].iter().all(|f| *f == call)
+            && stall.stack[WALK_DEPTH] == marker("<truncated>", ""),
+        || {
+            format!(
+                "the stack should be the blocking call, {} recursive calls ({call:?}), then \
+                 <truncated>; it has {} frames: {stall:#?}",
+                WALK_DEPTH - 1,
+                stall.stack.len()
+            )
+        },
+    );
+}
+
+/// A marker frame blockprobe puts in a stack for what it could not walk or name
+/// (`<truncated>`, `<unreadable>`): line 0.
+fn marker(function: &str, file: &str) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 0,
+    }
+}
+
 // ------------------------------------------------------------------ privileges
 
+/// What `setpriv` options make of blockprobe's privileges: another user (nobody) and the
+/// capabilities it keeps or loses across the exec.
+const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+
 /// `trace -p PID` as an unprivileged user (nobody): exit 1 before anything else, with
-/// exactly one line on stderr saying that root (CAP_BPF, CAP_PERFMON) is needed, not the
-/// "permission denied" that reading the process would give.
+/// exactly one line on stderr saying that root is needed and naming every capability it
+/// lacks, not the "permission denied" that reading the process would give.
 #[test]
 fn not_root_is_one_clear_line() {
+    refused_with_one_line(
+        AS_NOBODY,
+        "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH",
+    );
+}
+
+/// `trace -p PID` as root without CAP_BPF and CAP_PERFMON (dropped from the bounding and
+/// inheritable sets, so root's exec does not get them back), and without CAP_SYS_ADMIN,
+/// which the kernel accepts instead of either: exit 1 with one line naming exactly those
+/// two. (Before the capability check, root passed and blockprobe failed later, loading
+/// its programs.)
+#[test]
+fn missing_bpf_and_perfmon_is_one_line_naming_them() {
+    let drop = "-bpf,-perfmon,-sys_admin";
+    refused_with_one_line(
+        &[
+            &format!("--inh-caps={drop}"),
+            &format!("--bounding-set={drop}"),
+        ],
+        "CAP_BPF, CAP_PERFMON",
+    );
+}
+
+/// A user other than root (nobody) holding the capabilities blockprobe needs, as ambient
+/// capabilities: not refused by any root check; `trace -p` of root's sleep_in_coroutine.py
+/// finds its loop and reports its stall as usual.
+#[test]
+fn a_user_with_the_capabilities_is_not_refused() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let script_path = script("sleep_in_coroutine.py");
+    let target = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&script_path));
+    ctx.wait_ready(&target);
+    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let granted = [
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    ];
+    let setpriv: Vec<&str> = AS_NOBODY
+        .iter()
+        .copied()
+        .chain(granted.iter().map(String::as_str))
+        .collect();
+    let (_bin, bp) = spawn_privileged(
+        &ctx,
+        "blockprobe trace -p (nobody with capabilities)",
+        &setpriv,
+        trace_command(&[target.pid()]).get_args(),
+    );
+    ctx.drive_traced_sleep(&bp, &target, &python, &script_path);
+    ctx.stop_trace(&bp);
+}
+
+/// Runs `trace -p` (on a live idle.py) under `setpriv SETPRIV…`, and checks that it is
+/// refused with exit code 1 and exactly one line on stderr that says root is needed and
+/// lists exactly `missing` as what blockprobe lacks; nothing on stdout.
+fn refused_with_one_line(setpriv: &[&str], missing: &str) {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
     ctx.wait_ready(&target);
-    let bin = unprivileged_copy(&ctx);
-    let bp = ctx.spawn(
-        "blockprobe trace -p (as nobody)",
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin.1)
-            .args(["trace", "-p", &target.pid().to_string()]),
+    let (_bin, bp) = spawn_privileged(
+        &ctx,
+        &format!("blockprobe trace -p (setpriv {})", setpriv.join(" ")),
+        setpriv,
+        ["trace", "-p", &target.pid().to_string()].map(std::ffi::OsStr::new),
     );
     bp.close_stdin();
     let status = bp.wait_exit();
@@ -687,13 +832,21 @@ fn not_root_is_one_clear_line() {
         format!("expected exit code 1, got {status}")
     });
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lacks = lines.first().and_then(|l| {
+        let (_, rest) = l.split_once("capabilities it lacks: ")?;
+        Some(rest.split_once(" (").map_or(rest, |(names, _)| names))
+    });
     ctx.ensure(
         lines.len() == 1
             && lines[0].contains("needs root")
-            && lines[0].contains("CAP_BPF")
-            && lines[0].contains("CAP_PERFMON")
+            && lacks == Some(missing)
             && !stderr.contains("panicked"),
-        || format!("expected one line on stderr saying root is needed, got:\n{stderr}"),
+        || {
+            format!(
+                "expected one line on stderr saying root is needed and that blockprobe \
+                 lacks exactly {missing}, got:\n{stderr}"
+            )
+        },
     );
     ctx.ensure(bp.lines().is_empty(), || {
         "blockprobe printed something on stdout".into()
@@ -703,9 +856,15 @@ fn not_root_is_one_clear_line() {
     ctx.ensure(target.wait_exit().success(), || "idle.py failed".into());
 }
 
-/// A copy of the binary that any user may run (the build's directory may be private),
-/// in a temporary directory kept with it.
-fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
+/// Starts `blockprobe ARGS` through `setpriv SETPRIV… --`, from a copy of the binary any
+/// user may run (the build's directory may be private), in a temporary directory that
+/// must live as long as the process.
+fn spawn_privileged<'a>(
+    ctx: &CtxRef,
+    name: &str,
+    setpriv: &[&str],
+    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> (tempfile::TempDir, Proc) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let bin = dir.path().join("blockprobe");
     let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
@@ -717,7 +876,15 @@ fn unprivileged_copy(ctx: &CtxRef) -> (tempfile::TempDir, PathBuf) {
             bin.display()
         ));
     }
-    (dir, bin)
+    let bp = ctx.spawn(
+        name,
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg("--")
+            .arg(&bin)
+            .args(args),
+    );
+    (dir, bp)
 }
 
 // ------------------------------------------------------------------ helpers

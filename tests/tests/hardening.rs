@@ -2,6 +2,7 @@
 //! tracer leaves nothing attached.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 use blockprobe_tests::{Ctx, Python, kind, read_json, require_root, run_command, script};
@@ -91,22 +92,63 @@ fn bpf_program_ids(pid: u32) -> BTreeSet<u32> {
     ids
 }
 
+/// The BPF links (`bpftool link show`) attaching any of the programs `ids`.
+fn bpf_links(ctx: &Ctx, ids: &BTreeSet<u32>) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .unwrap_or_else(|e| ctx.fail(format!("cannot run bpftool: {e}")));
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        ctx.fail(format!(
+            "`bpftool link show --json` ({}) is not a JSON list ({e}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    });
+    links
+        .into_iter()
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .is_some_and(|id| ids.contains(&id))
+        })
+        .collect()
+}
+
+/// The kprobe and uprobe events defined in tracefs (`kprobe_events`, `uprobe_events`; a
+/// kernel without kprobes has no such file), one line each.
+fn probe_events() -> BTreeSet<String> {
+    ["kprobe_events", "uprobe_events"]
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(Path::new("/sys/kernel/tracing").join(file))
+                .unwrap_or_default();
+            text.lines()
+                .map(|l| format!("{file}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// SIGKILL gives blockprobe no chance to clean up: the kernel must drop its programs with
-/// its file descriptors, leaving nothing attached.
+/// its file descriptors, leaving nothing attached: no BPF link to any of its programs
+/// (`bpftool link`), the programs unloaded (`bpftool prog`), and no kprobe or uprobe event
+/// it defined left in tracefs.
 #[test]
 fn sigkill_leaves_no_probes() {
     require_root();
     let ctx = Ctx::new();
-    let bp = ctx.spawn(
-        "blockprobe trace",
-        Command::new(blockprobe_tests::blockprobe_bin()).args(["trace", "--format", "jsonl"]),
-    );
-    ctx.wait_for("the `ready` event", || {
-        bp.events().into_iter().find(|e| kind(e) == "ready")
-    });
+    let events_before = probe_events();
+    let bp = ctx.spawn_trace_host();
     let ids = bpf_program_ids(bp.pid());
     ctx.ensure(ids.len() >= 8, || {
         format!("blockprobe should hold its BPF programs, holds {ids:?}")
+    });
+    // The check below sees links when there are some.
+    let links = bpf_links(&ctx, &ids);
+    ctx.ensure(!links.is_empty(), || {
+        format!("bpftool shows no link to blockprobe's programs {ids:?}")
     });
     bp.may_exit();
     bp.signal(Signal::SIGKILL);
@@ -125,20 +167,29 @@ fn sigkill_leaves_no_probes() {
             .collect()
     };
     ctx.wait_for(
-        "blockprobe's BPF programs to be unloaded after SIGKILL",
-        || loaded().is_empty().then_some(()),
+        "blockprobe's BPF links to be gone and its programs unloaded after SIGKILL",
+        || (bpf_links(&ctx, &ids).is_empty() && loaded().is_empty()).then_some(()),
     );
+    let left: Vec<String> = probe_events().difference(&events_before).cloned().collect();
+    ctx.ensure(left.is_empty(), || {
+        format!("tracefs probe events left after SIGKILL: {left:?}")
+    });
 }
 
+/// blockprobe's peak resident memory may not exceed this with 64 loop threads traced.
+const SIXTY_FOUR_MAX_RSS_KIB: u64 = 64 * 1024;
+
 /// 64 loop threads in one process, all stalling at once: every worker thread's 20 ms
-/// sleep is inside one of its own stalls, stalls whose main cause is the sleep blame the
-/// worker's own coroutine, and nothing is lost. With 65 threads taking turns on the GIL,
-/// a loop may also wait for the GIL longer than it slept (then the stall says `gil`, or
-/// `cpu` for the interpreter's own work): those are real and allowed.
+/// sleep is either inside one of its own stalls or counted as lost (`ringbuf_stall`);
+/// stalls whose main cause is the sleep blame the worker's own coroutine (or none, when
+/// the evidence that names it was counted as lost); blockprobe's peak RSS stays under
+/// 64 MiB. With 65 threads taking turns on the GIL, a loop may also wait for the GIL
+/// longer than it slept (then the stall says `gil`, or `cpu` for the interpreter's own
+/// work): those are real and allowed.
 #[test]
 fn sixty_four_loops_stall_at_once() {
     let python = Python::pyenv("3.11.7");
-    let ran = blockprobe_tests::run_scenario(&blockprobe_tests::Scenario {
+    let ran = blockprobe_tests::run_load_scenario(&blockprobe_tests::Scenario {
         python: &python,
         script: "many_loops.py",
         script_args: &[],
@@ -166,14 +217,34 @@ fn sixty_four_loops_stall_at_once() {
             && part("sleep") + part("gil") + part("runqueue") >= 19_000_000
     };
     let sleeping: BTreeSet<u32> = stalls.iter().filter(slept).map(|s| s.tid).collect();
-    ran.ctx
-        .ensure(workers.len() == 64 && sleeping == workers, || {
+    let lost = ran.bp.lost("ringbuf_stall");
+    eprintln!(
+        "load: 64 loop threads: {} sleeps reported, {lost} stalls counted lost, \
+         blockprobe's peak RSS {} KiB",
+        sleeping.len(),
+        ran.bp_peak_rss_kib
+    );
+    ran.ctx.ensure(
+        workers.len() == 64
+            && sleeping.is_subset(&workers)
+            && (workers.len() - sleeping.len()) as u64 <= lost,
+        || {
             format!(
-                "each of the 64 worker threads should have a stall holding its 20 ms sleep; \
-             {} threads do",
+                "each of the 64 worker threads should have a stall holding its 20 ms sleep, \
+                 or be counted lost; {} threads do, {lost} stalls were counted lost",
                 sleeping.len()
             )
+        },
+    );
+    ran.ctx
+        .ensure(ran.bp_peak_rss_kib <= SIXTY_FOUR_MAX_RSS_KIB, || {
+            format!(
+                "blockprobe's peak RSS is {} KiB with 64 loop threads",
+                ran.bp_peak_rss_kib
+            )
         });
+    // Without its blocking-call event, a stall cannot name the function that blocked.
+    let evidence_lost = ran.bp.lost("ringbuf_blocked_call") > 0;
     // A stack blockprobe could not read is an honest "don't know", not a wrong answer:
     // it is allowed once in 64 (seen once in many runs: every code object of one stall's
     // stack unreadable; under investigation), another function never.
@@ -182,6 +253,9 @@ fn sixty_four_loops_stall_at_once() {
         let culprit = stall.culprit.as_ref().map(|f| f.function.as_str());
         if culprit == Some("<unreadable>") {
             unreadable += 1;
+            continue;
+        }
+        if culprit.is_none() && evidence_lost {
             continue;
         }
         ran.ctx.ensure(culprit == Some("blocking_handler"), || {

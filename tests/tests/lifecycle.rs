@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Ctx, CtxRef, Python, Scenario, Stall, nanos, python_matrix, read_json,
-    require_root, run_blockprobe, run_command, run_scenario, script,
+    ABOVE, BELOW, Ctx, CtxRef, Python, Scenario, ScriptState, Stall, nanos, python_matrix,
+    read_json, require_root, run_blockprobe, run_command, run_scenario, run_sleep_scenario, script,
+    trace_command,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -57,8 +58,10 @@ fn run_propagates_exit_code_of_any_command() {
     });
 }
 
-/// (i) SIGTERM to `blockprobe run -o report.json` while the script still runs: the report
-/// is written, and holds the process and the stall that already happened.
+/// (i) SIGTERM to `blockprobe run -o report.json` while the script still runs: blockprobe
+/// forwards it to the script, which dies of it, and exits with the script's status as a
+/// shell gives it (128 + 15); the report is written, and holds the process, the stall
+/// that already happened and `handler`'s histogram.
 fn sigterm_writes_report(python: &Python) {
     require_root();
     let ctx = Ctx::new();
@@ -69,9 +72,9 @@ fn sigterm_writes_report(python: &Python) {
         &format!("blockprobe run -o ({})", python.label),
         &mut run_command(python, &script, &[], &["-o", &report.to_string_lossy()]),
     );
-    let (ready, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
+    let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
-    ctx.wait_finished(&bp);
+    let state = ctx.wait_finished(&bp);
     let live = ctx.wait_stalls(&bp, pid, 1);
 
     bp.may_exit();
@@ -80,13 +83,72 @@ fn sigterm_writes_report(python: &Python) {
     // Now let the script go (end of its stdin; QUIT could hit a closed pipe if blockprobe
     // took the script down with it), so that blockprobe's stdout reaches its end.
     bp.close_stdin();
-    bp.wait_exit();
+    let status = bp.wait_exit();
     ctx.check_clean(&bp);
+    ctx.ensure(status.code() == Some(128 + Signal::SIGTERM as i32), || {
+        format!(
+            "blockprobe run exited with {status}; the script died of the forwarded SIGTERM, \
+             so expected exit code {}",
+            128 + Signal::SIGTERM as i32
+        )
+    });
+    check_complete_report(&ctx, &report, &state, &live, python, &script);
+}
 
-    let report = read_json(&ctx, &report);
+/// SIGTERM to `blockprobe trace -p PID -o report.json` after a stall: exit code 0 and a
+/// complete report (header, process, the stall, `handler`'s histogram).
+#[test]
+fn sigterm_ends_trace_with_a_complete_report() {
+    signal_ends_trace_with_a_complete_report(Signal::SIGTERM);
+}
+
+/// SIGINT (Ctrl-C) to `blockprobe trace -p PID -o report.json` after a stall: as SIGTERM.
+#[test]
+fn sigint_ends_trace_with_a_complete_report() {
+    signal_ends_trace_with_a_complete_report(Signal::SIGINT);
+}
+
+fn signal_ends_trace_with_a_complete_report(signal: Signal) {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report = dir.path().join("report.json");
+    let script = script("sleep_in_coroutine.py");
+    let target = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&script));
+    let ready = ctx.wait_ready(&target);
+    let pid = target.pid();
+    let bp = ctx.spawn(
+        &format!("blockprobe trace -p -o (ended by {signal})"),
+        trace_command(&[pid]).arg("-o").arg(&report),
+    );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
-    check_report_header(&ctx, &report, pid, &tids, python);
-    let stalls = report_stalls(&ctx, &report, pid);
+    ctx.wait_loops_live(&bp, pid, &tids);
+    target.send("GO");
+    let state = ctx.wait_finished(&target);
+    let live = ctx.wait_stalls(&bp, pid, 1);
+    // The target still runs: the signal, not its exit, ends tracing.
+    ctx.stop_trace_with(&bp, signal);
+    check_complete_report(&ctx, &report, &state, &live, &python, &script);
+    ctx.quit_script(&target);
+}
+
+/// Checks the report blockprobe wrote at `path` when a signal stopped it while it traced
+/// sleep_in_coroutine.py (`script`, which said `state`): its header and process, exactly
+/// the one stall seen live, and `handler`'s `functions` entry with its histogram.
+fn check_complete_report(
+    ctx: &CtxRef,
+    path: &Path,
+    state: &ScriptState,
+    live: &[Stall],
+    python: &Python,
+    script: &Path,
+) {
+    let report = read_json(ctx, path);
+    let pid = state.pid.expect("the script said READY");
+    let tids: Vec<u32> = state.loops.iter().map(|(_, t)| *t).collect();
+    check_report_header(ctx, &report, pid, &tids, python);
+    let stalls = report_stalls(ctx, &report, pid);
     ctx.ensure(
         stalls.len() == 1
             && stalls[0].start_unix_ns == live[0].start_unix_ns
@@ -99,6 +161,7 @@ fn sigterm_writes_report(python: &Python) {
             )
         },
     );
+    check_handler_function(ctx, &report, script, ctx.measured(state, "handler"));
 }
 
 /// (j) The report of scenario (a) via `-o`: a `functions` entry for `handler` (count 1,
@@ -107,23 +170,18 @@ fn report_file(python: &Python) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("report.json");
     let path_arg = path.to_string_lossy().into_owned();
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "sleep_in_coroutine.py",
-        script_args: &[],
-        blockprobe_args: &["-o", &path_arg],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let ctx = &ran.ctx;
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "sleep_in_coroutine.py",
+            script_args: &[],
+            blockprobe_args: &["-o", &path_arg],
+            stalls: 1,
+        },
         "handler",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(200),
     );
+    let ctx = &ran.ctx;
     let report = read_json(ctx, &path);
     let tids = [ran.pid];
     check_report_header(ctx, &report, ran.pid, &tids, python);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use blockprobe_tests::{
     Python, Scenario, drive_scenario_after, field_u32, kind, python_matrix, require_root,
-    run_command, run_scenario, script,
+    run_command, run_scenario, run_sleep_scenario, script,
 };
 
 python_matrix!(
@@ -72,20 +72,15 @@ mod uvloop {
 /// (a) `time.sleep(0.2)` directly in `async def handler()`: one stall as long as the
 /// sleep the script measured, in `clock_nanosleep` (`select()` before 3.11), culprit `handler`.
 fn sleep_in_coroutine(python: &Python) {
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "sleep_in_coroutine.py",
-        script_args: &[],
-        blockprobe_args: &[],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "sleep_in_coroutine.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
         "handler",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(200),
     );
     ran.ctx.check_stack_prefix(
@@ -127,20 +122,15 @@ fn sleep_in_coroutine(python: &Python) {
 /// stack is level3, level2, level1, then the coroutine, each at the right line; the
 /// culprit is `level3`.
 fn sync_chain(python: &Python) {
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "sync_chain.py",
-        script_args: &[],
-        blockprobe_args: &[],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "sync_chain.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
         "level3",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(100),
     );
     ran.ctx.check_stack_prefix(

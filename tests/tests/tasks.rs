@@ -3,24 +3,19 @@
 
 use std::time::Duration;
 
-use blockprobe_tests::{Python, Scenario, run_scenario};
+use blockprobe_tests::{Python, Scenario, run_sleep_scenario};
 
 /// A stall inside a task named `checkout-42` carries that name (3.14+), and none before.
 fn named_task(python: &Python, expect_name: bool) {
-    let ran = run_scenario(&Scenario {
-        python,
-        script: "named_task.py",
-        script_args: &[],
-        blockprobe_args: &[],
-        stalls: 1,
-    });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "named_task.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
         "checkout",
-        "sleep",
-        python.sleep_syscall(),
         Duration::from_millis(100),
     );
     let want = expect_name.then(|| "checkout-42".to_owned());

@@ -20,8 +20,9 @@ const WALL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Traces `pids`, or the whole host when empty, until a signal or `--duration`.
 pub async fn run(options: TraceOptions, pids: Vec<u32>) -> anyhow::Result<i32> {
-    // Without root, inspecting a pid would only say "permission denied": say why first.
-    preflight::require_root()?;
+    // Without the privileges, inspecting a pid would only say "permission denied": say
+    // what is missing first.
+    preflight::require_privileges()?;
     // Bad pids fail before any probe is loaded.
     for &pid in &pids {
         wait_until_traceable(pid).await?;

@@ -270,9 +270,27 @@ fn pyenv_3_11() {
     check_interpreter("/root/.pyenv/versions/3.11.7/bin/python3.11", 11, Some(7));
 }
 
+/// Debian's python3.11 is stripped (only `.dynsym`, no `.symtab`): everything blockprobe
+/// needs from it comes from the dynamic symbols and the live process.
 #[test]
 fn debian_3_11() {
+    assert_stripped("/usr/bin/python3.11");
     check_interpreter("/usr/bin/python3.11", 11, Some(2));
+}
+
+/// Fails unless the ELF file at `path` has dynamic symbols and no symbol table.
+fn assert_stripped(path: &str) {
+    use object::Object as _;
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let elf = object::File::parse(&*data).unwrap_or_else(|e| panic!("{path} is no ELF: {e}"));
+    assert!(
+        elf.section_by_name(".symtab").is_none(),
+        "{path} has a .symtab: not the stripped build these tests are about"
+    );
+    assert!(
+        elf.section_by_name(".dynsym").is_some(),
+        "{path} has no .dynsym"
+    );
 }
 
 #[test]
