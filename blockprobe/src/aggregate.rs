@@ -722,7 +722,7 @@ pub(crate) mod tests {
         use blockprobe_common::counters::Counter;
         let mut a = Aggregator::new(Limits::default());
         for (i, counter) in Counter::ALL.into_iter().enumerate() {
-            a.set_lost(counter, i as u64 + 1);
+            a.add_lost(counter.name(), i as u64 + 1);
         }
         let r = a.report(run());
         let n = Counter::ALL.len() as u64;
