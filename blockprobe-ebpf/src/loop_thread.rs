@@ -59,9 +59,8 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
             end_off_await(timing, now, u64::MAX);
         } else {
             on_block_enter(nr, regs);
-            if timing.foreign_fd != fd {
+            if timing.foreign_fd != fd && send_poll_stack(tgid, now, fd, true) {
                 timing.foreign_fd = fd;
-                send_poll_stack(tgid, now, fd, true);
             }
         }
         return;
@@ -81,19 +80,25 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
             count(Counter::ThreadMapFull);
             return;
         }
-        mark_loop_thread(tid, true);
-        send_poll_stack(tgid, now, fd, false);
+        // Unsent (the ring buffer was full, counted), the thread is examined afresh at
+        // its next poll rather than left pending for ever.
+        if send_poll_stack(tgid, now, fd, false) {
+            mark_loop_thread(tid, true);
+        } else {
+            let _ = THREAD_CLASS.remove(tid);
+        }
         return;
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let thread = unsafe { &mut *thread };
     match thread.class {
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
-            thread.class = class::PENDING;
-            thread.poll_fd = fd;
-            thread.since_ns = now;
-            mark_loop_thread(tid, true);
-            send_poll_stack(tgid, now, fd, false);
+            if send_poll_stack(tgid, now, fd, false) {
+                thread.class = class::PENDING;
+                thread.poll_fd = fd;
+                thread.since_ns = now;
+                mark_loop_thread(tid, true);
+            }
         }
         class::NOT_LOOP => {}
         // Pending, or a loop whose timing starts at this call's exit.
@@ -130,14 +135,15 @@ fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
 }
 
 /// Sends the thread's stack at a poll call on epoll fd `fd` so userspace can classify
-/// the thread (`foreign`: a loop thread polling another fd than its loop's).
+/// the thread (`foreign`: a loop thread polling another fd than its loop's); whether it
+/// was sent.
 #[inline(always)]
-fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) {
+fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) -> bool {
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
-        return;
+        return false;
     };
     let Some(mut entry) = reserve::<PollStackEvent>(Counter::LostPollStack) else {
-        return;
+        return false;
     };
     // SAFETY: the entry is ours until submitted; every field is written below.
     let event = unsafe { &mut *entry.as_mut_ptr() };
@@ -146,6 +152,7 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) {
     event.foreign = u32::from(foreign);
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
+    true
 }
 
 /// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop starts an off-await

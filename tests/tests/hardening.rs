@@ -266,3 +266,25 @@ fn sixty_four_loops_stall_at_once() {
         format!("{unreadable} sleep stalls have an unreadable stack")
     });
 }
+
+/// With a one-page event buffer, the stacks of 65 loop threads polling for the first
+/// time at once cannot all be sent (each is 2 KiB): a thread whose stack was dropped is
+/// examined again at its next poll, so every loop is still found, and the drops are
+/// counted (`ringbuf_poll_stack`).
+#[test]
+fn loops_whose_first_stack_was_dropped_are_found() {
+    let python = Python::pyenv("3.11.7");
+    let ran = blockprobe_tests::run_load_scenario(&blockprobe_tests::Scenario {
+        python: &python,
+        script: "many_loops.py",
+        script_args: &[],
+        blockprobe_args: &["--ring-buffer-kib", "4"],
+        stalls: 64,
+    });
+    ran.expect_success();
+    let lost = ran.bp.lost("ringbuf_poll_stack");
+    eprintln!("65 loops found, {lost} poll stacks counted lost on the way");
+    ran.ctx.ensure(lost > 0, || {
+        "a 4 KiB buffer should have dropped some of 65 simultaneous poll stacks".into()
+    });
+}
