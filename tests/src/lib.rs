@@ -3,6 +3,8 @@
 //! Run them with `cargo xtask test` (as root). Directly:
 //! `BLOCKPROBE_BIN=$PWD/target/debug/blockprobe BLOCKPROBE_PYDEPS=$PWD/target/pydeps
 //! cargo test -p blockprobe-tests -- --test-threads=1` (both default to those paths).
+//! Tests of a missing full-matrix interpreter (see `blockprobe_pythons`) skip, saying why,
+//! unless `BLOCKPROBE_FULL_MATRIX=1`, which `cargo xtask test` sets when all are there.
 //!
 //! # How a test talks to a scenario script
 //!
