@@ -3,6 +3,8 @@
 //! Run them with `cargo xtask test` (as root). Directly:
 //! `BLOCKPROBE_BIN=$PWD/target/debug/blockprobe BLOCKPROBE_PYDEPS=$PWD/target/pydeps
 //! cargo test -p blockprobe-tests -- --test-threads=1` (both default to those paths).
+//! Tests of a missing full-matrix interpreter (see `blockprobe_pythons`) skip, saying why,
+//! unless `BLOCKPROBE_FULL_MATRIX=1`, which `cargo xtask test` sets when all are there.
 //!
 //! # How a test talks to a scenario script
 //!
@@ -64,6 +66,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use blockprobe_pythons::{Interpreter, MATRIX, Source};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -182,57 +185,52 @@ pub struct Python {
 }
 
 impl Python {
-    /// A pyenv build (`$PYENV_ROOT`, default `/root/.pyenv`), e.g. `pyenv("3.11.7")`.
-    pub fn pyenv(version: &str) -> Python {
-        let python = Python::pyenv_unchecked(version);
-        python.check();
-        python
-    }
-
-    /// [`Python::pyenv`], or `None` when that build is not installed.
-    pub fn pyenv_if_present(version: &str) -> Option<Python> {
-        let python = Python::pyenv_unchecked(version);
-        python.path.is_file().then_some(python)
-    }
-
-    fn pyenv_unchecked(version: &str) -> Python {
-        let root = std::env::var_os("PYENV_ROOT")
-            .map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from);
-        let minor: Vec<&str> = version.split('.').take(2).collect();
-        Python {
-            env: Vec::new(),
-            label: format!("pyenv {version}"),
-            path: root
-                .join("versions")
-                .join(version)
-                .join("bin")
-                .join(format!("python{}", minor.join("."))),
-        }
-    }
-
-    /// Debian's own (stripped) `/usr/bin/python3.11`.
-    pub fn debian() -> Python {
+    /// A test interpreter of [`blockprobe_pythons::MATRIX`]; fails the test unless it is
+    /// installed.
+    #[track_caller]
+    pub fn of(interpreter: &Interpreter) -> Python {
         let python = Python {
+            label: interpreter.label(),
+            path: interpreter.path(),
             env: Vec::new(),
-            label: "debian 3.11".into(),
-            path: "/usr/bin/python3.11".into(),
         };
         python.check();
         python
+    }
+
+    /// The matrix interpreter `id` (`pyenv_3_11`), unless it may be skipped (see
+    /// [`blockprobe_pythons::require`], which prints why).
+    #[track_caller]
+    pub fn matrix(id: &str) -> Option<Python> {
+        let interpreter = blockprobe_pythons::by_id(id);
+        blockprobe_pythons::require(interpreter).map(|_| Python::of(interpreter))
+    }
+
+    /// The pyenv build of `version` (`"3.11.7"`), under `$PYENV_ROOT`.
+    #[track_caller]
+    pub fn pyenv(version: &str) -> Python {
+        Python::find(|i| i.source == Source::Pyenv && i.version == version)
+    }
+
+    /// Debian's own (stripped) `/usr/bin/python3.11`.
+    #[track_caller]
+    pub fn debian() -> Python {
+        Python::find(|i| matches!(i.source, Source::System(_)))
     }
 
     /// Debian sid's `python3.X` unpacked by `cargo xtask pythons` (3.14, 3.15) into
     /// `$BLOCKPROBE_PYTHONS` (default `~/.cache/blockprobe/pythons`).
+    #[track_caller]
     pub fn debian_sid(minor: &str) -> Python {
-        let python = Python {
-            env: Vec::new(),
-            label: format!("debian sid {minor}"),
-            path: pythons_cache()
-                .join("root/usr/bin")
-                .join(format!("python{minor}")),
-        };
-        python.check();
-        python
+        Python::find(|i| i.source == Source::Sid && i.minor() == minor)
+    }
+
+    /// The one matrix interpreter `which` picks.
+    #[track_caller]
+    fn find(which: impl Fn(&Interpreter) -> bool) -> Python {
+        let found: Vec<&Interpreter> = MATRIX.iter().filter(|i| which(i)).collect();
+        assert_eq!(found.len(), 1, "not one test interpreter: {found:?}");
+        Python::of(found[0])
     }
 
     /// The same interpreter with bptest's loops run by uvloop (`BPTEST_UVLOOP=1`): from
@@ -331,16 +329,6 @@ impl Python {
     }
 }
 
-/// Where `cargo xtask pythons` keeps the interpreters it fetches.
-pub fn pythons_cache() -> PathBuf {
-    std::env::var_os("BLOCKPROBE_PYTHONS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(".cache/blockprobe/pythons")
-        })
-}
-
 /// The environment for the scenario scripts (also set on blockprobe under `run`, whose
 /// child inherits it): `requests` on PYTHONPATH, no `__pycache__` in the source tree.
 pub fn python_env(cmd: &mut Command) {
@@ -350,53 +338,55 @@ pub fn python_env(cmd: &mut Command) {
         .env_remove("PYTHONASYNCIODEBUG");
 }
 
-/// Generates one test per interpreter for each scenario function `fn name(&Python)`:
-/// `name::pyenv_3_11`, `name::debian_3_11` and `name::debian_3_14`, plus the long tests
-/// (ignored unless `cargo xtask test --long`) on the other pyenv builds and 3.15.
+/// Generates one test per matrix interpreter for each scenario function
+/// `fn name(&Python)`: `name::pyenv_3_11`, `name::debian_3_14`, … (see
+/// [`blockprobe_pythons::MATRIX`]). Tests of full-matrix interpreters skip, saying so,
+/// when theirs is missing and the full matrix is off.
 #[macro_export]
 macro_rules! python_matrix {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
-            #[test]
-            fn pyenv_3_11() {
-                super::$scenario(&$crate::Python::pyenv("3.11.7"));
-            }
-            #[test]
-            fn debian_3_11() {
-                super::$scenario(&$crate::Python::debian());
-            }
-            #[test]
-            fn debian_3_14() {
-                super::$scenario(&$crate::Python::debian_sid("3.14"));
-            }
-            #[test]
-            #[ignore = "long: `cargo xtask test --long`"]
-            fn pyenv_3_9() {
-                super::$scenario(&$crate::Python::pyenv("3.9.18"));
-            }
-            #[test]
-            #[ignore = "long: `cargo xtask test --long`"]
-            fn pyenv_3_10() {
-                super::$scenario(&$crate::Python::pyenv("3.10.13"));
-            }
-            #[test]
-            #[ignore = "long: `cargo xtask test --long`"]
-            fn pyenv_3_12() {
-                super::$scenario(&$crate::Python::pyenv("3.12.1"));
-            }
-            #[test]
-            #[ignore = "long: `cargo xtask test --long`"]
-            fn pyenv_3_13() {
-                super::$scenario(&$crate::Python::pyenv("3.13.0"));
-            }
-            #[test]
-            #[ignore = "long: `cargo xtask test --long`"]
-            fn debian_3_15() {
-                super::$scenario(&$crate::Python::debian_sid("3.15"));
+            $crate::with_matrix_ids!(matrix_tests!($scenario;));
+        }
+    )*};
+}
+
+/// Calls this crate's `callback!(args… ids…)` with the ids of
+/// [`blockprobe_pythons::MATRIX`] as identifiers (a unit test checks that they agree).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_matrix_ids {
+    ($callback:ident!($($args:tt)*)) => {
+        $crate::$callback! {
+            $($args)* pyenv_3_11 debian_3_11 debian_3_14 pyenv_3_9 pyenv_3_10 pyenv_3_12
+            pyenv_3_13 debian_3_15
+        }
+    };
+}
+
+/// One test of `scenario` per id.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! matrix_tests {
+    ($scenario:ident; $($id:ident)*) => {$(
+        #[test]
+        fn $id() {
+            if let Some(python) = $crate::Python::matrix(stringify!($id)) {
+                super::$scenario(&python);
             }
         }
     )*};
 }
+
+/// The ids as strings.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! matrix_id_strings {
+    ($($id:ident)*) => { &[$(stringify!($id)),*] };
+}
+
+/// The ids `python_matrix!` generates tests for, in order.
+pub const MATRIX_TEST_IDS: &[&str] = with_matrix_ids!(matrix_id_strings!());
 
 // ------------------------------------------------------------------ what blockprobe says
 
@@ -1704,6 +1694,12 @@ pub fn run_blockprobe(ctx: &CtxRef, name: &str, args: &[&str]) -> (ExitStatus, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_matrix_tests_are_those_of_the_interpreter_list() {
+        let ids: Vec<&str> = MATRIX.iter().map(|i| i.id).collect();
+        assert_eq!(MATRIX_TEST_IDS, ids);
+    }
 
     #[test]
     fn classifies_lines() {

@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The interpreter the Python workloads and peers run on.
-const PYTHON: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
 /// PyPI packages of the workloads and of the peers blockprobe is compared with.
 const BENCH_PY_DEPS: &[&str] = &[
     "aiohttp",
@@ -251,7 +249,7 @@ fn install_py_deps(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    crate::pip_install(Path::new(PYTHON), dir, BENCH_PY_DEPS, &[])?;
+    crate::pip_install(&crate::pyenv_311(), dir, BENCH_PY_DEPS, &[])?;
     Ok(())
 }
 
@@ -382,10 +380,10 @@ impl Bench {
                 "/dev/null",
                 "--",
             ]);
-            c.arg(PYTHON);
+            c.arg(crate::pyenv_311());
             c
         } else {
-            on_cpu(WORKLOAD_CPU, PYTHON)
+            on_cpu(WORKLOAD_CPU, crate::pyenv_311())
         };
         cmd.arg(self.workload_script("peer.py"))
             .arg(mode.peer())
@@ -940,8 +938,9 @@ fn machine_info() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!(
-        "Machine: {cores} cores, {cpu}, Linux {}; Python: {PYTHON}; blockprobe at {rev} (release build). \
+        "Machine: {cores} cores, {cpu}, Linux {}; Python: {}; blockprobe at {rev} (release build). \
          Workloads run on CPU {WORKLOAD_CPU}, wrk on CPU {LOAD_CPU} (taskset, with 2+ cores); the tracer is not pinned.",
-        kernel.trim()
+        kernel.trim(),
+        crate::pyenv_311().display()
     )
 }

@@ -44,9 +44,6 @@ const LLVM_MAJOR: u32 = 22;
 /// Oldest bpf-linker that works with this project, and what `cargo install` asks for.
 const BPF_LINKER_MIN: (u64, u64) = (0, 13);
 const BPF_LINKER_REQ: &str = "^0.13";
-/// The interpreter that installs the tests' Python dependencies (pure Python, so they
-/// work on every test interpreter through PYTHONPATH).
-const PIP_PYTHON: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
 /// The Python packages the integration tests import (see tests/scripts).
 const PY_DEPS: &[&str] = &["requests"];
 
@@ -107,10 +104,11 @@ enum Task {
         reps: usize,
     },
     /// Set up, lint, unit tests, then the integration tests against the real binary and
-    /// real Pythons (needs root).
+    /// real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
+    /// 3.13 and Debian sid 3.15 too) runs when all its interpreters are installed; else
+    /// the tests of the missing ones skip.
     Test {
-        /// Also run the long tests: every scenario on the other interpreters (pyenv 3.9,
-        /// 3.10, 3.12, 3.13; Debian sid 3.15).
+        /// Insist on the full matrix: the tests of a missing interpreter fail.
         #[arg(long)]
         long: bool,
     },
@@ -166,12 +164,7 @@ fn run(task: Task) -> Result<ExitCode> {
             ws.lint()?;
         }
         Task::Test { long } => {
-            // The full matrix takes ~3 minutes: run it whenever its interpreters exist.
-            let full = long || long_interpreters_present();
-            if full && !long {
-                eprintln!("test: every test interpreter is present: running the full matrix");
-            }
-            return ws.test(full);
+            return ws.test(long);
         }
         Task::GenOffsets => {
             let path = offsets::generate(&ws.root)?;
@@ -288,14 +281,18 @@ impl Workspace {
         if missing.is_empty() {
             return Ok(format!("present in {}", dir.display()));
         }
-        if !Path::new(PIP_PYTHON).is_file() {
-            bail!("{PIP_PYTHON} not found: it installs the tests' Python dependencies");
+        let python = pyenv_311();
+        if !python.is_file() {
+            bail!(
+                "{} not found: it installs the tests' Python dependencies",
+                python.display()
+            );
         }
         // Pure-Python wheels only (`--platform any --implementation py`), for the oldest
         // interpreter the tests run (3.9): the same directory then works on every test
         // interpreter. Without this pip picks charset-normalizer's CPython-3.11 build.
         pip_install(
-            Path::new(PIP_PYTHON),
+            &python,
             &dir,
             PY_DEPS,
             &[
@@ -359,6 +356,7 @@ impl Workspace {
 
     // ---------------------------------------------------------------- test
 
+    /// `long`: insist on the full matrix (see [`matrix_mode`]).
     fn test(&self, long: bool) -> Result<ExitCode> {
         if !is_root() {
             bail!(
@@ -369,7 +367,19 @@ impl Workspace {
         let bin = self.binary(false);
         let pydeps = self.pydeps();
         let mut summary = Summary::default();
-        let ok = summary.run("setup", || plain(self.setup()))
+        // Setup first: it fetches interpreters.
+        let set_up = summary.run("setup", || plain(self.setup()));
+        let missing: Vec<String> = blockprobe_pythons::missing_full_matrix()
+            .iter()
+            .map(|i| i.label())
+            .collect();
+        let (full, mode) = matrix_mode(long, &missing);
+        eprintln!("test: {mode}");
+        let full_env = (
+            blockprobe_pythons::FULL_MATRIX_ENV,
+            if full { "1" } else { "0" },
+        );
+        let ok = set_up
             && summary.run("lint", || plain(self.lint()))
             && summary.run("unit tests", || {
                 cargo_test(
@@ -384,13 +394,13 @@ impl Workspace {
                             "blockprobe-ebpf",
                             "--no-fail-fast",
                         ])
-                        .env("BLOCKPROBE_PYTHONS", pythons::cache_dir()),
+                        .env(full_env.0, full_env.1),
                 )
             })
             && summary.run("build blockprobe (debug)", || plain(self.build(false)))
             && summary.run(
-                if long {
-                    "integration tests (long)"
+                if full {
+                    "integration tests (full matrix)"
                 } else {
                     "integration tests"
                 },
@@ -405,12 +415,9 @@ impl Workspace {
                         "--",
                         "--test-threads=1",
                     ]);
-                    if long {
-                        cmd.arg("--include-ignored");
-                    }
                     cmd.env("BLOCKPROBE_BIN", &bin)
                         .env("BLOCKPROBE_PYDEPS", &pydeps)
-                        .env("BLOCKPROBE_PYTHONS", pythons::cache_dir());
+                        .env(full_env.0, full_env.1);
                     cargo_test(&mut cmd)
                 },
             );
@@ -625,26 +632,36 @@ fn pip_install(python: &Path, dir: &Path, packages: &[&str], extra: &[&str]) -> 
         .with_context(|| format!("cannot move {} into place", staging.display()))
 }
 
-/// The pyenv builds only the long matrix uses (3.14/3.15 come from `cargo xtask pythons`,
-/// which setup runs and which fails when it cannot provide them).
-const LONG_PYENV: &[(&str, &str)] = &[
-    ("3.9.18", "3.9"),
-    ("3.10.13", "3.10"),
-    ("3.12.1", "3.12"),
-    ("3.13.0", "3.13"),
-];
+/// pyenv's 3.11: it installs the tests' Python dependencies (pure Python, so they work
+/// on every test interpreter through PYTHONPATH) and uvloop, and runs the benchmarks.
+fn pyenv_311() -> PathBuf {
+    blockprobe_pythons::by_id("pyenv_3_11").path()
+}
 
-/// Whether every interpreter of the long test matrix is installed.
-fn long_interpreters_present() -> bool {
-    let root =
-        std::env::var_os("PYENV_ROOT").map_or_else(|| PathBuf::from("/root/.pyenv"), PathBuf::from);
-    LONG_PYENV.iter().all(|(version, minor)| {
-        root.join("versions")
-            .join(version)
-            .join("bin")
-            .join(format!("python{minor}"))
-            .is_file()
-    })
+/// Whether `xtask test` runs the full matrix, given `--long` and the labels of the
+/// full-matrix interpreters that are `missing`; and a line saying so.
+fn matrix_mode(long: bool, missing: &[String]) -> (bool, String) {
+    if missing.is_empty() {
+        return (
+            true,
+            "full matrix: every test interpreter is installed".into(),
+        );
+    }
+    let missing = missing.join(", ");
+    if long {
+        (
+            true,
+            format!("full matrix (--long): {missing} missing: their tests fail"),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "not the full matrix: {missing} missing: their tests skip (`--long` makes \
+                 them fail)"
+            ),
+        )
+    }
 }
 
 fn is_root() -> bool {
@@ -701,12 +718,14 @@ fn capture(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Test counts read off cargo test's `test result:` lines.
+/// Test counts read off cargo test's `test result:` lines, and the tests that skipped a
+/// missing interpreter (which cargo counts as passed).
 #[derive(Default, Clone, Copy)]
 struct Counts {
     passed: u64,
     failed: u64,
     ignored: u64,
+    skipped: u64,
 }
 
 impl Counts {
@@ -714,6 +733,7 @@ impl Counts {
         self.passed += other.passed;
         self.failed += other.failed;
         self.ignored += other.ignored;
+        self.skipped += other.skipped;
     }
 }
 
@@ -749,6 +769,7 @@ fn cargo_test(cmd: &mut Command) -> Outcome {
             println!("{text}");
             counts.add(parse_test_result(&text));
         }
+        counts.passed = counts.passed.saturating_sub(counts.skipped);
     }
     let error = match child.wait() {
         Ok(status) if status.success() => None,
@@ -761,9 +782,13 @@ fn cargo_test(cmd: &mut Command) -> Outcome {
     }
 }
 
-/// Reads "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; …".
+/// Reads "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; …",
+/// and counts a line about a skipped interpreter.
 fn parse_test_result(line: &str) -> Counts {
     let mut counts = Counts::default();
+    if line.contains(blockprobe_pythons::SKIP_MARK) {
+        counts.skipped = 1;
+    }
     let Some(rest) = line.trim().strip_prefix("test result: ") else {
         return counts;
     };
@@ -807,8 +832,8 @@ impl Summary {
             let counts = outcome.counts.map_or(String::new(), |c| {
                 total.add(c);
                 format!(
-                    ": {} passed, {} failed, {} ignored",
-                    c.passed, c.failed, c.ignored
+                    ": {} passed, {} failed, {} ignored, {} skipped",
+                    c.passed, c.failed, c.ignored, c.skipped
                 )
             });
             match &outcome.error {
@@ -826,7 +851,7 @@ impl Summary {
             if failed { "FAILED" } else { "ok" },
             total.passed,
             total.failed,
-            total.ignored
+            total.ignored + total.skipped
         );
     }
 }
@@ -887,6 +912,22 @@ mod tests {
         assert_eq!((c.passed, c.failed, c.ignored), (3, 1, 2));
         let c = parse_test_result("running 3 tests");
         assert_eq!((c.passed, c.failed, c.ignored), (0, 0, 0));
+        let c = parse_test_result(&format!(
+            "test x::pyenv_3_9 ... {} pyenv 3.9.18: … not found",
+            blockprobe_pythons::SKIP_MARK
+        ));
+        assert_eq!((c.passed, c.skipped), (0, 1));
+    }
+
+    #[test]
+    fn the_full_matrix_runs_when_nothing_is_missing_or_with_long() {
+        let missing = ["Debian sid 3.15".to_string()];
+        assert!(matrix_mode(false, &[]).0);
+        assert!(matrix_mode(true, &[]).0);
+        let (full, line) = matrix_mode(false, &missing);
+        assert!(!full && line.contains("Debian sid 3.15 missing: their tests skip"));
+        let (full, line) = matrix_mode(true, &missing);
+        assert!(full && line.contains("their tests fail"));
     }
 
     #[test]

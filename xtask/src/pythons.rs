@@ -8,24 +8,34 @@
 //! unpacked loader and libraries, so `/proc/PID/exe` is python itself and it starts
 //! children normally. sid's `python3-uvloop` (for 3.14) comes along.
 //!
-//! The cache is `$BLOCKPROBE_PYTHONS`, else `$XDG_CACHE_HOME/blockprobe/pythons`, else
-//! `~/.cache/blockprobe/pythons`; interpreters are `root/usr/bin/python3.X` in it. A
-//! stamp file records what was unpacked: when it matches, nothing is downloaded.
+//! 3.14 (with the libraries and uvloop) and 3.15 are fetched one after the other: every
+//! test run needs 3.14, so failing to fetch it fails; only the full matrix needs 3.15
+//! ("if it runs"), so failing to fetch it is a warning and its tests skip.
+//!
+//! The cache is [`blockprobe_pythons::cache_dir`]; interpreters are
+//! `root/usr/bin/python3.X` in it. A stamp file lists what was unpacked: what it lists
+//! (and runs) is not downloaded again.
 //!
 //! uvloop for pyenv's 3.11 comes from PyPI into `target/pyuvloop/3.11` (add it to
 //! PYTHONPATH); the tests find it there.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
+use blockprobe_pythons::{cache_dir, sid_root};
 
 use crate::{capture, checked};
 
 /// The Debian suite the interpreters come from.
 const SOURCE: &str = "deb [trusted=yes] http://deb.debian.org/debian sid main";
-/// The interpreters fetched (minor versions).
-pub const MINORS: &[&str] = &["3.14", "3.15"];
+/// The interpreter every test run needs: fetched first, with [`SHARED`]; failing fails.
+const REQUIRED: &str = "3.14";
+/// The interpreter only the full matrix needs: fetched second; failing is a warning.
+const OPTIONAL: &str = "3.15";
+/// Both, in the stamp's order.
+const MINORS: &[&str] = &[REQUIRED, OPTIONAL];
 /// Per interpreter: Debian's packages for it.
 const PER_MINOR: &[&str] = &[
     "python{v}-minimal",
@@ -52,123 +62,186 @@ const SHARED: &[&str] = &[
 ];
 /// Bump to make every cache refetch (e.g. when the recipe changes).
 const RECIPE: u32 = 1;
-/// The interpreter that installs uvloop from PyPI for 3.11.
-const UVLOOP_311: &str = "/root/.pyenv/versions/3.11.7/bin/python3.11";
 
-/// The cache folder.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BLOCKPROBE_PYTHONS") {
-        return dir.into();
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(".cache")
-        });
-    base.join("blockprobe/pythons")
+/// Debian's packages of interpreter `minor`.
+fn minor_packages(minor: &str) -> Vec<String> {
+    PER_MINOR.iter().map(|p| p.replace("{v}", minor)).collect()
 }
 
-/// The full package list, in order.
-fn packages() -> Vec<String> {
-    let mut all: Vec<String> = MINORS
+/// What the stamp file holds once `minors` are unpacked (with [`SHARED`]).
+fn stamp_text(minors: &[&str]) -> String {
+    let mut packages: Vec<String> = MINORS
         .iter()
-        .flat_map(|v| PER_MINOR.iter().map(move |p| p.replace("{v}", v)))
+        .filter(|v| minors.contains(v))
+        .flat_map(|v| minor_packages(v))
         .collect();
-    all.extend(SHARED.iter().map(|s| s.to_string()));
-    all
-}
-
-/// What the stamp file holds once `root` is complete.
-fn stamp_text(packages: &[String]) -> String {
+    packages.extend(SHARED.iter().map(|s| s.to_string()));
     format!("recipe {RECIPE}\n{}\n", packages.join("\n"))
 }
 
+/// The interpreters a stamp file says are unpacked.
+fn stamped(stamp: &str) -> Vec<&'static str> {
+    let mut lines = stamp.lines();
+    if lines.next() != Some(format!("recipe {RECIPE}").as_str()) {
+        return Vec::new();
+    }
+    let listed: BTreeSet<&str> = lines.collect();
+    if !SHARED.iter().all(|p| listed.contains(p)) {
+        return Vec::new();
+    }
+    MINORS
+        .iter()
+        .copied()
+        .filter(|v| {
+            minor_packages(v)
+                .iter()
+                .all(|p| listed.contains(p.as_str()))
+        })
+        .collect()
+}
+
 /// Fetches the interpreters into the cache unless they are there; returns what it did.
+/// Fails only when 3.14 cannot be had.
 pub fn ensure() -> Result<String> {
     let dir = cache_dir();
-    let root = dir.join("root");
+    let root = sid_root();
     let stamp = dir.join("stamp");
-    let packages = packages();
-    let want = stamp_text(&packages);
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) && all_run(&root).is_ok() {
-        return Ok(format!("present in {}", root.display()));
+    let mut have: Vec<&str> = std::fs::read_to_string(&stamp)
+        .map(|s| stamped(&s))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| runs(&root, v).is_ok())
+        .collect();
+    let mut apt = SidApt {
+        dir: dir.join("apt"),
+        updated: false,
+    };
+    let mut done = Vec::new();
+    if !have.contains(&REQUIRED) {
+        let mut packages = minor_packages(REQUIRED);
+        packages.extend(SHARED.iter().map(|s| s.to_string()));
+        let debs = apt.download(&packages)?;
+        // Unpack into a fresh root and move it into place: an interrupted run never looks
+        // complete.
+        let staging = dir.join("root.tmp");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)?;
+        unpack(&debs, &staging)?;
+        let _ = std::fs::remove_file(&stamp);
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        std::fs::rename(&staging, &root)?;
+        point_at_root(&root, REQUIRED)?;
+        runs(&root, REQUIRED)?;
+        have = vec![REQUIRED];
+        std::fs::write(&stamp, stamp_text(&have))?;
+        done.push(format!("unpacked {} packages", packages.len()));
     }
-    crate::apt::ensure(&["patchelf"], "`cargo xtask pythons`")?;
-    let apt_dir = dir.join("apt");
-    for sub in ["etc", "lists/partial", "cache/archives/partial", "debs"] {
-        std::fs::create_dir_all(apt_dir.join(sub))
-            .with_context(|| format!("cannot create {}", apt_dir.join(sub).display()))?;
+    if !have.contains(&OPTIONAL) {
+        let added = apt.download(&minor_packages(OPTIONAL)).and_then(|debs| {
+            unpack(&debs, &root)?;
+            point_at_root(&root, OPTIONAL)?;
+            runs(&root, OPTIONAL)
+        });
+        match added {
+            Ok(_) => {
+                have.push(OPTIONAL);
+                std::fs::write(&stamp, stamp_text(&have))?;
+                done.push(format!("added {OPTIONAL}"));
+            }
+            Err(err) => eprintln!(
+                "setup: warning: no Python {OPTIONAL} from Debian sid ({err:#}): its tests \
+                 skip unless the full matrix is asked for (`cargo xtask test --long`)"
+            ),
+        }
     }
-    std::fs::write(apt_dir.join("etc/sources.list"), format!("{SOURCE}\n"))?;
-    checked(apt(&apt_dir).args(["update", "-q"]))?;
-    let debs = apt_dir.join("debs");
-    for old in std::fs::read_dir(&debs)? {
-        std::fs::remove_file(old?.path())?;
+    let versions: Vec<String> = have.iter().map(|v| runs(&root, v)).collect::<Result<_>>()?;
+    if done.is_empty() {
+        done.push("present".into());
     }
-    checked(
-        apt(&apt_dir)
-            .arg("download")
-            .args(&packages)
-            .current_dir(&debs),
-    )?;
-    // Unpack into a fresh root and move it into place: an interrupted run never looks
-    // complete.
-    let staging = dir.join("root.tmp");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&debs)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.sort();
-    for deb in &files {
-        checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&staging))?;
-    }
-    let _ = std::fs::remove_file(&stamp);
-    if root.exists() {
-        std::fs::remove_dir_all(&root)?;
-    }
-    std::fs::rename(&staging, &root)?;
-    let lib = root.join("usr/lib/x86_64-linux-gnu");
-    for v in MINORS {
-        checked(
-            Command::new("patchelf")
-                .arg("--set-interpreter")
-                .arg(lib.join("ld-linux-x86-64.so.2"))
-                // DT_RPATH, not RUNPATH: it also applies to what extension modules load.
-                .arg("--force-rpath")
-                .arg("--set-rpath")
-                .arg(&lib)
-                .arg(root.join(format!("usr/bin/python{v}"))),
-        )?;
-    }
-    let versions = all_run(&root)?;
-    std::fs::write(&stamp, want)?;
     Ok(format!(
-        "unpacked {} packages into {}: {versions}",
-        packages.len(),
-        root.display()
+        "{} in {}: {}",
+        done.join(", "),
+        root.display(),
+        versions.join(", ")
     ))
 }
 
-/// Runs every interpreter once (asyncio imported; uvloop on 3.14); their versions.
-fn all_run(root: &Path) -> Result<String> {
-    let mut versions = Vec::new();
-    for v in MINORS {
-        let python = root.join(format!("usr/bin/python{v}"));
-        let imports = if *v == "3.14" {
-            "import asyncio, ssl, ctypes, uvloop"
-        } else {
-            "import asyncio, ssl, ctypes"
-        };
-        let code = format!("{imports}; import platform; print(platform.python_version())");
-        let out = capture(Command::new(&python).args(["-c", &code]))
-            .with_context(|| format!("{} does not run", python.display()))?;
-        versions.push(out.trim().to_owned());
+/// Unpacks the packages `debs` into `root`.
+fn unpack(debs: &[PathBuf], root: &Path) -> Result<()> {
+    for deb in debs {
+        checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root))?;
     }
-    Ok(versions.join(", "))
+    Ok(())
+}
+
+/// Makes `python{minor}` in `root` use the unpacked loader and libraries.
+fn point_at_root(root: &Path, minor: &str) -> Result<()> {
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    checked(
+        Command::new("patchelf")
+            .arg("--set-interpreter")
+            .arg(lib.join("ld-linux-x86-64.so.2"))
+            // DT_RPATH, not RUNPATH: it also applies to what extension modules load.
+            .arg("--force-rpath")
+            .arg("--set-rpath")
+            .arg(&lib)
+            .arg(root.join(format!("usr/bin/python{minor}"))),
+    )
+}
+
+/// Runs interpreter `minor` once (asyncio imported; uvloop on 3.14); its version.
+fn runs(root: &Path, minor: &str) -> Result<String> {
+    let python = root.join(format!("usr/bin/python{minor}"));
+    let imports = if minor == REQUIRED {
+        "import asyncio, ssl, ctypes, uvloop"
+    } else {
+        "import asyncio, ssl, ctypes"
+    };
+    let code = format!("{imports}; import platform; print(platform.python_version())");
+    let out = capture(Command::new(&python).args(["-c", &code]))
+        .with_context(|| format!("{} does not run", python.display()))?;
+    Ok(out.trim().to_owned())
+}
+
+/// Debian sid through a private apt configuration in `dir`, updated on first use.
+struct SidApt {
+    dir: PathBuf,
+    updated: bool,
+}
+
+impl SidApt {
+    /// Downloads `packages` into a fresh `debs` folder; their files, sorted.
+    fn download(&mut self, packages: &[String]) -> Result<Vec<PathBuf>> {
+        let debs = self.dir.join("debs");
+        if !self.updated {
+            crate::apt::ensure(&["patchelf"], "`cargo xtask pythons`")?;
+            for sub in ["etc", "lists/partial", "cache/archives/partial", "debs"] {
+                std::fs::create_dir_all(self.dir.join(sub))
+                    .with_context(|| format!("cannot create {}", self.dir.join(sub).display()))?;
+            }
+            std::fs::write(self.dir.join("etc/sources.list"), format!("{SOURCE}\n"))?;
+            checked(apt(&self.dir).args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        for old in std::fs::read_dir(&debs)? {
+            std::fs::remove_file(old?.path())?;
+        }
+        checked(
+            apt(&self.dir)
+                .arg("download")
+                .args(packages)
+                .current_dir(&debs),
+        )?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&debs)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        Ok(files)
+    }
 }
 
 /// apt-get with a configuration that reads and writes only below `apt_dir`.
@@ -195,14 +268,34 @@ pub fn ensure_uvloop_311(target: &Path) -> Result<String> {
     if dir.join("uvloop/__init__.py").is_file() {
         return Ok(format!("present in {}", dir.display()));
     }
-    if !Path::new(UVLOOP_311).is_file() {
-        bail!("{UVLOOP_311} not found: it is the uvloop test interpreter");
+    let python = crate::pyenv_311();
+    if !python.is_file() {
+        bail!(
+            "{} not found: it is the uvloop test interpreter",
+            python.display()
+        );
     }
-    crate::pip_install(
-        Path::new(UVLOOP_311),
-        &dir,
-        &["uvloop"],
-        &["--only-binary=:all:"],
-    )?;
+    crate::pip_install(&python, &dir, &["uvloop"], &["--only-binary=:all:"])?;
     Ok(format!("installed uvloop into {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_lists_each_interpreter_fetched() {
+        assert_eq!(stamped(&stamp_text(&[REQUIRED])), [REQUIRED]);
+        assert_eq!(stamped(&stamp_text(&[OPTIONAL, REQUIRED])), MINORS);
+        // Written in one order whatever the order of fetching: the same as when both
+        // were fetched together.
+        assert!(stamp_text(MINORS).starts_with(
+            "recipe 1\npython3.14-minimal\nlibpython3.14-minimal\nlibpython3.14-stdlib\n\
+             python3.14\npython3.15-minimal\n"
+        ));
+        assert!(stamp_text(MINORS).ends_with("\npython3-uvloop\n"));
+        assert!(stamped(&stamp_text(MINORS).replace("recipe 1", "recipe 0")).is_empty());
+        assert!(stamped(&stamp_text(MINORS).replace("libc6\n", "")).is_empty());
+        assert!(stamped("").is_empty());
+    }
 }

@@ -137,11 +137,7 @@ mod tests {
 
     #[test]
     fn reads_the_offsets_of_debian_3_14() {
-        let cache = std::env::var_os("BLOCKPROBE_PYTHONS").map_or_else(
-            || std::path::PathBuf::from("/root/.cache/blockprobe/pythons"),
-            std::path::PathBuf::from,
-        );
-        let dynload = cache.join("root/usr/lib/python3.14/lib-dynload");
+        let dynload = blockprobe_pythons::sid_root().join("usr/lib/python3.14/lib-dynload");
         let Some(module) = std::fs::read_dir(&dynload).ok().and_then(|d| {
             d.flatten()
                 .map(|e| e.path())

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use blockprobe_common::config::PyProcess;
@@ -124,10 +124,15 @@ fn inspect_ready(pid: u32) -> PythonProcess {
     }
 }
 
-/// Runs `SCRIPT` with `python`, then checks version, walk configuration, the threads and
-/// the symbolized stack of each thread.
-fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
-    assert!(Path::new(python).exists(), "{python} is not installed");
+/// Runs `SCRIPT` with the test interpreter `id` (unless [`blockprobe_pythons::require`]
+/// skips it), then checks version, walk configuration, the threads and the symbolized
+/// stack of each thread.
+fn check_interpreter(id: &str) {
+    let interpreter = blockprobe_pythons::by_id(id);
+    let Some(python) = blockprobe_pythons::require(interpreter) else {
+        return;
+    };
+    let python = python.to_str().expect("UTF-8 path");
     let dir = tempfile::tempdir().unwrap();
     let script: PathBuf = dir.path().join("stall_😴.py");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -143,10 +148,8 @@ fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
 
     let mut process = inspect_ready(pid);
     let version = process.version();
-    assert_eq!(
-        (version.major, version.minor, version.patch),
-        (3, minor, patch)
-    );
+    assert_eq!(version.to_string(), interpreter.version);
+    let minor = version.minor;
     let cfg = process.walk_config();
     if minor >= 15 {
         // A static-TLS variable just below the thread pointer.
@@ -257,17 +260,17 @@ fn check_interpreter(python: &str, minor: u8, patch: Option<u8>) {
 
 #[test]
 fn pyenv_3_9() {
-    check_interpreter("/root/.pyenv/versions/3.9.18/bin/python3.9", 9, Some(18));
+    check_interpreter("pyenv_3_9");
 }
 
 #[test]
 fn pyenv_3_10() {
-    check_interpreter("/root/.pyenv/versions/3.10.13/bin/python3.10", 10, Some(13));
+    check_interpreter("pyenv_3_10");
 }
 
 #[test]
 fn pyenv_3_11() {
-    check_interpreter("/root/.pyenv/versions/3.11.7/bin/python3.11", 11, Some(7));
+    check_interpreter("pyenv_3_11");
 }
 
 /// Debian's python3.11 is stripped (only `.dynsym`, no `.symtab`): everything blockprobe
@@ -275,7 +278,7 @@ fn pyenv_3_11() {
 #[test]
 fn debian_3_11() {
     assert_stripped("/usr/bin/python3.11");
-    check_interpreter("/usr/bin/python3.11", 11, Some(2));
+    check_interpreter("debian_3_11");
 }
 
 /// Fails unless the ELF file at `path` has dynamic symbols and no symbol table.
@@ -295,34 +298,22 @@ fn assert_stripped(path: &str) {
 
 #[test]
 fn pyenv_3_12() {
-    check_interpreter("/root/.pyenv/versions/3.12.1/bin/python3.12", 12, Some(1));
+    check_interpreter("pyenv_3_12");
 }
 
 #[test]
 fn pyenv_3_13() {
-    check_interpreter("/root/.pyenv/versions/3.13.0/bin/python3.13", 13, Some(0));
-}
-
-/// Where `cargo xtask pythons` unpacks Debian's 3.14 and 3.15.
-fn cached_python(minor: &str) -> String {
-    let cache = std::env::var_os("BLOCKPROBE_PYTHONS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-            PathBuf::from(home).join(".cache/blockprobe/pythons")
-        });
-    let python = cache.join(format!("root/usr/bin/python{minor}"));
-    python.to_str().unwrap().to_owned()
+    check_interpreter("pyenv_3_13");
 }
 
 #[test]
 fn debian_3_14() {
-    check_interpreter(&cached_python("3.14"), 14, Some(10));
+    check_interpreter("debian_3_14");
 }
 
 #[test]
 fn debian_3_15() {
-    check_interpreter(&cached_python("3.15"), 15, Some(2));
+    check_interpreter("debian_3_15");
 }
 
 #[test]
@@ -335,9 +326,12 @@ fn not_python() {
     );
 }
 
+/// Python 3.8 is refused, with its version named.
 #[test]
-fn unsupported_version_is_named() {
-    let python = "/root/.pyenv/versions/3.8.18/bin/python3.8";
+fn pyenv_3_8_refused() {
+    let Some(python) = blockprobe_pythons::require(&blockprobe_pythons::REFUSED) else {
+        return;
+    };
     let mut child = Guard::spawn(
         Command::new(python)
             .args([
@@ -348,19 +342,22 @@ fn unsupported_version_is_named() {
     );
     assert_eq!(child.first_line(), "ready");
     let err = PythonProcess::inspect(child.pid()).unwrap_err().to_string();
-    assert!(err.contains("Python 3.8.18 is not supported"), "{err}");
+    let want = format!(
+        "Python {} is not supported",
+        blockprobe_pythons::REFUSED.version
+    );
+    assert!(err.contains(&want), "{err}");
 }
 
 /// Right after exec (stopped by ptrace before the dynamic loader ran), a Python process
 /// is not ready: libpython is not mapped yet, or the runtime is not initialized.
 #[test]
 fn just_execed_is_not_ready() {
-    for python in [
-        "/usr/bin/python3.11",
-        "/root/.pyenv/versions/3.11.7/bin/python3.11",
-        "/root/.pyenv/versions/3.13.0/bin/python3.13",
-    ] {
-        let mut cmd = Command::new(python);
+    for id in ["debian_3_11", "pyenv_3_11", "pyenv_3_13"] {
+        let Some(python) = blockprobe_pythons::require(blockprobe_pythons::by_id(id)) else {
+            continue;
+        };
+        let mut cmd = Command::new(&python);
         cmd.args(["-c", "pass"]);
         // SAFETY: only an async-signal-safe system call runs between fork and exec.
         unsafe {
@@ -377,8 +374,9 @@ fn just_execed_is_not_ready() {
         let inspection = PythonProcess::inspect(child.pid()).unwrap();
         assert!(
             matches!(inspection, Inspection::NotReady(_)),
-            "{python}: {inspection:?}"
+            "{}: {inspection:?}",
+            python.display()
         );
-        eprintln!("{python} after exec: {inspection:?}");
+        eprintln!("{} after exec: {inspection:?}", python.display());
     }
 }
