@@ -13,8 +13,8 @@
 //! - no other stall (the controls: the scripts' set-up, their helper threads and their
 //!   idle loops must not be reported).
 //!
-//! Each runs on pyenv's 3.11.7 and on Debian's stripped 3.11 (and, with
-//! `cargo xtask test --long`, on the other pyenv builds).
+//! Each runs on every interpreter of the scenario matrix (`python_matrix!`: pyenv 3.11.7,
+//! Debian's stripped 3.11 and sid 3.14 on every run, the others in the full matrix).
 
 use std::ffi::OsString;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Stalls in scenarios run under `blockprobe run`: what blocked, for how long, and where.
 //!
-//! Each scenario runs on pyenv's 3.11.7 and on Debian's stripped 3.11 (and, with
-//! `cargo xtask test --long`, on the other pyenv builds).
+//! Each scenario runs on every interpreter of the scenario matrix (`python_matrix!`: pyenv
+//! 3.11.7, Debian's stripped 3.11 and sid 3.14 on every run, the others in the full matrix).
 
 use std::time::Duration;
 
