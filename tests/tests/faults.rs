@@ -369,13 +369,25 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
 /// `parent_handler`; neither process is blamed for the other's.
 #[test]
 fn forked_child_loop_is_traced_under_run() {
+    child_loop_is_traced_under_run("fork");
+}
+
+/// [`forked_child_loop_is_traced_under_run`] with a `multiprocessing` forkserver child:
+/// a grandchild of `run`'s command, forked by the fork server the command exec'd.
+#[test]
+fn forkserver_grandchild_loop_is_traced_under_run() {
+    child_loop_is_traced_under_run("forkserver");
+}
+
+/// fork_child.py `--start start`, checked as said above.
+fn child_loop_is_traced_under_run(start: &str) {
     require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let script_path = script("fork_child.py");
     let bp = ctx.spawn(
-        "blockprobe run fork_child.py",
-        &mut run_command(&python, &script_path, &[], &[]),
+        &format!("blockprobe run fork_child.py --start {start}"),
+        &mut run_command(&python, &script_path, &["--start", start], &[]),
     );
     let (_, pid) = ctx.wait_live(&bp, "fork_child.py");
     bp.send("GO");
