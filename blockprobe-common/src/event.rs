@@ -173,7 +173,8 @@ pub struct GilWaitEvent {
     pub header: EventHeader,
     /// When the wait began.
     pub start_ns: u64,
-    /// Native tid of the holder inside the process's pid namespace (0: unknown).
+    /// Native tid of the holder inside the process's pid namespace (0: unknown);
+    /// userspace turns it into a host tid.
     pub holder_tid: u32,
     /// Padding, zero.
     pub _pad: u32,

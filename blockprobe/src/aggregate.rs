@@ -104,6 +104,9 @@ fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
 pub struct ProcessInfo {
     /// Process id (host pid namespace).
     pub pid: u32,
+    /// Its pid in its own pid namespace (a container), when that is not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     /// Command name.
     pub comm: String,
     /// Interpreter version, e.g. `"3.11.7"`.

@@ -12,6 +12,9 @@ use crate::render::live::{StallSink, Status};
 
 /// Loss name of events dropped in userspace because they could not be decoded.
 pub const UNDECODABLE_EVENT: &str = "undecodable_event";
+/// Loss name of Python frames that could not be read (a frame pointer in the kernel's
+/// walk, or a code object when symbolizing): the stack keeps an `<unreadable>` frame.
+pub const UNREADABLE_FRAME: &str = "unreadable_frame";
 
 /// What has been reported of the kernel's cumulative loss counters.
 #[derive(Debug, Default)]
@@ -29,10 +32,22 @@ impl Losses {
         aggregator: &mut Aggregator,
         sink: &mut dyn StallSink,
     ) -> anyhow::Result<()> {
-        let reported = self.reported.entry(counter.name()).or_default();
+        self.total(counter.name(), total, aggregator, sink)
+    }
+
+    /// The cumulative loss counter `name` now totals `total`: its increase since the
+    /// last reading is lost.
+    pub fn total(
+        &mut self,
+        name: &'static str,
+        total: u64,
+        aggregator: &mut Aggregator,
+        sink: &mut dyn StallSink,
+    ) -> anyhow::Result<()> {
+        let reported = self.reported.entry(name).or_default();
         let new = total.saturating_sub(*reported);
         *reported = (*reported).max(total);
-        Self::lost(counter.name(), new, aggregator, sink)
+        Self::lost(name, new, aggregator, sink)
     }
 
     /// `count` events of kind `kind` were lost: counted in the report and announced.

@@ -14,6 +14,7 @@ mod kernel;
 mod losses;
 mod metrics;
 mod model;
+mod namespaces;
 mod patience;
 mod preflight;
 mod probes;

@@ -141,8 +141,8 @@ pub struct Stall {
     pub stack: Vec<Frame>,
     /// The innermost first-party frame (not stdlib, not site-packages), if any.
     pub culprit: Option<Frame>,
-    /// For GIL stalls: the native tid of the thread that held the GIL (its stack is
-    /// `stack`, its first-party frame the culprit).
+    /// For GIL stalls: the thread that held the GIL, by host tid like `tid` (its stack
+    /// is `stack`, its first-party frame the culprit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gil_holder_tid: Option<u32>,
     /// The asyncio task the loop was running (3.14+, from the interpreter's running-task

@@ -16,12 +16,14 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     aggregate::Aggregator,
+    aggregate::ProcessInfo,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
     events::{self, Event},
-    losses::{Losses, UNDECODABLE_EVENT},
+    losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
     model::{Cause, FdKind, Frame, Stall},
+    namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
     python::{Inspection, PythonProcess, memory::ProcessMemory},
@@ -48,6 +50,8 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 struct Traced {
     python: PythonProcess,
     comm: String,
+    /// Its pid in its own pid namespace, when not the host's.
+    ns_pid: Option<u32>,
 }
 
 /// What happened when blockprobe tried to attach to a process.
@@ -90,6 +94,8 @@ pub struct Session {
     /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
     /// stack of a loop still stuck when tracing stops.
     loop_tstates: HashMap<u32, (u32, u64)>,
+    /// Python frames that could not be read so far (reported with the loss counters).
+    unreadable_frames: u64,
 }
 
 impl Session {
@@ -109,6 +115,7 @@ impl Session {
             last_counter_read: Instant::now(),
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
+            unreadable_frames: 0,
             own_pid: std::process::id(),
         }
     }
@@ -151,18 +158,25 @@ impl Session {
         self.probes.trace_process(pid, python.walk_config())?;
         let comm = comm_of(pid);
         let version = python.version().to_string();
+        let ns_pid = namespaces::ns_pid(pid);
         self.sink.status(&Status::Attached {
             pid,
+            ns_pid,
             comm: comm.clone(),
             python_version: version.clone(),
         })?;
-        self.aggregator
-            .register_process(crate::fleet::identity::process_info(
-                pid,
-                comm.clone(),
-                version,
-            ));
-        self.processes.insert(pid, Traced { python, comm });
+        self.aggregator.register_process(ProcessInfo {
+            ns_pid,
+            ..crate::fleet::identity::process_info(pid, comm.clone(), version)
+        });
+        self.processes.insert(
+            pid,
+            Traced {
+                python,
+                comm,
+                ns_pid,
+            },
+        );
         Ok(())
     }
 
@@ -392,10 +406,17 @@ impl Session {
                 stack,
             } => {
                 let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                // The interpreter records the holder's id in the process's namespace.
+                let namespaced = self.processes.get(&pid).is_some_and(|p| p.ns_pid.is_some());
+                let holder_tid = match holder_tid {
+                    0 => None,
+                    t if namespaced => namespaces::host_tid(pid, t),
+                    t => Some(t),
+                };
                 let wait = GilWait {
                     start_ns,
                     end_ns,
-                    holder_tid: (holder_tid != 0).then_some(holder_tid),
+                    holder_tid,
                     stack,
                 };
                 self.attributor.gil_wait(pid, tid, wait);
@@ -520,6 +541,9 @@ impl Session {
     /// (a frame pointer could not be read: the process changed or corrupted it).
     fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
         let mut frames = self.processes.get_mut(&pid)?.python.symbolize(stack);
+        let unreadable_code = frames.iter().filter(|f| f.function == "<unreadable>");
+        self.unreadable_frames += unreadable_code.count() as u64
+            + u64::from(stack.flags & stack_flags::UNREADABLE_FRAME != 0);
         let marker = if stack.flags & stack_flags::TRUNCATED != 0 {
             Some("<truncated>")
         } else if stack.flags & stack_flags::UNREADABLE_FRAME != 0 {
@@ -576,7 +600,13 @@ impl Session {
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
-        Ok(())
+        let unreadable = self.unreadable_frames;
+        (self.losses).total(
+            UNREADABLE_FRAME,
+            unreadable,
+            &mut self.aggregator,
+            &mut self.sink,
+        )
     }
 
     /// Ends the session: the aggregate so far and the sink, for the summary.

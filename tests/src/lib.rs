@@ -1360,11 +1360,21 @@ impl Proc {
             .collect()
     }
 
+    /// How many events of any kind its `lost` events counted so far.
+    pub fn lost_total(&self) -> u64 {
+        self.lost_counted(|_| true)
+    }
+
     /// How many events of `kind` (`ringbuf_stall`, …) its `lost` events counted so far.
     pub fn lost(&self, counter: &str) -> u64 {
+        self.lost_counted(|kind| *kind == counter)
+    }
+
+    /// The counts of its `lost` events whose kind passes `of`, added up.
+    fn lost_counted(&self, of: impl Fn(&Value) -> bool) -> u64 {
         self.events()
             .iter()
-            .filter(|e| kind(e) == "lost" && e["kind"] == counter)
+            .filter(|e| kind(e) == "lost" && of(&e["kind"]))
             .filter_map(|e| e["count"].as_u64())
             .sum()
     }

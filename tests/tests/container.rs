@@ -40,9 +40,10 @@ fn unshare_mount_and_pid_namespaces() {
     ctx.ensure(ns_pid == 1 && pid != ns_pid, || {
         format!("namespace pid {ns_pid}, host pid {pid}: expected 1 and another")
     });
-    ctx.ensure(attached["python_version"] == "3.11.2", || {
-        format!("attached: {attached}")
-    });
+    ctx.ensure(
+        attached["python_version"] == "3.11.2" && attached["ns_pid"] == ns_pid,
+        || format!("attached should say Python 3.11.2 and namespace pid {ns_pid}: {attached}"),
+    );
     ctx.wait_loops_live(&bp, pid, &[pid]);
     let go = unix_now_ns();
     bp.send("GO");

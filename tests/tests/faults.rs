@@ -612,7 +612,9 @@ fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
 /// itself). blockprobe neither hangs nor crashes, reports each stall with its right
 /// duration and cause, and marks what it could not read: an unreadable code object is an
 /// `<unreadable>` frame (the rest of the stack intact), a cut walk ends in `<unreadable>`,
-/// a cycle is walked 127 frames deep and ends in `<truncated>`. The process survives.
+/// a cycle is walked 127 frames deep and ends in `<truncated>`; the frames it could not
+/// read are counted (`lost`, kind `unreadable_frame`), and nothing else is lost. The
+/// process survives.
 #[test]
 fn corrupted_frames_and_code_are_survived() {
     require_root();
@@ -635,7 +637,17 @@ fn corrupted_frames_and_code_are_survived() {
     ctx.wait_finished(&bp);
     ctx.wait_stalls(&bp, pid, 3);
     let seen = unix_now_ns();
-    ctx.quit_ok(&bp, ": the hostile script should survive and exit 0");
+    let status = ctx.quit_counting_losses(&bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}: the hostile script should survive")
+    });
+    let unreadable = bp.lost("unreadable_frame");
+    let all_lost = bp.lost_total();
+    ctx.ensure(unreadable >= 2 && all_lost == unreadable, || {
+        format!(
+            "the unreadable code object and the cut walk should be counted as              unreadable_frame (counted {unreadable}), and be all that is lost ({all_lost})"
+        )
+    });
 
     let stalls = bp.stalls(pid);
     ctx.ensure(stalls.len() == 3, || {

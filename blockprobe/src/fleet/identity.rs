@@ -82,6 +82,7 @@ pub fn describe(
     };
     ProcessInfo {
         pid,
+        ns_pid: None,
         comm,
         python_version,
         loop_threads: Vec::new(),

@@ -42,6 +42,7 @@ impl StallSink for MetricsSink {
                 pid,
                 comm,
                 python_version,
+                ..
             } => {
                 // The process is alive now: read its identity as the report does.
                 let info = identity::process_info(*pid, comm.clone(), python_version.clone());
@@ -75,6 +76,7 @@ mod tests {
         let me = std::process::id();
         sink.status(&Status::Attached {
             pid: me,
+            ns_pid: None,
             comm: "test".into(),
             python_version: "3.11.7".into(),
         })

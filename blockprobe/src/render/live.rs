@@ -54,6 +54,9 @@ pub enum Status {
     /// A Python process is now traced.
     Attached {
         pid: u32,
+        /// Its pid in its own pid namespace (a container), when not the host's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ns_pid: Option<u32>,
         comm: String,
         python_version: String,
     },
@@ -175,12 +178,14 @@ pub fn status_line(status: &Status) -> String {
     let text = match status {
         Status::Attached {
             pid,
+            ns_pid,
             comm,
             python_version,
         } => format!(
-            "attached to pid {pid} ({}, Python {})",
+            "attached to pid {pid} ({}, Python {}{})",
             escape(comm),
-            escape(python_version)
+            escape(python_version),
+            ns_pid.map_or(String::new(), |ns| format!(", pid {ns} in its namespace"))
         ),
         Status::Loop { pid, tid } => format!("event loop in pid {pid}, thread {tid}"),
         Status::Detached { pid, reason } => format!(
@@ -488,10 +493,20 @@ mod tests {
             (
                 Status::Attached {
                     pid: 1,
+                    ns_pid: None,
                     comm: "python3".into(),
                     python_version: "3.11.7".into(),
                 },
                 r#"{"event":"attached","pid":1,"comm":"python3","python_version":"3.11.7"}"#,
+            ),
+            (
+                Status::Attached {
+                    pid: 4242,
+                    ns_pid: Some(1),
+                    comm: "python3".into(),
+                    python_version: "3.11.2".into(),
+                },
+                r#"{"event":"attached","pid":4242,"ns_pid":1,"comm":"python3","python_version":"3.11.2"}"#,
             ),
             (
                 Status::Loop { pid: 1, tid: 2 },
@@ -536,10 +551,11 @@ mod tests {
         assert_eq!(
             status_line(&Status::Attached {
                 pid: 7,
+                ns_pid: Some(1),
                 comm: "py\u{1b}".into(),
                 python_version: "3.12.1".into()
             }),
-            "blockprobe: attached to pid 7 (py\\x1b, Python 3.12.1)"
+            "blockprobe: attached to pid 7 (py\\x1b, Python 3.12.1, pid 1 in its namespace)"
         );
         assert_eq!(
             status_line(&Status::Loop { pid: 7, tid: 9 }),
