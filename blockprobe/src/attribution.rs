@@ -138,6 +138,12 @@ impl Attributor {
         push_bounded(&mut self.pending(pid, tid).samples, sample);
     }
 
+    /// The stack of the latest CPU sample of loop thread `tid`, if any is pending.
+    pub fn latest_sample(&self, tid: u32) -> Option<&[Frame]> {
+        let sample = self.threads.get(&tid)?.samples.back()?;
+        Some(&sample.stack)
+    }
+
     /// Forgets everything about the threads of process `pid` (it exited or exec'd).
     pub fn forget_process(&mut self, pid: u32) {
         self.threads.retain(|_, pending| pending.pid != pid);

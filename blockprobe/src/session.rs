@@ -8,10 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::{
-    stack::{RawStack, flags as stack_flags},
-    walk::walk_thread,
-};
+use blockprobe_common::stack::{RawStack, flags as stack_flags};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -26,9 +23,11 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess, memory::ProcessMemory},
+    python::{Inspection, PythonProcess},
     render::live::{DetachReason, StallSink, Status},
 };
+
+mod stuck;
 
 /// A Python process not traceable yet (its runtime is still initializing).
 struct Starting {
@@ -96,6 +95,8 @@ pub struct Session {
     loop_tstates: HashMap<u32, (u32, u64)>,
     /// Python frames that could not be read so far (reported with the loss counters).
     unreadable_frames: u64,
+    /// When each stuck loop was last said to be stuck.
+    notices: stuck::Notices,
 }
 
 impl Session {
@@ -116,6 +117,7 @@ impl Session {
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
             unreadable_frames: 0,
+            notices: stuck::Notices::default(),
             own_pid: std::process::id(),
         }
     }
@@ -257,63 +259,6 @@ impl Session {
         Ok(reason)
     }
 
-    /// Reports the loops still stuck now that tracing stops (a hang is the stall that
-    /// matters most, and it never returns to its poller): the stall so far, marked
-    /// ongoing, blamed on the call it is stuck in, whose stack is walked now.
-    fn report_ongoing(&mut self) -> anyhow::Result<()> {
-        let now = self.clock.monotonic_ns();
-        let threads: Vec<(u32, (u32, u64))> =
-            self.loop_tstates.iter().map(|(&t, &p)| (t, p)).collect();
-        for (tid, (pid, tstate)) in threads {
-            let Some(timing) = self.probes.loop_timing(tid) else {
-                continue;
-            };
-            let start_ns = timing.poll_exit_ns;
-            if start_ns == 0 || now.saturating_sub(start_ns) < self.probes.threshold_ns() {
-                continue;
-            }
-            let mut off_cpu_ns = timing.off_cpu_ns;
-            if timing.off_cpu_since_ns != 0
-                && let Some(slot) = off_cpu_ns.get_mut(timing.off_cpu_cause as usize)
-            {
-                *slot += now.saturating_sub(timing.off_cpu_since_ns);
-            }
-            if timing.syscall_enter_ns != 0 {
-                let call = BlockedCall {
-                    task: None,
-                    nr: timing.syscall_nr,
-                    cause: Cause::from_index(timing.syscall_cause as usize),
-                    start_ns: timing.syscall_enter_ns,
-                    end_ns: now,
-                    fd_kind: None,
-                    stack: self.walk_now(pid, tstate).unwrap_or_default(),
-                };
-                self.attributor.blocked_call(pid, tid, call);
-            }
-            let mut stall = self.close_stall(StallWindow {
-                pid,
-                tid,
-                comm: self.comm(pid),
-                start_ns,
-                end_ns: now,
-                off_cpu_ns,
-            });
-            stall.ongoing = true;
-            self.sink.stall(&stall)?;
-            self.aggregator.record(stall);
-        }
-        Ok(())
-    }
-
-    /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
-    fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
-        let recipe = self.processes.get(&pid)?.python.walk_config();
-        // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
-        let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
-        walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
-        self.symbolize(pid, &raw)
-    }
-
     /// The command name of traced process `pid`.
     fn comm(&self, pid: u32) -> String {
         self.processes
@@ -356,6 +301,7 @@ impl Session {
             Event::Candidate { pid } => self.attach_quietly(pid)?,
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
+                self.loop_tstates.retain(|_, (p, _)| *p != pid);
                 self.attributor.forget_process(pid);
                 self.probes.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
@@ -590,6 +536,7 @@ impl Session {
         }
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
             self.read_counters()?;
+            self.notice_stuck()?;
         }
         Ok(())
     }

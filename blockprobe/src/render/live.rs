@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 
 use super::summary::cause_mix;
-use super::{escape, local_clock, ms, short_path};
+use super::{escape, human_duration, local_clock, ms, short_path};
 use crate::model::{Frame, Stall};
 
 /// Live output format as chosen on the command line. `json` and `jsonl` are the same:
@@ -47,7 +47,8 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`, `{"event":"ready"}`.
+/// `{"event":"warning","message":..}`, `{"event":"ready"}`,
+/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Status {
@@ -69,6 +70,21 @@ pub enum Status {
     Lost { kind: String, count: u64 },
     /// Something the user should know.
     Warning { message: String },
+    /// A loop has been stuck off-await this long and still is (a hang: its stall is only
+    /// reported once it ends, or when tracing stops); said after a second, then each
+    /// time the time doubles.
+    Stuck {
+        pid: u32,
+        tid: u32,
+        stuck_ns: u64,
+        /// The syscall it is in, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        syscall: Option<String>,
+        /// Where: the innermost first-party frame of the stack it is stuck in (walked now
+        /// when blocked, the latest CPU sample when running).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        culprit: Option<Frame>,
+    },
     /// The probes are attached: from now on, loops that start polling are seen.
     Ready,
 }
@@ -200,6 +216,22 @@ pub fn status_line(status: &Status) -> String {
             format!("lost {count} event{s} ({})", escape(kind))
         }
         Status::Warning { message } => format!("warning: {}", escape(message)),
+        Status::Stuck {
+            pid,
+            tid,
+            stuck_ns,
+            syscall,
+            culprit,
+        } => format!(
+            "loop of pid {pid} thread {tid} stuck for {} so far{}{}",
+            human_duration(*stuck_ns),
+            syscall
+                .as_deref()
+                .map_or(String::new(), |s| format!(", in {}", escape(s))),
+            culprit
+                .as_ref()
+                .map_or(String::new(), |f| format!(", at {}", frame_text(f)))
+        ),
         Status::Ready => "probes attached, tracing".to_owned(),
     };
     format!("blockprobe: {text}")
@@ -335,7 +367,10 @@ impl<E: Write> StallSink for QuietSink<E> {
     }
 
     fn status(&mut self, status: &Status) -> anyhow::Result<()> {
-        if matches!(status, Status::Warning { .. } | Status::Lost { .. }) {
+        if matches!(
+            status,
+            Status::Warning { .. } | Status::Lost { .. } | Status::Stuck { .. }
+        ) {
             write_line(&mut self.err, &status_line(status))?;
         }
         Ok(())
@@ -539,6 +574,16 @@ mod tests {
                 },
                 r#"{"event":"warning","message":"m\n"}"#,
             ),
+            (
+                Status::Stuck {
+                    pid: 1,
+                    tid: 2,
+                    stuck_ns: 3,
+                    syscall: None,
+                    culprit: None,
+                },
+                r#"{"event":"stuck","pid":1,"tid":2,"stuck_ns":3}"#,
+            ),
         ];
         for (status, want) in cases {
             assert_eq!(status_json(&status), want);
@@ -560,6 +605,17 @@ mod tests {
         assert_eq!(
             status_line(&Status::Loop { pid: 7, tid: 9 }),
             "blockprobe: event loop in pid 7, thread 9"
+        );
+        assert_eq!(
+            status_line(&Status::Stuck {
+                pid: 7,
+                tid: 9,
+                stuck_ns: 4_000_000_000,
+                syscall: Some("futex".into()),
+                culprit: Some(frame("update", "/srv/app/cache.py", 12)),
+            }),
+            "blockprobe: loop of pid 7 thread 9 stuck for 4.00 s so far, in futex, at update \
+             (app/cache.py:12)"
         );
         assert_eq!(
             status_line(&Status::Detached {

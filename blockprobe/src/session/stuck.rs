@@ -1,0 +1,144 @@
+//! Loops stuck off-await right now. A hang never returns to its poller, so the kernel
+//! side never reports its stall: the session looks at each loop's current iteration
+//! itself, says live that a loop is stuck (after a second, then each time the time
+//! doubles), and reports the stall so far, marked ongoing, when tracing stops.
+
+use std::collections::HashMap;
+
+use blockprobe_common::{stack::RawStack, thread::LoopTiming, walk::walk_thread};
+
+use super::Session;
+use crate::{
+    attribution::{BlockedCall, StallWindow, culprit},
+    model::{Cause, Frame},
+    python::memory::ProcessMemory,
+    render::live::Status,
+    syscalls,
+};
+
+/// How long a loop is stuck before it is said live (unless the threshold is longer).
+const FIRST_NOTICE_NS: u64 = 1_000_000_000;
+
+/// When each stuck loop thread is to be said stuck next.
+#[derive(Debug, Default)]
+pub(super) struct Notices {
+    /// By tid: when the iteration began, and how long stuck it is said next.
+    next: HashMap<u32, (u64, u64)>,
+}
+
+/// A loop thread off-await for a while now.
+struct StuckLoop {
+    pid: u32,
+    tid: u32,
+    tstate: u64,
+    timing: LoopTiming,
+}
+
+impl Session {
+    /// The loop threads that have been off-await at least `min_ns` at `now`.
+    fn stuck_loops(&self, now: u64, min_ns: u64) -> Vec<StuckLoop> {
+        (self.loop_tstates.iter())
+            .filter_map(|(&tid, &(pid, tstate))| {
+                let timing = self.probes.loop_timing(tid)?;
+                let start = timing.poll_exit_ns;
+                (start != 0 && now.saturating_sub(start) >= min_ns).then_some(StuckLoop {
+                    pid,
+                    tid,
+                    tstate,
+                    timing,
+                })
+            })
+            .collect()
+    }
+
+    /// Says which loops are stuck, for how long and where, at the times they are due.
+    pub(super) fn notice_stuck(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.monotonic_ns();
+        let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
+        let stuck = self.stuck_loops(now, first);
+        (self.notices.next).retain(|tid, _| stuck.iter().any(|s| s.tid == *tid));
+        for s in stuck {
+            let start = s.timing.poll_exit_ns;
+            let stuck_ns = now.saturating_sub(start);
+            let due = self.notices.next.entry(s.tid).or_insert((start, first));
+            if due.0 != start {
+                *due = (start, first);
+            }
+            if stuck_ns < due.1 {
+                continue;
+            }
+            while due.1 <= stuck_ns {
+                due.1 = due.1.saturating_mul(2);
+            }
+            let in_syscall = s.timing.syscall_enter_ns != 0;
+            // A blocked thread's frames hold still; a running one's are read from its
+            // latest sample, not raced.
+            let stack = if in_syscall {
+                self.walk_now(s.pid, s.tstate).unwrap_or_default()
+            } else {
+                (self.attributor.latest_sample(s.tid))
+                    .map(<[Frame]>::to_vec)
+                    .unwrap_or_default()
+            };
+            self.sink.status(&Status::Stuck {
+                pid: s.pid,
+                tid: s.tid,
+                stuck_ns,
+                syscall: in_syscall
+                    .then(|| syscalls::name(s.timing.syscall_nr).map(str::to_owned))
+                    .flatten(),
+                culprit: culprit(&stack),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reports the loops still stuck now that tracing stops (a hang is the stall that
+    /// matters most, and it never returns to its poller): the stall so far, marked
+    /// ongoing, blamed on the call it is stuck in, whose stack is walked now.
+    pub(super) fn report_ongoing(&mut self) -> anyhow::Result<()> {
+        let now = self.clock.monotonic_ns();
+        for s in self.stuck_loops(now, self.probes.threshold_ns()) {
+            let timing = s.timing;
+            let mut off_cpu_ns = timing.off_cpu_ns;
+            if timing.off_cpu_since_ns != 0
+                && let Some(slot) = off_cpu_ns.get_mut(timing.off_cpu_cause as usize)
+            {
+                *slot += now.saturating_sub(timing.off_cpu_since_ns);
+            }
+            if timing.syscall_enter_ns != 0 {
+                let call = BlockedCall {
+                    task: None,
+                    nr: timing.syscall_nr,
+                    cause: Cause::from_index(timing.syscall_cause as usize),
+                    start_ns: timing.syscall_enter_ns,
+                    end_ns: now,
+                    fd_kind: None,
+                    stack: self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+                };
+                self.attributor.blocked_call(s.pid, s.tid, call);
+            }
+            let mut stall = self.close_stall(StallWindow {
+                pid: s.pid,
+                tid: s.tid,
+                comm: self.comm(s.pid),
+                start_ns: timing.poll_exit_ns,
+                end_ns: now,
+                off_cpu_ns,
+            });
+            stall.ongoing = true;
+            self.sink.stall(&stall)?;
+            self.aggregator.record(stall);
+        }
+        Ok(())
+    }
+
+    /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
+    fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
+        let recipe = self.processes.get(&pid)?.python.walk_config();
+        // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
+        let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
+        walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
+        self.symbolize(pid, &raw)
+    }
+}
