@@ -132,49 +132,22 @@ pub const fn takes_fd(nr: u32) -> bool {
 /// Whether `nr` is a syscall whose blocking is timed when a loop thread makes it off-await.
 pub const fn is_blocking(nr: u64) -> bool {
     nr <= u32::MAX as u64
-        && matches!(
-            nr as u32,
-            nr::WAIT4
-                | nr::WAITID
-                | nr::FUTEX
-                | nr::FUTEX_WAITV
-                | nr::FUTEX_WAIT
-                | nr::READ
-                | nr::WRITE
-                | nr::POLL
-                | nr::PREAD64
-                | nr::READV
-                | nr::WRITEV
-                | nr::SELECT
-                | nr::NANOSLEEP
-                | nr::CONNECT
-                | nr::ACCEPT
-                | nr::SENDTO
-                | nr::RECVFROM
-                | nr::SENDMSG
-                | nr::RECVMSG
-                | nr::FSYNC
-                | nr::FDATASYNC
-                | nr::CLOCK_NANOSLEEP
-                | nr::PSELECT6
-                | nr::PPOLL
-                | nr::ACCEPT4
-                | nr::RECVMMSG
-                | nr::OPEN
-                | nr::OPENAT
-                | nr::OPENAT2
-                | nr::PWRITE64
-                | nr::SENDFILE
-                | nr::FCNTL
-                | nr::FLOCK
-                | nr::SPLICE
-                | nr::SYNC_FILE_RANGE
-                | nr::PREADV
-                | nr::PWRITEV
-                | nr::SYNCFS
-                | nr::SENDMMSG
-                | nr::COPY_FILE_RANGE
-                | nr::PREADV2
-                | nr::PWRITEV2
-        )
+        && (takes_fd(nr as u32)
+            || matches!(
+                nr as u32,
+                nr::WAIT4
+                    | nr::WAITID
+                    | nr::FUTEX
+                    | nr::FUTEX_WAITV
+                    | nr::FUTEX_WAIT
+                    | nr::POLL
+                    | nr::SELECT
+                    | nr::NANOSLEEP
+                    | nr::CLOCK_NANOSLEEP
+                    | nr::PSELECT6
+                    | nr::PPOLL
+                    | nr::OPEN
+                    | nr::OPENAT
+                    | nr::OPENAT2
+            ))
 }

@@ -55,6 +55,20 @@ def fail(message):
     os._exit(2)
 
 
+def write_later(fd, delay_s):
+    """Starts a thread that writes one byte to ``fd`` ``delay_s`` seconds after the
+    returned event is set."""
+    go = threading.Event()
+
+    def writer():
+        go.wait()
+        time.sleep(delay_s)
+        os.write(fd, b"x")
+
+    threading.Thread(target=writer, name="writer", daemon=True).start()
+    return go
+
+
 def start_slow_http_server(slow_s):
     """Starts an HTTP server in a daemon thread of this script: ``/slow`` answers after
     ``slow_s`` seconds, anything else at once. Returns its base URL."""

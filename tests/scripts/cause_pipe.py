@@ -1,7 +1,6 @@
 """Scenario: a coroutine reads a pipe whose writer (a thread) writes 150 ms later."""
 
 import os
-import threading
 import time
 
 import bptest
@@ -9,16 +8,7 @@ import bptest
 DELAY_S = 0.15
 
 READ_FD, WRITE_FD = os.pipe()
-GO = threading.Event()
-
-
-def writer():
-    GO.wait()
-    time.sleep(DELAY_S)
-    os.write(WRITE_FD, b"x")
-
-
-threading.Thread(target=writer, name="writer", daemon=True).start()
+GO = bptest.write_later(WRITE_FD, DELAY_S)
 
 
 async def read_message():

@@ -3,7 +3,6 @@ poller) for a pipe a thread writes to 150 ms later."""
 
 import os
 import selectors
-import threading
 import time
 
 import bptest
@@ -11,16 +10,7 @@ import bptest
 DELAY_S = 0.15
 
 READ_FD, WRITE_FD = os.pipe()
-GO = threading.Event()
-
-
-def writer():
-    GO.wait()
-    time.sleep(DELAY_S)
-    os.write(WRITE_FD, b"x")
-
-
-threading.Thread(target=writer, name="writer", daemon=True).start()
+GO = bptest.write_later(WRITE_FD, DELAY_S)
 
 
 async def wait_for_device():

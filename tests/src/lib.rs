@@ -1470,6 +1470,16 @@ impl Ran {
         stalls.into_iter().next().expect("one stall")
     }
 
+    /// Fails unless blockprobe exited 0 having reported exactly one stall, a
+    /// `time.sleep` of `nominal` in `function` under `python` ([`Ran::check_stall`]).
+    #[track_caller]
+    pub fn only_sleep_stall(&self, python: &Python, function: &str, nominal: Duration) -> Stall {
+        self.expect_success();
+        let stall = self.only_stall();
+        self.check_stall(&stall, function, "sleep", python.sleep_syscall(), nominal);
+        stall
+    }
+
     /// Checks a stall against the script's measurement of `function`, its `# BLOCK`
     /// line, the blocking time the script asked for (`nominal`), and the time window of
     /// the scenario.
@@ -1553,15 +1563,7 @@ pub fn run_sleep_scenario(
     nominal: Duration,
 ) -> (Ran, Stall) {
     let ran = run_scenario(scenario);
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
-        function,
-        "sleep",
-        scenario.python.sleep_syscall(),
-        nominal,
-    );
+    let stall = ran.only_sleep_stall(scenario.python, function, nominal);
     (ran, stall)
 }
 

@@ -287,13 +287,5 @@ fn loop_replaced(python: &Python) {
             (loops_found() >= 2).then_some(())
         });
     });
-    ran.expect_success();
-    let stall = ran.only_stall();
-    ran.check_stall(
-        &stall,
-        "handler",
-        "sleep",
-        python.sleep_syscall(),
-        Duration::from_millis(200),
-    );
+    ran.only_sleep_stall(python, "handler", Duration::from_millis(200));
 }
