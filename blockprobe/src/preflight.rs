@@ -44,30 +44,18 @@ struct Capability {
     bit: u32,
 }
 
-const CAP_DAC_OVERRIDE: Capability = Capability {
-    name: "CAP_DAC_OVERRIDE",
-    bit: 1,
-};
-const CAP_DAC_READ_SEARCH: Capability = Capability {
-    name: "CAP_DAC_READ_SEARCH",
-    bit: 2,
-};
-const CAP_SYS_PTRACE: Capability = Capability {
-    name: "CAP_SYS_PTRACE",
-    bit: 19,
-};
-const CAP_SYS_ADMIN: Capability = Capability {
-    name: "CAP_SYS_ADMIN",
-    bit: 21,
-};
-const CAP_PERFMON: Capability = Capability {
-    name: "CAP_PERFMON",
-    bit: 38,
-};
-const CAP_BPF: Capability = Capability {
-    name: "CAP_BPF",
-    bit: 39,
-};
+impl Capability {
+    const fn new(name: &'static str, bit: u32) -> Self {
+        Capability { name, bit }
+    }
+}
+
+const CAP_DAC_OVERRIDE: Capability = Capability::new("CAP_DAC_OVERRIDE", 1);
+const CAP_DAC_READ_SEARCH: Capability = Capability::new("CAP_DAC_READ_SEARCH", 2);
+const CAP_SYS_PTRACE: Capability = Capability::new("CAP_SYS_PTRACE", 19);
+const CAP_SYS_ADMIN: Capability = Capability::new("CAP_SYS_ADMIN", 21);
+const CAP_PERFMON: Capability = Capability::new("CAP_PERFMON", 38);
+const CAP_BPF: Capability = Capability::new("CAP_BPF", 39);
 
 /// One privilege blockprobe needs: held when any of `any_of` is in the effective set
 /// (the kernel accepts CAP_SYS_ADMIN for CAP_BPF and CAP_PERFMON).
