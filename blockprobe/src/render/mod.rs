@@ -104,6 +104,19 @@ pub fn truncate_left(s: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Truncates to at most `max` characters, marking a cut with `…` at the end (for lines
+/// whose start says what they are).
+pub fn truncate_right(s: &str, max: usize) -> Cow<'_, str> {
+    if s.chars().count() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    if max > 0 {
+        out.push('…');
+    }
+    Cow::Owned(out)
+}
+
 /// Wall-clock time of day, `HH:MM:SS.mmm`, of `unix_ns` in the local time zone.
 pub fn local_clock(unix_ns: u64) -> String {
     let secs = (unix_ns / 1_000_000_000) as libc::time_t;
@@ -191,6 +204,10 @@ mod tests {
         assert_eq!(truncate_left("Outer.Inner.method", 10).chars().count(), 10);
         assert_eq!(truncate_left("ééééé", 3), "…éé");
         assert_eq!(truncate_left("abc", 0), "");
+        assert_eq!(truncate_right("web-1.example.com", 6), "web-1…");
+        assert_eq!(truncate_right("web-1", 5), "web-1");
+        assert_eq!(truncate_right("ééé", 2), "é…");
+        assert_eq!(truncate_right("abc", 0), "");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! ```text
 //! blockprobe: 36 stalls >= 10.0 ms in 1m 0s on web-1
 //!   processes: 1, loop threads: 1
-//!     pid 4242 python3 (Python 3.11.7), loop threads: 4242
+//!     pid 4242 python3 (Python 3.11.7)
+//!       loop threads: 4242
 //!   lost events: 3 (ringbuf_stall 3); counts below may be low
 //!
 //! Top functions by total stall time:
@@ -15,12 +16,19 @@
 //!     causes: sleep 75%, io 13%, running 12%
 //!          msecs               : count    distribution
 //!            134 -> 268        : 30       |************************************|
+//!
+//! Longest stalls:
+//!
+//!       179.0 ms  22:13:49.000  pid 4242 tid 4242  sleep clock_nanosleep
+//!                 Client.fetch_data (services/db.py:42)
 //! ```
 //!
 //! Histogram rows are the log2 buckets from the lowest to the highest non-empty one;
 //! `lo -> hi` is the bucket `[lo, hi)` converted to the unit in the title (chosen so the
-//! lowest bucket's bound is at least 1 of it). Every line of a histogram fits in 80
-//! columns. Cause shares are of the function's total stall time (see [`cause_mix`]):
+//! lowest bucket's bound is at least 1 of it). Every line of the summary fits in
+//! [`WIDTH`] columns: names and files are shortened from the left, keeping the end that
+//! identifies them, and any other line too long (a huge host name) is cut at the end
+//! with `…`. Cause shares are of the function's total stall time (see [`cause_mix`]):
 //! `cpu` is running code, `runqueue` waiting for a CPU, the others time off CPU by
 //! reason.
 
@@ -28,9 +36,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{escape, human_duration, local_clock, ms, short_path, truncate_left};
+use super::{escape, human_duration, local_clock, ms, short_path, truncate_left, truncate_right};
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
-use crate::model::Cause;
+use crate::model::{Cause, Frame};
 use crate::report::{FunctionReport, Report};
 
 /// What the summary shows.
@@ -57,6 +65,12 @@ impl Default for SummaryOptions {
 /// Width of the histogram bar, between the `|`s.
 const BAR: usize = 36;
 
+/// The widest line of the summary, in characters.
+pub const WIDTH: usize = 80;
+
+/// Indent of a longest stall's culprit, under its time of day.
+const CULPRIT_INDENT: usize = 16;
+
 /// Writes the summary of `report` to `out`.
 pub fn write_summary(
     report: &Report,
@@ -67,8 +81,19 @@ pub fn write_summary(
     out.flush()
 }
 
-/// The summary of `report` as text (ends with a newline).
+/// The summary of `report` as text (ends with a newline), every line at most [`WIDTH`]
+/// characters.
 pub fn summary(report: &Report, opts: &SummaryOptions) -> String {
+    let mut out = String::new();
+    for line in unfitted(report, opts).lines() {
+        out.push_str(&truncate_right(line, WIDTH));
+        out.push('\n');
+    }
+    out
+}
+
+/// The summary, lines laid out to fit [`WIDTH`] except for freak names.
+fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
     let mut s = String::new();
     header(&mut s, report, opts);
 
@@ -107,20 +132,12 @@ pub fn summary(report: &Report, opts: &SummaryOptions) -> String {
                 .then(a.start_unix_ns.cmp(&b.start_unix_ns))
         });
         let _ = writeln!(s, "\nLongest stalls:\n");
+        let width = WIDTH - CULPRIT_INDENT;
         for st in stalls.iter().take(opts.top_stalls) {
+            let at = |f: &Frame| format!("{}:{}", escape(short_path(&f.file)), f.line);
             let culprit = match (&st.culprit, st.stack.first()) {
-                (Some(f), _) => format!(
-                    "{} ({}:{})",
-                    truncate_left(&escape(&f.function), 40),
-                    truncate_left(&escape(short_path(&f.file)), 30),
-                    f.line
-                ),
-                (None, Some(f)) => format!(
-                    "<unknown> in {} ({}:{})",
-                    truncate_left(&escape(&f.function), 30),
-                    truncate_left(&escape(short_path(&f.file)), 30),
-                    f.line
-                ),
+                (Some(f), _) => labelled("", &escape(&f.function), &at(f), width),
+                (None, Some(f)) => labelled("<unknown> in ", &escape(&f.function), &at(f), width),
                 (None, None) => "<unknown>".to_owned(),
             };
             let syscall = st
@@ -130,16 +147,25 @@ pub fn summary(report: &Report, opts: &SummaryOptions) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {:>9} ms  {}  pid {} tid {}  {}{syscall}  {culprit}",
+                "  {:>9} ms  {}  pid {} tid {}  {}{syscall}\n{:CULPRIT_INDENT$}{culprit}",
                 ms(st.duration_ns),
                 local_clock(st.start_unix_ns),
                 st.pid,
                 st.tid,
                 st.cause.as_str(),
+                "",
             );
         }
     }
     s
+}
+
+/// `prefix function (location)` in at most `width` characters: the location cut to half
+/// the width, the function to the rest, both from the left (their ends identify them).
+fn labelled(prefix: &str, function: &str, location: &str, width: usize) -> String {
+    let location = truncate_left(location, width / 2);
+    let room = width.saturating_sub(prefix.chars().count() + location.chars().count() + 3);
+    format!("{prefix}{} ({location})", truncate_left(function, room))
 }
 
 fn plural(n: u64) -> &'static str {
@@ -189,12 +215,14 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         };
         let _ = writeln!(
             s,
-            "    pid {} {} (Python {}{service}){host}, loop threads: {}",
+            "    pid {} {} (Python {}{service}){host}",
             p.pid,
             escape(&p.comm),
             escape(&p.python_version),
-            truncate_left(&threads, 50)
         );
+        let label = "      loop threads: ";
+        let room = WIDTH - label.len();
+        let _ = writeln!(s, "{label}{}", truncate_left(&threads, room));
     }
     let unlisted =
         r.processes.len().saturating_sub(opts.max_processes) as u64 + r.processes_dropped;
@@ -233,15 +261,12 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
 
 fn function_block(s: &mut String, rank: usize, f: &FunctionReport) {
     let h = &f.histogram;
+    let rank = format!("{rank:>2}. ");
     if f.file.is_empty() {
-        let _ = writeln!(s, "{rank:>2}. {}", escape(&f.function));
+        let _ = writeln!(s, "{rank}{}", escape(&f.function));
     } else {
-        let _ = writeln!(
-            s,
-            "{rank:>2}. {} ({})",
-            escape(&f.function),
-            escape(&f.file)
-        );
+        let label = labelled(&rank, &escape(&f.function), &escape(&f.file), WIDTH);
+        let _ = writeln!(s, "{label}");
     }
     let est = |q: f64| h.quantile(q).map(ms).unwrap_or_else(|| "-".into());
     let _ = writeln!(
@@ -385,7 +410,7 @@ mod tests {
         );
         assert!(text.contains("  processes: 1, loop threads: 1\n"), "{text}");
         assert!(
-            text.contains("pid 4242 python3 (Python 3.11.7), loop threads: 4242"),
+            text.contains("    pid 4242 python3 (Python 3.11.7)\n      loop threads: 4242\n"),
             "{text}"
         );
         assert!(text.contains("lost events: 3 (ringbuf_stall 3)"), "{text}");
@@ -421,6 +446,46 @@ mod tests {
             assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         }
         assert!(!text.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn every_line_fits_even_with_huge_names() {
+        let mut a = Aggregator::default();
+        let long = "x".repeat(120);
+        a.register_process(crate::aggregate::ProcessInfo {
+            pid: 4_194_304,
+            comm: "\u{1b}".repeat(15),
+            python_version: "3.11.7".into(),
+            loop_threads: (4_000_000..4_000_040).collect(),
+            service: long.clone(),
+            host: format!("other-{long}"),
+            ..Default::default()
+        });
+        let function = format!("Outer.{long}.handler");
+        let file = format!("/srv/{long}/app/db.py");
+        a.record(stall(
+            4_194_304,
+            0,
+            300_000_000,
+            Some(frame(&function, &file, 1234)),
+        ));
+        let mut unknown = stall(4_194_304, 1, 200_000_000, None);
+        unknown.stack = vec![frame(&function, &file, 99)];
+        a.record(unknown);
+        let mut info = run();
+        info.host = format!("host-{long}");
+        let text = summary(&a.report(info), &SummaryOptions::default());
+        for line in text.lines() {
+            assert!(line.chars().count() <= WIDTH, "{line}");
+        }
+        // What identifies a frame survives: the end of its name, its file and line.
+        assert!(text.contains("xx.handler (…xx"), "{text}");
+        assert!(text.contains("xx/app/db.py)\n"), "{text}");
+        assert!(text.contains("xx.handler (app/db.py:1234)\n"), "{text}");
+        assert!(text.contains("<unknown> in …"), "{text}");
+        assert!(text.contains("      loop threads: …"), "{text}");
+        assert!(text.contains(", 4000039, 4194305\n"), "{text}");
+        assert!(text.starts_with("blockprobe: 2 stalls >= 1.0 ms in 1.50 s on host-xx"));
     }
 
     #[test]
@@ -571,7 +636,11 @@ mod tests {
             "{text}"
         );
         let longest = text.split("Longest stalls:\n\n").nth(1).unwrap();
-        assert_eq!(longest.lines().count(), 1, "{longest}");
+        assert_eq!(
+            longest.lines().count(),
+            2,
+            "one stall, culprit below: {longest}"
+        );
         assert!(
             longest.contains("12.0 ms") && longest.contains("f11 (m.py:1)"),
             "{longest}"
