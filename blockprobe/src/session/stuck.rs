@@ -35,9 +35,12 @@ struct StuckLoop {
 }
 
 impl Session {
-    /// The loop threads that have been off-await at least `min_ns` at `now`.
+    /// The loop threads that have been off-await at least `min_ns` at `now`. A thread
+    /// that is gone (exited, maybe not reaped yet) is not stuck: its process's last
+    /// iteration simply never came back to its poller.
     fn stuck_loops(&self, now: u64, min_ns: u64) -> Vec<StuckLoop> {
         (self.loop_tstates.iter())
+            .filter(|(tid, (pid, _))| self.processes.contains_key(pid) && alive(*pid, **tid))
             .filter_map(|(&tid, &(pid, tstate))| {
                 let timing = self.probes.loop_timing(tid)?;
                 let start = timing.poll_exit_ns;
@@ -140,5 +143,26 @@ impl Session {
         let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
         walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
         self.symbolize(pid, &raw)
+    }
+}
+
+/// Whether thread `tid` of process `pid` still runs (exists, and is no zombie).
+fn alive(pid: u32, tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold any.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_thread_is_alive_and_a_made_up_one_is_not() {
+        let pid = std::process::id();
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        assert!(super::alive(pid, tid));
+        assert!(!super::alive(pid, u32::MAX));
     }
 }
