@@ -36,12 +36,17 @@ struct Starting {
     /// When to try again, and when to give up.
     patience: Patience,
 }
-/// How long events gather in the ring buffer after a read before the next one: the
-/// tracer wakes up at most once per interval, not once per event (a wake-up costs more
-/// than handling the event). The live output lags by at most this much; the ring holds
-/// far more than one interval's events even in a stall storm, and any that do not fit are
-/// counted as lost.
+
+/// Under load, how long events gather in the ring buffer after a read before the next
+/// one: the tracer wakes up at most once per interval, not once per event (a wake-up
+/// costs more than handling the event). The live output lags by at most this much; the
+/// ring holds far more than one interval's events even in a stall storm, and any that do
+/// not fit are counted as lost.
 const READ_BATCH: Duration = Duration::from_millis(50);
+/// Events per counter interval from which the tracer batches its reads. Below it, each
+/// event is handled as it comes: its stack is symbolized while the process still lives
+/// (a process that stalls and exits at once would leave only `<unreadable>` frames).
+const BUSY_EVENTS: u64 = 50;
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -97,6 +102,8 @@ pub struct Session {
     unreadable_frames: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
+    /// Events read since the loss counters were last read (once a second).
+    events_this_interval: u64,
 }
 
 impl Session {
@@ -118,6 +125,7 @@ impl Session {
             loop_tstates: HashMap::new(),
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
+            events_this_interval: 0,
             own_pid: std::process::id(),
         }
     }
@@ -241,7 +249,9 @@ impl Session {
                     let mut guard = ready.context("waiting on the BPF ring buffer")?;
                     self.drain(guard.get_inner_mut())?;
                     guard.clear_ready();
-                    next_read = tokio::time::Instant::now() + READ_BATCH;
+                    if self.events_this_interval >= BUSY_EVENTS {
+                        next_read = tokio::time::Instant::now() + READ_BATCH;
+                    }
                 }
                 _ = sigint.recv() => break StopReason::Signal(libc::SIGINT),
                 _ = sigterm.recv() => break StopReason::Signal(libc::SIGTERM),
@@ -276,6 +286,7 @@ impl Session {
     /// Handles every event waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
+            self.events_this_interval += 1;
             match events::decode(&item) {
                 Ok(event) => {
                     drop(item);
@@ -544,6 +555,7 @@ impl Session {
     /// Reads the kernel-side loss counters and reports any increase.
     fn read_counters(&mut self) -> anyhow::Result<()> {
         self.last_counter_read = Instant::now();
+        self.events_this_interval = 0;
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
