@@ -160,9 +160,14 @@ fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
     s
 }
 
-/// `prefix function (location)` in at most `width` characters: the location cut to half
-/// the width, the function to the rest, both from the left (their ends identify them).
+/// `prefix function (location)` in at most `width` characters: whole when it fits, else
+/// the location cut to half the width and the function to the rest, both from the left
+/// (their ends identify them).
 fn labelled(prefix: &str, function: &str, location: &str, width: usize) -> String {
+    let whole = format!("{prefix}{function} ({location})");
+    if whole.chars().count() <= width {
+        return whole;
+    }
     let location = truncate_left(location, width / 2);
     let room = width.saturating_sub(prefix.chars().count() + location.chars().count() + 3);
     format!("{prefix}{} ({location})", truncate_left(function, room))
