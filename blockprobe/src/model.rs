@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The name of a frame that could not be read (a frame pointer or a code object).
+pub const UNREADABLE: &str = "<unreadable>";
+
 /// One symbolized Python frame.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {

@@ -19,7 +19,7 @@ use crate::{
     clock::Clock,
     events::{self, Event},
     losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
-    model::{Cause, FdKind, Frame, Stall},
+    model::{Cause, FdKind, Frame, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
@@ -98,7 +98,8 @@ pub struct Session {
     /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
     /// stack of a loop still stuck when tracing stops.
     loop_tstates: HashMap<u32, (u32, u64)>,
-    /// Python frames that could not be read so far (reported with the loss counters).
+    /// Frames of reported stalls that could not be read so far (reported with the loss
+    /// counters).
     unreadable_frames: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
@@ -278,9 +279,14 @@ impl Session {
     }
 
     /// The stall of `window`, from the evidence gathered inside it.
+    /// Frames of its stack that could not be read are counted: evidence that never makes
+    /// a stall (a sample of a process that exits at once) is not.
     fn close_stall(&mut self, window: StallWindow) -> Stall {
         let clock = self.clock;
-        self.attributor.close(window, |t| clock.to_unix_ns(t))
+        let stall = self.attributor.close(window, |t| clock.to_unix_ns(t));
+        let unreadable = stall.stack.iter().filter(|f| f.function == UNREADABLE);
+        self.unreadable_frames += unreadable.count() as u64;
+        stall
     }
 
     /// Handles every event waiting in the ring buffer.
@@ -498,13 +504,10 @@ impl Session {
     /// (a frame pointer could not be read: the process changed or corrupted it).
     fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
         let mut frames = self.processes.get_mut(&pid)?.python.symbolize(stack);
-        let unreadable_code = frames.iter().filter(|f| f.function == "<unreadable>");
-        self.unreadable_frames += unreadable_code.count() as u64
-            + u64::from(stack.flags & stack_flags::UNREADABLE_FRAME != 0);
         let marker = if stack.flags & stack_flags::TRUNCATED != 0 {
             Some("<truncated>")
         } else if stack.flags & stack_flags::UNREADABLE_FRAME != 0 {
-            Some("<unreadable>")
+            Some(UNREADABLE)
         } else {
             None
         };

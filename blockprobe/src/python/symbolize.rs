@@ -11,7 +11,7 @@ use super::layout::{
 };
 use super::linetable;
 use super::memory::ProcessMemory;
-use crate::model::Frame;
+use crate::model::{Frame, UNREADABLE};
 
 /// Longest string read, in bytes of character data; longer strings are truncated.
 const MAX_STRING_BYTES: usize = 4096;
@@ -82,7 +82,7 @@ impl Symbolizer {
                 header
                     .and_then(|header| self.frame(raw, header))
                     .unwrap_or_else(|_| Frame {
-                        function: "<unreadable>".into(),
+                        function: UNREADABLE.into(),
                         file: "<unknown>".into(),
                         line: 0,
                     })
