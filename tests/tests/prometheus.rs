@@ -313,3 +313,58 @@ fn prometheus_scrapes_the_stall_histogram() {
         "blockprobe panicked".into()
     });
 }
+
+/// A loop hanging (stuck_loop.py sleeps 30 s in a coroutine) under `blockprobe serve`:
+/// once blockprobe says it is stuck, `/metrics` shows it in
+/// `blockprobe_stuck_event_loops` for its service, before its stall ever ends; when the
+/// process is gone, its loop is no longer counted.
+#[test]
+fn a_hang_shows_in_the_stuck_gauge() {
+    require_root();
+    let python = Python::pyenv("3.11.7");
+    let ctx = blockprobe_tests::Ctx::new();
+    let bp = ctx.spawn(
+        "blockprobe serve",
+        Command::new(blockprobe_bin()).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+        ]),
+    );
+    let metrics_addr = serve_address(&ctx, &bp);
+    let py = ctx.spawn(
+        "stuck_loop.py",
+        &mut python.command(&script("stuck_loop.py")),
+    );
+    let ready = ctx.wait_ready(&py);
+    let pid = ready.pid.expect("READY has a pid");
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, tid)| *tid).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    py.send("GO");
+    ctx.wait_event(&bp, "stuck", pid);
+    let stuck = || {
+        let (status, body) = http_get(metrics_addr, "/metrics").expect("blockprobe answers");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("blockprobe_stuck_event_loops{service=\"stuck_loop\"} "))
+            .map(str::to_owned)
+    };
+    let now = stuck();
+    ctx.ensure(now.as_deref() == Some("1"), || {
+        format!("blockprobe_stuck_event_loops for stuck_loop is {now:?} while it hangs, expected 1")
+    });
+    py.may_exit();
+    py.signal(Signal::SIGKILL);
+    ctx.wait_event(&bp, "detached", pid);
+    let after = stuck();
+    ctx.ensure(after.as_deref() != Some("1"), || {
+        format!("the killed process's loop is still counted as stuck: {after:?}")
+    });
+    bp.may_exit();
+    bp.signal(Signal::SIGINT);
+    bp.wait_exit();
+}

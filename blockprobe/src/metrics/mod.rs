@@ -13,6 +13,8 @@
 //! - `blockprobe_blocked_seconds_total{service,cause}`: stall time by cause (`cpu`,
 //!   `runqueue` and the off-CPU reasons).
 //! - `blockprobe_event_loops{service}`, `blockprobe_traced_processes{service}`: gauges.
+//! - `blockprobe_stuck_event_loops{service}`: loops off-await for a second or more right
+//!   now, a hang in progress (its stall is only counted once it ends): alert on it.
 //! - `blockprobe_lost_events_total{kind}`: events lost (counts above may then be low).
 //! - `blockprobe_threshold_seconds`, `blockprobe_build_info{version}`, and the standard
 //!   `process_cpu_seconds_total`, `process_resident_memory_bytes`,
@@ -96,6 +98,16 @@ struct Traced {
     service: String,
     app_root: String,
     loops: BTreeSet<u32>,
+    /// Loop threads stuck right now (said stuck, their stall not ended yet).
+    stuck: BTreeSet<u32>,
+}
+
+/// Per service: event loops, traced processes, stuck loops.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gauges {
+    loops: u64,
+    processes: u64,
+    stuck: u64,
 }
 
 /// Everything `/metrics` shows.
@@ -151,6 +163,7 @@ impl Metrics {
                 service: service_name(&info.service).to_owned(),
                 app_root: info.app_root.clone(),
                 loops: BTreeSet::new(),
+                stuck: BTreeSet::new(),
             },
         );
     }
@@ -159,6 +172,13 @@ impl Metrics {
     pub fn loop_thread(&mut self, pid: u32, tid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.loops.insert(tid);
+        }
+    }
+
+    /// Loop thread `tid` of `pid` is stuck, until its stall ends.
+    pub fn stuck(&mut self, pid: u32, tid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.stuck.insert(tid);
         }
     }
 
@@ -175,8 +195,12 @@ impl Metrics {
 
     /// One stall.
     pub fn stall(&mut self, stall: &Stall) {
-        let (service, root) = match self.processes.get(&stall.pid) {
-            Some(p) => (p.service.clone(), p.app_root.clone()),
+        let (service, root) = match self.processes.get_mut(&stall.pid) {
+            Some(p) => {
+                // A stuck loop's stall ends its hang.
+                p.stuck.remove(&stall.tid);
+                (p.service.clone(), p.app_root.clone())
+            }
             None => (String::new(), String::new()),
         };
         let service = self.service_label(&service);
@@ -275,10 +299,11 @@ impl Metrics {
     /// Event loops and processes traced, by gauge label: services with stall series,
     /// then other traced services while there are fewer than `max_services` labels,
     /// then `<other>`.
-    fn gauges(&self) -> BTreeMap<&str, (u64, u64)> {
-        let mut out: BTreeMap<&str, (u64, u64)> =
-            self.services.iter().map(|s| (s.as_str(), (0, 0))).collect();
-        let mut quiet: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    fn gauges(&self) -> BTreeMap<&str, Gauges> {
+        let mut out: BTreeMap<&str, Gauges> = (self.services.iter())
+            .map(|s| (s.as_str(), Gauges::default()))
+            .collect();
+        let mut quiet: BTreeMap<&str, Gauges> = BTreeMap::new();
         for p in self.processes.values() {
             let service = p.service.as_str();
             let e = if out.contains_key(service) {
@@ -287,18 +312,20 @@ impl Metrics {
                 quiet.entry(service)
             }
             .or_default();
-            e.0 += p.loops.len() as u64;
-            e.1 += 1;
+            e.loops += p.loops.len() as u64;
+            e.processes += 1;
+            e.stuck += p.stuck.len() as u64;
         }
-        for (service, (loops, procs)) in quiet {
+        for (service, g) in quiet {
             let label = if out.len() < self.config.max_services {
                 service
             } else {
                 OTHER_FUNCTION
             };
             let e = out.entry(label).or_default();
-            e.0 += loops;
-            e.1 += procs;
+            e.loops += g.loops;
+            e.processes += g.processes;
+            e.stuck += g.stuck;
         }
         out
     }
@@ -404,11 +431,12 @@ impl Metrics {
             "gauge",
             "Event-loop threads currently traced.",
         );
-        for (service, (n, _)) in &loops {
+        for (service, g) in &loops {
             let _ = writeln!(
                 s,
-                "blockprobe_event_loops{{service=\"{}\"}} {n}",
-                label(service)
+                "blockprobe_event_loops{{service=\"{}\"}} {}",
+                label(service),
+                g.loops
             );
         }
         header(
@@ -417,11 +445,26 @@ impl Metrics {
             "gauge",
             "Python processes currently traced.",
         );
-        for (service, (_, n)) in &loops {
+        for (service, g) in &loops {
             let _ = writeln!(
                 s,
-                "blockprobe_traced_processes{{service=\"{}\"}} {n}",
-                label(service)
+                "blockprobe_traced_processes{{service=\"{}\"}} {}",
+                label(service),
+                g.processes
+            );
+        }
+        header(
+            &mut s,
+            "blockprobe_stuck_event_loops",
+            "gauge",
+            "Event loops off-await for a second or more right now: a hang in progress.",
+        );
+        for (service, g) in &loops {
+            let _ = writeln!(
+                s,
+                "blockprobe_stuck_event_loops{{service=\"{}\"}} {}",
+                label(service),
+                g.stuck
             );
         }
         header(
@@ -665,6 +708,30 @@ mod tests {
             assert!(v.parse::<f64>().is_ok() || v == "+Inf", "{line}");
             assert!(!series.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stuck_loop_counts_until_its_stall_ends() {
+        let mut m = metrics(50, 10);
+        m.attach(&proc(1, "api"));
+        m.loop_thread(1, 7);
+        let stuck = |m: &Metrics| {
+            let text = m.render(&process::SelfStats::default());
+            value(&text, "blockprobe_stuck_event_loops{service=\"api\"}")
+        };
+        assert_eq!(stuck(&m).as_deref(), Some("0"));
+        m.stuck(1, 7);
+        m.stuck(1, 7);
+        assert_eq!(stuck(&m).as_deref(), Some("1"));
+        let mut ended = stall(
+            1,
+            0,
+            5_000_000_000,
+            Some(frame("handler", "/srv/app/h.py", 3)),
+        );
+        ended.tid = 7;
+        m.stall(&ended);
+        assert_eq!(stuck(&m).as_deref(), Some("0"));
     }
 
     /// The metric names in a PromQL expression.
