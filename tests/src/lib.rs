@@ -45,7 +45,10 @@
 //! `epoll_wait` returns when another thread holds it, which the interpreter bounds by its
 //! switch interval (5 ms): hence [`ABOVE`] (5 ms), plus the time the stall spent waiting
 //! for a CPU (its `runqueue` share, as blockprobe measured it): on a busy machine the loop
-//! may be preempted anywhere in the interval, also outside the script's measurement.
+//! may be preempted anywhere in the interval, also outside the script's measurement. On a
+//! virtual machine the hypervisor may also stop a CPU for a while (steal time), which
+//! neither side sees as such: the loop looks on CPU. The test adds the steal time the
+//! host reported while it ran ([`CtxRef::stolen_ns`], 0 on a quiet host).
 //!
 //! So a script times the whole synchronous stretch of its blocking coroutine when that
 //! stretch releases the GIL more than once (blocking_recv.py: connect, send, recv).
@@ -80,6 +83,20 @@ pub const THRESHOLD: &str = "10ms";
 pub const BELOW: Duration = Duration::from_millis(1);
 /// How much longer than the script's own measurement a stall may be (see the crate docs).
 pub const ABOVE: Duration = Duration::from_millis(5);
+
+/// CPU time the hypervisor took from this machine's CPUs so far (`steal` in /proc/stat,
+/// all CPUs; 0 where it is not reported).
+fn steal_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .and_then(|fields| fields.split_whitespace().nth(7))
+        .and_then(|steal| steal.parse().ok())
+        .unwrap_or(0);
+    // In USER_HZ ticks (100 a second on Linux for every architecture blockprobe runs on).
+    ticks * 10_000_000
+}
 /// How much less than the requested blocking time a stall's `causes[cause]` may be (see
 /// the crate docs): one GIL switch interval.
 pub const CAUSE_SLACK: Duration = Duration::from_millis(5);
@@ -587,6 +604,8 @@ struct CtxInner {
     /// outlive it: pid and a piece of its command line, checked before killing.
     strays: Mutex<Vec<(u32, String)>>,
     started: Instant,
+    /// The host's steal time when the test began ([`steal_ns`]).
+    steal_at_start: u64,
 }
 
 /// The processes of one test. Dropping it kills them all. Its methods are [`CtxRef`]'s.
@@ -624,6 +643,7 @@ impl Ctx {
             procs: Mutex::default(),
             strays: Mutex::default(),
             started: Instant::now(),
+            steal_at_start: steal_ns(),
         })))
     }
 }
@@ -672,6 +692,19 @@ impl CtxRef {
         Proc {
             inner,
             ctx: self.clone(),
+        }
+    }
+
+    /// How much longer a stall may be for the CPU time the hypervisor took while the test
+    /// ran (see the crate docs): the steal time since it began, plus a tick per CPU for
+    /// the rounding of the counters; 0 when there was none.
+    pub fn stolen_ns(&self) -> u64 {
+        match steal_ns().saturating_sub(self.0.steal_at_start) {
+            0 => 0,
+            stolen => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+                stolen + cpus * 10_000_000
+            }
         }
     }
 
@@ -1091,7 +1124,7 @@ impl CtxRef {
     pub fn check_stall(&self, stall: &Stall, expect: &ExpectStall<'_>) {
         let measured = expect.measured_ns;
         let low = measured.saturating_sub(nanos(BELOW));
-        let high = measured + nanos(ABOVE) + stall.runqueue_ns();
+        let high = measured + nanos(ABOVE) + stall.runqueue_ns() + self.stolen_ns();
         self.ensure((low..=high).contains(&stall.duration_ns), || {
             format!(
                 "stall lasted {} ns; the script measured {measured} ns for `{}`, so it \

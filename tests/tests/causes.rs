@@ -99,7 +99,7 @@ fn check(ran: &Ran, stall: &Stall, expect: &Expect<'_>) -> u64 {
     let ctx = &ran.ctx;
     let measured = ran.measured(expect.measured);
     let low = measured.saturating_sub(nanos(BELOW));
-    let high = measured + nanos(ABOVE).max(measured / 20) + stall.runqueue_ns();
+    let high = measured + nanos(ABOVE).max(measured / 20) + stall.runqueue_ns() + ctx.stolen_ns();
     ctx.ensure((low..=high).contains(&stall.duration_ns), || {
         format!(
             "stall lasted {} ns; the script measured {measured} ns for `{}`, so it must be \

@@ -669,7 +669,8 @@ fn corrupted_frames_and_code_are_survived() {
     //    did not block; the function that did cannot be named); the walk goes on.
     let nameless = &stalls[0];
     let measured = expect("nameless").measured_ns;
-    let (low, high) = (measured - nanos(BELOW), measured + nanos(ABOVE));
+    let high = measured + nanos(ABOVE) + ctx.stolen_ns();
+    let (low, high) = (measured - nanos(BELOW), high);
     let unreadable_code = marker("<unreadable>", "<unknown>");
     let caller = Frame::new(
         "scenario",

@@ -279,7 +279,8 @@ fn check_handler_function(ctx: &CtxRef, report: &Value, script: &Path, measured:
             ))
         });
     let total = entry["total_ns"].as_u64().unwrap_or(0);
-    let (low, high) = (measured - nanos(BELOW), measured + nanos(ABOVE));
+    let high = measured + nanos(ABOVE) + ctx.stolen_ns();
+    let (low, high) = (measured - nanos(BELOW), high);
     ctx.ensure(
         entry["count"] == 1 && (low..=high).contains(&total) && entry["max_ns"] == total,
         || {

@@ -94,7 +94,8 @@ fn is_stall_line(line: &str) -> bool {
 
 /// Checks one live line: a `time.sleep(0.2)` in `culprit`, its duration within the
 /// harness's bounds (see the crate docs): at least the sleep less [`BELOW`], at most
-/// [`ABOVE`] and its run-queue share (one point more for the rounding of the share) more.
+/// [`ABOVE`], its run-queue share (one point more for the rounding of the share) and the
+/// host's steal time more.
 #[track_caller]
 fn check_sleep_line(ctx: &CtxRef, line: &str, culprit: &str) {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -131,7 +132,8 @@ fn check_sleep_line(ctx: &CtxRef, line: &str, culprit: &str) {
         .map_or(0.0, |c| c.1);
     let ms = |d| nanos(d) as f64 / 1e6;
     let low = EXAMPLE_SLEEP_MS - ms(BELOW);
-    let high = EXAMPLE_SLEEP_MS + ms(ABOVE) + duration_ms * (runqueue + 1.0) / 100.0;
+    let stolen = ctx.stolen_ns() as f64 / 1e6;
+    let high = EXAMPLE_SLEEP_MS + ms(ABOVE) + duration_ms * (runqueue + 1.0) / 100.0 + stolen;
     if !(low..=high).contains(&duration_ms) {
         bad(&format!(
             "{duration_ms} ms is not within [{low}, {high:.1}] ms"
