@@ -102,6 +102,25 @@ fn prometheus_bin() -> &'static str {
     bin
 }
 
+/// `blockprobe serve` (JSON lines, the tests' threshold) on a loopback port of its
+/// choosing, and the address it serves on.
+fn spawn_serve(ctx: &CtxRef) -> (Proc, SocketAddr) {
+    let bp = ctx.spawn(
+        "blockprobe serve",
+        Command::new(blockprobe_bin()).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--format",
+            "jsonl",
+            "--threshold",
+            THRESHOLD,
+        ]),
+    );
+    let addr = serve_address(ctx, &bp);
+    (bp, addr)
+}
+
 /// The address `blockprobe serve` says it serves on.
 #[track_caller]
 fn serve_address(ctx: &CtxRef, bp: &Proc) -> SocketAddr {
@@ -122,20 +141,7 @@ fn prometheus_scrapes_the_stall_histogram() {
     let ctx = blockprobe_tests::Ctx::new();
     let dir = tempfile::tempdir().expect("temp dir");
 
-    // blockprobe serve on a loopback port of its choosing.
-    let bp = ctx.spawn(
-        "blockprobe serve",
-        Command::new(blockprobe_bin()).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-        ]),
-    );
-    let metrics_addr = serve_address(&ctx, &bp);
+    let (bp, metrics_addr) = spawn_serve(&ctx);
     ctx.ensure(metrics_addr.ip().is_loopback(), || {
         format!("serves on {metrics_addr}, not loopback")
     });
@@ -323,19 +329,7 @@ fn a_hang_shows_in_the_stuck_gauge() {
     require_root();
     let python = Python::pyenv("3.11.7");
     let ctx = blockprobe_tests::Ctx::new();
-    let bp = ctx.spawn(
-        "blockprobe serve",
-        Command::new(blockprobe_bin()).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--format",
-            "jsonl",
-            "--threshold",
-            THRESHOLD,
-        ]),
-    );
-    let metrics_addr = serve_address(&ctx, &bp);
+    let (bp, metrics_addr) = spawn_serve(&ctx);
     let py = ctx.spawn(
         "stuck_loop.py",
         &mut python.command(&script("stuck_loop.py")),
