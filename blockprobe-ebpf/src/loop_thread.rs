@@ -42,14 +42,16 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let (tgid, tid) = current_ids();
     let Some(config) = config() else { return };
     let now = now_ns();
-    let fd = syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
-    // A known loop thread (every iteration of a busy loop): one array load and the one
-    // hash lookup its timing needs.
+    // The polled epoll fd, read only for the threads of traced processes.
+    let poll_fd = || syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
+    // A known loop thread (every iteration of a busy loop): one array load, the one
+    // hash lookup its timing needs and the read of its fd.
     if is_loop_thread(tid)
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(tid)
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
+        let fd = poll_fd();
         if fd == timing.loop_fd {
             end_off_await(timing, now, config.threshold_ns);
         } else if adopts(tid, fd) {
@@ -71,6 +73,7 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
         return;
     }
     let Some(thread) = THREAD_CLASS.get_ptr_mut(tid) else {
+        let fd = poll_fd();
         let pending = ThreadClass {
             class: class::PENDING,
             poll_fd: fd,
@@ -93,6 +96,7 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let thread = unsafe { &mut *thread };
     match thread.class {
         class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
+            let fd = poll_fd();
             if send_poll_stack(tgid, now, fd, false) {
                 thread.class = class::PENDING;
                 thread.poll_fd = fd;
@@ -155,8 +159,8 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) -> bool {
     true
 }
 
-/// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop starts an off-await
-/// interval; a thread found not to be a loop loses its flag.
+/// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop
+/// starts an off-await interval; a thread found not to be a loop loses its flag.
 #[inline(always)]
 pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
     let now = now_ns();
