@@ -279,6 +279,7 @@ impl Session {
     }
 
     /// The stall of `window`, from the evidence gathered inside it.
+    ///
     /// Frames of its stack that could not be read are counted: evidence that never makes
     /// a stall (a sample of a process that exits at once) is not.
     fn close_stall(&mut self, window: StallWindow) -> Stall {
@@ -432,18 +433,14 @@ impl Session {
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
-            && let Some(traced) = self.processes.get_mut(&pid)
         {
-            if traced.python.refresh_asyncio() {
-                // This stack was walked without the running task: hand the walk the
-                // task offsets, and look at the thread again at its next poll.
-                let recipe = traced.python.walk_config();
-                self.probes.trace_process(pid, recipe)?;
+            if self.refresh_asyncio(pid)? {
+                // This stack was walked without the running task: look at the thread
+                // again at its next poll, walked with it.
                 return self.probes.reexamine_thread(tid);
             }
-            is_loop = traced
-                .python
-                .running_loop_is_selector_loop(stack.tstate)
+            is_loop = (self.processes.get(&pid))
+                .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
                 .is_some_and(|selector_loop| {
                     classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
                 });
@@ -460,6 +457,20 @@ impl Session {
         Ok(())
     }
 
+    /// Looks for `pid`'s asyncio task offsets (3.14+) if not known yet, and hands them to
+    /// the stack walk when found; whether they were just found.
+    fn refresh_asyncio(&mut self, pid: u32) -> anyhow::Result<bool> {
+        let Some(traced) = self.processes.get_mut(&pid) else {
+            return Ok(false);
+        };
+        if !traced.python.refresh_asyncio() {
+            return Ok(false);
+        }
+        let recipe = traced.python.walk_config();
+        self.probes.trace_process(pid, recipe)?;
+        Ok(true)
+    }
+
     /// Thread `tid` of `pid` (thread state `tstate`) runs an event loop: said every time
     /// one is found (a thread may close its loop and run another); the first time, its
     /// sampler is attached.
@@ -469,13 +480,8 @@ impl Session {
         }
         if !self.aggregator.is_loop_thread(pid, tid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
-            // now be found and handed to the stack walk.
-            if let Some(traced) = self.processes.get_mut(&pid)
-                && traced.python.refresh_asyncio()
-            {
-                let recipe = traced.python.walk_config();
-                self.probes.trace_process(pid, recipe)?;
-            }
+            // now be found.
+            self.refresh_asyncio(pid)?;
             // Without samples, only this thread's CPU-bound stalls lose their culprit:
             // say so, keep tracing.
             if let Err(e) = self.probes.sample_loop_thread(pid, tid) {

@@ -40,7 +40,6 @@ impl Session {
     /// iteration simply never came back to its poller.
     fn stuck_loops(&self, now: u64, min_ns: u64) -> Vec<StuckLoop> {
         (self.loop_tstates.iter())
-            .filter(|(tid, (pid, _))| self.processes.contains_key(pid) && alive(*pid, **tid))
             .filter_map(|(&tid, &(pid, tstate))| {
                 let timing = self.probes.loop_timing(tid)?;
                 let start = timing.poll_exit_ns;
@@ -51,6 +50,8 @@ impl Session {
                     timing,
                 })
             })
+            // Only the few stuck ones cost a read of /proc.
+            .filter(|s| self.processes.contains_key(&s.pid) && alive(s.pid, s.tid))
             .collect()
     }
 
