@@ -93,7 +93,7 @@ impl FdKind {
     /// The kind of an inode from its file type bits (`S_IFMT` of `st_mode`); `None` for
     /// 0 (unknown) and anything else.
     pub fn from_mode(mode: u32) -> Option<FdKind> {
-        Some(match mode & 0o170_000 {
+        Some(match mode & blockprobe_common::syscalls::S_IFMT {
             0o100_000 => FdKind::File,
             0o140_000 => FdKind::Socket,
             0o010_000 => FdKind::Pipe,

@@ -240,17 +240,21 @@ impl Metrics {
         if self.histograms.contains_key(&key) {
             return key;
         }
-        let smallest = self.smallest_series_ns(&key.service);
-        let ceiling = self.config.function_ceiling();
-        let first = self.config.max_functions;
         let fs = self
             .functions_per_service
             .entry(key.service.clone())
             .or_default();
-        if fs.series < first {
+        if fs.series < self.config.max_functions {
             fs.series += 1;
             return key;
         }
+        // Past the first slots: a pooled function may outweigh the smallest series.
+        let smallest = self.smallest_series_ns(&key.service);
+        let ceiling = self.config.function_ceiling();
+        let fs = self
+            .functions_per_service
+            .entry(key.service.clone())
+            .or_default();
         let name = (key.function.clone(), key.file.clone());
         let pooled = fs
             .pooled
