@@ -164,8 +164,8 @@ pub struct CpuSampleEvent {
 }
 assert_size!(CpuSampleEvent, 24 + core::mem::size_of::<RawStack>());
 
-/// A loop thread's long wait for the GIL, with the stack of the thread that held it when
-/// the wait began.
+/// A loop thread's long wait for the GIL: the stack of the thread that held it when the
+/// wait began, and the loop thread's own stack, where it waited.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GilWaitEvent {
@@ -179,6 +179,8 @@ pub struct GilWaitEvent {
     /// Padding, zero.
     pub _pad: u32,
     /// The holder's Python stack when the wait began.
-    pub stack: RawStack,
+    pub holder_stack: RawStack,
+    /// The waiting loop thread's own Python stack (unchanged while it waits).
+    pub own_stack: RawStack,
 }
-assert_size!(GilWaitEvent, 40 + core::mem::size_of::<RawStack>());
+assert_size!(GilWaitEvent, 40 + 2 * core::mem::size_of::<RawStack>());

@@ -14,7 +14,7 @@ use blockprobe_common::{
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
-    syscalls::{S_IFMT, cause_of, fd_count_arg, is_futex, takes_fd},
+    syscalls::{S_IFMT, cause_of, fd_count_arg, futex_op_waits, is_futex, nr, takes_fd},
     thread::{LoopTiming, NO_FD, ThreadClass, class},
     walk::{UserMemory, walk_thread},
 };
@@ -244,7 +244,7 @@ pub fn on_block_enter(nr: u32, regs: *const u8) {
     }
     if is_futex(nr as u64)
         && let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) })
-        && waits_for_gil(config, process, regs)
+        && waits_for_gil(nr, config, process, regs)
     {
         timing.syscall_cause = cause::GIL as u32;
         remember_gil_holder(process, tid, now);
@@ -263,14 +263,19 @@ fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u
     unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) }.ok()
 }
 
-/// Whether the futex of the current syscall lies inside the process's GIL state.
+/// Whether the current futex syscall `nr` waits on a futex inside the process's GIL
+/// state (a wake on it does not wait).
 #[inline(always)]
-fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
+fn waits_for_gil(nr: u32, config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
     if process.gil_addr == 0 {
         return false;
     }
-    matches!(syscall_arg(config, regs, 0),
-        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE)
+    let on_gil = matches!(syscall_arg(config, regs, 0),
+        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE);
+    // futex_wait(2) only waits; futex(2) says what it does in its operation.
+    on_gil
+        && (nr != nr::FUTEX
+            || syscall_arg(config, regs, 1).is_some_and(|op| futex_op_waits(op as u32)))
 }
 
 /// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
@@ -293,8 +298,8 @@ fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
         0
     };
     wait._pad = 0;
-    walk_thread(&CurrentUser, process, holder, &mut wait.stack);
-    // By reference: the 2 KiB value does not fit the 512-byte BPF stack.
+    walk_thread(&CurrentUser, process, holder, &mut wait.holder_stack);
+    // By reference: the 4 KiB value does not fit the 512-byte BPF stack.
     let wait: &GilWaitEvent = wait;
     if GIL_WAITS.insert(tid, wait, 0).is_err() {
         count(Counter::LostGilWait);
@@ -326,8 +331,10 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
         // The interpreter waits for the GIL in slices of its switch interval (5 ms),
         // each shorter than `min_block_ns` at high thresholds: what counts is how long
         // the loop has been away.
-        if now.saturating_sub(timing.poll_exit_ns) >= config.min_block_ns {
-            send_gil_wait(tid, now);
+        if now.saturating_sub(timing.poll_exit_ns) >= config.min_block_ns
+            && let Some(process) = unsafe { PROCESSES.get(tgid) }
+        {
+            send_gil_wait(config, process, tid, now);
         }
         let _ = GIL_WAITS.remove(tid);
         return;
@@ -388,9 +395,10 @@ fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
     }
 }
 
-/// Sends the GIL wait of thread `tid` that just ended.
+/// Sends the GIL wait of the current thread `tid` that just ended, with its own stack:
+/// the frames where it waited, which cannot change while it waits.
 #[inline(always)]
-fn send_gil_wait(tid: u32, now: u64) {
+fn send_gil_wait(config: &GlobalConfig, process: &PyProcess, tid: u32, now: u64) {
     let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {
         count(Counter::LostGilWait);
         return;
@@ -398,6 +406,7 @@ fn send_gil_wait(tid: u32, now: u64) {
     // SAFETY: the pointer comes from a successful lookup in a map we own.
     let wait = unsafe { &mut *wait };
     wait.header = header(EventKind::GilWait, now);
+    walk::capture(config, process, &mut wait.own_stack);
     if EVENTS.output::<GilWaitEvent>(&*wait, 0).is_err() {
         count(Counter::LostGilWait);
     }

@@ -98,7 +98,9 @@ pub enum Event {
         /// The holder's native tid (0: unknown).
         holder_tid: u32,
         /// The holder's stack when the wait began.
-        stack: Box<RawStack>,
+        holder_stack: Box<RawStack>,
+        /// The waiting thread's own stack.
+        own_stack: Box<RawStack>,
     },
 }
 
@@ -195,7 +197,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
                 holder_tid: e.holder_tid,
-                stack: sane(e.stack),
+                holder_stack: sane(e.holder_stack),
+                own_stack: sane(e.own_stack),
             }
         }
     })

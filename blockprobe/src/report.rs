@@ -626,8 +626,11 @@ pub(crate) mod tests {
         let e = load_err(&write(d, "trunc.json", &good[..good.len() / 2]));
         assert!(e.contains("truncated"), "{e}");
 
+        // A structural byte (not one inside a string) a third of the way in.
         let mut corrupt = good.clone();
-        corrupt[good.len() / 3] = b'#';
+        let third = good.len() / 3;
+        let colon = third + good[third..].iter().position(|&b| b == b':').unwrap();
+        corrupt[colon] = b'#';
         let e = load_err(&write(d, "corrupt.json", &corrupt));
         assert!(e.contains("corrupt"), "{e}");
 

@@ -438,12 +438,21 @@ pub struct Stall {
     pub causes: BTreeMap<String, u64>,
     pub stack: Vec<Frame>,
     pub culprit: Option<Frame>,
+    /// What `stack` and `culprit` come from (`evidence`, `last_seen`).
+    #[serde(default)]
+    pub culprit_from: Option<String>,
     /// The thread that held the GIL (`gil` stalls).
     #[serde(default)]
     pub gil_holder_tid: Option<u32>,
-    /// Timer samples behind the culprit (`cpu`/`runqueue` stalls).
+    /// The GIL holder's stack (`gil` stalls).
+    #[serde(default)]
+    pub gil_holder_stack: Vec<Frame>,
+    /// Timer samples of the stall (`cpu`/`runqueue` stalls).
     #[serde(default)]
     pub cpu_samples: u32,
+    /// Those of them with `stack`'s functions.
+    #[serde(default)]
+    pub stack_samples: u32,
     /// The asyncio task the loop was running (3.14+).
     #[serde(default)]
     pub task: Option<String>,
