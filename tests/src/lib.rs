@@ -75,6 +75,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod pyspy;
+
 /// The longest any single wait may take.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// The stall threshold every test passes to blockprobe.
