@@ -14,13 +14,12 @@ pub struct SpyThread {
     pub functions: Vec<String>,
 }
 
-/// Where `cargo xtask setup` installs py-spy (PyPI `py-spy`): `$BLOCKPROBE_PYSPY`, else
-/// `target/pyspy/bin/py-spy`.
+/// Where `cargo xtask setup` installs py-spy (PyPI `py-spy`): `pyspy/bin/py-spy` beside
+/// the scripts' dependencies ([`crate::pydeps`], in `target/`).
 pub fn pyspy_bin() -> PathBuf {
-    let path = match std::env::var_os("BLOCKPROBE_PYSPY") {
-        Some(path) => PathBuf::from(path),
-        None => crate::workspace_root().join("target/pyspy/bin/py-spy"),
-    };
+    let path = (crate::pydeps().parent())
+        .expect("pydeps has a parent")
+        .join("pyspy/bin/py-spy");
     assert!(
         path.is_file(),
         "py-spy not found at {}: run `cargo xtask setup`",
@@ -62,7 +61,8 @@ pub fn parse(text: &str) -> Vec<SpyThread> {
                 functions: Vec::new(),
             });
         } else if let (Some(frame), Some(thread)) = (line.strip_prefix("    "), threads.last_mut())
-            && let Some((function, _)) = frame.trim_start().rsplit_once(" (")
+            // A function name has no " (" in it; a file name may.
+            && let Some((function, _)) = frame.trim_start().split_once(" (")
         {
             thread.functions.push(function.to_owned());
         }
