@@ -133,10 +133,18 @@ pub struct BlockedCallEvent {
     pub fd: i32,
     /// The file type bits (`S_IFMT`) of that descriptor's inode; 0: unknown.
     pub fd_mode: u32,
+    /// 0 for one long call; else the event stands for this many short calls of the same
+    /// cause (each below the evidence minimum) in the same off-await interval, this one
+    /// the last: their time reached the minimum together.
+    pub short_calls: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// With `short_calls`: their total time (else 0).
+    pub short_ns: u64,
     /// The Python stack making the call (unchanged between entry and return).
     pub stack: RawStack,
 }
-assert_size!(BlockedCallEvent, 56 + core::mem::size_of::<RawStack>());
+assert_size!(BlockedCallEvent, 72 + core::mem::size_of::<RawStack>());
 
 /// A loop iteration whose off-await time reached the threshold.
 #[repr(C)]

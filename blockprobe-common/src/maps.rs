@@ -23,6 +23,9 @@ pub const LOOP_TIMING: &str = "LOOP_TIMING";
 pub const GIL_WAITS: &str = "GIL_WAITS";
 /// `PerCpuArray<GilWaitEvent>` with one entry: scratch space to build a GIL wait.
 pub const GIL_SCRATCH: &str = "GIL_SCRATCH";
+/// `LruHashMap<u32 tid, ShortCalls>`: a loop thread's short blocking calls not reported
+/// yet (an evicted entry loses only a partial sum).
+pub const SHORT_CALLS: &str = "SHORT_CALLS";
 /// `RingBuf`: every event sent to userspace.
 pub const EVENTS: &str = "EVENTS";
 /// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
@@ -41,5 +44,7 @@ pub const DEFAULT_LOOP_THREAD_WORDS: u32 = 32768 / 8;
 pub const MAX_THREADS: u32 = 65536;
 /// Capacity of [`GIL_WAITS`]: loop threads waiting for the GIL at the same time.
 pub const MAX_GIL_WAITS: u32 = 1024;
+/// Capacity of [`SHORT_CALLS`]: loop threads with short calls not reported yet.
+pub const MAX_SHORT_CALLS: u32 = 4096;
 /// Default size of [`EVENTS`] in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;

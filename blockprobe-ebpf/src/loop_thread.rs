@@ -15,15 +15,15 @@ use blockprobe_common::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
     syscalls::{S_IFMT, cause_of, fd_count_arg, futex_op_waits, is_futex, nr, takes_fd},
-    thread::{LoopTiming, NO_FD, ThreadClass, class},
+    thread::{LoopTiming, NO_FD, ShortCalls, ThreadClass, class},
     walk::{UserMemory, walk_thread},
 };
 
 use crate::{
     emit::{current_ids, header, now_ns, reserve},
     maps::{
-        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
-        is_loop_thread, mark_loop_thread,
+        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, SHORT_CALLS, THREAD_CLASS, config,
+        count, is_loop_thread, mark_loop_thread,
     },
     process::announce_if_in_scope,
     sched::close_period,
@@ -342,9 +342,16 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
     let Some(process) = (unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
-    if !long {
-        return;
-    }
+    let (short_calls, short_ns) = if long {
+        (0, 0)
+    } else {
+        let cause = timing.syscall_cause as usize;
+        let took = now.saturating_sub(start);
+        match add_short_call(tid, timing.poll_exit_ns, cause, took, config.min_block_ns) {
+            Some(sums) => sums,
+            None => return,
+        }
+    };
     let Some(mut entry) = reserve::<BlockedCallEvent>(Counter::LostBlockedCall) else {
         return;
     };
@@ -357,6 +364,9 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
     event.ret = ret;
     event.fd = -1;
     event.fd_mode = 0;
+    event.short_calls = short_calls;
+    event._pad = 0;
+    event.short_ns = short_ns;
     if takes_fd(timing.syscall_nr)
         && let Some(fd) = syscall_arg(config, regs, 0)
     {
@@ -365,6 +375,51 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
     }
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
+}
+
+/// Adds a short call (`took` ns, of cause index `cause`) of loop thread `tid` in its
+/// off-await interval `interval_ns` to the thread's sums. When the cause's sum reaches
+/// `min_ns`, returns it (calls, ns) to be reported with this call's stack, and starts
+/// it afresh.
+#[inline(always)]
+fn add_short_call(
+    tid: u32,
+    interval_ns: u64,
+    cause: usize,
+    took: u64,
+    min_ns: u64,
+) -> Option<(u32, u64)> {
+    if cause >= cause::COUNT {
+        return None;
+    }
+    let sums = match SHORT_CALLS.get_ptr_mut(&tid) {
+        Some(sums) => sums,
+        None => {
+            let fresh = ShortCalls {
+                interval_ns,
+                ..ShortCalls::default()
+            };
+            let _ = SHORT_CALLS.insert(&tid, &fresh, 0);
+            SHORT_CALLS.get_ptr_mut(&tid)?
+        }
+    };
+    // SAFETY: the pointer comes from a successful lookup in a map we own.
+    let sums = unsafe { &mut *sums };
+    if sums.interval_ns != interval_ns {
+        *sums = ShortCalls {
+            interval_ns,
+            ..ShortCalls::default()
+        };
+    }
+    sums.blocked_ns[cause] += took;
+    sums.calls[cause] += 1;
+    if sums.blocked_ns[cause] < min_ns {
+        return None;
+    }
+    let reported = (sums.calls[cause], sums.blocked_ns[cause]);
+    sums.blocked_ns[cause] = 0;
+    sums.calls[cause] = 0;
+    Some(reported)
 }
 
 /// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.

@@ -10,9 +10,9 @@ use blockprobe_common::{
     event::GilWaitEvent,
     maps::{
         DEFAULT_LOOP_THREAD_WORDS, DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_GIL_WAITS,
-        MAX_PROCESSES, MAX_THREADS,
+        MAX_PROCESSES, MAX_SHORT_CALLS, MAX_THREADS,
     },
-    thread::{LoopTiming, ThreadClass},
+    thread::{LoopTiming, ShortCalls, ThreadClass},
 };
 
 /// See `blockprobe_common::maps::CONFIG`.
@@ -50,6 +50,11 @@ pub static GIL_WAITS: HashMap<u32, GilWaitEvent> = HashMap::with_max_entries(MAX
 /// See `blockprobe_common::maps::GIL_SCRATCH`.
 #[map]
 pub static GIL_SCRATCH: PerCpuArray<GilWaitEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `blockprobe_common::maps::SHORT_CALLS`.
+#[map]
+pub static SHORT_CALLS: LruHashMap<u32, ShortCalls> =
+    LruHashMap::with_max_entries(MAX_SHORT_CALLS, 0);
 
 /// See `blockprobe_common::maps::EVENTS`; userspace may resize it before loading.
 #[map]

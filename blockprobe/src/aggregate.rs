@@ -446,6 +446,7 @@ pub(crate) mod tests {
             fd_kind: None,
             causes,
             stack: culprit.iter().cloned().collect(),
+            short_calls: None,
             culprit_from: culprit.is_some().then_some(CulpritFrom::Evidence),
             culprit,
             gil_holder_tid: None,

@@ -11,7 +11,7 @@ use foldhash::HashMap;
 use blockprobe_common::cause;
 
 use crate::{
-    model::{Cause, CulpritFrom, FdKind, Frame, Stall},
+    model::{Cause, CulpritFrom, FdKind, Frame, ShortCalls, Stall},
     python::origin::{Origin, classify},
     syscalls,
 };
@@ -36,6 +36,9 @@ pub struct BlockedCall {
     pub stack: Vec<Frame>,
     /// The asyncio task that made it, when known.
     pub task: Option<String>,
+    /// When it stands for many short calls of its cause (it is the last of them): how
+    /// many, and their total time.
+    pub short: Option<ShortCalls>,
 }
 
 /// A loop thread's long wait for the GIL: its own stack and the holder's.
@@ -182,6 +185,7 @@ impl Attributor {
             causes,
             stack: Vec::new(),
             culprit: None,
+            short_calls: None,
             culprit_from: None,
             gil_holder_tid: None,
             gil_holder_stack: Vec::new(),
@@ -236,11 +240,32 @@ fn blame_samples(stall: &mut Stall, samples: &[CpuSample]) -> bool {
     true
 }
 
-/// Blames a stall on its longest blocking call of the main cause. Whether there was one.
+/// Blames a stall on the stack with the most time in blocking calls of the main cause:
+/// a long call counts its duration, a report of short calls their total. The stack's
+/// latest call gives the syscall. Whether there was any call of the cause.
 fn blame_call(stall: &mut Stall, calls: &[BlockedCall]) -> bool {
     let cause = stall.cause;
-    let longest = (calls.iter().filter(|c| c.cause == cause)).max_by_key(|c| c.end_ns - c.start_ns);
-    let Some(call) = longest else {
+    let mut short = ShortCalls {
+        calls: 0,
+        total_ns: 0,
+    };
+    // Sequence -> (time, latest call).
+    let mut by_stack: HashMap<Vec<(&str, &str)>, (u64, &BlockedCall)> = HashMap::default();
+    for call in calls.iter().filter(|c| c.cause == cause) {
+        let took = match call.short {
+            Some(s) => {
+                short.calls += s.calls;
+                short.total_ns += s.total_ns;
+                s.total_ns
+            }
+            None => call.end_ns - call.start_ns,
+        };
+        let entry = by_stack.entry(sequence(&call.stack)).or_insert((0, call));
+        *entry = (entry.0 + took, call);
+    }
+    let Some((_, (_, call))) =
+        (by_stack.into_iter()).max_by_key(|&(_, (ns, call))| (ns, call.end_ns))
+    else {
         return false;
     };
     stall.syscall = syscalls::name(call.nr).map(str::to_owned);
@@ -248,6 +273,7 @@ fn blame_call(stall: &mut Stall, calls: &[BlockedCall]) -> bool {
     stall.stack.clone_from(&call.stack);
     stall.task.clone_from(&call.task);
     stall.culprit = culprit(&stall.stack);
+    stall.short_calls = (short.calls > 0).then_some(short);
     true
 }
 
@@ -294,6 +320,14 @@ fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
         .map_or(Cause::Other, |(cause, _)| *cause)
 }
 
+/// A stack's sequence of functions (name and file), innermost first: what makes two
+/// stacks the same one, whatever lines they were at.
+fn sequence(stack: &[Frame]) -> Vec<(&str, &str)> {
+    (stack.iter())
+        .map(|f| (f.function.as_str(), f.file.as_str()))
+        .collect()
+}
+
 /// The commonest stack among a stall's samples.
 struct Commonest<'a> {
     /// How many samples had its sequence of functions.
@@ -308,23 +342,17 @@ struct Commonest<'a> {
 /// commonest line: where the time went, not wherever the last sample landed (e.g. the
 /// statement after a long C call).
 fn commonest_stack(samples: &[CpuSample]) -> Option<Commonest<'_>> {
-    /// A stack's functions, innermost first.
-    fn functions(stack: &[Frame]) -> Vec<(&str, &str)> {
-        (stack.iter())
-            .map(|f| (f.function.as_str(), f.file.as_str()))
-            .collect()
-    }
     // Sequence -> (samples, latest index).
     let mut by_stack: HashMap<Vec<(&str, &str)>, (u32, usize)> = HashMap::default();
     for (i, sample) in samples.iter().enumerate() {
-        let entry = by_stack.entry(functions(&sample.stack)).or_insert((0, i));
+        let entry = by_stack.entry(sequence(&sample.stack)).or_insert((0, i));
         entry.0 += 1;
         entry.1 = i;
     }
-    let (sequence, (count, _)) =
+    let (commonest, (count, _)) =
         (by_stack.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
     let same: Vec<&CpuSample> = (samples.iter())
-        .filter(|s| functions(&s.stack) == sequence)
+        .filter(|s| sequence(&s.stack) == commonest)
         .collect();
     // The culprit frame's index is the same in every sample of one sequence.
     let at = (same[0].stack.iter())
@@ -394,6 +422,7 @@ mod tests {
                 frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),
             ],
             task: Some("Task-7".into()),
+            short: None,
         }
     }
 
@@ -538,6 +567,49 @@ mod tests {
         let functions: Vec<&str> = stall.stack.iter().map(|f| f.function.as_str()).collect();
         assert_eq!(functions, ["iterencode", "handler"]);
         assert_eq!(stall.culprit.unwrap().function, "iterencode");
+    }
+
+    #[test]
+    fn many_short_calls_are_evidence_of_their_cause() {
+        let mut a = Attributor::default();
+        // Reports of 0.5 ms sleeps, two by two: three from `n_plus_one`, one elsewhere.
+        let short = |end_ns: u64, function: &str| BlockedCall {
+            stack: vec![frame(function, "/app/svc.py")],
+            short: Some(ShortCalls {
+                calls: 2,
+                total_ns: 1_000,
+            }),
+            ..sleep_call(end_ns - 500, end_ns)
+        };
+        for (end, function) in [
+            (2_000, "n_plus_one"),
+            (4_000, "warm_up"),
+            (6_000, "n_plus_one"),
+        ] {
+            a.blocked_call(1, 2, short(end, function));
+        }
+        a.blocked_call(1, 2, short(8_000, "n_plus_one"));
+        let stall = a.close(window(0, 9_000, &[(cause::SLEEP, 8_000)]), |t| t);
+        assert_eq!(stall.culprit_from, Some(CulpritFrom::Evidence));
+        assert_eq!(stall.culprit.unwrap().function, "n_plus_one");
+        assert_eq!(stall.syscall.as_deref(), Some("clock_nanosleep"));
+        let total = ShortCalls {
+            calls: 8,
+            total_ns: 4_000,
+        };
+        assert_eq!(stall.short_calls, Some(total));
+        // A long call weighs its duration: 3 µs outweigh 2 µs of short calls.
+        for end in [12_000, 14_000] {
+            a.blocked_call(1, 2, short(end, "n_plus_one"));
+        }
+        a.blocked_call(1, 2, sleep_call(15_000, 18_000));
+        let stall = a.close(window(10_000, 19_000, &[(cause::SLEEP, 8_000)]), |t| t);
+        assert_eq!(stall.culprit.unwrap().function, "inner");
+        let total = ShortCalls {
+            calls: 4,
+            total_ns: 2_000,
+        };
+        assert_eq!(stall.short_calls, Some(total));
     }
 
     #[test]

@@ -121,8 +121,9 @@ impl FdKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CulpritFrom {
-    /// Evidence of the main cause: its longest blocking call, the commonest stack of the
-    /// CPU samples, or the GIL holder's stack.
+    /// Evidence of the main cause: the stack with the most time in its blocking calls
+    /// (long ones, and short ones added up), the commonest stack of the CPU samples, or
+    /// the GIL holder's stack.
     Evidence,
     /// No evidence of the main cause: the latest stack seen of the loop in the stall
     /// (a blocking call or a sample of a lesser cause), where the loop was last known
@@ -138,6 +139,16 @@ impl CulpritFrom {
             CulpritFrom::LastSeen => "last_seen",
         }
     }
+}
+
+/// Blocking calls of one cause, each too short to be evidence alone (below a tenth of
+/// the threshold), that add up to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortCalls {
+    /// How many calls.
+    pub calls: u32,
+    /// Their total time.
+    pub total_ns: u64,
 }
 
 /// One stall: a loop iteration whose off-await time reached the threshold.
@@ -171,6 +182,12 @@ pub struct Stall {
     /// Who is to blame: the innermost first-party frame (not stdlib, not site-packages)
     /// of `stack`, or of `gil_holder_stack` for GIL stalls, if any.
     pub culprit: Option<Frame>,
+    /// When the main cause's evidence includes many short calls (each below a tenth of
+    /// the threshold, summed in the kernel): how many were reported and their total
+    /// time. The stack blamed is the one with the most time in the cause's calls, long
+    /// and short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_calls: Option<ShortCalls>,
     /// What `stack` and `culprit` come from; absent when there was nothing to go on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub culprit_from: Option<CulpritFrom>,

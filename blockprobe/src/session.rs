@@ -19,7 +19,7 @@ use crate::{
     clock::Clock,
     events::{self, Event},
     losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
-    model::{Cause, FdKind, Frame, Stall, UNREADABLE},
+    model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
@@ -350,6 +350,8 @@ impl Session {
                 start_ns,
                 end_ns,
                 fd_mode,
+                short_calls,
+                short_ns,
                 stack,
             } => {
                 let task = self.task_name(pid, &stack);
@@ -362,6 +364,10 @@ impl Session {
                     end_ns,
                     fd_kind: FdKind::from_mode(fd_mode),
                     stack,
+                    short: (short_calls != 0).then_some(ShortCalls {
+                        calls: short_calls,
+                        total_ns: short_ns,
+                    }),
                 };
                 self.attributor.blocked_call(pid, tid, call);
             }

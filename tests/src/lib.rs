@@ -440,6 +440,9 @@ pub struct Stall {
     pub causes: BTreeMap<String, u64>,
     pub stack: Vec<Frame>,
     pub culprit: Option<Frame>,
+    /// Many short calls of the main cause that make its evidence.
+    #[serde(default)]
+    pub short_calls: Option<ShortCalls>,
     /// What `stack` and `culprit` come from (`evidence`, `last_seen`).
     #[serde(default)]
     pub culprit_from: Option<String>,
@@ -464,6 +467,13 @@ pub struct Stall {
     /// The loop was still stuck when tracing stopped.
     #[serde(default)]
     pub ongoing: bool,
+}
+
+/// A stall's `short_calls`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct ShortCalls {
+    pub calls: u32,
+    pub total_ns: u64,
 }
 
 impl Stall {

@@ -447,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn text_line_counts_short_calls() {
+        let mut s = sample();
+        s.short_calls = Some(crate::model::ShortCalls {
+            calls: 40,
+            total_ns: 20_100_000,
+        });
+        let line = stall_line_at(&s, "22:13:20.123");
+        assert!(
+            line.ends_with(" 40 short calls (20.1 ms) in Client.fetch_data (services/db.py:42)"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn text_line_says_when_the_culprit_is_only_where_the_loop_was_last_seen() {
         let mut s = sample();
         s.culprit_from = Some(CulpritFrom::LastSeen);

@@ -144,10 +144,17 @@ pub fn clock_with_offset(unix_ns: u64, utc_offset_secs: i64) -> String {
     format!("{h:02}:{m:02}:{:02}.{:03}", rest / 1000, rest % 1000)
 }
 
-/// What a stall's culprit is, to put before it: the GIL holder's frame, or only where
-/// the loop was last seen (no evidence of the main cause); empty for evidence.
+/// What a stall's culprit is, to put before it: the GIL holder's frame, the frame of
+/// many short calls, or only where the loop was last seen (no evidence of the main
+/// cause); empty for one call or the CPU samples.
 pub fn culprit_label(stall: &Stall) -> String {
-    if !stall.gil_holder_stack.is_empty() {
+    if let Some(short) = stall.short_calls {
+        format!(
+            "{} short calls ({} ms) in ",
+            short.calls,
+            ms(short.total_ns)
+        )
+    } else if !stall.gil_holder_stack.is_empty() {
         let tid = stall
             .gil_holder_tid
             .map_or(String::new(), |t| format!(" {t}"));
