@@ -392,15 +392,15 @@ fn add_short_call(
     if cause >= cause::COUNT {
         return None;
     }
-    let sums = match SHORT_CALLS.get_ptr_mut(&tid) {
+    let sums = match SHORT_CALLS.get_ptr_mut(tid) {
         Some(sums) => sums,
         None => {
             let fresh = ShortCalls {
                 interval_ns,
                 ..ShortCalls::default()
             };
-            let _ = SHORT_CALLS.insert(&tid, &fresh, 0);
-            SHORT_CALLS.get_ptr_mut(&tid)?
+            let _ = SHORT_CALLS.insert(tid, fresh, 0);
+            SHORT_CALLS.get_ptr_mut(tid)?
         }
     };
     // SAFETY: the pointer comes from a successful lookup in a map we own.

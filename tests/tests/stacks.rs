@@ -3,8 +3,10 @@
 //!
 //! `tests/scripts/pyspy_oracle.py` stalls its loop once per case, about 1.5 s each, and
 //! says `INSIDE <case>` right before it blocks. The test waits a moment, dumps the
-//! process with py-spy (`--nonblocking`: it does not pause the process), and once
-//! blockprobe reported the stall demands that blockprobe's stack of the loop thread
+//! process with py-spy (`--nonblocking`: it does not pause the process), tries the case
+//! again unless the dump fell inside the blocking stretch the script measured, and
+//! demands of blockprobe's stall that held the loop during the dump that its stack of
+//! the loop thread
 //! equals py-spy's, function names innermost first, both cut the same way
 //! ([`pyspy::above_the_loop`]); for a GIL stall also the holder's stack against py-spy's
 //! stack of the holder thread. Each case names the function that must be innermost: a C
@@ -16,7 +18,7 @@
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, Python, Stall, pyspy, python_matrix, require_root, run_command, script,
+    Ctx, Proc, Python, Stall, pyspy, python_matrix, require_root, run_command, script, unix_now_ns,
 };
 
 python_matrix!(stacks_agree_with_pyspy);
@@ -100,6 +102,10 @@ const CASES: &[Case] = &[
 /// blocking call is under way by then, and far from its end (about 1.5 s).
 const INTO_THE_STALL: Duration = Duration::from_millis(300);
 
+/// How many times a case is tried before its dump must have fallen inside its blocking
+/// stretch (a busy machine makes the stretch shorter than sized, or the dump later).
+const ATTEMPTS: usize = 3;
+
 /// The name of the thread running the script's main loop.
 const LOOP_THREAD: &str = "MainThread";
 
@@ -107,35 +113,89 @@ fn stacks_agree_with_pyspy(python: &Python) {
     require_root();
     let ctx = Ctx::new();
     let name = "pyspy_oracle.py";
-    let mut cmd = run_command(python, &script(name), &[], &[]);
+    // Above a busy machine's run-queue hiccups: only the cases' stalls are reported.
+    let mut cmd = run_command(python, &script(name), &[], &["--threshold", "100ms"]);
     let bp = ctx.spawn(
         &format!("blockprobe run {name} ({})", python.label),
         &mut cmd,
     );
     let (_, pid) = ctx.wait_live(&bp, name);
     bp.send("GO");
+    let mut sent = 0;
     for case in CASES {
-        let before = bp.stalls(pid).len();
-        bp.send(case.name);
-        let inside = format!("INSIDE {}", case.name);
-        ctx.wait_for(&format!("the script to print {inside}"), || {
-            bp.texts().contains(&inside).then_some(())
-        });
-        std::thread::sleep(INTO_THE_STALL);
-        let spy = pyspy::dump(pid).unwrap_or_else(|e| ctx.fail(e));
-        let stalls = ctx.wait_stalls(&bp, pid, before + 1);
-        ctx.ensure(stalls.len() == before + 1, || {
-            format!(
-                "case {}: expected one stall, got {:#?}",
-                case.name,
-                &stalls[before..]
-            )
-        });
-        check_case(&ctx, case, &stalls[before], &spy);
+        let (stall, spy) = (1..=ATTEMPTS)
+            .find_map(|attempt| {
+                sent += 1;
+                let caught = catch_in_the_act(&ctx, &bp, pid, case.name, sent);
+                if caught.is_none() {
+                    eprintln!(
+                        "case {}: attempt {attempt}: the dump missed the stall",
+                        case.name
+                    );
+                }
+                caught
+            })
+            .unwrap_or_else(|| {
+                ctx.fail(format!(
+                    "case {}: no dump fell inside its blocking stretch in {ATTEMPTS} attempts",
+                    case.name
+                ))
+            });
+        check_case(&ctx, case, &stall, &spy);
     }
     bp.send("END");
     ctx.wait_finished(&bp);
     ctx.quit(&bp);
+}
+
+/// Runs case `name` (the `nth` case the script is sent) once and dumps the process with
+/// py-spy in the middle of it: blockprobe's stall and py-spy's threads, unless the dump
+/// did not fall inside the blocking stretch.
+#[track_caller]
+fn catch_in_the_act(
+    ctx: &Ctx,
+    bp: &Proc,
+    pid: u32,
+    name: &str,
+    nth: usize,
+) -> Option<(Stall, Vec<pyspy::SpyThread>)> {
+    bp.send(name);
+    let said = |word: &str| {
+        bp.texts()
+            .into_iter()
+            .filter(|t| t.starts_with(word))
+            .count()
+    };
+    ctx.wait_for(&format!("the script's INSIDE line #{nth}"), || {
+        (said("INSIDE ") >= nth).then_some(())
+    });
+    std::thread::sleep(INTO_THE_STALL);
+    let dumped_from = unix_now_ns();
+    let spy = pyspy::dump(pid).unwrap_or_else(|e| ctx.fail(e));
+    let dumped_to = unix_now_ns();
+    let blocked = ctx.wait_for(&format!("the script's BLOCKED line #{nth}"), || {
+        let line = bp
+            .texts()
+            .into_iter()
+            .filter(|t| t.starts_with("BLOCKED "))
+            .nth(nth - 1)?;
+        let words: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (words.len() == 2).then(|| (words[0], words[1]))
+    });
+    if !(blocked.0 <= dumped_from && dumped_to <= blocked.1) {
+        return None;
+    }
+    // The stall that held the loop while py-spy looked.
+    let what = format!("blockprobe's stall of case {name}");
+    let stall = ctx.wait_for(&what, || {
+        bp.stalls(pid).into_iter().find(|s| {
+            s.start_unix_ns <= dumped_from && s.start_unix_ns + s.duration_ns >= dumped_to
+        })
+    });
+    Some((stall, spy))
 }
 
 /// Checks one case's stall against py-spy's dump `spy`.
