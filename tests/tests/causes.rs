@@ -389,7 +389,8 @@ fn thread_lock(python: &Python) {
 
 /// Another thread holds the GIL in one long `re.match` (≥ 150 ms) while the loop sleeps
 /// 20 ms: `gil`, `gil_holder_tid` the hog thread's native id (3.11+), culprit the hog thread's
-/// function `crunch`, at its `re.match` line.
+/// function `crunch`, at its `re.match` line; `stack` the loop's own (in `handle_ping`),
+/// `gil_holder_stack` the hog's.
 fn gil_hog(python: &Python) {
     check_gil_hog(&run_case(python, "cause_gil.py", &[], 1), python);
 }
@@ -427,6 +428,13 @@ fn check_gil_hog(ran: &Ran, python: &Python) {
             stall.gil_holder_tid
         )
     });
+    // The stall's stack is the loop's own, where it waited; the holder's is beside it.
+    let innermost = |stack: &[blockprobe_tests::Frame]| stack.first().map(|f| f.function.clone());
+    ran.ctx.ensure(
+        innermost(&stall.stack).as_deref() == Some("handle_ping")
+            && innermost(&stall.gil_holder_stack).as_deref() == Some("crunch"),
+        || format!("expected the loop in handle_ping, the holder in crunch: {stall:#?}"),
+    );
     // The loop slept 20 ms of it and waited for the GIL for most of the rest.
     let gil = stall.causes.get("gil").copied().unwrap_or(0);
     ran.ctx.ensure(gil * 2 >= measured, || {
