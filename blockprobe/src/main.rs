@@ -44,7 +44,7 @@ fn main() {
 /// Runs one subcommand; returns the process exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Check => Ok(commands::check::run()),
+        Command::Check => commands::check::run(),
         Command::Report {
             file,
             format,

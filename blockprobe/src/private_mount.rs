@@ -45,20 +45,29 @@ pub fn look_into(
     }
 }
 
-/// Mounts `fstype` at `target` in a new mount namespace whose mounts do not propagate
-/// back to the host's.
+/// Mounts `fstype` at `target` in a new mount namespace, privately: the mount does not
+/// propagate back to the host's namespace.
 fn mount_privately(fstype: &str, target: &Path) -> Result<(), nix::errno::Errno> {
     // SAFETY: unshare(2) with CLONE_NEWNS only moves this process to a new mount namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         return Err(nix::errno::Errno::last());
     }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    // The nearest mount above `target` (EINVAL for a directory that is not a mount point,
+    // as `/` is in a chroot) holds the new mount: made private, it shares nothing.
+    let private = |at: &Path| {
+        mount(
+            None::<&str>,
+            at,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+    };
+    target
+        .ancestors()
+        .map(private)
+        .find(|made| *made != Err(nix::errno::Errno::EINVAL))
+        .unwrap_or(Err(nix::errno::Errno::EINVAL))?;
     mount(
         Some(fstype),
         target,

@@ -1,27 +1,36 @@
 //! `blockprobe check`: what this host allows, one line per item, each with what to do
 //! about it when it is not as blockprobe needs it. Exits 1 when tracing is impossible.
 
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
 use crate::preflight::{self, Finding, Verdict};
 use crate::python::survey::{Support, Survey, survey};
 
 /// Checks the host and prints one line per item; returns the exit code: 1 when an item
 /// makes tracing impossible, else 0. Must run before any other thread is started.
-pub fn run() -> i32 {
+pub fn run() -> anyhow::Result<i32> {
     let mut findings = preflight::host_findings();
     findings.extend(python_processes());
-    for finding in &findings {
-        println!("{finding}");
-    }
     let failed = findings
         .iter()
         .filter(|f| f.verdict == Verdict::Fail)
         .count();
+    let mut out = std::io::stdout().lock();
+    for finding in &findings {
+        writeln!(out, "{finding}").context("writing to stdout")?;
+    }
     if failed > 0 {
-        println!("blockprobe cannot trace on this host: mend the {failed} FAIL line(s) above");
-        1
+        writeln!(
+            out,
+            "blockprobe cannot trace on this host: mend the {failed} FAIL line(s) above"
+        )
+        .context("writing to stdout")?;
+        Ok(1)
     } else {
-        println!("blockprobe can trace on this host");
-        0
+        writeln!(out, "blockprobe can trace on this host").context("writing to stdout")?;
+        Ok(0)
     }
 }
 
