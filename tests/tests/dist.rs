@@ -208,6 +208,7 @@ fn check_on_this_host_has_every_line_and_the_right_exit_code() {
     ctx.ensure(mounts_before == mounts_after, || {
         format!("check changed the mount table:\n{mounts_before}\n---\n{mounts_after}")
     });
+    target.send("GO");
     ctx.quit_script(&target);
 }
 
