@@ -101,7 +101,12 @@ fn python_finding(
         Support::Unsupported(why) => Finding::new(
             ITEM,
             Verdict::Warn,
-            format!("pid {pid} {comm}: Python {version}, not supported: {why}"),
+            // Most reasons name the version already.
+            if why.contains(&version.to_string()) {
+                format!("pid {pid} {comm}: {why}")
+            } else {
+                format!("pid {pid} {comm}: Python {version}, not supported: {why}")
+            },
             "blockprobe traces CPython 3.9 to 3.15 (GIL builds) and skips this process with a warning",
         ),
     }
