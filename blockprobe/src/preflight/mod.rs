@@ -9,7 +9,7 @@ use std::{fmt, path::Path};
 
 use anyhow::anyhow;
 
-pub use bpf_features::{fentry, perf_sampler, ring_buffers};
+use bpf_features::{fentry, perf_sampler, ring_buffers};
 #[cfg(test)]
 pub(crate) use capabilities::ThreadCapabilities;
 pub use capabilities::require_privileges;
@@ -135,7 +135,7 @@ pub fn host_findings() -> Vec<Finding> {
             "capabilities",
             Verdict::Fail,
             format!("{e:#}"),
-            "run blockprobe on Linux with /proc mounted",
+            "blockprobe cannot tell which privileges it holds; run it as root",
         )
     });
     let (tracefs, syscalls) = tracefs();
