@@ -5,7 +5,7 @@ use blockprobe_common::config::FdPath;
 use btf_rs::{Backend, Btf, Type};
 
 /// The kernel's own BTF.
-const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Kernel structure offsets the BPF programs read with, from the kernel's BTF.
 #[derive(Clone, Copy, Debug)]
@@ -26,18 +26,23 @@ pub struct Offsets {
     pub fd_path: FdPath,
 }
 
-/// Reads the offsets from `/sys/kernel/btf/vmlinux`.
-pub fn offsets() -> anyhow::Result<Offsets> {
+/// Opens the kernel's BTF, for a few lookups.
+pub fn open_btf() -> anyhow::Result<Btf> {
     // Mapped, not parsed whole: a few lookups need a few pages, where parsing every type
     // of the kernel would take 40 MB at start-up. Kernels that cannot map their BTF
-    // (before 6.16) get the parsed copy, freed on return.
-    let btf = (Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap))
+    // (before 6.16) get the parsed copy, freed when dropped.
+    (Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap))
         .or_else(|_| Btf::from_file(VMLINUX_BTF))
         .with_context(|| {
-        format!(
-            "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
-        )
-    })?;
+            format!(
+                "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
+            )
+        })
+}
+
+/// Reads the offsets from `/sys/kernel/btf/vmlinux`.
+pub fn offsets() -> anyhow::Result<Offsets> {
+    let btf = open_btf()?;
     let regs = named_struct(&btf, "pt_regs")?;
     let task = named_struct(&btf, "task_struct")?;
     let task_state = member(&btf, &task, "__state").or_else(|_| member(&btf, &task, "state"))?;

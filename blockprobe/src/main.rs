@@ -17,6 +17,7 @@ mod model;
 mod namespaces;
 mod patience;
 mod preflight;
+mod private_mount;
 mod probes;
 mod python;
 mod render;
@@ -43,6 +44,7 @@ fn main() {
 /// Runs one subcommand; returns the process exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Check => commands::check::run(),
         Command::Report {
             file,
             format,

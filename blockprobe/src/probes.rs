@@ -24,10 +24,21 @@ use crate::tracefs;
 
 /// How often the CPU sampler looks at a running loop thread (Hz): a 10 ms stall gets
 /// ~10 samples; a sample outside a stall costs one hash lookup.
-const SAMPLE_HZ: u64 = 997;
+pub const SAMPLE_HZ: u64 = 997;
 
 /// The compiled kernel side, built by aya-build from blockprobe-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blockprobe"));
+
+/// The BPF programs attached to raw tracepoints, each with its tracepoint.
+pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[
+    ("sys_enter", "sys_enter"),
+    ("sys_exit", "sys_exit"),
+    ("sched_switch", "sched_switch"),
+    ("sched_wakeup", "sched_wakeup"),
+    ("process_fork", "sched_process_fork"),
+    ("process_exec", "sched_process_exec"),
+    ("process_exit", "sched_process_exit"),
+];
 
 /// What the kernel side needs to know before it is attached.
 #[derive(Clone, Debug)]
@@ -80,7 +91,7 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
-            .map_max_entries(maps::LOOP_THREADS, loop_thread_words())
+            .map_max_entries(maps::LOOP_THREADS, loop_thread_words(pid_max().0))
             .load(BPF_OBJECT)
             .context(
                 "loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)",
@@ -114,15 +125,7 @@ impl Probes {
         // attach and detach.
         // Raw tracepoints only: cheaper per event than classic ones, and never skipped
         // while a BPF map syscall holds the CPU (classic tracepoint programs are).
-        for (program, tracepoint) in [
-            ("sys_enter", "sys_enter"),
-            ("sys_exit", "sys_exit"),
-            ("sched_switch", "sched_switch"),
-            ("sched_wakeup", "sched_wakeup"),
-            ("process_fork", "sched_process_fork"),
-            ("process_exec", "sched_process_exec"),
-            ("process_exit", "sched_process_exit"),
-        ] {
+        for &(program, tracepoint) in RAW_TRACEPOINTS {
             let tp: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
             tp.load()
                 .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
@@ -290,15 +293,19 @@ fn release_freed_heap() {
     }
 }
 
-/// Size of the loop-thread flags in words: one byte per possible thread id, up to the
-/// host's `pid_max` (a tid beyond it, after `pid_max` is raised, is counted, not traced).
-fn loop_thread_words() -> u32 {
-    /// `PID_MAX_LIMIT` on 64-bit kernels, if `pid_max` cannot be read.
+/// The host's `pid_max`, and whether it could be read (else `PID_MAX_LIMIT` of 64-bit
+/// kernels, the most it can be).
+pub fn pid_max() -> (u32, bool) {
     const PID_MAX_LIMIT: u32 = 4 << 20;
-    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(PID_MAX_LIMIT);
+        .map_or((PID_MAX_LIMIT, false), |pid_max| (pid_max, true))
+}
+
+/// Size of the loop-thread flags in words: one byte per possible thread id, up to
+/// `pid_max` (a tid beyond it, after `pid_max` is raised, is counted, not traced).
+pub fn loop_thread_words(pid_max: u32) -> u32 {
     pid_max.div_ceil(8).max(1)
 }
 

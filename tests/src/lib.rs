@@ -63,6 +63,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +127,25 @@ pub fn blockprobe_bin() -> PathBuf {
         path.is_file(),
         "blockprobe binary not found at {}: run `cargo xtask test`, or build it \
          (`cargo build -p blockprobe`) and set BLOCKPROBE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// The static build's tarball (`cargo xtask dist`): `$BLOCKPROBE_DIST_TARBALL`, else
+/// `dist/blockprobe-VERSION-x86_64-unknown-linux-musl.tar.gz` in the workspace.
+pub fn dist_tarball() -> PathBuf {
+    let path = match std::env::var_os("BLOCKPROBE_DIST_TARBALL").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join(format!(
+            "dist/blockprobe-{}-x86_64-unknown-linux-musl.tar.gz",
+            env!("CARGO_PKG_VERSION")
+        )),
+    };
+    assert!(
+        path.is_file(),
+        "the static build's tarball is not at {}: run `cargo xtask test`, or `cargo xtask dist` \
+         and set BLOCKPROBE_DIST_TARBALL",
         path.display()
     );
     path
@@ -1755,6 +1775,43 @@ pub fn run_blockprobe(ctx: &CtxRef, name: &str, args: &[&str]) -> (ExitStatus, S
         .collect::<Vec<_>>()
         .join("\n");
     (status, stdout, proc.stderr())
+}
+
+// ------------------------------------------------------------------ privileges
+
+/// What `setpriv` options make of blockprobe's privileges: another user (nobody) and the
+/// capabilities it keeps or loses across the exec.
+pub const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// Starts `blockprobe ARGS` through `setpriv SETPRIV… --`, from a copy of the binary any
+/// user may run (the build's directory may be private), in a temporary directory that
+/// must live as long as the process.
+pub fn spawn_privileged<'a>(
+    ctx: &CtxRef,
+    name: &str,
+    setpriv: &[&str],
+    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> (tempfile::TempDir, Proc) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bin = dir.path().join("blockprobe");
+    let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .and_then(|()| std::fs::copy(blockprobe_bin(), &bin))
+        .and_then(|_| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)));
+    if let Err(err) = copied {
+        ctx.fail(format!(
+            "cannot copy blockprobe to {}: {err}",
+            bin.display()
+        ));
+    }
+    let bp = ctx.spawn(
+        name,
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg("--")
+            .arg(&bin)
+            .args(args),
+    );
+    (dir, bp)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 
 mod apt;
 mod bench;
+mod dist;
+mod image;
 mod offsets;
 mod pythons;
 
@@ -76,6 +78,16 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Set up, then build the static x86_64 musl binary (stripped, BPF object embedded) and
+    /// write dist/blockprobe-VERSION-x86_64-unknown-linux-musl.tar.gz and its .sha256.
+    Dist,
+    /// `dist`, then build the container image of deploy/Containerfile with podman or
+    /// docker (whichever works here).
+    Image {
+        /// Image tag (default blockprobe:VERSION).
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Set up, build blockprobe (release unless --debug), then run it with ARGS.
     ///
     /// Example: `cargo xtask run -- run -- python3 examples/blocking_sleep.py`.
@@ -105,8 +117,8 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
-    /// Set up, lint, unit tests, then the integration tests against the real binary and
-    /// real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
+    /// Set up, lint, unit tests, build the debug and the static (`dist`) binaries, then the
+    /// integration tests against them and real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
     /// 3.13 and Debian sid 3.15 too) runs when all its interpreters are installed; else
     /// the tests of the missing ones skip.
     Test {
@@ -161,6 +173,14 @@ fn run(task: Task) -> Result<ExitCode> {
             // process, so signals, stdin and the exit code are its own.
             let err = cmd.exec();
             bail!("cannot run {}: {err}", bin.display());
+        }
+        Task::Dist => {
+            ws.setup()?;
+            ws.dist()?;
+        }
+        Task::Image { tag } => {
+            ws.setup()?;
+            ws.image(tag.as_deref())?;
         }
         Task::Lint => {
             ws.lint()?;
@@ -390,6 +410,7 @@ impl Workspace {
             .map(|i| i.label())
             .collect();
         let (full, mode) = matrix_mode(long, &missing);
+        let mut tarball = None;
         eprintln!("test: {mode}");
         let full_env = (
             blockprobe_pythons::FULL_MATRIX_ENV,
@@ -414,6 +435,9 @@ impl Workspace {
                 )
             })
             && summary.run("build blockprobe (debug)", || plain(self.build(false)))
+            && summary.run("build the static binary (dist)", || {
+                plain(self.dist().map(|dist| tarball = Some(dist.tarball)))
+            })
             && summary.run(
                 if full {
                     "integration tests (full matrix)"
@@ -432,6 +456,10 @@ impl Workspace {
                         "--test-threads=1",
                     ]);
                     cmd.env("BLOCKPROBE_BIN", &bin)
+                        .env(
+                            "BLOCKPROBE_DIST_TARBALL",
+                            tarball.as_deref().unwrap_or(Path::new("")),
+                        )
                         .env("BLOCKPROBE_PYDEPS", &pydeps)
                         .env(full_env.0, full_env.1);
                     cargo_test(&mut cmd)

@@ -2,6 +2,7 @@
 //! `libpython3.X.so`), its symbols and where it is loaded.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -191,7 +192,16 @@ fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {
         Some(_) => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
         None => Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
     };
-    File::open(&path).with_context(|| format!("cannot open {}", path.display()))
+    // Non-blocking: a FIFO put where a mapped file was would block the open forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if !file.metadata()?.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(file)
 }
 
 type Elf<'a> = ElfFile64<'a, object::Endianness, &'a ReadCache<File>>;
@@ -254,6 +264,23 @@ fn load_bias(elf: &Elf<'_>, maps: &[Mapping], path: &str) -> anyhow::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO found where a mapped file was is refused at once, not opened (which would
+    /// wait for a writer forever).
+    #[test]
+    fn a_fifo_in_place_of_a_mapped_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("libpython3.11.so.1.0");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mapping = Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0,
+            path: fifo.to_str().unwrap().to_owned(),
+        };
+        let err = open_mapped(std::process::id(), &mapping).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err:#}");
+    }
 
     #[test]
     fn parses_maps_lines() {

@@ -8,6 +8,7 @@
 //! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
 //! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
 //! - `origin::classify(file) -> origin::Origin`
+//! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
 mod asyncio_debug;
 mod debug_offsets;
@@ -18,6 +19,7 @@ mod linetable;
 pub mod memory;
 pub mod origin;
 mod process;
+pub mod survey;
 mod symbolize;
 pub mod version;
 

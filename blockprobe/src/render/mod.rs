@@ -121,6 +121,9 @@ pub fn truncate_right(s: &str, max: usize) -> Cow<'_, str> {
 
 /// Wall-clock time of day, `HH:MM:SS.mmm`, of `unix_ns` in the local time zone.
 pub fn local_clock(unix_ns: u64) -> String {
+    // The libc crate deprecates its `time_t` alias on musl for 32-bit targets (musl made
+    // it 64-bit in 1.2.0); on x86_64 it is a 64-bit `long` in both.
+    #[allow(deprecated)]
     let secs = (unix_ns / 1_000_000_000) as libc::time_t;
     // SAFETY: `tm` is plain old data; localtime_r only writes into it and returns null
     // on failure.
