@@ -9,7 +9,9 @@
 //! - [`QuietSink`]: no stalls; only warnings and losses, on stderr.
 //!
 //! Every sink flushes after each event, so a pipe reader sees events as they happen.
-//! Write errors (such as a closed pipe, see [`is_broken_pipe`]) are returned.
+//! The sinks of [`sink_for`] and [`quiet_sink`] write through [`UntilClosed`]: a reader
+//! that goes away (`| head -1`) silences that stream and nothing else. Other write
+//! errors are returned.
 
 use std::io::{self, Write};
 
@@ -110,14 +112,62 @@ impl<S: StallSink + ?Sized> StallSink for Box<S> {
 /// The sink for `format`, writing to this process's stdout and stderr.
 pub fn sink_for(format: LiveFormat) -> Box<dyn StallSink + Send> {
     match format {
-        LiveFormat::Text => Box::new(TextSink::new(io::stdout(), io::stderr())),
-        LiveFormat::Json | LiveFormat::Jsonl => Box::new(JsonlSink::new(io::stdout())),
+        LiveFormat::Text => Box::new(TextSink::new(
+            UntilClosed::new(io::stdout()),
+            UntilClosed::new(io::stderr()),
+        )),
+        LiveFormat::Json | LiveFormat::Jsonl => {
+            Box::new(JsonlSink::new(UntilClosed::new(io::stdout())))
+        }
     }
 }
 
 /// A sink that shows nothing but warnings and losses (on stderr).
 pub fn quiet_sink() -> Box<dyn StallSink + Send> {
-    Box::new(QuietSink::new(io::stderr()))
+    Box::new(QuietSink::new(UntilClosed::new(io::stderr())))
+}
+
+/// A writer that stops writing, quietly, once its reader has gone away: the first
+/// broken pipe closes it, and every later write is accepted and dropped. Tracing, the
+/// report file and the other stream go on (Rust ignores SIGPIPE, so the closed pipe is
+/// only ever this error).
+pub struct UntilClosed<W: Write> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> UntilClosed<W> {
+    /// `inner`, open.
+    pub fn new(inner: W) -> Self {
+        UntilClosed {
+            inner,
+            closed: false,
+        }
+    }
+
+    /// Runs `op` on the writer unless closed; a broken pipe closes it.
+    fn guard<T>(&mut self, done: T, op: impl FnOnce(&mut W) -> io::Result<T>) -> io::Result<T> {
+        if self.closed {
+            return Ok(done);
+        }
+        match op(&mut self.inner) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(done)
+            }
+            result => result,
+        }
+    }
+}
+
+impl<W: Write> Write for UntilClosed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.guard(buf.len(), |w| w.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.guard((), Write::flush)
+    }
 }
 
 /// Whether an error returned by a sink is a closed pipe (the reader went away): the
@@ -711,6 +761,48 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A pipe whose reader goes away after `open` writes; counts the writes it got.
+    struct ClosingPipe {
+        open: usize,
+        written: Vec<u8>,
+    }
+    impl Write for ClosingPipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.open == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.open -= 1;
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_silences_its_stream_only() {
+        let out = UntilClosed::new(ClosingPipe {
+            open: 1,
+            written: Vec::new(),
+        });
+        let mut sink = TextSink::new(out, Vec::new());
+        for _ in 0..3 {
+            sink.stall(&sample()).unwrap();
+            sink.status(&Status::Ready).unwrap();
+        }
+        let (out, err) = sink.into_inner();
+        assert_eq!(
+            out.inner.written,
+            format!("{}\n", text_header()).into_bytes()
+        );
+        assert!(out.closed);
+        assert_eq!(String::from_utf8(err).unwrap().lines().count(), 3);
+        // Errors other than a closed pipe still surface.
+        let mut other = UntilClosed::new(io::Cursor::new([0u8; 0]));
+        assert!(other.write_all(b"x").is_err());
     }
 
     #[test]
