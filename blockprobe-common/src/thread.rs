@@ -55,6 +55,14 @@ pub struct LoopTiming {
 }
 assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
 
+impl LoopTiming {
+    /// Whether the thread is off CPU right now because it was stopped from outside
+    /// ([`cause::STOPPED`]): a stopped loop is not stuck.
+    pub fn stopped_now(&self) -> bool {
+        self.off_cpu_since_ns != 0 && self.off_cpu_cause == cause::STOPPED as u32
+    }
+}
+
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;
 

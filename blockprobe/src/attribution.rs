@@ -189,6 +189,8 @@ impl Attributor {
         };
         let longest_gil_wait = gil_waits.iter().max_by_key(|w| w.end_ns - w.start_ns);
         match cause {
+            // Stopped from outside: no code to blame, whatever ran around the stop.
+            Cause::Stopped => {}
             Cause::Gil if longest_gil_wait.is_some() => {
                 let wait = longest_gil_wait.expect("checked above");
                 stall.syscall = Some("futex".to_owned());
@@ -359,6 +361,26 @@ mod tests {
         assert_eq!(stall.culprit.unwrap().function, "inner");
         assert_eq!(stall.task.as_deref(), Some("Task-7"));
         assert_eq!(stall.start_unix_ns, 500_007);
+    }
+
+    #[test]
+    fn a_stopped_loop_is_blamed_on_no_code() {
+        let mut a = Attributor::default();
+        // The stop interrupted a sleep: the call is there, but the stop is most of it.
+        a.blocked_call(1, 2, sleep_call(1_000_000, 21_000_000));
+        let w = window(
+            500_000,
+            721_000_000,
+            &[(cause::SLEEP, 20_000_000), (cause::STOPPED, 700_000_000)],
+        );
+        let stall = a.close(w, |t| t);
+        assert_eq!(stall.cause, Cause::Stopped);
+        assert_eq!(stall.causes[&Cause::Stopped], 700_000_000);
+        assert_eq!(
+            (stall.culprit, stall.syscall, stall.task),
+            (None, None, None)
+        );
+        assert!(stall.stack.is_empty());
     }
 
     #[test]

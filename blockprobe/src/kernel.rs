@@ -22,6 +22,8 @@ pub struct Offsets {
     pub task_pid: u64,
     /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
     pub task_state: u64,
+    /// Offset of `jobctl` (job control flags) in `struct task_struct`.
+    pub task_jobctl: u64,
     /// The chain from a task to the type of one of its file descriptors.
     pub fd_path: FdPath,
 }
@@ -44,6 +46,7 @@ pub fn offsets() -> anyhow::Result<Offsets> {
     Ok(Offsets {
         task_pid: member(&btf, &task, "pid")?.0,
         task_state: task_state.0,
+        task_jobctl: member(&btf, &task, "jobctl")?.0,
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
@@ -127,6 +130,11 @@ mod tests {
         assert_eq!(offsets.pt_regs_arg1, 13 * 8);
         // The state is near the start of task_struct, the pid well inside it.
         assert!(offsets.task_state < 64, "state at {}", offsets.task_state);
+        let jobctl = offsets.task_jobctl;
+        assert!(
+            jobctl > 512 && jobctl < fsbase && jobctl.is_multiple_of(8),
+            "jobctl at {jobctl}"
+        );
         assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
         // `i_mode` opens struct inode; `fdt` and `fd` sit early in their structs.
         let fd = offsets.fd_path;

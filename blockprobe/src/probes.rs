@@ -72,6 +72,8 @@ impl Probes {
             scope: settings.scope as u32,
             task_pid_offset: u32::try_from(kernel.task_pid)?,
             task_state_offset: u32::try_from(kernel.task_state)?,
+            task_jobctl_offset: u32::try_from(kernel.task_jobctl)?,
+            _pad: 0,
             fd_path: kernel.fd_path,
             exit_has_group_dead: u32::from(
                 tracefs::field_offset(tracefs, "sched", "sched_process_exit", "group_dead")?

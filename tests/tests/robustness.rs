@@ -2,10 +2,16 @@
 //! files swapped under it, state that dead threads and processes leave behind.
 
 use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blockprobe_tests::{Python, blockprobe_bin, python_env, require_root, script};
+use blockprobe_tests::{
+    Ctx, CtxRef, Python, blockprobe_bin, kind, nanos, python_env, read_json, require_root,
+    run_command, script,
+};
+use nix::sys::{ptrace, signal, wait};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// How long a test waits for blockprobe to exit before it fails.
@@ -84,4 +90,182 @@ fn a_closed_pipe_keeps_the_report() {
         stalls.iter().filter(handler).count() >= 4,
         "the report lacks the stalls after the pipe closed: {stalls:#?}"
     );
+}
+
+/// How long a stop lasts in the tests of stopped loops (past a second for SIGSTOP, when
+/// a hang would be said stuck).
+const SHORT_STOP: Duration = Duration::from_millis(800);
+const LONG_STOP: Duration = Duration::from_millis(2500);
+
+/// `kill -STOP`, 2.5 s, `kill -CONT` on an idle loop: one stall, cause `stopped`, no
+/// culprit, no stack; no stuck notice while stopped; in the report under `<stopped>`,
+/// never under a function.
+#[test]
+fn a_stopped_loop_is_stopped_time() {
+    stopped_loop(LONG_STOP, |_, pid| {
+        let pid = Pid::from_raw(pid as i32);
+        signal::kill(pid, signal::Signal::SIGSTOP).expect("SIGSTOP");
+        std::thread::sleep(LONG_STOP);
+        signal::kill(pid, signal::Signal::SIGCONT).expect("SIGCONT");
+    });
+}
+
+/// A debugger's attach (`PTRACE_ATTACH`, as gdb and `py-spy dump` do) holding the loop
+/// thread in a ptrace stop for 0.8 s: stopped time, as above.
+#[test]
+fn a_ptrace_stop_is_stopped_time() {
+    stopped_loop(SHORT_STOP, |ctx, pid| {
+        let pid = Pid::from_raw(pid as i32);
+        ptrace::attach(pid).unwrap_or_else(|e| ctx.fail(format!("PTRACE_ATTACH: {e}")));
+        match wait::waitpid(pid, Some(wait::WaitPidFlag::__WALL)) {
+            Ok(wait::WaitStatus::Stopped(..)) => {}
+            other => ctx.fail(format!("the traced loop did not stop: {other:?}")),
+        }
+        std::thread::sleep(SHORT_STOP);
+        ptrace::detach(pid, None).unwrap_or_else(|e| ctx.fail(format!("PTRACE_DETACH: {e}")));
+    });
+}
+
+/// The cgroup v1 freezer (`freezer.state` FROZEN, 0.8 s, THAWED): stopped time.
+#[test]
+fn a_frozen_cgroup_v1_is_stopped_time() {
+    let Some(root) = cgroup_root("freezer") else {
+        eprintln!("skipped: no cgroup v1 freezer hierarchy on this host");
+        return;
+    };
+    stopped_loop(SHORT_STOP, |ctx, pid| {
+        let cgroup = Cgroup::new(ctx, &root, pid);
+        cgroup.set("freezer.state", "FROZEN");
+        std::thread::sleep(SHORT_STOP);
+        cgroup.set("freezer.state", "THAWED");
+    });
+}
+
+/// The cgroup v2 freezer (`cgroup.freeze` 1, 0.8 s, 0; what `docker pause` does on a
+/// cgroup v2 host): stopped time.
+#[test]
+fn a_frozen_cgroup_v2_is_stopped_time() {
+    let Some(root) = cgroup_root("cgroup2") else {
+        eprintln!("skipped: no cgroup v2 hierarchy on this host");
+        return;
+    };
+    stopped_loop(SHORT_STOP, |ctx, pid| {
+        let cgroup = Cgroup::new(ctx, &root, pid);
+        cgroup.set("cgroup.freeze", "1");
+        std::thread::sleep(SHORT_STOP);
+        cgroup.set("cgroup.freeze", "0");
+    });
+}
+
+/// Runs idle.py under `blockprobe run -o`, stops its loop from outside with `stop` (for
+/// about `stopped`), and checks blockprobe's view: one stall at least that long, cause
+/// `stopped`, no culprit nor stack nor syscall, most of it `stopped` time; no stuck
+/// notice; and in the report no function blamed for it.
+fn stopped_loop(stopped: Duration, stop: impl FnOnce(&CtxRef, u32)) {
+    require_root();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report = dir.path().join("report.json");
+    let ctx = Ctx::new();
+    let bp = ctx.spawn(
+        "blockprobe run idle.py",
+        &mut run_command(
+            &python,
+            &script("idle.py"),
+            &[],
+            &["-o", &report.to_string_lossy()],
+        ),
+    );
+    let (_, pid) = ctx.wait_live(&bp, "idle.py");
+    stop(&ctx, pid);
+    let long = |s: &&blockprobe_tests::Stall| s.duration_ns >= nanos(stopped);
+    let stall = ctx.wait_for("the stall of the stopped loop", || {
+        bp.stalls(pid).iter().find(long).cloned()
+    });
+    ctx.ensure(
+        stall.cause == "stopped"
+            && stall.culprit.is_none()
+            && stall.stack.is_empty()
+            && stall.syscall.is_none(),
+        || format!("not a stall of a stopped loop: {stall:#?}"),
+    );
+    let stopped_ns = stall.causes.get("stopped").copied().unwrap_or(0);
+    ctx.ensure(stopped_ns >= nanos(stopped) * 9 / 10, || {
+        format!("the stop is not `stopped` time: {stall:#?}")
+    });
+    let stuck: Vec<Value> = (bp.events().into_iter())
+        .filter(|e| kind(e) == "stuck")
+        .collect();
+    ctx.ensure(stuck.is_empty(), || {
+        format!("a stopped loop was said stuck: {stuck:?}")
+    });
+    bp.send("GO");
+    ctx.wait_finished(&bp);
+    let status = ctx.quit(&bp);
+    ctx.ensure(status.success(), || {
+        format!("blockprobe run exited with {status}")
+    });
+    let report = read_json(&ctx, &report);
+    let functions: Vec<&str> = (report["functions"].as_array().expect("functions").iter())
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    ctx.ensure(functions == ["<stopped>"], || {
+        format!("the stop was blamed on {functions:?}, not `<stopped>` alone")
+    });
+}
+
+/// The mount point of the cgroup hierarchy of file system type `cgroup2`, or of the v1
+/// hierarchy with controller `freezer` (`fs` names either).
+fn cgroup_root(fs: &str) -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (dir, fstype, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        let wanted = match fs {
+            "cgroup2" => *fstype == "cgroup2",
+            controller => *fstype == "cgroup" && options.split(',').any(|o| o == controller),
+        };
+        let dir = PathBuf::from(dir);
+        (wanted && dir.join("cgroup.procs").exists()).then_some(dir)
+    })
+}
+
+/// A cgroup of its own for one process, for the test's life: the process goes back to
+/// the hierarchy's root cgroup, and the cgroup is removed, when dropped.
+struct Cgroup<'a> {
+    ctx: &'a CtxRef,
+    root: PathBuf,
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl<'a> Cgroup<'a> {
+    fn new(ctx: &'a CtxRef, root: &Path, pid: u32) -> Self {
+        let dir = root.join(format!("blockprobe-test-{pid}"));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| ctx.fail(format!("creating {}: {e}", dir.display())));
+        let cgroup = Cgroup {
+            ctx,
+            root: root.to_path_buf(),
+            dir,
+            pid,
+        };
+        cgroup.set("cgroup.procs", &pid.to_string());
+        cgroup
+    }
+
+    fn set(&self, file: &str, value: &str) {
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).unwrap_or_else(|e| {
+            self.ctx
+                .fail(format!("writing {value:?} to {}: {e}", path.display()))
+        });
+    }
+}
+
+impl Drop for Cgroup<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }

@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 
 use super::summary::cause_mix;
-use super::{escape, human_duration, local_clock, ms, short_path};
+use super::{escape, human_duration, local_clock, ms, no_culprit, short_path};
 use crate::model::{Frame, Stall};
 
 /// Live output format as chosen on the command line. `json` and `jsonl` are the same:
@@ -219,7 +219,7 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
     // The culprit is never cut: a line that wraps beats a name that misleads.
     let culprit = match (&stall.culprit, stall.stack.first()) {
         (Some(f), _) => frame_text(f),
-        (None, None) => "<unknown>".to_owned(),
+        (None, None) => no_culprit(stall).to_owned(),
         (None, Some(innermost)) => format!("<unknown> in {}", frame_text(innermost)),
     };
     let task = stall
@@ -504,6 +504,16 @@ mod tests {
         assert!(line.contains(" other 100%       -  "), "{line}");
         s.stack.clear();
         assert!(stall_line_at(&s, "x").ends_with(" <unknown>"));
+    }
+
+    #[test]
+    fn text_line_of_a_stopped_loop() {
+        let s = crate::aggregate::tests::stopped_stall(4242, 702_000_000);
+        let line = stall_line_at(&s, "x");
+        assert!(
+            line.ends_with(" stopped 100%     -               <stopped>"),
+            "{line}"
+        );
     }
 
     #[test]
