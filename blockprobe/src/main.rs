@@ -6,6 +6,7 @@ mod classify;
 mod cli;
 mod clock;
 mod commands;
+mod deadline;
 mod events;
 mod export;
 mod fleet;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
     Ctx, CtxRef, Python, blockprobe_bin, kind, nanos, python_env, read_json, require_root,
-    run_command, script,
+    run_command, script, trace_command,
 };
 use nix::sys::{ptrace, signal, wait};
 use nix::unistd::Pid;
@@ -268,4 +268,105 @@ impl Drop for Cgroup<'_> {
         let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// The interpreter's library, as the traced process maps it, has a FIFO bind-mounted
+/// over it in the process's mount namespace (the path in `/proc/PID/maps` is unchanged
+/// and not `(deleted)`): `trace -p` never opens the FIFO (an open that would block for
+/// ever), reads the running image, attaches and reports the stall.
+#[test]
+fn a_fifo_over_the_interpreter_is_never_opened() {
+    swapped_interpreter(|ctx, pid, lib_dir, spare| {
+        let fifo = spare.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)
+            .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
+        mount_in(ctx, pid, &fifo, &lib_dir.join(LIBPYTHON));
+    });
+}
+
+/// The directory of the interpreter's library is covered, in the process's mount
+/// namespace, by one where the library is an absolute symlink to a FIFO: resolved
+/// against blockprobe's root it would block for ever; `trace -p` attaches and reports
+/// the stall.
+#[test]
+fn an_absolute_symlink_over_the_interpreter_is_never_followed() {
+    swapped_interpreter(|ctx, pid, lib_dir, spare| {
+        let fifo = spare.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)
+            .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
+        let cover = spare.join("cover");
+        std::fs::create_dir(&cover).expect("cover directory");
+        std::os::unix::fs::symlink(&fifo, cover.join(LIBPYTHON)).expect("symlink");
+        mount_in(ctx, pid, &cover, lib_dir);
+    });
+}
+
+/// The library file of pyenv 3.11.7.
+const LIBPYTHON: &str = "libpython3.11.so.1.0";
+
+/// Runs sleep_in_coroutine.py on pyenv 3.11.7 with its library copied to a directory of
+/// its own, in a mount namespace of its own; once it is READY, `swap(ctx, pid, lib_dir,
+/// spare_dir)` changes what the library's path shows in that namespace; then `trace -p`
+/// must attach and report its stall as usual.
+fn swapped_interpreter(swap: impl FnOnce(&CtxRef, u32, &Path, &Path)) {
+    require_root();
+    let python = Python::pyenv("3.11.7");
+    let lib_dir = tempfile::tempdir().expect("temporary directory");
+    let spare = tempfile::tempdir().expect("temporary directory");
+    let lib = python.path.parent().expect("bin").parent().expect("prefix");
+    std::fs::copy(
+        lib.join("lib").join(LIBPYTHON),
+        lib_dir.path().join(LIBPYTHON),
+    )
+    .expect("copying libpython");
+    let ctx = Ctx::new();
+    let script = script("sleep_in_coroutine.py");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--"])
+        .arg(&python.path)
+        .arg(&script)
+        .env("LD_LIBRARY_PATH", lib_dir.path());
+    python_env(&mut cmd);
+    let py = ctx.spawn("sleep_in_coroutine.py in a mount namespace", &mut cmd);
+    let pid = ctx.wait_ready(&py).pid.expect("READY has a pid");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    ctx.ensure(
+        maps.contains(
+            &lib_dir
+                .path()
+                .join(LIBPYTHON)
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        || format!("the script does not map the copied library:\n{maps}"),
+    );
+    swap(&ctx, pid, lib_dir.path(), spare.path());
+    let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[pid]));
+    ctx.drive_traced_sleep(&bp, &py, &python, &script);
+    ctx.stop_trace(&bp);
+}
+
+/// Bind-mounts `source` over `target` in the mount namespace of process `pid`.
+fn mount_in(ctx: &CtxRef, pid: u32, source: &Path, target: &Path) {
+    let out = Command::new("nsenter")
+        .args([
+            "--target",
+            &pid.to_string(),
+            "--mount",
+            "--",
+            "mount",
+            "--bind",
+        ])
+        .arg(source)
+        .arg(target)
+        .output()
+        .unwrap_or_else(|e| ctx.fail(format!("nsenter: {e}")));
+    ctx.ensure(out.status.success(), || {
+        format!(
+            "mounting {} over {}: {}",
+            source.display(),
+            target.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
 }

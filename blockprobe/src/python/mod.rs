@@ -15,6 +15,7 @@ mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
+mod mapped_file;
 pub mod memory;
 pub mod origin;
 mod process;
