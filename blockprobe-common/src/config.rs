@@ -46,8 +46,8 @@ pub struct GlobalConfig {
     pub exit_has_group_dead: u32,
     /// How to find the inode mode of a file descriptor of the current task.
     pub fd_path: FdPath,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// Offset of `tgid` (the process id) in the kernel's `task_struct` (from BTF).
+    pub task_tgid_offset: u32,
 }
 assert_size!(GlobalConfig, 104);
 

@@ -36,6 +36,15 @@ pub fn task_tid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
         .map(|pid| pid as u32)
 }
 
+/// The process id of `task`, read at the offset userspace found in BTF.
+#[inline(always)]
+pub fn task_tgid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
+    // SAFETY: as in `task_tid`.
+    unsafe { bpf_probe_read_kernel(task.add(config.task_tgid_offset as usize) as *const i32) }
+        .ok()
+        .map(|pid| pid as u32)
+}
+
 /// Adds the open off-CPU period of `timing` to its cause, as of `now`. Called when the
 /// thread is seen running: at switch-in, switch-out and in its own syscall programs.
 #[inline(always)]

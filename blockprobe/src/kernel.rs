@@ -20,6 +20,8 @@ pub struct Offsets {
     pub pt_regs_arg1: u64,
     /// Offset of `pid` (the thread id) in `struct task_struct`.
     pub task_pid: u64,
+    /// Offset of `tgid` (the process id) in `struct task_struct`.
+    pub task_tgid: u64,
     /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
     pub task_state: u64,
     /// Offset of `jobctl` (job control flags) in `struct task_struct`.
@@ -45,6 +47,7 @@ pub fn offsets() -> anyhow::Result<Offsets> {
     let task_state = member(&btf, &task, "__state").or_else(|_| member(&btf, &task, "state"))?;
     Ok(Offsets {
         task_pid: member(&btf, &task, "pid")?.0,
+        task_tgid: member(&btf, &task, "tgid")?.0,
         task_state: task_state.0,
         task_jobctl: member(&btf, &task, "jobctl")?.0,
         task_fsbase: task_fsbase_offset(&btf)?,
@@ -136,6 +139,8 @@ mod tests {
             "jobctl at {jobctl}"
         );
         assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
+        // `tgid` follows `pid`.
+        assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
         // `i_mode` opens struct inode; `fdt` and `fd` sit early in their structs.
         let fd = offsets.fd_path;
         assert_eq!(fd.inode_mode, 0);

@@ -19,6 +19,7 @@ mod namespaces;
 mod patience;
 mod preflight;
 mod probes;
+mod proc_stat;
 mod python;
 mod render;
 mod report;
