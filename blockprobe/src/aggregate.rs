@@ -323,13 +323,6 @@ impl Aggregator {
         }
     }
 
-    /// Whether thread `tid` of process `pid` is known to run an event loop.
-    pub fn is_loop_thread(&self, pid: u32, tid: u32) -> bool {
-        self.processes
-            .get(&pid)
-            .is_some_and(|p| p.loop_threads.binary_search(&tid).is_ok())
-    }
-
     /// Records that thread `tid` of registered process `pid` runs an event loop.
     /// Ignored if the process is not registered.
     pub fn add_loop_thread(&mut self, pid: u32, tid: u32) {
@@ -426,8 +419,16 @@ impl Aggregator {
     }
 }
 
+/// Loop threads listed per process in the report: a process that starts a thread and a
+/// loop per call would list thousands.
+pub const MAX_LISTED_LOOP_THREADS: usize = 256;
+
+/// Adds loop thread `x` to the sorted list `v`, unless it holds
+/// [`MAX_LISTED_LOOP_THREADS`] already.
 fn insert_sorted(v: &mut Vec<u32>, x: u32) {
-    if let Err(pos) = v.binary_search(&x) {
+    if let Err(pos) = v.binary_search(&x)
+        && v.len() < MAX_LISTED_LOOP_THREADS
+    {
         v.insert(pos, x);
     }
 }
@@ -508,6 +509,21 @@ pub(crate) mod tests {
                 ("f".to_owned(), 1_000_000),
             ]
         );
+    }
+
+    #[test]
+    fn loop_threads_listed_are_bounded() {
+        let mut a = Aggregator::default();
+        a.register_process(ProcessInfo {
+            pid: 7,
+            ..ProcessInfo::default()
+        });
+        for tid in (0..10_000).rev() {
+            a.add_loop_thread(7, tid);
+        }
+        let listed = &a.report(run()).processes[0].loop_threads;
+        assert_eq!(listed.len(), MAX_LISTED_LOOP_THREADS);
+        assert!(listed.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

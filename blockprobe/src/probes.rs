@@ -179,6 +179,11 @@ impl Probes {
         self.stop_sampling(|p, _| p == pid);
     }
 
+    /// Detaches the sampler of thread `tid` (it exited).
+    pub fn stop_sampling_thread(&mut self, tid: u32) {
+        self.stop_sampling(|_, t| t == tid);
+    }
+
     /// Detaches the samplers of the threads `(pid, tid)` for which `gone` holds.
     fn stop_sampling(&mut self, gone: impl Fn(u32, u32) -> bool) {
         let tids: Vec<u32> = (self.samplers.iter())

@@ -1,9 +1,20 @@
-//! What `/proc/PID/stat` says of a process: here, when it started, which tells a process
-//! from a later one that reused its pid.
+//! What `/proc/PID/stat` says of a process or thread: when it started (which tells a
+//! process from a later one that reused its pid), and whether it still runs.
 
 /// The start time of process `pid` (clock ticks after boot), `None` when it is gone.
 pub fn start_time(pid: u32) -> Option<u64> {
     parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether thread `tid` of process `pid` still exists and is no zombie.
+pub fn thread_lives(pid: u32, tid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .is_ok_and(|stat| parse_state(&stat).is_some_and(|s| s != "Z" && s != "X"))
+}
+
+/// Field 3 (the state letter) of a `stat` line.
+fn parse_state(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().next()
 }
 
 /// Field 22 (`starttime`) of a `stat` line. The command name (field 2) is in
@@ -28,5 +39,17 @@ mod tests {
         assert!(own > 0);
         assert_eq!(start_time(std::process::id()), Some(own));
         assert_eq!(start_time(u32::MAX), None);
+        assert_eq!(parse_state(line), Some("S"));
+    }
+
+    #[test]
+    fn this_thread_lives_and_an_exited_one_does_not() {
+        let pid = std::process::id();
+        assert!(thread_lives(pid, nix::unistd::gettid().as_raw() as u32));
+        let exited = std::thread::spawn(|| nix::unistd::gettid().as_raw() as u32)
+            .join()
+            .unwrap();
+        assert!(!thread_lives(pid, exited));
+        assert!(!thread_lives(pid, u32::MAX));
     }
 }

@@ -105,6 +105,9 @@ pub struct Session {
     /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
     /// stack of a loop still stuck when tracing stops.
     loop_tstates: HashMap<u32, (u32, u64)>,
+    /// The live loop threads (sampled, shown in the metrics), by tid, with their pid.
+    /// A thread leaves when it or its process is gone, or its process exec'd.
+    loop_threads: HashMap<u32, u32>,
     /// Frames of reported stalls that could not be read so far (reported with the loss
     /// counters).
     unreadable_frames: u64,
@@ -132,6 +135,7 @@ impl Session {
             last_sweep: Instant::now(),
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
+            loop_threads: HashMap::new(),
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
             events_this_interval: 0,
@@ -433,6 +437,7 @@ impl Session {
         self.starting.remove(&pid);
         self.given_up.remove(&pid);
         self.loop_tstates.retain(|_, (p, _)| *p != pid);
+        self.loop_threads.retain(|_, p| *p != pid);
         self.attributor.forget_process(pid);
         self.probes.forget_process(pid);
         if self.processes.remove(&pid).is_some() {
@@ -448,6 +453,24 @@ impl Session {
         let traced = self.processes.get(&pid)?;
         let same_process = proc_stat::start_time(pid) == traced.start_time;
         departure(same_process, self.probes.is_tracing(pid))
+    }
+
+    /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
+    /// and thread state go, and the metrics stop counting them. Short-lived loop threads
+    /// (a thread and a loop per call, as asgiref's `async_to_sync`) leave nothing behind.
+    fn sweep_loop_threads(&mut self) -> anyhow::Result<()> {
+        let gone: Vec<(u32, u32)> = (self.loop_threads.iter())
+            .filter(|&(&tid, &pid)| !proc_stat::thread_lives(pid, tid))
+            .map(|(&tid, &pid)| (tid, pid))
+            .collect();
+        for (tid, pid) in gone {
+            self.loop_threads.remove(&tid);
+            self.loop_tstates.remove(&tid);
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
+            self.sink.status(&Status::LoopGone { pid, tid })?;
+        }
+        Ok(())
     }
 
     /// Forgets the traced processes that left without the kernel side saying so.
@@ -524,7 +547,7 @@ impl Session {
         if tstate != 0 {
             self.loop_tstates.insert(tid, (pid, tstate));
         }
-        if !self.aggregator.is_loop_thread(pid, tid) {
+        if self.loop_threads.insert(tid, pid) != Some(pid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
             self.refresh_asyncio(pid)?;
@@ -602,6 +625,7 @@ impl Session {
         }
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
             self.read_counters()?;
+            self.sweep_loop_threads()?;
             self.notice_stuck()?;
         }
         if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {

@@ -370,3 +370,94 @@ fn mount_in(ctx: &CtxRef, pid: u32, source: &Path, target: &Path) {
         )
     });
 }
+
+/// asgiref's `async_to_sync`: a thread and a loop per call, 20 calls. Each call's loop
+/// is found (a `loop` event) and its stall reported, blamed on `handler`; each thread's
+/// exit is noticed (a `loop_gone` event): its sampler, evidence and gauge go with it.
+#[test]
+fn short_lived_loop_threads_leave_nothing_behind() {
+    require_root();
+    let python = Python::pyenv("3.11.7");
+    let ctx = Ctx::new();
+    let bp = ctx.spawn(
+        "blockprobe run short_lived_loops.py",
+        &mut run_command(&python, &script("short_lived_loops.py"), &[], &[]),
+    );
+    let (_, pid) = ctx.wait_live(&bp, "short_lived_loops.py");
+    bp.send("GO");
+    ctx.wait_finished(&bp);
+    let calls: Vec<u32> = (bp.texts().iter())
+        .filter_map(|t| t.strip_prefix("CALL ")?.parse().ok())
+        .collect();
+    ctx.ensure(calls.len() == 20, || {
+        format!("expected 20 calls, got {calls:?}")
+    });
+    let tids_of = |event: &str| -> Vec<u32> {
+        (bp.events_of(event, pid).iter())
+            .filter_map(|e| e["tid"].as_u64())
+            .map(|t| t as u32)
+            .collect()
+    };
+    ctx.wait_for(
+        "a `loop` and a `loop_gone` event for every call's thread",
+        || {
+            let (found, gone) = (tids_of("loop"), tids_of("loop_gone"));
+            calls
+                .iter()
+                .all(|t| found.contains(t) && gone.contains(t))
+                .then_some(())
+        },
+    );
+    let stalls = ctx.wait_stalls(&bp, pid, calls.len());
+    for tid in &calls {
+        let stall = stalls.iter().find(|s| s.tid == *tid);
+        let culprit = stall
+            .and_then(|s| s.culprit.as_ref())
+            .map(|f| f.function.as_str());
+        ctx.ensure(culprit == Some("handler"), || {
+            format!("call thread {tid}: expected a stall blamed on handler, got {stall:#?}")
+        });
+    }
+    let status = ctx.quit(&bp);
+    ctx.ensure(status.success(), || {
+        format!("blockprobe run exited with {status}")
+    });
+}
+
+/// Under `run`, a loop process execs into another Python whose loop is CPU-bound: the
+/// new image's loop thread (the same tid, the pid) gets a CPU sampler again, so its CPU
+/// stalls are blamed on the functions that spun, from timer samples.
+#[test]
+fn exec_into_python_keeps_cpu_samples() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let next = script("cause_cpu.py");
+    let interpreter = python.path.to_string_lossy().into_owned();
+    let bp = ctx.spawn(
+        "blockprobe run exec_into.py -- cause_cpu.py",
+        &mut run_command(
+            &python,
+            &script("exec_into.py"),
+            &["--", &interpreter, &next.to_string_lossy()],
+            &[],
+        ),
+    );
+    let (_, pid) = ctx.wait_live(&bp, "cause_cpu.py");
+    bp.send("GO");
+    ctx.wait_event(&bp, "detached", pid);
+    ctx.wait_for("the new image's `loop` event", || {
+        (bp.events_of("loop", pid).len() == 2).then_some(())
+    });
+    bp.send("GO");
+    ctx.wait_finished(&bp);
+    let stalls = ctx.wait_stalls(&bp, pid, 2);
+    for stall in &stalls {
+        let culprit = stall.culprit.as_ref().map(|f| f.function.as_str());
+        ctx.ensure(
+            stall.cpu_samples > 0 && matches!(culprit, Some("hash_password" | "spin")),
+            || format!("a CPU stall of the new image without samples: {stall:#?}"),
+        );
+    }
+    ctx.quit_ok(&bp, "");
+}

@@ -176,6 +176,14 @@ impl Metrics {
         }
     }
 
+    /// Loop thread `tid` of `pid` exited.
+    pub fn loop_gone(&mut self, pid: u32, tid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.loops.remove(&tid);
+            p.stuck.remove(&tid);
+        }
+    }
+
     /// Loop thread `tid` of `pid` is stuck, until its stall ends.
     pub fn stuck(&mut self, pid: u32, tid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {

@@ -13,6 +13,7 @@
 //! that goes away (`| head -1`) silences that stream and nothing else. Other write
 //! errors are returned.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,7 @@ pub enum DetachReason {
 
 /// A status event of the tracer. In JSON lines:
 /// `{"event":"attached","pid":..,"comm":..,"python_version":".."}`,
-/// `{"event":"loop","pid":..,"tid":..}`,
+/// `{"event":"loop","pid":..,"tid":..}`, `{"event":"loop_gone","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
 /// `{"event":"warning","message":..}`, `{"event":"ready"}`,
@@ -65,6 +66,10 @@ pub enum Status {
     },
     /// A thread of a traced process runs an asyncio event loop.
     Loop { pid: u32, tid: u32 },
+    /// A loop thread exited (JSON lines only: a text line each would flood the terminal
+    /// of a program that starts a thread and a loop per call).
+    #[serde(rename = "loop_gone")]
+    LoopGone { pid: u32, tid: u32 },
     /// A process is no longer traced.
     Detached { pid: u32, reason: DetachReason },
     /// Events were lost: `kind` is a loss counter name (`Counter::name()`), `count` the
@@ -254,6 +259,7 @@ pub fn status_line(status: &Status) -> String {
             ns_pid.map_or(String::new(), |ns| format!(", pid {ns} in its namespace"))
         ),
         Status::Loop { pid, tid } => format!("event loop in pid {pid}, thread {tid}"),
+        Status::LoopGone { pid, tid } => format!("loop thread {tid} of pid {pid} exited"),
         Status::Detached { pid, reason } => format!(
             "detached from pid {pid} ({})",
             match reason {
@@ -317,11 +323,17 @@ fn write_line(w: &mut dyn Write, line: &str) -> io::Result<()> {
     w.flush()
 }
 
+/// Event loop lines shown per process: a program that starts a thread and a loop per
+/// call (asgiref's `async_to_sync`) would print one per call.
+const LOOP_LINES_PER_PROCESS: u32 = 8;
+
 /// Text: stalls on `out` (after a header), status on `err`.
 pub struct TextSink<O: Write, E: Write> {
     out: O,
     err: E,
     header: bool,
+    /// Event loop lines shown so far, by pid.
+    loop_lines: HashMap<u32, u32>,
 }
 
 #[allow(dead_code)] // Options and accessors for callers that need them, and tests.
@@ -332,6 +344,7 @@ impl<O: Write, E: Write> TextSink<O, E> {
             out,
             err,
             header: true,
+            loop_lines: HashMap::new(),
         }
     }
 
@@ -357,6 +370,24 @@ impl<O: Write, E: Write> StallSink for TextSink<O, E> {
     }
 
     fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        match status {
+            Status::LoopGone { .. } => return Ok(()),
+            Status::Detached { pid, .. } => drop(self.loop_lines.remove(pid)),
+            Status::Loop { pid, .. } => {
+                let shown = self.loop_lines.entry(*pid).or_default();
+                *shown = shown.saturating_add(1);
+                if *shown == LOOP_LINES_PER_PROCESS + 1 {
+                    let line = format!(
+                        "blockprobe: pid {pid} keeps starting event loops: the next ones are not shown"
+                    );
+                    write_line(&mut self.err, &line)?;
+                }
+                if *shown > LOOP_LINES_PER_PROCESS {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         write_line(&mut self.err, &status_line(status))?;
         Ok(())
     }
@@ -504,6 +535,26 @@ mod tests {
         assert!(line.contains(" other 100%       -  "), "{line}");
         s.stack.clear();
         assert!(stall_line_at(&s, "x").ends_with(" <unknown>"));
+    }
+
+    #[test]
+    fn short_lived_loops_are_not_shown_one_by_one() {
+        let mut sink = TextSink::new(Vec::new(), Vec::new());
+        for tid in 0..100 {
+            sink.status(&Status::Loop { pid: 7, tid }).unwrap();
+            sink.status(&Status::LoopGone { pid: 7, tid }).unwrap();
+        }
+        sink.status(&Status::Loop { pid: 8, tid: 8 }).unwrap();
+        let (_, err) = sink.into_inner();
+        let err = String::from_utf8(err).unwrap();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 8 + 1 + 1, "{err}");
+        assert_eq!(lines[7], "blockprobe: event loop in pid 7, thread 7");
+        assert_eq!(
+            lines[8],
+            "blockprobe: pid 7 keeps starting event loops: the next ones are not shown"
+        );
+        assert_eq!(lines[9], "blockprobe: event loop in pid 8, thread 8");
     }
 
     #[test]
