@@ -624,6 +624,7 @@ impl Session {
             self.attach_quietly(pid)?;
         }
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
+            self.clock.refresh();
             self.read_counters()?;
             self.sweep_loop_threads()?;
             self.notice_stuck()?;
