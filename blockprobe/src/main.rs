@@ -8,6 +8,7 @@ mod clock;
 mod commands;
 mod deadline;
 mod events;
+mod evidence;
 mod export;
 mod fleet;
 mod histogram;

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    Ctx, CtxRef, Python, blockprobe_bin, kind, nanos, python_env, read_json, require_root,
-    run_command, script, trace_command,
+    Ctx, CtxRef, Python, Scenario, blockprobe_bin, kind, nanos, python_env, read_json,
+    require_root, run_command, run_scenario, script, trace_command,
 };
 use nix::sys::{ptrace, signal, wait};
 use nix::unistd::Pid;
@@ -460,4 +460,30 @@ fn exec_into_python_keeps_cpu_samples() {
         );
     }
     ctx.quit_ok(&bp, "");
+}
+
+/// One stall holding 300 blocking calls, each 126 frames deep in functions with
+/// 4,000-character names (about 1 MB of names per call): the evidence kept per thread
+/// is bounded by bytes, so blockprobe's peak RSS stays under 64 MiB; the stall is
+/// reported, blamed on `sleeper`.
+#[test]
+fn evidence_of_huge_stacks_is_bounded_by_bytes() {
+    let python = Python::pyenv("3.11.7");
+    let ran = run_scenario(&Scenario {
+        python: &python,
+        script: "inflate.py",
+        script_args: &[],
+        blockprobe_args: &[],
+        stalls: 1,
+    });
+    ran.expect_success();
+    let stall = ran.only_stall();
+    let culprit = stall.culprit.as_ref().map(|f| f.function.as_str());
+    ran.ctx.ensure(culprit == Some("sleeper"), || {
+        format!("expected the stall blamed on sleeper, got {culprit:?}")
+    });
+    eprintln!("blockprobe's peak RSS: {} KiB", ran.bp_peak_rss_kib);
+    ran.ctx.ensure(ran.bp_peak_rss_kib < 64 * 1024, || {
+        format!("blockprobe's peak RSS is {} KiB", ran.bp_peak_rss_kib)
+    });
 }
