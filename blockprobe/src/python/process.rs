@@ -19,8 +19,9 @@ use crate::deadline;
 use crate::model::Frame;
 
 /// The longest an inspection may take: reading a few headers and pages of a local file
-/// and of memory takes milliseconds, even on a loaded host.
-const INSPECT_DEADLINE: Duration = Duration::from_secs(2);
+/// and of memory takes milliseconds of CPU time, seconds only on a host whose CPUs are
+/// shared by hundreds of busy processes.
+const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
 /// Most thread states followed in an interpreter's list (guards against cycles).
 const MAX_THREADS: usize = 4096;
 /// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
