@@ -129,31 +129,29 @@ fn a_ptrace_stop_is_stopped_time() {
 /// The cgroup v1 freezer (`freezer.state` FROZEN, 0.8 s, THAWED): stopped time.
 #[test]
 fn a_frozen_cgroup_v1_is_stopped_time() {
-    let Some(root) = cgroup_root("freezer") else {
-        eprintln!("skipped: no cgroup v1 freezer hierarchy on this host");
-        return;
-    };
-    stopped_loop(SHORT_STOP, |ctx, pid| {
-        let cgroup = Cgroup::new(ctx, &root, pid);
-        cgroup.set("freezer.state", "FROZEN");
-        std::thread::sleep(SHORT_STOP);
-        cgroup.set("freezer.state", "THAWED");
-    });
+    frozen_cgroup("freezer", "freezer.state", ["FROZEN", "THAWED"]);
 }
 
 /// The cgroup v2 freezer (`cgroup.freeze` 1, 0.8 s, 0; what `docker pause` does on a
 /// cgroup v2 host): stopped time.
 #[test]
 fn a_frozen_cgroup_v2_is_stopped_time() {
-    let Some(root) = cgroup_root("cgroup2") else {
-        eprintln!("skipped: no cgroup v2 hierarchy on this host");
+    frozen_cgroup("cgroup2", "cgroup.freeze", ["1", "0"]);
+}
+
+/// [`stopped_loop`], frozen for [`SHORT_STOP`] in a cgroup of the hierarchy `fs` (see
+/// [`cgroup_root`]) by writing `[freeze, thaw]` to its `file`; skipped, saying so,
+/// without that hierarchy.
+fn frozen_cgroup(fs: &str, file: &str, [freeze, thaw]: [&str; 2]) {
+    let Some(root) = cgroup_root(fs) else {
+        eprintln!("skipped: no {fs} cgroup hierarchy on this host");
         return;
     };
     stopped_loop(SHORT_STOP, |ctx, pid| {
         let cgroup = Cgroup::new(ctx, &root, pid);
-        cgroup.set("cgroup.freeze", "1");
+        cgroup.set(file, freeze);
         std::thread::sleep(SHORT_STOP);
-        cgroup.set("cgroup.freeze", "0");
+        cgroup.set(file, thaw);
     });
 }
 
@@ -278,10 +276,7 @@ impl Drop for Cgroup<'_> {
 #[test]
 fn a_fifo_over_the_interpreter_is_never_opened() {
     swapped_interpreter(|ctx, pid, lib_dir, spare| {
-        let fifo = spare.join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)
-            .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
-        mount_in(ctx, pid, &fifo, &lib_dir.join(LIBPYTHON));
+        mount_in(ctx, pid, &spare.join(FIFO), &lib_dir.join(LIBPYTHON));
     });
 }
 
@@ -292,23 +287,22 @@ fn a_fifo_over_the_interpreter_is_never_opened() {
 #[test]
 fn an_absolute_symlink_over_the_interpreter_is_never_followed() {
     swapped_interpreter(|ctx, pid, lib_dir, spare| {
-        let fifo = spare.join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)
-            .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
         let cover = spare.join("cover");
         std::fs::create_dir(&cover).expect("cover directory");
-        std::os::unix::fs::symlink(&fifo, cover.join(LIBPYTHON)).expect("symlink");
+        std::os::unix::fs::symlink(spare.join(FIFO), cover.join(LIBPYTHON)).expect("symlink");
         mount_in(ctx, pid, &cover, lib_dir);
     });
 }
 
 /// The library file of pyenv 3.11.7.
 const LIBPYTHON: &str = "libpython3.11.so.1.0";
+/// A FIFO without a writer in the spare directory of [`swapped_interpreter`].
+const FIFO: &str = "fifo";
 
 /// Runs sleep_in_coroutine.py on pyenv 3.11.7 with its library copied to a directory of
 /// its own, in a mount namespace of its own; once it is READY, `swap(ctx, pid, lib_dir,
-/// spare_dir)` changes what the library's path shows in that namespace; then `trace -p`
-/// must attach and report its stall as usual.
+/// spare_dir)` changes what the library's path shows in that namespace (`spare_dir`
+/// holds a [`FIFO`]); then `trace -p` must attach and report its stall as usual.
 fn swapped_interpreter(swap: impl FnOnce(&CtxRef, u32, &Path, &Path)) {
     require_root();
     let python = Python::pyenv("3.11.7");
@@ -341,6 +335,8 @@ fn swapped_interpreter(swap: impl FnOnce(&CtxRef, u32, &Path, &Path)) {
         ),
         || format!("the script does not map the copied library:\n{maps}"),
     );
+    nix::unistd::mkfifo(&spare.path().join(FIFO), nix::sys::stat::Mode::S_IRWXU)
+        .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
     swap(&ctx, pid, lib_dir.path(), spare.path());
     let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[pid]));
     ctx.drive_traced_sleep(&bp, &py, &python, &script);

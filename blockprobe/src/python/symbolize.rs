@@ -325,6 +325,26 @@ mod tests {
         obj[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
     }
 
+    /// A 3.11 symbolizer of this process's memory, whose `PyCode_Type` is `code_type`.
+    fn symbolizer_311(code_type: u64) -> Symbolizer {
+        let layout = match layout(PY311).unwrap() {
+            Recipe::Table(table) => *table,
+            other => panic!("{other:?}"),
+        };
+        Symbolizer::new(ProcessMemory::new(std::process::id()), layout, code_type)
+    }
+
+    /// A stack of one (empty) frame.
+    fn one_frame_stack() -> RawStack {
+        RawStack {
+            len: 1,
+            flags: 0,
+            tstate: 0,
+            task_name: 0,
+            frames: [RawFrame::default(); MAX_FRAMES],
+        }
+    }
+
     #[test]
     fn symbolizes_fake_code_objects() {
         let code_type = 0x1234_5678;
@@ -354,21 +374,8 @@ mod tests {
         set(&mut code, 128, addr(&name));
         set(&mut code, 136, addr(&table));
 
-        let mut symbolizer = Symbolizer::new(
-            ProcessMemory::new(std::process::id()),
-            match layout(PY311).unwrap() {
-                Recipe::Table(table) => *table,
-                other => panic!("{other:?}"),
-            },
-            code_type,
-        );
-        let mut stack = RawStack {
-            len: 1,
-            flags: 0,
-            tstate: 0,
-            task_name: 0,
-            frames: [RawFrame::default(); MAX_FRAMES],
-        };
+        let mut symbolizer = symbolizer_311(code_type);
+        let mut stack = one_frame_stack();
         let mut at = |code: &[u8], unit: u64| {
             stack.frames[0] = RawFrame {
                 code: addr(code),
@@ -417,21 +424,8 @@ mod tests {
                 code
             })
             .collect();
-        let mut symbolizer = Symbolizer::new(
-            ProcessMemory::new(std::process::id()),
-            match layout(PY311).unwrap() {
-                Recipe::Table(table) => *table,
-                other => panic!("{other:?}"),
-            },
-            code_type,
-        );
-        let mut stack = RawStack {
-            len: 1,
-            flags: 0,
-            tstate: 0,
-            task_name: 0,
-            frames: [RawFrame::default(); MAX_FRAMES],
-        };
+        let mut symbolizer = symbolizer_311(code_type);
+        let mut stack = one_frame_stack();
         let mut most = 0;
         for code in &codes {
             stack.frames[0] = RawFrame {
