@@ -452,7 +452,12 @@ impl Session {
     fn departure(&self, pid: u32) -> Option<DetachReason> {
         let traced = self.processes.get(&pid)?;
         let same_process = proc_stat::start_time(pid) == traced.start_time;
-        departure(same_process, self.probes.is_tracing(pid))
+        departure(
+            same_process,
+            self.probes.is_tracing(pid),
+            // A zombie: exited, its exit event maybe still on its way.
+            !proc_stat::thread_lives(pid, pid),
+        )
     }
 
     /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
@@ -658,12 +663,14 @@ impl Session {
 }
 
 /// How a traced process left, if it did: `same_process` when its pid still has the
-/// start time it had when attached, `kernel_tracing` when the kernel side still walks it.
-fn departure(same_process: bool, kernel_tracing: bool) -> Option<DetachReason> {
-    match (same_process, kernel_tracing) {
-        (true, true) => None,
-        (true, false) => Some(DetachReason::Exec),
-        (false, _) => Some(DetachReason::Exit),
+/// start time it had when attached, `kernel_tracing` when the kernel side still walks it,
+/// `leader_dead` when its main thread is gone or a zombie.
+fn departure(same_process: bool, kernel_tracing: bool, leader_dead: bool) -> Option<DetachReason> {
+    match (same_process, kernel_tracing, leader_dead) {
+        (false, _, _) => Some(DetachReason::Exit),
+        (true, true, _) => None,
+        (true, false, true) => Some(DetachReason::Exit),
+        (true, false, false) => Some(DetachReason::Exec),
     }
 }
 
@@ -707,11 +714,15 @@ mod tests {
 
     #[test]
     fn a_process_whose_exit_or_exec_was_lost_is_told_apart() {
-        assert_eq!(departure(true, true), None);
-        // The kernel forgot it, the process is the same: it exec'd.
-        assert_eq!(departure(true, false), Some(DetachReason::Exec));
+        // Still walked: still there (its main thread may have exited before the others).
+        assert_eq!(departure(true, true, false), None);
+        assert_eq!(departure(true, true, true), None);
+        // The kernel forgot it and the process runs on: it exec'd.
+        assert_eq!(departure(true, false, false), Some(DetachReason::Exec));
+        // The kernel forgot it and it is a zombie: it exited.
+        assert_eq!(departure(true, false, true), Some(DetachReason::Exit));
         // Another start time (or none): it exited, maybe another process has its pid.
-        assert_eq!(departure(false, true), Some(DetachReason::Exit));
-        assert_eq!(departure(false, false), Some(DetachReason::Exit));
+        assert_eq!(departure(false, true, false), Some(DetachReason::Exit));
+        assert_eq!(departure(false, false, true), Some(DetachReason::Exit));
     }
 }
