@@ -55,6 +55,14 @@ pub struct LoopTiming {
 }
 assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
 
+impl LoopTiming {
+    /// Whether the thread is off CPU right now because it was stopped from outside
+    /// ([`cause::STOPPED`]): a stopped loop is not stuck.
+    pub fn stopped_now(&self) -> bool {
+        self.off_cpu_since_ns != 0 && self.off_cpu_cause == cause::STOPPED as u32
+    }
+}
+
 /// Value of [`crate::maps::SHORT_CALLS`], written only by BPF: a loop thread's blocking
 /// calls too short to report one by one (below the evidence minimum), summed by cause
 /// until their time reaches the minimum; then one event reports them, with the stack of
@@ -69,7 +77,7 @@ pub struct ShortCalls {
     /// Their number, by [`cause`] index.
     pub calls: [u32; cause::COUNT],
 }
-assert_size!(ShortCalls, 8 + 12 * cause::COUNT);
+assert_size!(ShortCalls, (8 + 12 * cause::COUNT).next_multiple_of(8));
 
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;

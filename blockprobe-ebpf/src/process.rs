@@ -10,9 +10,10 @@ use blockprobe_common::{
 use crate::{
     emit::{current_ids, header, now_ns, reserve},
     maps::{
-        ANNOUNCED, FAMILY, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count, is_loop_thread,
-        mark_loop_thread,
+        ANNOUNCED, FAMILY, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
+        is_loop_thread, mark_loop_thread,
     },
+    sched::{task_tgid, task_tid},
 };
 
 /// Tells userspace, once per process, that an untraced process in scope may be Python.
@@ -25,20 +26,30 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) {
         s if s == Scope::Family as u32 => unsafe { FAMILY.get(tgid) }.is_some(),
         _ => false,
     };
-    if !in_scope || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
+    // SAFETY: read-only lookup.
+    if !in_scope || unsafe { ANNOUNCED.get(tgid) }.is_some() {
         return;
     }
-    if let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) {
-        entry.write(CandidateEvent {
-            header: header(EventKind::Candidate, now_ns()),
-            reason,
-            _pad: 0,
-        });
-        entry.submit(0);
+    // Marked announced only once the event has its place: a process whose announcement
+    // found the ring buffer full (counted) is announced again at its next chance.
+    let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
+        return;
+    };
+    if ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
+        // Another thread of the process announced it meanwhile.
+        entry.discard(0);
+        return;
     }
+    entry.write(CandidateEvent {
+        header: header(EventKind::Candidate, now_ns()),
+        reason,
+        _pad: 0,
+    });
+    entry.submit(0);
 }
 
-/// `sched_process_fork(parent, child)`: in `run` scope, the child joins its parent's family.
+/// `sched_process_fork(parent, child)`: in `run` scope, a child process joins its
+/// parent's family (a new thread is in it already, by its process).
 #[inline(always)]
 pub fn on_fork(ctx: &RawTracePointContext) {
     let Some(config) = config() else { return };
@@ -50,9 +61,14 @@ pub fn on_fork(ctx: &RawTracePointContext) {
     if unsafe { FAMILY.get(tgid) }.is_none() {
         return;
     }
-    let Some(child) = crate::sched::task_tid(config, ctx.arg(1)) else {
+    let task: *const u8 = ctx.arg(1);
+    let (Some(child), Some(child_tgid)) = (task_tid(config, task), task_tgid(config, task)) else {
         return;
     };
+    // Threads are never inserted: only the process is removed at exit.
+    if child != child_tgid {
+        return;
+    }
     if FAMILY.insert(child, 1u8, 0).is_err() {
         count(Counter::FamilyMapFull);
     }
@@ -108,7 +124,8 @@ pub fn on_exit(ctx: &RawTracePointContext) {
     }
 }
 
-/// Drops what the loop-thread probes know about thread `tid`.
+/// Drops what the loop-thread probes know about thread `tid` (a thread killed in the
+/// middle of a GIL wait leaves one behind too).
 #[inline(always)]
 fn forget_thread(tid: u32) {
     if is_loop_thread(tid) {
@@ -116,6 +133,7 @@ fn forget_thread(tid: u32) {
     }
     let _ = THREAD_CLASS.remove(tid);
     let _ = LOOP_TIMING.remove(tid);
+    let _ = GIL_WAITS.remove(tid);
 }
 
 /// Tells userspace a traced process is gone.

@@ -20,8 +20,12 @@ pub struct Offsets {
     pub pt_regs_arg1: u64,
     /// Offset of `pid` (the thread id) in `struct task_struct`.
     pub task_pid: u64,
+    /// Offset of `tgid` (the process id) in `struct task_struct`.
+    pub task_tgid: u64,
     /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
     pub task_state: u64,
+    /// Offset of `jobctl` (job control flags) in `struct task_struct`.
+    pub task_jobctl: u64,
     /// The chain from a task to the type of one of its file descriptors.
     pub fd_path: FdPath,
 }
@@ -48,7 +52,9 @@ pub fn offsets() -> anyhow::Result<Offsets> {
     let task_state = member(&btf, &task, "__state").or_else(|_| member(&btf, &task, "state"))?;
     Ok(Offsets {
         task_pid: member(&btf, &task, "pid")?.0,
+        task_tgid: member(&btf, &task, "tgid")?.0,
         task_state: task_state.0,
+        task_jobctl: member(&btf, &task, "jobctl")?.0,
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
@@ -132,7 +138,14 @@ mod tests {
         assert_eq!(offsets.pt_regs_arg1, 13 * 8);
         // The state is near the start of task_struct, the pid well inside it.
         assert!(offsets.task_state < 64, "state at {}", offsets.task_state);
+        let jobctl = offsets.task_jobctl;
+        assert!(
+            jobctl > 512 && jobctl < fsbase && jobctl.is_multiple_of(8),
+            "jobctl at {jobctl}"
+        );
         assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
+        // `tgid` follows `pid`.
+        assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
         // `i_mode` opens struct inode; `fdt` and `fd` sit early in their structs.
         let fd = offsets.fd_path;
         assert_eq!(fd.inode_mode, 0);

@@ -36,6 +36,9 @@ pub enum Cause {
     Wait,
     /// Off CPU for another reason, or not known.
     Other,
+    /// Stopped from outside (SIGSTOP, a ptrace stop, the cgroup freezer): never blamed
+    /// on code.
+    Stopped,
 }
 
 impl Cause {
@@ -49,6 +52,7 @@ impl Cause {
         Cause::Gil,
         Cause::Wait,
         Cause::Other,
+        Cause::Stopped,
     ];
 
     /// The cause at `blockprobe_common::cause` index `index` (`Other` when out of range).
@@ -67,6 +71,7 @@ impl Cause {
             Cause::Gil => "gil",
             Cause::Wait => "wait",
             Cause::Other => "other",
+            Cause::Stopped => "stopped",
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, RawTracePoint,
         perf_event::{
@@ -21,6 +21,9 @@ use blockprobe_common::{
 };
 
 use crate::tracefs;
+
+/// `bpf_map_update_elem` flag: update an existing entry only.
+const BPF_EXIST: u64 = 2;
 
 /// How often the CPU sampler looks at a running loop thread (Hz): a 10 ms stall gets
 /// ~10 samples; a sample outside a stall costs one hash lookup.
@@ -83,6 +86,8 @@ impl Probes {
             scope: settings.scope as u32,
             task_pid_offset: u32::try_from(kernel.task_pid)?,
             task_state_offset: u32::try_from(kernel.task_state)?,
+            task_jobctl_offset: u32::try_from(kernel.task_jobctl)?,
+            task_tgid_offset: u32::try_from(kernel.task_tgid)?,
             fd_path: kernel.fd_path,
             exit_has_group_dead: u32::from(
                 tracefs::field_offset(tracefs, "sched", "sched_process_exit", "group_dead")?
@@ -177,6 +182,11 @@ impl Probes {
         self.stop_sampling(|p, _| p == pid);
     }
 
+    /// Detaches the sampler of thread `tid` (it exited).
+    pub fn stop_sampling_thread(&mut self, tid: u32) {
+        self.stop_sampling(|_, t| t == tid);
+    }
+
     /// Detaches the samplers of the threads `(pid, tid)` for which `gone` holds.
     fn stop_sampling(&mut self, gone: impl Fn(u32, u32) -> bool) {
         let tids: Vec<u32> = (self.samplers.iter())
@@ -206,6 +216,12 @@ impl Probes {
         self.processes
             .insert(pid, recipe, 0)
             .with_context(|| format!("tracing pid {pid}: process map full?"))
+    }
+
+    /// Whether the kernel side walks the stacks of `pid`: it forgets a process at its
+    /// exit or exec.
+    pub fn is_tracing(&self, pid: u32) -> bool {
+        self.processes.get(&pid, 0).is_ok()
     }
 
     /// Adds `pid` to `blockprobe run`'s family: its future children join it.
@@ -240,9 +256,20 @@ impl Probes {
             poll_fd,
             since_ns: now_ns,
         };
-        self.thread_class
-            .insert(tid, value, 0)
+        self.update_class(tid, value)
             .with_context(|| format!("classifying thread {tid}"))
+    }
+
+    /// Sets thread `tid`'s class, only if the kernel side still knows the thread: one
+    /// that exited (or closed its loop) meanwhile is not brought back, for a later thread
+    /// on its tid to inherit.
+    fn update_class(&mut self, tid: u32, value: ThreadClass) -> anyhow::Result<()> {
+        match self.thread_class.insert(tid, value, BPF_EXIST) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     /// What the kernel side measures of loop thread `tid`'s current loop iteration.
@@ -264,8 +291,7 @@ impl Probes {
             // Examined "long ago": the next poll is past the re-examination delay.
             since_ns: 0,
         };
-        self.thread_class
-            .insert(tid, value, 0)
+        self.update_class(tid, value)
             .with_context(|| format!("re-examining thread {tid}"))
     }
 

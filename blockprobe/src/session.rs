@@ -23,6 +23,7 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
+    proc_stat,
     python::{Inspection, PythonProcess},
     render::live::{DetachReason, StallSink, Status},
 };
@@ -49,10 +50,15 @@ const READ_BATCH: Duration = Duration::from_millis(50);
 const BUSY_EVENTS: u64 = 50;
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often traced processes are checked to still be there: their exit is normally
+/// told by the kernel side, but that event may be lost (counted) when its buffer is full.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A Python process being traced.
 struct Traced {
     python: PythonProcess,
+    /// When it started: a later process on its pid is another one.
+    start_time: Option<u64>,
     comm: String,
     /// Its pid in its own pid namespace, when not the host's.
     ns_pid: Option<u32>,
@@ -93,11 +99,15 @@ pub struct Session {
     /// Whether an undecodable event was already shown with its error.
     undecodable_shown: bool,
     last_counter_read: Instant,
+    last_sweep: Instant,
     last_tick: tokio::time::Instant,
     own_pid: u32,
     /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
     /// stack of a loop still stuck when tracing stops.
     loop_tstates: HashMap<u32, (u32, u64)>,
+    /// The live loop threads (sampled, shown in the metrics), by tid, with their pid.
+    /// A thread leaves when it or its process is gone, or its process exec'd.
+    loop_threads: HashMap<u32, u32>,
     /// Frames of reported stalls that could not be read so far (reported with the loss
     /// counters).
     unreadable_frames: u64,
@@ -124,8 +134,10 @@ impl Session {
             losses: Losses::default(),
             undecodable_shown: false,
             last_counter_read: Instant::now(),
+            last_sweep: Instant::now(),
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
+            loop_threads: HashMap::new(),
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
             events_this_interval: 0,
@@ -141,8 +153,15 @@ impl Session {
 
     /// Tries to trace `pid`: Python processes are attached (or retried while starting).
     pub fn attach(&mut self, pid: u32) -> anyhow::Result<Attach> {
-        if pid == self.own_pid || self.processes.contains_key(&pid) {
+        if pid == self.own_pid {
             return Ok(Attach::Attached);
+        }
+        if self.processes.contains_key(&pid) {
+            match self.departure(pid) {
+                None => return Ok(Attach::Attached),
+                // Its exit or exec event was lost: this is a new process or image.
+                Some(reason) => self.process_gone(pid, reason)?,
+            }
         }
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
@@ -187,6 +206,7 @@ impl Session {
             pid,
             Traced {
                 python,
+                start_time: proc_stat::start_time(pid),
                 comm,
                 ns_pid,
             },
@@ -321,19 +341,12 @@ impl Session {
         match event {
             Event::Candidate { pid } => self.attach_quietly(pid)?,
             Event::ProcessGone { pid, exec } => {
-                self.starting.remove(&pid);
-                self.loop_tstates.retain(|_, (p, _)| *p != pid);
-                self.attributor.forget_process(pid);
-                self.host_tids.forget_process(pid);
-                self.probes.forget_process(pid);
-                if self.processes.remove(&pid).is_some() {
-                    let reason = if exec {
-                        DetachReason::Exec
-                    } else {
-                        DetachReason::Exit
-                    };
-                    self.sink.status(&Status::Detached { pid, reason })?;
-                }
+                let reason = if exec {
+                    DetachReason::Exec
+                } else {
+                    DetachReason::Exit
+                };
+                self.process_gone(pid, reason)?;
             }
             Event::PollStack {
                 pid,
@@ -433,6 +446,67 @@ impl Session {
         Ok(())
     }
 
+    /// Forgets process `pid`, which exited or exec'd; says so when it was traced.
+    fn process_gone(&mut self, pid: u32, reason: DetachReason) -> anyhow::Result<()> {
+        self.starting.remove(&pid);
+        self.given_up.remove(&pid);
+        self.loop_tstates.retain(|_, (p, _)| *p != pid);
+        self.loop_threads.retain(|_, p| *p != pid);
+        self.attributor.forget_process(pid);
+        self.host_tids.forget_process(pid);
+        self.probes.forget_process(pid);
+        if self.processes.remove(&pid).is_some() {
+            self.sink.status(&Status::Detached { pid, reason })?;
+        }
+        Ok(())
+    }
+
+    /// Whether traced process `pid` has left without the kernel side's event saying so
+    /// (lost when its buffer was full): the kernel no longer walks it, and it exited
+    /// (its pid is gone, or another process's) or exec'd.
+    fn departure(&self, pid: u32) -> Option<DetachReason> {
+        let traced = self.processes.get(&pid)?;
+        let same_process = proc_stat::start_time(pid) == traced.start_time;
+        departure(
+            same_process,
+            self.probes.is_tracing(pid),
+            // A zombie: exited, its exit event maybe still on its way.
+            !proc_stat::thread_lives(pid, pid),
+        )
+    }
+
+    /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
+    /// and thread state go, and the metrics stop counting them. Short-lived loop threads
+    /// (a thread and a loop per call, as asgiref's `async_to_sync`) leave nothing behind.
+    fn sweep_loop_threads(&mut self) -> anyhow::Result<()> {
+        let gone: Vec<(u32, u32)> = (self.loop_threads.iter())
+            .filter(|&(&tid, &pid)| !proc_stat::thread_lives(pid, tid))
+            .map(|(&tid, &pid)| (tid, pid))
+            .collect();
+        for (tid, pid) in gone {
+            self.loop_threads.remove(&tid);
+            self.loop_tstates.remove(&tid);
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
+            self.sink.status(&Status::LoopGone { pid, tid })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the traced processes that left without the kernel side saying so.
+    fn sweep_gone(&mut self) -> anyhow::Result<()> {
+        self.last_sweep = Instant::now();
+        let gone: Vec<(u32, DetachReason)> = (self.processes.keys())
+            .filter_map(|&pid| Some((pid, self.departure(pid)?)))
+            .collect();
+        for (pid, reason) in gone {
+            self.process_gone(pid, reason)?;
+        }
+        self.given_up
+            .retain(|&pid| proc_stat::start_time(pid).is_some());
+        Ok(())
+    }
+
     /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
     /// (`foreign`: the thread runs a loop that polls another fd).
     fn poll_stack(
@@ -493,7 +567,7 @@ impl Session {
         if tstate != 0 {
             self.loop_tstates.insert(tid, (pid, tstate));
         }
-        if !self.aggregator.is_loop_thread(pid, tid) {
+        if self.loop_threads.insert(tid, pid) != Some(pid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
             self.refresh_asyncio(pid)?;
@@ -570,8 +644,13 @@ impl Session {
             self.attach_quietly(pid)?;
         }
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
+            self.clock.refresh();
             self.read_counters()?;
+            self.sweep_loop_threads()?;
             self.notice_stuck()?;
+        }
+        if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
+            self.sweep_gone()?;
         }
         Ok(())
     }
@@ -595,6 +674,18 @@ impl Session {
     /// Ends the session: the aggregate so far and the sink, for the summary.
     pub fn into_parts(self) -> (Aggregator, Box<dyn StallSink + Send>, Clock) {
         (self.aggregator, self.sink, self.clock)
+    }
+}
+
+/// How a traced process left, if it did: `same_process` when its pid still has the
+/// start time it had when attached, `kernel_tracing` when the kernel side still walks it,
+/// `leader_dead` when its main thread is gone or a zombie.
+fn departure(same_process: bool, kernel_tracing: bool, leader_dead: bool) -> Option<DetachReason> {
+    match (same_process, kernel_tracing, leader_dead) {
+        (false, _, _) => Some(DetachReason::Exit),
+        (true, true, _) => None,
+        (true, false, true) => Some(DetachReason::Exit),
+        (true, false, false) => Some(DetachReason::Exec),
     }
 }
 
@@ -630,4 +721,23 @@ fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_whose_exit_or_exec_was_lost_is_told_apart() {
+        // Still walked: still there (its main thread may have exited before the others).
+        assert_eq!(departure(true, true, false), None);
+        assert_eq!(departure(true, true, true), None);
+        // The kernel forgot it and the process runs on: it exec'd.
+        assert_eq!(departure(true, false, false), Some(DetachReason::Exec));
+        // The kernel forgot it and it is a zombie: it exited.
+        assert_eq!(departure(true, false, true), Some(DetachReason::Exit));
+        // Another start time (or none): it exited, maybe another process has its pid.
+        assert_eq!(departure(false, true, false), Some(DetachReason::Exit));
+        assert_eq!(departure(false, false, true), Some(DetachReason::Exit));
+    }
 }

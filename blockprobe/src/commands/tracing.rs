@@ -68,7 +68,7 @@ pub fn prepare_with(
     })
 }
 
-/// Ends a session: writes the report file if asked and prints the summary.
+/// Ends a session: writes the report file if asked, then prints the summary.
 pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> anyhow::Result<()> {
     let (aggregator, _sink, _clock) = session.into_parts();
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -87,10 +87,10 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         report.write_atomic(path)?;
     }
     if !options.quiet && options.format == LiveFormat::Text {
-        print!(
-            "{}",
-            summary::summary(&report, &summary::SummaryOptions::default())
-        );
+        // After `| head -1` nobody reads it any more: that is no error.
+        let mut out = live::UntilClosed::new(std::io::stdout());
+        summary::write_summary(&report, &summary::SummaryOptions::default(), &mut out)
+            .context("printing the summary")?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
+mod mapped_file;
 pub mod memory;
 pub mod origin;
 mod process;

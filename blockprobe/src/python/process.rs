@@ -2,6 +2,7 @@
 //! BPF finds each thread's `PyThreadState`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::config::PyProcess;
@@ -14,8 +15,13 @@ use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
+use crate::deadline;
 use crate::model::Frame;
 
+/// The longest an inspection may take: reading a few headers and pages of a local file
+/// and of memory takes milliseconds of CPU time, seconds only on a host whose CPUs are
+/// shared by hundreds of busy processes.
+const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
 /// Most thread states followed in an interpreter's list (guards against cycles).
 const MAX_THREADS: usize = 4096;
 /// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
@@ -69,8 +75,15 @@ pub struct PythonProcess {
 
 impl PythonProcess {
     /// Examines process `pid`: is it Python, is its interpreter supported and running,
-    /// and where does each thread keep its thread state?
+    /// and where does each thread keep its thread state? Its files and memory are read
+    /// within [`INSPECT_DEADLINE`]: a process cannot hang the tracer (see [`deadline`]).
     pub fn inspect(pid: u32) -> anyhow::Result<Inspection> {
+        let what = format!("inspecting pid {pid}");
+        deadline::run(&what, INSPECT_DEADLINE, move || Self::inspect_now(pid))
+    }
+
+    /// [`PythonProcess::inspect`], on this thread, however long it takes.
+    pub(super) fn inspect_now(pid: u32) -> anyhow::Result<Inspection> {
         let binary = match elf::discover(pid)? {
             Discovery::Absent => return Ok(Inspection::NotPython),
             Discovery::Loading => {
@@ -175,7 +188,13 @@ impl PythonProcess {
         if self.asyncio.is_some() || (self.version.major, self.version.minor) < (3, 14) {
             return false;
         }
-        self.asyncio = asyncio_debug::find(self.pid);
+        let pid = self.pid;
+        let what = format!("reading the asyncio offsets of pid {pid}");
+        self.asyncio = deadline::run(&what, INSPECT_DEADLINE, move || {
+            Ok(asyncio_debug::find(pid))
+        })
+        .ok()
+        .flatten();
         self.asyncio.is_some()
     }
 

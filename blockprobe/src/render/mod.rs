@@ -14,6 +14,16 @@ use std::fmt::Write as _;
 
 use crate::model::{CulpritFrom, Stall};
 
+/// What a stall with neither culprit nor stack is shown as: `<stopped>` when its loop
+/// was stopped from outside (no code to blame), else `<unknown>`.
+pub fn no_culprit(stall: &crate::model::Stall) -> &'static str {
+    if stall.cause == crate::model::Cause::Stopped {
+        crate::aggregate::STOPPED_FUNCTION
+    } else {
+        crate::aggregate::UNKNOWN_FUNCTION
+    }
+}
+
 /// Makes a name safe to print on a terminal: backslash, C0 controls (including tab and
 /// newline), DEL, C1 controls, and invisible or direction-changing characters (zero-width
 /// spaces and joiners, bidi marks, embeddings, overrides and isolates, line/paragraph

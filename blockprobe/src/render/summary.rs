@@ -37,7 +37,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::{
-    culprit_label, escape, human_duration, local_clock, ms, short_path, truncate_left,
+    culprit_label, escape, human_duration, local_clock, ms, no_culprit, short_path, truncate_left,
     truncate_right,
 };
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
@@ -142,7 +142,7 @@ fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
             let culprit = match (&st.culprit, st.stack.first()) {
                 (Some(f), _) => labelled(&label, &escape(&f.function), &at(f), width),
                 (None, Some(f)) => labelled("<unknown> in ", &escape(&f.function), &at(f), width),
-                (None, None) => "<unknown>".to_owned(),
+                (None, None) => no_culprit(st).to_owned(),
             };
             let syscall = st
                 .syscall

@@ -59,7 +59,9 @@ impl Session {
     pub(super) fn notice_stuck(&mut self) -> anyhow::Result<()> {
         let now = self.clock.monotonic_ns();
         let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
-        let stuck = self.stuck_loops(now, first);
+        let mut stuck = self.stuck_loops(now, first);
+        // A stopped loop (SIGSTOP, a debugger, the freezer) is not hung: nothing to say.
+        stuck.retain(|s| !s.timing.stopped_now());
         (self.notices.next).retain(|tid, _| stuck.iter().any(|s| s.tid == *tid));
         for s in stuck {
             let start = s.timing.poll_exit_ns;
