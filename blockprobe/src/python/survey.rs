@@ -42,10 +42,10 @@ pub fn survey(pid: u32) -> anyhow::Result<Survey> {
         Discovery::Found(binary) => binary,
     };
     let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
-    let support = match PythonProcess::inspect(pid) {
+    let support = match PythonProcess::inspect_found(pid, &binary, version) {
         Ok(Inspection::Ready(_)) => Support::Supported,
         Ok(Inspection::NotReady(why)) => Support::NotReady(why),
-        Ok(Inspection::NotPython) => Support::NotReady("its interpreter went away".into()),
+        Ok(Inspection::NotPython) => return Ok(Survey::NotPython),
         Err(e) => Support::Unsupported(format!("{e:#}")),
     };
     Ok(Survey::Python { version, support })
