@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{maps::MapType, programs::ProgramType};
 
-use super::{Finding, Verdict};
+use super::{Finding, Verdict, is_permission_error};
 
 /// Where securityfs is mounted.
 const SECURITYFS: &str = "/sys/kernel/security";
@@ -177,14 +177,6 @@ fn open_task_clock(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this new file descriptor, owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Whether `err` (or an error it wraps) is the kernel's EPERM or EACCES.
-fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
-    })
 }
 
 /// `err` and its sources, `: `-separated, in one line.
