@@ -20,27 +20,25 @@ const LOCKDOWN: &str = "lockdown";
 pub fn fentry() -> Finding {
     const ITEM: &str = "fentry";
     let lockdown = lockdown_mode();
-    match aya::sys::is_program_supported(ProgramType::Tracing) {
-        Ok(true) => Finding::ok(
-            ITEM,
-            format!("a test fentry program loads and attaches; lockdown: {lockdown}"),
+    let refused = match aya::sys::is_program_supported(ProgramType::Tracing) {
+        Ok(true) => {
+            return Finding::ok(
+                ITEM,
+                format!("a test fentry program loads and attaches; lockdown: {lockdown}"),
+            );
+        }
+        Ok(false) => "this kernel has no BPF trampolines".to_owned(),
+        Err(e) => format!(
+            "the kernel refused a test fentry program ({})",
+            error_chain(&e)
         ),
-        Ok(false) => Finding::new(
-            ITEM,
-            Verdict::Note,
-            format!("this kernel has no BPF trampolines; lockdown: {lockdown}"),
-            "nothing to do: blockprobe uses tracepoints, not fentry",
-        ),
-        Err(e) => Finding::new(
-            ITEM,
-            Verdict::Note,
-            format!(
-                "the kernel refused a test fentry program ({}); lockdown: {lockdown}",
-                error_chain(&e)
-            ),
-            "nothing to do: blockprobe uses tracepoints, not fentry",
-        ),
-    }
+    };
+    Finding::new(
+        ITEM,
+        Verdict::Note,
+        format!("{refused}; lockdown: {lockdown}"),
+        "nothing to do: blockprobe uses tracepoints, not fentry",
+    )
 }
 
 /// The lockdown mode in force (`integrity`), `none`, or why it is unknown. Read from
