@@ -52,10 +52,16 @@ fn python_processes() -> Vec<Finding> {
                 format!("pid {pid} {comm}: Python starting (its libpython is not loaded yet)"),
             ),
             Ok(Survey::Python { version, support }) => python_finding(pid, &comm, version, support),
-            Err(e) if is_permission_error(e.as_ref()) => {
+            Ok(Survey::VersionUnreadable(e)) | Err(e) if is_permission_error(e.as_ref()) => {
                 unreadable.push(pid);
                 continue;
             }
+            Ok(Survey::VersionUnreadable(e)) => Finding::new(
+                ITEM,
+                Verdict::Warn,
+                format!("pid {pid} {comm}: Python, but its version cannot be read: {e:#}"),
+                "blockprobe will skip it with a warning",
+            ),
             // Gone meanwhile, or not a process blockprobe could make sense of.
             Err(_) if !comm.contains("python") => continue,
             Err(e) => Finding::new(
