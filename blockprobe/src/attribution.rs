@@ -352,45 +352,38 @@ struct Commonest<'a> {
 /// commonest line: where the time went, not wherever the last sample landed (e.g. the
 /// statement after a long C call).
 fn commonest_stack(samples: &[CpuSample]) -> Option<Commonest<'_>> {
-    // Sequence -> (samples, latest index).
-    let mut by_stack: HashMap<Vec<(&str, &str)>, (u32, usize)> = HashMap::default();
+    // Sequence -> its samples' indices, in order.
+    let mut by_stack: HashMap<Vec<(&str, &str)>, Vec<usize>> = HashMap::default();
     for (i, sample) in samples.iter().enumerate() {
-        let entry = by_stack.entry(sequence(&sample.stack)).or_insert((0, i));
-        entry.0 += 1;
-        entry.1 = i;
+        by_stack.entry(sequence(&sample.stack)).or_default().push(i);
     }
-    let (commonest, (count, _)) =
-        (by_stack.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
-    let same: Vec<&CpuSample> = (samples.iter())
-        .filter(|s| sequence(&s.stack) == commonest)
-        .collect();
+    let same = (by_stack.into_values()).max_by_key(|same| (same.len(), same.last().copied()))?;
     // The culprit frame's index is the same in every sample of one sequence.
-    let at = (same[0].stack.iter())
-        .position(|f| classify(&f.file) == Origin::FirstParty)
-        .unwrap_or(0);
-    let line_of = |s: &CpuSample| s.stack.get(at).map_or(0, |f| f.line);
-    // Line -> (samples, latest index into `same`).
+    let at = culprit_index(&samples[same[0]].stack);
+    // Line -> (samples, latest index).
     let mut by_line: HashMap<u32, (u32, usize)> = HashMap::default();
-    for (i, sample) in same.iter().enumerate() {
-        let entry = by_line.entry(line_of(sample)).or_insert((0, i));
-        entry.0 += 1;
-        entry.1 = i;
+    for &i in &same {
+        let line = samples[i].stack.get(at).map_or(0, |f| f.line);
+        let entry = by_line.entry(line).or_insert((0, i));
+        *entry = (entry.0 + 1, i);
     }
-    let (_, (_, latest)) =
-        (by_line.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
+    let (_, latest) = by_line.into_values().max()?;
     Some(Commonest {
-        samples: count,
-        sample: same[latest],
+        samples: same.len() as u32,
+        sample: &samples[latest],
     })
 }
 
 /// The innermost first-party frame of `stack`, else its innermost frame.
 pub fn culprit(stack: &[Frame]) -> Option<Frame> {
-    stack
-        .iter()
-        .find(|f| classify(&f.file) == Origin::FirstParty)
-        .or_else(|| stack.first())
-        .cloned()
+    stack.get(culprit_index(stack)).cloned()
+}
+
+/// Where [`culprit`] is in `stack`: its innermost first-party frame, else 0.
+fn culprit_index(stack: &[Frame]) -> usize {
+    (stack.iter())
+        .position(|f| classify(&f.file) == Origin::FirstParty)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

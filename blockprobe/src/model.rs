@@ -136,16 +136,6 @@ pub enum CulpritFrom {
     LastSeen,
 }
 
-impl CulpritFrom {
-    /// The name used in reports and text output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CulpritFrom::Evidence => "evidence",
-            CulpritFrom::LastSeen => "last_seen",
-        }
-    }
-}
-
 /// Blocking calls of one cause, each too short to be evidence alone (below a tenth of
 /// the threshold), that add up to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
-use crate::preflight::{self, Finding, Verdict};
+use crate::preflight::{self, Finding, Verdict, is_permission_error};
 use crate::python::survey::{Support, Survey, survey};
 
 /// Checks the host and prints one line per item; returns the exit code: 1 when an item
@@ -52,10 +52,16 @@ fn python_processes() -> Vec<Finding> {
                 format!("pid {pid} {comm}: Python starting (its libpython is not loaded yet)"),
             ),
             Ok(Survey::Python { version, support }) => python_finding(pid, &comm, version, support),
-            Err(e) if is_permission_error(&e) => {
+            Ok(Survey::VersionUnreadable(e)) | Err(e) if is_permission_error(e.as_ref()) => {
                 unreadable.push(pid);
                 continue;
             }
+            Ok(Survey::VersionUnreadable(e)) => Finding::new(
+                ITEM,
+                Verdict::Warn,
+                format!("pid {pid} {comm}: Python, but its version cannot be read: {e:#}"),
+                "blockprobe will skip it with a warning",
+            ),
             // Gone meanwhile, or not a process blockprobe could make sense of.
             Err(_) if !comm.contains("python") => continue,
             Err(e) => Finding::new(
@@ -152,12 +158,4 @@ fn pids() -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
-}
-
-/// Whether `err` comes from the kernel refusing access (EACCES, EPERM).
-fn is_permission_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{maps::MapType, programs::ProgramType};
 
-use super::{Finding, Verdict};
+use super::{Finding, Verdict, is_permission_error};
 
 /// Where securityfs is mounted.
 const SECURITYFS: &str = "/sys/kernel/security";
@@ -20,27 +20,25 @@ const LOCKDOWN: &str = "lockdown";
 pub fn fentry() -> Finding {
     const ITEM: &str = "fentry";
     let lockdown = lockdown_mode();
-    match aya::sys::is_program_supported(ProgramType::Tracing) {
-        Ok(true) => Finding::ok(
-            ITEM,
-            format!("a test fentry program loads and attaches; lockdown: {lockdown}"),
+    let refused = match aya::sys::is_program_supported(ProgramType::Tracing) {
+        Ok(true) => {
+            return Finding::ok(
+                ITEM,
+                format!("a test fentry program loads and attaches; lockdown: {lockdown}"),
+            );
+        }
+        Ok(false) => "this kernel has no BPF trampolines".to_owned(),
+        Err(e) => format!(
+            "the kernel refused a test fentry program ({})",
+            error_chain(&e)
         ),
-        Ok(false) => Finding::new(
-            ITEM,
-            Verdict::Note,
-            format!("this kernel has no BPF trampolines; lockdown: {lockdown}"),
-            "nothing to do: blockprobe uses tracepoints, not fentry",
-        ),
-        Err(e) => Finding::new(
-            ITEM,
-            Verdict::Note,
-            format!(
-                "the kernel refused a test fentry program ({}); lockdown: {lockdown}",
-                error_chain(&e)
-            ),
-            "nothing to do: blockprobe uses tracepoints, not fentry",
-        ),
-    }
+    };
+    Finding::new(
+        ITEM,
+        Verdict::Note,
+        format!("{refused}; lockdown: {lockdown}"),
+        "nothing to do: blockprobe uses tracepoints, not fentry",
+    )
 }
 
 /// The lockdown mode in force (`integrity`), `none`, or why it is unknown. Read from
@@ -177,14 +175,6 @@ fn open_task_clock(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this new file descriptor, owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Whether `err` (or an error it wraps) is the kernel's EPERM or EACCES.
-fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
-    })
 }
 
 /// `err` and its sources, `: `-separated, in one line.

@@ -343,19 +343,18 @@ fn pid_max() -> Finding {
             "mount /proc: /proc/sys/kernel/pid_max could not be read, so the flags take the kernel's limit",
         );
     }
-    if covered < u64::from(pid_max) {
-        return Finding::new(
-            ITEM,
-            Verdict::Warn,
-            detail,
-            "threads with higher ids are counted as lost (thread_map_full)",
-        );
-    }
-    let mut finding = Finding::ok(ITEM, detail);
-    finding
-        .detail
-        .push_str("; raising pid_max later needs a restart of blockprobe");
-    finding
+    Finding::ok(
+        ITEM,
+        format!("{detail}; raising pid_max later needs a restart of blockprobe"),
+    )
+}
+
+/// Whether `err` (or an error it wraps) is the kernel refusing access (EPERM, EACCES).
+pub fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use memory cgroups
@@ -395,6 +394,17 @@ mod tests {
         let event = tracefs.path().join("events/syscalls/sys_enter_epoll_wait");
         std::fs::create_dir_all(event).unwrap();
         syscall_tracepoints(tracefs.path()).required().unwrap();
+    }
+
+    #[test]
+    fn permission_errors_are_found_under_context() {
+        for errno in [libc::EPERM, libc::EACCES] {
+            let err = anyhow::Error::from(std::io::Error::from_raw_os_error(errno))
+                .context("reading /proc/1/maps");
+            assert!(is_permission_error(err.as_ref()), "{err:#}");
+        }
+        let gone = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(!is_permission_error(gone.context("x").as_ref()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use blockprobe_common::stack::RawStack;
 
 use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
-use super::elf::{self, Discovery};
+use super::elf::{self, Discovery, PythonBinary};
 use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
@@ -91,8 +91,18 @@ impl PythonProcess {
             }
             Discovery::Found(binary) => binary,
         };
+        let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
+        Self::inspect_found(pid, &binary, version)
+    }
+
+    /// Examines process `pid` whose interpreter, `version` in `binary`, was found: is it
+    /// supported and running, and where does each thread keep its thread state?
+    pub(super) fn inspect_found(
+        pid: u32,
+        binary: &PythonBinary,
+        version: Version,
+    ) -> anyhow::Result<Inspection> {
         let memory = ProcessMemory::new(pid);
-        let version = Version::detect(&memory, &binary)?;
         let layout = match layout::layout(version)? {
             Recipe::Table(table) => *table,
             Recipe::DebugOffsets { base, fields } => {
@@ -100,7 +110,7 @@ impl PythonProcess {
                     .with_context(|| format!("Python {version} in {}", binary.path))?
             }
         };
-        check_layout(&memory, &layout, &binary).with_context(|| {
+        check_layout(&memory, &layout, binary).with_context(|| {
             format!(
                 "Python {version} in {} has an unexpected layout",
                 binary.path

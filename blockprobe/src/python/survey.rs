@@ -13,6 +13,8 @@ pub enum Survey {
     NotPython,
     /// A python executable whose libpython is not loaded yet.
     Starting,
+    /// A Python process whose interpreter was found, but not its version: why.
+    VersionUnreadable(anyhow::Error),
     /// A Python process.
     Python {
         /// Its interpreter's version.
@@ -34,18 +36,22 @@ pub enum Support {
     Unsupported(String),
 }
 
-/// Surveys process `pid`. Fails when its memory map or memory cannot be read.
+/// Surveys process `pid`. Fails when its memory map, or the interpreter file it maps,
+/// cannot be read.
 pub fn survey(pid: u32) -> anyhow::Result<Survey> {
     let binary = match elf::discover(pid)? {
         Discovery::Absent => return Ok(Survey::NotPython),
         Discovery::Loading => return Ok(Survey::Starting),
         Discovery::Found(binary) => binary,
     };
-    let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
-    let support = match PythonProcess::inspect(pid) {
+    let version = match Version::detect(&ProcessMemory::new(pid), &binary) {
+        Ok(version) => version,
+        Err(e) => return Ok(Survey::VersionUnreadable(e)),
+    };
+    let support = match PythonProcess::inspect_found(pid, &binary, version) {
         Ok(Inspection::Ready(_)) => Support::Supported,
         Ok(Inspection::NotReady(why)) => Support::NotReady(why),
-        Ok(Inspection::NotPython) => Support::NotReady("its interpreter went away".into()),
+        Ok(Inspection::NotPython) => return Ok(Survey::NotPython),
         Err(e) => Support::Unsupported(format!("{e:#}")),
     };
     Ok(Survey::Python { version, support })

@@ -173,7 +173,7 @@ pub fn culprit_label(stall: &Stall) -> String {
             .map_or(String::new(), |t| format!(" {t}"));
         format!("GIL holder{tid}: ")
     } else if stall.culprit_from == Some(CulpritFrom::LastSeen) {
-        format!("{}: ", CulpritFrom::LastSeen.as_str().replace('_', " "))
+        "last seen: ".to_owned()
     } else {
         String::new()
     }
