@@ -451,6 +451,7 @@ pub(crate) mod tests {
             task: None,
             cpu_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         }
     }
 

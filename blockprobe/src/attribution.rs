@@ -180,6 +180,7 @@ impl Attributor {
             task: None,
             cpu_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         };
         let longest_call = |want: Option<Cause>| {
             calls

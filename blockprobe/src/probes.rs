@@ -50,6 +50,7 @@ pub struct Probes {
     family: HashMap<MapData, u32, u8>,
     thread_class: HashMap<MapData, u32, ThreadClass>,
     loop_timing: HashMap<MapData, u32, LoopTiming>,
+    loop_threads: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     threshold_ns: u64,
     events: Option<RingBuf<MapData>>,
@@ -96,6 +97,7 @@ impl Probes {
             family: HashMap::try_from(take(&mut ebpf, maps::FAMILY)?)?,
             thread_class: HashMap::try_from(take(&mut ebpf, maps::THREAD_CLASS)?)?,
             loop_timing: HashMap::try_from(take(&mut ebpf, maps::LOOP_TIMING)?)?,
+            loop_threads: Array::try_from(take(&mut ebpf, maps::LOOP_THREADS)?)?,
             threshold_ns: settings.threshold_ns,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
@@ -240,6 +242,45 @@ impl Probes {
         self.thread_class
             .insert(tid, value, 0)
             .with_context(|| format!("classifying thread {tid}"))
+    }
+
+    /// Makes thread `tid`, found parked in its loop's poller (epoll fd `loop_fd`) when
+    /// tracing began, a loop thread: the kernel side times it from its next poll exit,
+    /// the wake-up it would otherwise miss (it never saw the poll begin).
+    pub fn adopt_polling_loop(
+        &mut self,
+        tid: u32,
+        loop_fd: u32,
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
+        self.classify_thread(tid, true, loop_fd, now_ns)?;
+        self.flag_loop_thread(tid)
+    }
+
+    /// Makes thread `tid`, found inside a running loop but away from its poller when
+    /// tracing began, a loop thread in the middle of an iteration: `timing` says since
+    /// when (a lower bound), which call it is in and its loop's epoll fd (`NO_FD` when
+    /// unknown). Written before the thread's flag, so the kernel side, which skips
+    /// unflagged threads, never sees half of it.
+    pub fn adopt_stuck_loop(&mut self, tid: u32, timing: LoopTiming) -> anyhow::Result<()> {
+        self.loop_timing
+            .insert(tid, timing, 0)
+            .with_context(|| format!("timing stuck loop thread {tid}"))?;
+        self.classify_thread(tid, true, timing.loop_fd, timing.poll_exit_ns)?;
+        self.flag_loop_thread(tid)
+    }
+
+    /// Sets thread `tid`'s byte in the loop-thread flags. The word is read and written
+    /// whole: a BPF program flipping a neighbour's byte in between is undone, and that
+    /// thread is flagged (or unflagged) again at its next poll.
+    fn flag_loop_thread(&mut self, tid: u32) -> anyhow::Result<()> {
+        let index = tid / 8;
+        let word = (self.loop_threads.get(&index, 0))
+            .with_context(|| format!("thread {tid} is beyond the loop-thread flags"))?;
+        let word = word | 1 << ((tid % 8) * 8);
+        self.loop_threads
+            .set(index, word, 0)
+            .with_context(|| format!("flagging loop thread {tid}"))
     }
 
     /// What the kernel side measures of loop thread `tid`'s current loop iteration.

@@ -27,6 +27,7 @@ use crate::{
     render::live::{DetachReason, StallSink, Status},
 };
 
+mod at_attach;
 mod stuck;
 
 /// A Python process not traceable yet (its runtime is still initializing).
@@ -103,6 +104,9 @@ pub struct Session {
     unreadable_frames: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
+    /// Loop threads found stuck as tracing of their process began, by tid: their pid
+    /// and the monotonic time their iteration is timed from (a lower bound of its start).
+    stuck_at_attach: HashMap<u32, (u32, u64)>,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
 }
@@ -126,6 +130,7 @@ impl Session {
             loop_tstates: HashMap::new(),
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
+            stuck_at_attach: HashMap::new(),
             events_this_interval: 0,
             own_pid: std::process::id(),
         }
@@ -188,7 +193,7 @@ impl Session {
                 ns_pid,
             },
         );
-        Ok(())
+        self.find_running_loops(pid)
     }
 
     /// Attaches to every Python process already running on the host.
@@ -320,6 +325,7 @@ impl Session {
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
                 self.loop_tstates.retain(|_, (p, _)| *p != pid);
+                self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
                 self.attributor.forget_process(pid);
                 self.probes.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
@@ -403,7 +409,7 @@ impl Session {
                 end_ns,
                 off_cpu_ns,
             } => {
-                let stall = self.close_stall(StallWindow {
+                let mut stall = self.close_stall(StallWindow {
                     pid,
                     tid,
                     comm: self.comm(pid),
@@ -411,6 +417,7 @@ impl Session {
                     end_ns,
                     off_cpu_ns,
                 });
+                stall.started_before_tracing = self.started_before_tracing(tid, start_ns);
                 self.sink.stall(&stall)?;
                 self.aggregator.record(stall);
             }

@@ -48,7 +48,7 @@ pub enum DetachReason {
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
 /// `{"event":"warning","message":..}`, `{"event":"ready"}`,
-/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"syscall":..,"culprit":{..}}`.
+/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"at_least":true,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Status {
@@ -77,6 +77,10 @@ pub enum Status {
         pid: u32,
         tid: u32,
         stuck_ns: u64,
+        /// `stuck_ns` is a lower bound: the loop was already stuck when tracing began,
+        /// and is timed from then.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_least: bool,
         /// The syscall it is in, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         syscall: Option<String>,
@@ -156,8 +160,13 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         (Some(name), None) => escape(name),
         (Some(name), Some(fd)) => format!("{}({})", escape(name), fd.as_str()).into(),
     };
-    // A loop still stuck when tracing stopped: it lasted at least this long.
-    let at_least = if stall.ongoing { ">" } else { "" };
+    // A loop still stuck when tracing stopped, or already stuck when it began: it
+    // lasted at least this long.
+    let at_least = if stall.ongoing || stall.started_before_tracing {
+        ">"
+    } else {
+        ""
+    };
     let head = format!(
         "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<CAUSES$} {:<15} ",
         stall.pid,
@@ -220,10 +229,16 @@ pub fn status_line(status: &Status) -> String {
             pid,
             tid,
             stuck_ns,
+            at_least,
             syscall,
             culprit,
         } => format!(
-            "loop of pid {pid} thread {tid} stuck for {} so far{}{}",
+            "loop of pid {pid} thread {tid} stuck {}{} so far{}{}",
+            if *at_least {
+                "since before tracing began, for at least "
+            } else {
+                "for "
+            },
             human_duration(*stuck_ns),
             syscall
                 .as_deref()
@@ -484,6 +499,33 @@ mod tests {
         assert_eq!(stall_json_value(&s)["ongoing"], true);
         s.ongoing = false;
         assert!(stall_json_value(&s).get("ongoing").is_none());
+        s.started_before_tracing = true;
+        assert!(stall_line(&s).contains(" >"), "{}", stall_line(&s));
+        assert_eq!(stall_json_value(&s)["started_before_tracing"], true);
+    }
+
+    #[test]
+    fn a_loop_stuck_before_tracing_is_stuck_at_least() {
+        let stuck = |at_least| Status::Stuck {
+            pid: 7,
+            tid: 8,
+            stuck_ns: 2_000_000_000,
+            at_least,
+            syscall: Some("futex".into()),
+            culprit: None,
+        };
+        let line = status_line(&stuck(true));
+        assert!(
+            line.contains("stuck since before tracing began, for at least 2.00 s so far, in futex"),
+            "{line}"
+        );
+        assert_eq!(serde_json::to_value(stuck(true)).unwrap()["at_least"], true);
+        assert!(
+            serde_json::to_value(stuck(false))
+                .unwrap()
+                .get("at_least")
+                .is_none()
+        );
     }
 
     fn stall_json_value(s: &Stall) -> serde_json::Value {

@@ -13,7 +13,7 @@ use crate::{
     model::{Cause, Frame},
     python::memory::ProcessMemory,
     render::live::Status,
-    syscalls,
+    syscalls, thread_now,
 };
 
 /// How long a loop is stuck before it is said live (unless the threshold is longer).
@@ -74,27 +74,67 @@ impl Session {
             while due.1 <= stuck_ns {
                 due.1 = due.1.saturating_mul(2);
             }
-            let in_syscall = s.timing.syscall_enter_ns != 0;
-            // A blocked thread's frames hold still; a running one's are read from its
-            // latest sample, not raced.
-            let stack = if in_syscall {
-                self.walk_now(s.pid, s.tstate).unwrap_or_default()
-            } else {
-                (self.attributor.latest_sample(s.tid))
-                    .map(<[Frame]>::to_vec)
-                    .unwrap_or_default()
-            };
-            self.sink.status(&Status::Stuck {
-                pid: s.pid,
-                tid: s.tid,
-                stuck_ns,
-                syscall: in_syscall
-                    .then(|| syscalls::name(s.timing.syscall_nr).map(str::to_owned))
-                    .flatten(),
-                culprit: culprit(&stack),
-            })?;
+            self.say_stuck(&s, stuck_ns)?;
         }
         Ok(())
+    }
+
+    /// Says that loop `s` has been stuck for `stuck_ns`, where and in which call.
+    fn say_stuck(&mut self, s: &StuckLoop, stuck_ns: u64) -> anyhow::Result<()> {
+        let in_syscall = s.timing.syscall_enter_ns != 0;
+        // A blocked thread's frames hold still; a running one's are read from its
+        // latest sample, not raced (walked now only before its first sample).
+        let sample = (!in_syscall)
+            .then(|| self.attributor.latest_sample(s.tid).map(<[Frame]>::to_vec))
+            .flatten();
+        let stack = match sample {
+            Some(stack) => stack,
+            None => self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+        };
+        let at_least = self.started_before_tracing(s.tid, s.timing.poll_exit_ns);
+        self.sink.status(&Status::Stuck {
+            pid: s.pid,
+            tid: s.tid,
+            stuck_ns,
+            at_least,
+            syscall: in_syscall
+                .then(|| syscalls::name(s.timing.syscall_nr).map(str::to_owned))
+                .flatten(),
+            culprit: culprit(&stack),
+        })
+    }
+
+    /// Says at once that loop thread `tid` of `pid` (thread state `tstate`) was found
+    /// stuck as tracing began, with `timing` as handed to the kernel side; the next
+    /// notices follow as for any stuck loop.
+    pub(super) fn notice_stuck_at_attach(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        tstate: u64,
+        timing: LoopTiming,
+    ) -> anyhow::Result<()> {
+        let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
+        self.notices.next.insert(tid, (timing.poll_exit_ns, first));
+        let stuck = StuckLoop {
+            pid,
+            tid,
+            tstate,
+            timing,
+        };
+        let stuck_ns = self
+            .clock
+            .monotonic_ns()
+            .saturating_sub(timing.poll_exit_ns);
+        self.say_stuck(&stuck, stuck_ns)
+    }
+
+    /// Whether the iteration of loop thread `tid` that began at `start_ns` (monotonic)
+    /// was already under way when tracing began (it is timed from then).
+    pub(super) fn started_before_tracing(&self, tid: u32, start_ns: u64) -> bool {
+        self.stuck_at_attach
+            .get(&tid)
+            .is_some_and(|&(_, start)| start == start_ns)
     }
 
     /// Reports the loops still stuck now that tracing stops (a hang is the stall that
@@ -131,6 +171,7 @@ impl Session {
                 off_cpu_ns,
             });
             stall.ongoing = true;
+            stall.started_before_tracing = self.started_before_tracing(s.tid, timing.poll_exit_ns);
             self.sink.stall(&stall)?;
             self.aggregator.record(stall);
         }
@@ -138,7 +179,7 @@ impl Session {
     }
 
     /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
-    fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
+    pub(super) fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
         let recipe = self.processes.get(&pid)?.python.walk_config();
         // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
         let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
@@ -149,12 +190,7 @@ impl Session {
 
 /// Whether thread `tid` of process `pid` still runs (exists, and is no zombie).
 fn alive(pid: u32, tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name, which is in parentheses and may hold any.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+    thread_now::state(pid, tid).is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 #[cfg(test)]
