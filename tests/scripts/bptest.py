@@ -199,6 +199,20 @@ async def expect(word):
         fail(f"expected {word} on stdin, got {command!r}")
 
 
+def run_main(main):
+    """Runs ``await main()`` on a new loop in this thread: asyncio's, or uvloop's as
+    ``BPTEST_UVLOOP`` says."""
+    if UVLOOP_MODE == "by-hand":
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.close()
+    elif UVLOOP:
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
 def run(scenario, loops=(), setup=None):
     """Runs ``await scenario()`` under the protocol, on a loop in the main thread.
 
@@ -239,15 +253,7 @@ def run(scenario, loops=(), setup=None):
         await commands.wait_quit()
         tick.cancel()
 
-    if UVLOOP_MODE == "by-hand":
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(main())
-        loop.close()
-    elif UVLOOP:
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_main(main)
     for extra in loops:
         extra.stop()
     sys.exit(args.exit_code)

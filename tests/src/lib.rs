@@ -453,6 +453,9 @@ pub struct Stall {
     /// The loop was still stuck when tracing stopped.
     #[serde(default)]
     pub ongoing: bool,
+    /// The loop was already stuck when tracing began (the duration is a lower bound).
+    #[serde(default)]
+    pub started_before_tracing: bool,
 }
 
 impl Stall {
