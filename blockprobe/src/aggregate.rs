@@ -13,7 +13,7 @@
 //! [`Aggregator::report`] turns all of it into a [`Report`].
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use foldhash::HashMap;
 
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::identity::StableFiles;
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, Report};
+use crate::report::{FunctionReport, ProcessWarning, Report};
 
 /// Function name used for stalls that have no culprit frame.
 pub const UNKNOWN_FUNCTION: &str = "<unknown>";
@@ -132,6 +132,10 @@ pub struct ProcessInfo {
     /// Host the process ran on.
     #[serde(default)]
     pub host: String,
+    /// Whether a thread of it polled (epoll family) while traced; `None` in reports
+    /// of versions that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled: Option<bool>,
 }
 
 /// Memory bounds of an [`Aggregator`].
@@ -212,6 +216,8 @@ pub struct Aggregator {
     processes: BTreeMap<u32, ProcessInfo>,
     processes_dropped: u64,
     lost: BTreeMap<String, u64>,
+    /// Processes whose stalls may be missing, and why.
+    warnings: BTreeSet<(u32, String)>,
     /// Per-service and per-stack aggregates.
     tables: crate::fleet::tables::Tables,
     /// Stable file names, for function keys and stacks alike.
@@ -237,6 +243,7 @@ impl Aggregator {
             processes: BTreeMap::new(),
             processes_dropped: 0,
             lost: BTreeMap::new(),
+            warnings: BTreeSet::new(),
             tables: Default::default(),
             stable_files: StableFiles::default(),
         }
@@ -284,6 +291,31 @@ impl Aggregator {
     fn real_function_keys(&self) -> usize {
         let unknown = FunctionKey::special(UNKNOWN_FUNCTION);
         self.functions.len() - usize::from(self.functions.contains_key(&unknown))
+    }
+
+    /// Whether registered process `pid` has a loop thread.
+    pub fn has_loop_thread(&self, pid: u32) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| !p.loop_threads.is_empty())
+    }
+
+    /// Notes that a thread of registered process `pid` polled.
+    pub fn mark_polled(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.polled = Some(true);
+        }
+    }
+
+    /// Records that the stalls of process `pid` may be missing, for `reason` (a
+    /// [`crate::report::warning`] code); `false` undoes it (the reason no longer holds).
+    pub fn set_warning(&mut self, pid: u32, reason: &str, holds: bool) {
+        let key = (pid, reason.to_owned());
+        if holds {
+            self.warnings.insert(key);
+        } else {
+            self.warnings.remove(&key);
+        }
     }
 
     /// Registers a process, or updates it: loop threads are merged, everything else is
@@ -400,6 +432,13 @@ impl Aggregator {
                 .map(|p| ProcessInfo {
                     host: run.host.clone(),
                     ..p.clone()
+                })
+                .collect(),
+            warnings: (self.warnings.iter())
+                .map(|(pid, reason)| ProcessWarning {
+                    pid: *pid,
+                    reason: reason.clone(),
+                    host: run.host.clone(),
                 })
                 .collect(),
             stalls,

@@ -35,6 +35,15 @@ pub fn is_c_loop_poll(stack: &[Frame], native: bool, task_running: bool) -> bool
             .is_some_and(|f| path_ends_with(&f.file, "selectors.py"))
 }
 
+/// Whether a poll with Python stack `stack` (innermost first) was made by native code a
+/// Python thread called, not through `selectors` (sync code polls through it): an event
+/// loop written in C, or hand-written epoll code. A thread without Python frames is none.
+pub fn polls_natively(stack: &[Frame]) -> bool {
+    stack
+        .first()
+        .is_some_and(|f| !path_ends_with(&f.file, "selectors.py"))
+}
+
 /// Whether a thread with Python stack `stack` (innermost first), caught at any moment, is
 /// inside a running loop: asyncio's `BaseEventLoop.run_forever` or `_run_once`, or a
 /// frame that only runs a loop (`asyncio.run`, `Runner.run`, `uvloop.run`), is on it.
@@ -139,6 +148,18 @@ mod tests {
             frame("callback", "/app/main.py"),
         ];
         assert!(!is_c_loop_poll(&selector, true, false));
+    }
+
+    #[test]
+    fn native_polls_are_not_through_selectors() {
+        let hand_written = [frame("Reactor.run", "/app/reactor.py")];
+        assert!(polls_natively(&hand_written));
+        let sync = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("serve_forever", "/usr/lib/python3.11/socketserver.py"),
+        ];
+        assert!(!polls_natively(&sync));
+        assert!(!polls_natively(&[]));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::{
 
 mod at_attach;
 mod stuck;
+mod unwatched;
 
 /// A Python process not traceable yet (its runtime is still initializing).
 struct Starting {
@@ -107,6 +108,8 @@ pub struct Session {
     /// Loop threads found stuck as tracing of their process began, by tid: their pid
     /// and the monotonic time their iteration is timed from (a lower bound of its start).
     stuck_at_attach: HashMap<u32, (u32, u64)>,
+    /// Processes that poll without a loop found in them.
+    unwatched: unwatched::Unwatched,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
 }
@@ -131,6 +134,7 @@ impl Session {
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
             stuck_at_attach: HashMap::new(),
+            unwatched: unwatched::Unwatched::default(),
             events_this_interval: 0,
             own_pid: std::process::id(),
         }
@@ -326,6 +330,7 @@ impl Session {
                 self.starting.remove(&pid);
                 self.loop_tstates.retain(|_, (p, _)| *p != pid);
                 self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
+                self.forget_unwatched(pid);
                 self.attributor.forget_process(pid);
                 self.probes.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
@@ -457,6 +462,7 @@ impl Session {
         if is_loop || !foreign {
             self.probes
                 .classify_thread(tid, is_loop, poll_fd, self.clock.monotonic_ns())?;
+            self.note_poll(pid, tid, frames.as_deref().unwrap_or_default(), is_loop);
         }
         if is_loop {
             self.loop_found(pid, tid, stack.tstate)?;
@@ -485,6 +491,7 @@ impl Session {
         if tstate != 0 {
             self.loop_tstates.insert(tid, (pid, tstate));
         }
+        self.note_loop(pid);
         if !self.aggregator.is_loop_thread(pid, tid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
@@ -503,7 +510,7 @@ impl Session {
 
     /// Shows a warning.
     fn warn(&mut self, message: String) -> anyhow::Result<()> {
-        self.sink.status(&Status::Warning { message })
+        self.sink.status(&Status::Warning { pid: None, message })
     }
 
     /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
@@ -564,6 +571,7 @@ impl Session {
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
             self.read_counters()?;
             self.notice_stuck()?;
+            self.warn_unwatched()?;
         }
         Ok(())
     }

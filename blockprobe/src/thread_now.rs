@@ -99,8 +99,24 @@ mod tests {
         assert!(after.contains(&(fd as u32)), "{before:?} {after:?} {fd}");
         // SAFETY: the fd was opened above and is closed once.
         unsafe { libc::close(fd) };
-        // This thread reads its own syscall file while running.
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        assert_eq!(activity(std::process::id(), tid), Some(Activity::Running));
+    }
+
+    #[test]
+    fn a_sleeping_thread_is_in_its_syscall() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let nr = match activity(std::process::id(), tid) {
+            Some(Activity::InSyscall { nr, .. }) => nr,
+            other => panic!("the sleeping thread should be in a syscall: {other:?}"),
+        };
+        assert_eq!(nr, blockprobe_common::syscalls::nr::CLOCK_NANOSLEEP);
+        assert_eq!(state(std::process::id(), tid), Some('S'));
+        sleeper.join().unwrap();
+        assert_eq!(activity(std::process::id(), tid), None);
     }
 }

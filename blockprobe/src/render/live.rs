@@ -47,7 +47,7 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`, `{"event":"ready"}`,
+/// `{"event":"warning","pid":..,"message":..}` (`pid` when about one process), `{"event":"ready"}`,
 /// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"at_least":true,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -68,8 +68,12 @@ pub enum Status {
     /// Events were lost: `kind` is a loss counter name (`Counter::name()`), `count` the
     /// number newly lost since the previous `lost` event of that kind.
     Lost { kind: String, count: u64 },
-    /// Something the user should know.
-    Warning { message: String },
+    /// Something the user should know; `pid` names the process it is about, if one.
+    Warning {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        message: String,
+    },
     /// A loop has been stuck off-await this long and still is (a hang: its stall is only
     /// reported once it ends, or when tracing stops); said after a second, then each
     /// time the time doubles.
@@ -224,7 +228,7 @@ pub fn status_line(status: &Status) -> String {
             let s = if *count == 1 { "" } else { "s" };
             format!("lost {count} event{s} ({})", escape(kind))
         }
-        Status::Warning { message } => format!("warning: {}", escape(message)),
+        Status::Warning { message, .. } => format!("warning: {}", escape(message)),
         Status::Stuck {
             pid,
             tid,
@@ -612,15 +616,24 @@ mod tests {
             ),
             (
                 Status::Warning {
+                    pid: None,
                     message: "m\n".into(),
                 },
                 r#"{"event":"warning","message":"m\n"}"#,
+            ),
+            (
+                Status::Warning {
+                    pid: Some(7),
+                    message: "m".into(),
+                },
+                r#"{"event":"warning","pid":7,"message":"m"}"#,
             ),
             (
                 Status::Stuck {
                     pid: 1,
                     tid: 2,
                     stuck_ns: 3,
+                    at_least: false,
                     syscall: None,
                     culprit: None,
                 },
@@ -653,6 +666,7 @@ mod tests {
                 pid: 7,
                 tid: 9,
                 stuck_ns: 4_000_000_000,
+                at_least: false,
                 syscall: Some("futex".into()),
                 culprit: Some(frame("update", "/srv/app/cache.py", 12)),
             }),
@@ -675,6 +689,7 @@ mod tests {
         );
         assert_eq!(
             status_line(&Status::Warning {
+                pid: None,
                 message: "line1\nline2".into()
             }),
             "blockprobe: warning: line1\\nline2"
@@ -730,6 +745,7 @@ mod tests {
         sink.stall(&sample()).unwrap();
         sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
         sink.status(&Status::Warning {
+            pid: None,
             message: "w".into(),
         })
         .unwrap();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! blockprobe: 36 stalls >= 10.0 ms in 1m 0s on web-1
-//!   processes: 1, loop threads: 1
+//!   processes: 1, loop threads watched: 1
 //!     pid 4242 python3 (Python 3.11.7)
 //!       loop threads: 4242
 //!   lost events: 3 (ringbuf_stall 3); counts below may be low
@@ -39,7 +39,7 @@ use std::io::{self, Write};
 use super::{escape, human_duration, local_clock, ms, short_path, truncate_left, truncate_right};
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
 use crate::model::{Cause, Frame};
-use crate::report::{FunctionReport, Report};
+use crate::report::{FunctionReport, Report, warning};
 
 /// What the summary shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +194,7 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     let threads = r.loop_thread_count() as u64;
     let _ = writeln!(
         s,
-        "  processes: {procs}, loop threads: {threads}{}",
+        "  processes: {procs}, loop threads watched: {threads}{}",
         if r.processes_dropped > 0 {
             " (or more)"
         } else {
@@ -203,10 +203,18 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     );
     for p in r.processes.iter().take(opts.max_processes) {
         let threads: Vec<String> = p.loop_threads.iter().map(u32::to_string).collect();
-        let threads = if threads.is_empty() {
-            "none seen".to_owned()
-        } else {
-            threads.join(", ")
+        let warned = r
+            .warnings
+            .iter()
+            .any(|w| w.pid == p.pid && w.host == p.host);
+        let threads = match (threads.is_empty(), p.polled) {
+            (false, _) => threads.join(", "),
+            (true, _) if warned => "none found (see the warning below)".to_owned(),
+            (true, Some(true)) => {
+                "none (it polls, but through selectors: no asyncio loop)".to_owned()
+            }
+            (true, Some(false)) => "none (it never polled while traced: no loop ran)".to_owned(),
+            (true, None) => "none seen".to_owned(),
         };
         let service = if p.service.is_empty() {
             String::new()
@@ -234,6 +242,19 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     if unlisted > 0 {
         let _ = writeln!(s, "    ... and {unlisted} more");
     }
+    for w in &r.warnings {
+        let host = if w.host.is_empty() || w.host == r.host {
+            String::new()
+        } else {
+            format!(" on {}", escape(&w.host))
+        };
+        let line = format!(
+            "  warning: pid {}{host} {}",
+            w.pid,
+            escape(warning::describe(&w.reason))
+        );
+        let _ = writeln!(s, "{}", truncate_right(&line, WIDTH));
+    }
     if r.lost_events > 0 {
         let kinds: Vec<String> = r
             .lost
@@ -260,7 +281,12 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         );
     }
     if stalls == 0 {
-        let _ = writeln!(s, "\nNo stalls at or above the threshold.");
+        let caveat = match (threads, r.warnings.is_empty()) {
+            (0, _) => " (no loop was watched)",
+            (_, false) => " (in the loops watched; see the warnings)",
+            _ => "",
+        };
+        let _ = writeln!(s, "\nNo stalls at or above the threshold{caveat}.");
     }
 }
 
@@ -413,7 +439,10 @@ mod tests {
             text.starts_with("blockprobe: 36 stalls >= 10.0 ms in 1m 0s on web-1\n"),
             "{text}"
         );
-        assert!(text.contains("  processes: 1, loop threads: 1\n"), "{text}");
+        assert!(
+            text.contains("  processes: 1, loop threads watched: 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("    pid 4242 python3 (Python 3.11.7)\n      loop threads: 4242\n"),
             "{text}"
@@ -602,7 +631,7 @@ mod tests {
         let text = summary(&r, &SummaryOptions::default());
         assert_eq!(
             text,
-            "blockprobe: 0 stalls >= 1.0 ms in 1.50 s\n  processes: 0, loop threads: 0\n\nNo stalls at or above the threshold.\n"
+            "blockprobe: 0 stalls >= 1.0 ms in 1.50 s\n  processes: 0, loop threads watched: 0\n\nNo stalls at or above the threshold (no loop was watched).\n"
         );
     }
 
