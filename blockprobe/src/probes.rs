@@ -283,6 +283,12 @@ impl Probes {
             .with_context(|| format!("flagging loop thread {tid}"))
     }
 
+    /// Whether the kernel side already follows thread `tid` (it polled since tracing
+    /// of its process began).
+    pub fn knows_thread(&self, tid: u32) -> bool {
+        self.thread_class.get(&tid, 0).is_ok()
+    }
+
     /// What the kernel side measures of loop thread `tid`'s current loop iteration.
     pub fn loop_timing(&self, tid: u32) -> Option<LoopTiming> {
         self.loop_timing.get(&tid, 0).ok()

@@ -26,8 +26,12 @@ is a uvloop loop run by ``run_until_complete``, as servers do (no Python frame o
 
 import argparse
 import asyncio
+import http.client
 import http.server
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -94,6 +98,103 @@ def start_slow_http_server(slow_s):
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     host, port = server.server_address[:2]
     return f"http://{host}:{port}"
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path):
+    """GETs ``path`` from 127.0.0.1:``port``; fails unless it answers 200. Returns how
+    long it took, in ns."""
+    start = time.monotonic_ns()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        fail(f"GET {path} answered {response.status}")
+    return time.monotonic_ns() - start
+
+
+class Server:
+    """A server command (gunicorn, an aiohttp app…) started in a process group of its
+    own, so that it and every worker it forks are stopped together: at ``stop()``, at
+    exit, and on SIGTERM/SIGINT. Its output goes to this script's stderr."""
+
+    def __init__(self, argv, port):
+        self.port = port
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=sys.stderr)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(1))
+
+    def wait_listening(self, timeout_s=30):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                fail(f"the server exited with {self.proc.returncode} before listening")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        fail(f"nothing listens on port {self.port} after {timeout_s} s")
+
+    def children(self, count, timeout_s=30):
+        """Waits until the server's first process has ``count`` children; their pids."""
+        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with open(path) as f:
+                pids = [int(p) for p in f.read().split()]
+            if len(pids) >= count:
+                return pids
+            time.sleep(0.05)
+        fail(f"the server has not started {count} workers after {timeout_s} s")
+
+    def stop(self):
+        """Stops the whole group: SIGTERM, then SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def serve(argv, port, workers=0):
+    """The server protocol: starts ``argv`` (listening on ``port``) as a :class:`Server`,
+    prints ``SERVING <port> <process group>`` once it listens (and, with ``workers``,
+    ``WORKERS <pid>…`` once it forked them), then runs the test's requests: each line
+    ``GET <path> <n>`` on stdin makes ``n`` requests one after the other and prints
+    ``DONE <path> <ns of each>…``. ``QUIT`` or the end of stdin stops the server."""
+    server = Server(argv, port)
+    try:
+        server.wait_listening()
+        say(f"SERVING {port} {server.proc.pid}")
+        if workers:
+            say("WORKERS " + " ".join(map(str, server.children(workers))))
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["QUIT"]:
+                break
+            if len(words) != 3 or words[0] != "GET":
+                fail(f"expected GET <path> <n> or QUIT, got {line!r}")
+            took = [http_get(port, words[1]) for _ in range(int(words[2]))]
+            done(words[1], " ".join(map(str, took)))
+    finally:
+        server.stop()
 
 
 async def ticker():

@@ -264,25 +264,40 @@ impl Python {
     }
 
     fn with_uvloop_mode(mut self, mode: &str, label: &str) -> Python {
+        self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
+        self.label.push_str(label);
+        self.with_packages("pyuvloop", &["uvloop"], "cargo xtask pythons")
+    }
+
+    /// The same interpreter with the real servers' packages (FastAPI, uvicorn with
+    /// uvloop and httptools, gunicorn, aiohttp) from `target/pyservers/3.X`
+    /// (`cargo xtask setup`, for pyenv 3.11 and 3.13); fails the test without them.
+    pub fn with_servers(self) -> Python {
+        let modules = ["fastapi", "uvicorn", "gunicorn", "aiohttp", "uvloop"];
+        self.with_packages("pyservers", &modules, "cargo xtask setup")
+    }
+
+    /// Puts `target/<dir>/3.X` on PYTHONPATH after the pydeps, when there, and checks
+    /// that `modules` import (`how` installs them).
+    fn with_packages(mut self, dir: &str, modules: &[&str], how: &str) -> Python {
         let (major, minor) = self.major_minor();
         let dir = pydeps()
             .parent()
             .expect("pydeps has a parent")
-            .join(format!("pyuvloop/{major}.{minor}"));
+            .join(format!("{dir}/{major}.{minor}"));
         if dir.is_dir() {
             let path = format!("{}:{}", pydeps().display(), dir.display());
             self.env.push(("PYTHONPATH".into(), path));
         }
-        self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
-        self.label.push_str(label);
         let out = self
             .command(Path::new("-c"))
-            .arg("import uvloop")
+            .arg(format!("import {}", modules.join(", ")))
             .output()
             .expect("interpreter runs");
         assert!(
             out.status.success(),
-            "uvloop missing for {} (run `cargo xtask pythons`): {}",
+            "{} missing for {} (run `{how}`): {}",
+            modules.join(", "),
             self.label,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -1259,6 +1274,16 @@ impl Drop for Ctx {
                 let _ = signal::kill(pid_of(*pid), Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// A process group killed (SIGKILL) when this is dropped: a server and every worker it
+/// forked go with the test, also when the test fails.
+pub struct ProcessGroup(pub u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = signal::killpg(pid_of(self.0), Signal::SIGKILL);
     }
 }
 

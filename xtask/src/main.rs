@@ -137,6 +137,9 @@ fn run(task: Task) -> Result<ExitCode> {
             step("uvloop for 3.11 (PyPI)", || {
                 pythons::ensure_uvloop_311(&ws.target)
             })?;
+            step("servers for 3.11 and 3.13 (PyPI)", || {
+                pythons::ensure_servers(&ws.target)
+            })?;
         }
         Task::Build { release } => {
             ws.setup()?;
@@ -265,6 +268,9 @@ impl Workspace {
         step("test interpreters (Debian sid, private)", pythons::ensure)?;
         step("uvloop for 3.11 (PyPI)", || {
             pythons::ensure_uvloop_311(&self.target)
+        })?;
+        step("servers for 3.11 and 3.13 (PyPI)", || {
+            pythons::ensure_servers(&self.target)
         })?;
         step("prometheus (apt, for the metrics test)", setup_prometheus)?;
         eprintln!("setup: done in {}", fmt_duration(started.elapsed()));
@@ -601,7 +607,11 @@ fn cargo_home() -> PathBuf {
 /// `pip install`s `packages` for `python` into `dir`: into a fresh staging directory
 /// first, moved into place when complete, so an interrupted install never looks done.
 fn pip_install(python: &Path, dir: &Path, packages: &[&str], extra: &[&str]) -> Result<()> {
-    let staging = dir.with_extension("tmp");
+    // Next to `dir`, named after all of it (`with_extension` would take `3.tmp` for both
+    // `3.11` and `3.13`).
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".tmp");
+    let staging = PathBuf::from(staging);
     for stale in [&staging, dir] {
         if stale.exists() {
             std::fs::remove_dir_all(stale)

@@ -44,11 +44,16 @@ impl Examined {
 
 impl Session {
     /// Finds the loops of `pid`, just traced, that already run: parked in their poller,
-    /// or stuck away from it. Threads that cannot be read are left to the kernel side.
+    /// or stuck away from it. Threads that cannot be read, or that polled since tracing
+    /// began, are left to the kernel side.
     pub(super) fn find_running_loops(&mut self, pid: u32) -> anyhow::Result<()> {
         self.refresh_asyncio(pid)?;
         let examined = self.examine_threads(pid);
         for thread in &examined {
+            if self.probes.knows_thread(thread.tid) {
+                // It polled since tracing began: the kernel side times it already.
+                continue;
+            }
             let native = self.running_loop_is_native(pid, thread.tstate);
             let loop_poll = thread.polled_fd().is_some()
                 && (classify::is_asyncio_loop(&thread.stack)
