@@ -51,6 +51,8 @@ const READ_BATCH: Duration = Duration::from_millis(50);
 const BUSY_EVENTS: u64 = 50;
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a loop found stuck as tracing began is looked at until it is said stuck.
+const STUCK_CHECK: Duration = Duration::from_millis(100);
 
 /// A Python process being traced.
 struct Traced {
@@ -540,13 +542,16 @@ impl Session {
     }
 
     /// Periodic work: retry processes that were starting up, read the loss counters.
-    /// Retries of starting processes need a fast tick; otherwise only the loss counters
-    /// are due, once a second, and an idle tracer stays asleep until then.
+    /// Retries of starting processes need a fast tick, and so, less fast, does a loop
+    /// found stuck as tracing began; otherwise only the loss counters are due, once a
+    /// second, and an idle tracer stays asleep until then.
     fn tick_interval(&self) -> Duration {
-        if self.starting.is_empty() {
-            COUNTER_INTERVAL
-        } else {
+        if !self.starting.is_empty() {
             FIRST_RETRY
+        } else if self.awaits_stuck_notice() {
+            STUCK_CHECK
+        } else {
+            COUNTER_INTERVAL
         }
     }
 
@@ -572,6 +577,8 @@ impl Session {
             self.read_counters()?;
             self.notice_stuck()?;
             self.warn_unwatched()?;
+        } else if self.awaits_stuck_notice() {
+            self.notice_stuck()?;
         }
         Ok(())
     }

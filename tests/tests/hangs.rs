@@ -155,8 +155,9 @@ fn check_hang(python: &Python, hang: &Hang<'_>) {
 
 /// How long already_stuck.py's loop is stuck before the tracer starts.
 const STUCK_BEFORE_TRACING: Duration = Duration::from_secs(10);
-/// How soon after the `attached` event the `stuck` event must come.
-const NOTICE_AT_ATTACH: Duration = Duration::from_secs(1);
+/// How soon after the `attached` event the `stuck` event must come: once the loop has
+/// been stuck a second since blockprobe attached, and the tracer looks every 100 ms.
+const NOTICE_AT_ATTACH: Duration = Duration::from_millis(1500);
 
 /// The loop sleeps (`sleeper`) from its first iteration, 10 s before `trace -p`.
 fn stuck_in_sleep_before_tracing(python: &Python) {
@@ -205,9 +206,9 @@ fn stuck_before_host_wide_tracing() {
 }
 
 /// already_stuck.py blocks in its loop's first iteration and stays stuck; 10 s later
-/// `blockprobe trace -o FILE` (`-p PID`, or host-wide) starts. Within a second of its
-/// `attached` event, a `stuck` event names the loop thread, says its time is a lower
-/// bound, and where it is stuck (function, line, syscall); stopped by SIGTERM, the live
+/// `blockprobe trace -o FILE` (`-p PID`, or host-wide) starts. About a second after its
+/// `attached` event, a `stuck` event names the loop thread, says its time (a second) is
+/// a lower bound, and where it is stuck (function, line, syscall); stopped by SIGTERM, the live
 /// stream and the report hold one ongoing stall, started before tracing, of the hang's
 /// cause and syscall, blamed on its function at its line, lasting no longer than
 /// blockprobe ran.
@@ -251,13 +252,14 @@ fn check_stuck_before_tracing(python: &Python, hang: &Hang<'_>, host_wide: bool)
     ctx.ensure(
         notice["tid"] == tid
             && notice["at_least"] == true
+            && notice["stuck_ns"].as_u64() >= Some(nanos(FIRST_NOTICE))
             && notice["syscall"].as_str() == hang.syscall
             && notice["culprit"]["function"] == hang.function
             && notice["culprit"]["line"] == line,
         || {
             format!(
-                "the stuck event should name the loop thread {tid}, a lower bound (at_least), \
-                 syscall {:?} and {} at line {line}: {notice}",
+                "the stuck event should name the loop thread {tid}, at least {FIRST_NOTICE:?} \
+                 (at_least), syscall {:?} and {} at line {line}: {notice}",
                 hang.syscall, hang.function
             )
         },

@@ -6,9 +6,11 @@
 //! - a thread parked in its loop's poller becomes a loop thread at once, its next
 //!   wake-up timed;
 //! - a thread inside a running loop (`run_forever`, `_run_once`, a loop runner frame,
-//!   the running-loop state on 3.14+) but away from its poller is a loop stuck right
-//!   now: a loop thread whose iteration is timed from this moment (a lower bound), said
-//!   stuck at once, and reported as an ongoing stall if still stuck at stop.
+//!   the running-loop state on 3.14+) but away from its poller, in a callback (the
+//!   innermost frame is not the loop's own), may be a loop stuck right now: a loop
+//!   thread whose iteration is timed from this moment (a lower bound), said stuck as
+//!   soon as that reaches a second, and reported as an ongoing stall if still stuck at
+//!   stop (or as a stall, marked as begun before tracing, when it comes back).
 
 use blockprobe_common::{
     cause,
@@ -65,12 +67,16 @@ impl Session {
                 let now = self.clock.monotonic_ns();
                 self.probes.adopt_polling_loop(thread.tid, fd, now)?;
                 self.loop_found(pid, thread.tid, thread.tstate)?;
-            } else if classify::runs_loop(&thread.stack) || native.is_some() {
+            } else if (classify::runs_loop(&thread.stack) || native.is_some())
+                && !classify::is_asyncio_loop(&thread.stack)
+            {
+                // Inside a callback (a loop running its own code, innermost, is between
+                // two polls and left to the kernel side).
                 let timing = self.stuck_timing(pid, thread, &examined);
                 self.probes.adopt_stuck_loop(thread.tid, timing)?;
                 (self.stuck_at_attach).insert(thread.tid, (pid, timing.poll_exit_ns));
                 self.loop_found(pid, thread.tid, thread.tstate)?;
-                self.notice_stuck_at_attach(pid, thread.tid, thread.tstate, timing)?;
+                self.await_stuck_notice(thread.tid);
             }
         }
         Ok(())

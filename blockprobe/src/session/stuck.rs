@@ -1,9 +1,11 @@
 //! Loops stuck off-await right now. A hang never returns to its poller, so the kernel
 //! side never reports its stall: the session looks at each loop's current iteration
 //! itself, says live that a loop is stuck (after a second, then each time the time
-//! doubles), and reports the stall so far, marked ongoing, when tracing stops.
+//! doubles), and reports the stall so far, marked ongoing, when tracing stops. A loop
+//! found stuck as tracing began is timed from then (a lower bound, said so), and is said
+//! stuck as soon as that reaches a second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use blockprobe_common::{stack::RawStack, thread::LoopTiming, walk::walk_thread};
 
@@ -24,6 +26,8 @@ const FIRST_NOTICE_NS: u64 = 1_000_000_000;
 pub(super) struct Notices {
     /// By tid: when the iteration began, and how long stuck it is said next.
     next: HashMap<u32, (u64, u64)>,
+    /// Loop threads found stuck as tracing began, not said stuck yet.
+    awaited: HashSet<u32>,
 }
 
 /// A loop thread off-await for a while now.
@@ -61,6 +65,16 @@ impl Session {
         let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
         let stuck = self.stuck_loops(now, first);
         (self.notices.next).retain(|tid, _| stuck.iter().any(|s| s.tid == *tid));
+        // Awaited until said, or until it is clear it will not be: back to its poller,
+        // or gone.
+        let awaited = std::mem::take(&mut self.notices.awaited);
+        self.notices.awaited = (awaited.into_iter())
+            .filter(|&tid| {
+                let timing = self.probes.loop_timing(tid);
+                let start = timing.map_or(0, |t| t.poll_exit_ns);
+                self.started_before_tracing(tid, start) && now.saturating_sub(start) < 2 * first
+            })
+            .collect();
         for s in stuck {
             let start = s.timing.poll_exit_ns;
             let stuck_ns = now.saturating_sub(start);
@@ -74,6 +88,7 @@ impl Session {
             while due.1 <= stuck_ns {
                 due.1 = due.1.saturating_mul(2);
             }
+            self.notices.awaited.remove(&s.tid);
             self.say_stuck(&s, stuck_ns)?;
         }
         Ok(())
@@ -104,29 +119,15 @@ impl Session {
         })
     }
 
-    /// Says at once that loop thread `tid` of `pid` (thread state `tstate`) was found
-    /// stuck as tracing began, with `timing` as handed to the kernel side; the next
-    /// notices follow as for any stuck loop.
-    pub(super) fn notice_stuck_at_attach(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        tstate: u64,
-        timing: LoopTiming,
-    ) -> anyhow::Result<()> {
-        let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
-        self.notices.next.insert(tid, (timing.poll_exit_ns, first));
-        let stuck = StuckLoop {
-            pid,
-            tid,
-            tstate,
-            timing,
-        };
-        let stuck_ns = self
-            .clock
-            .monotonic_ns()
-            .saturating_sub(timing.poll_exit_ns);
-        self.say_stuck(&stuck, stuck_ns)
+    /// Loop thread `tid`, found stuck as tracing began, is to be said stuck as soon as it
+    /// has been for a second: until then the session looks more often than once a second.
+    pub(super) fn await_stuck_notice(&mut self, tid: u32) {
+        self.notices.awaited.insert(tid);
+    }
+
+    /// Whether a loop found stuck as tracing began may be due to be said stuck soon.
+    pub(super) fn awaits_stuck_notice(&self) -> bool {
+        !self.notices.awaited.is_empty()
     }
 
     /// Whether the iteration of loop thread `tid` that began at `start_ns` (monotonic)
