@@ -33,10 +33,13 @@ use crate::{
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`, saved registers
 /// `regs`).
 ///
-/// A thread of a traced process is flagged in [`crate::maps::LOOP_THREADS`] from its first
-/// poll call, while userspace decides what it is: its poll exits must be seen from the
-/// first one after it is found to be a loop (an idle loop's next wake-up may be the
-/// stall). A loop thread keeps the flag; any other loses it at its next poll exit.
+/// A thread of a traced process is timed from its first poll call on, while userspace
+/// decides from the stack sent here what it is ([`class::PENDING`]): a loop's first
+/// iterations are often the ones that block. Userspace reads the stack before anything
+/// the thread reports later, keeps that of a loop, drops that of any other thread, and
+/// stops timing it. The first poll of a process not traced yet (host-wide tracing finds
+/// Python processes by their polls) starts the timing too; its stack is sent at the
+/// next poll, once userspace traces the process.
 #[inline(always)]
 pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let (tgid, tid) = current_ids();
@@ -44,14 +47,22 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let now = now_ns();
     // The polled epoll fd, read only for the threads of traced processes.
     let poll_fd = || syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
-    // A known loop thread (every iteration of a busy loop): one array load, the one
-    // hash lookup its timing needs and the read of its fd.
+    // A timed thread (every iteration of a busy loop): one array load, the one hash
+    // lookup its timing needs and the read of its fd.
     if is_loop_thread(tid)
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(tid)
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
         let fd = poll_fd();
+        if timing.unclassified != 0 {
+            if !send_pending(tgid, tid, now, fd) {
+                // Still untraced (or the stack was lost, counted): examined afresh later.
+                let _ = LOOP_TIMING.remove(tid);
+                return;
+            }
+            timing.unclassified = 0;
+        }
         if fd == timing.loop_fd {
             end_off_await(timing, now, config.threshold_ns);
         } else if adopts(tid, fd) {
@@ -69,45 +80,70 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     }
     // SAFETY: map values are only read here; userspace writes whole values.
     if unsafe { PROCESSES.get(tgid) }.is_none() {
-        announce_if_in_scope(tgid, blockprobe_common::event::candidate_reason::POLL);
+        if announce_if_in_scope(tgid, blockprobe_common::event::candidate_reason::POLL) {
+            start_timing(tid, poll_fd(), 1);
+        }
         return;
     }
-    let Some(thread) = THREAD_CLASS.get_ptr_mut(tid) else {
-        let fd = poll_fd();
-        let pending = ThreadClass {
-            class: class::PENDING,
-            poll_fd: fd,
-            since_ns: now,
-        };
-        if THREAD_CLASS.insert(tid, pending, 0).is_err() {
-            count(Counter::ThreadMapFull);
-            return;
-        }
-        // Unsent (the ring buffer was full, counted), the thread is examined afresh at
-        // its next poll rather than left pending for ever.
-        if send_poll_stack(tgid, now, fd, false) {
-            mark_loop_thread(tid, true);
-        } else {
-            let _ = THREAD_CLASS.remove(tid);
-        }
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let thread = unsafe { &mut *thread };
-    match thread.class {
-        class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
+    // SAFETY: read-only access to a value userspace writes whole.
+    match unsafe { THREAD_CLASS.get(tid) } {
+        None => {
             let fd = poll_fd();
-            if send_poll_stack(tgid, now, fd, false) {
-                thread.class = class::PENDING;
-                thread.poll_fd = fd;
-                thread.since_ns = now;
-                mark_loop_thread(tid, true);
+            if send_pending(tgid, tid, now, fd) {
+                start_timing(tid, fd, 0);
             }
         }
-        class::NOT_LOOP => {}
-        // Pending, or a loop whose timing starts at this call's exit.
-        _ => mark_loop_thread(tid, true),
+        Some(thread)
+            if thread.class == class::NOT_LOOP
+                && now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns =>
+        {
+            let fd = poll_fd();
+            if send_pending(tgid, tid, now, fd) {
+                start_timing(tid, fd, 0);
+            }
+        }
+        Some(thread) if thread.class == class::NOT_LOOP => {}
+        // A loop whose timing was not started (the timing map was full, counted).
+        Some(_) => mark_loop_thread(tid, true),
     }
+}
+
+/// Marks thread `tid` pending and sends its stack at a poll on epoll fd `fd` to
+/// userspace; whether it was sent. Unsent (the ring buffer was full, counted), the
+/// thread is examined afresh at its next poll rather than left pending for ever.
+#[inline(always)]
+fn send_pending(tgid: u32, tid: u32, now: u64, fd: u32) -> bool {
+    let pending = ThreadClass {
+        class: class::PENDING,
+        poll_fd: fd,
+        since_ns: now,
+    };
+    if THREAD_CLASS.insert(tid, pending, 0).is_err() {
+        count(Counter::ThreadMapFull);
+        return false;
+    }
+    if send_poll_stack(tgid, now, fd, false) {
+        return true;
+    }
+    let _ = THREAD_CLASS.remove(tid);
+    false
+}
+
+/// Starts timing thread `tid` as a loop polling epoll fd `fd`, from the exit of the poll
+/// it enters (`unclassified`: its stack was not sent yet).
+#[inline(always)]
+fn start_timing(tid: u32, fd: u32, unclassified: u32) {
+    let timing = LoopTiming {
+        loop_fd: fd,
+        foreign_fd: NO_FD,
+        unclassified,
+        ..LoopTiming::default()
+    };
+    if LOOP_TIMING.insert(tid, timing, 0).is_err() {
+        count(Counter::ThreadMapFull);
+        return;
+    }
+    mark_loop_thread(tid, true);
 }
 
 /// Whether userspace found epoll fd `fd` of loop thread `tid` to be a new loop's poller.

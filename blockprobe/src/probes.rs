@@ -169,6 +169,11 @@ impl Probes {
         }
     }
 
+    /// Stops sampling thread `tid` (found not to run a loop).
+    pub fn stop_sampling_thread(&mut self, tid: u32) {
+        self.stop_sampling(|_, t| t == tid);
+    }
+
     /// Stops sampling the threads of process `pid` (it exited or exec'd).
     pub fn forget_process(&mut self, pid: u32) {
         self.stop_sampling(|p, _| p == pid);
@@ -220,7 +225,8 @@ impl Probes {
     }
 
     /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`) from its
-    /// poll call on epoll fd `poll_fd`.
+    /// poll call on epoll fd `poll_fd`. The kernel side timed it meanwhile: a thread that
+    /// runs no loop is timed no more.
     pub fn classify_thread(
         &mut self,
         tid: u32,
@@ -239,7 +245,18 @@ impl Probes {
         };
         self.thread_class
             .insert(tid, value, 0)
-            .with_context(|| format!("classifying thread {tid}"))
+            .with_context(|| format!("classifying thread {tid}"))?;
+        if !is_loop {
+            self.stop_timing(tid);
+        }
+        Ok(())
+    }
+
+    /// Stops the kernel side's timing of thread `tid` (its loop thread flag is cleared at
+    /// its next poll exit).
+    pub fn stop_timing(&mut self, tid: u32) {
+        // Absent when the thread was never timed or has exited: nothing to stop.
+        let _ = self.loop_timing.remove(&tid);
     }
 
     /// What the kernel side measures of loop thread `tid`'s current loop iteration.
@@ -263,7 +280,9 @@ impl Probes {
         };
         self.thread_class
             .insert(tid, value, 0)
-            .with_context(|| format!("re-examining thread {tid}"))
+            .with_context(|| format!("re-examining thread {tid}"))?;
+        self.stop_timing(tid);
+        Ok(())
     }
 
     /// Current totals of the kernel side's loss counters (summed over CPUs).

@@ -105,6 +105,18 @@ pub struct Session {
     notices: stuck::Notices,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
+    /// What each polling thread was last found to be, by tid: the kernel side times a
+    /// polling thread before it is classified, and only a loop's reports are kept.
+    verdicts: HashMap<u32, Verdict>,
+}
+
+/// What a polling thread was found to be at its last classification.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// Its process.
+    pid: u32,
+    /// Whether it runs an event loop.
+    is_loop: bool,
 }
 
 impl Session {
@@ -127,6 +139,7 @@ impl Session {
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
             events_this_interval: 0,
+            verdicts: HashMap::new(),
             own_pid: std::process::id(),
         }
     }
@@ -315,10 +328,16 @@ impl Session {
 
     /// Handles one kernel event.
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        if let Some((pid, tid)) = event.loop_evidence()
+            && !self.keeps_evidence(pid, tid)
+        {
+            return Ok(());
+        }
         match event {
-            Event::Candidate { pid } => self.attach_quietly(pid)?,
+            Event::Candidate { pid, tid, by_poll } => self.candidate(pid, tid, by_poll)?,
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
+                self.verdicts.retain(|_, v| v.pid != pid);
                 self.loop_tstates.retain(|_, (p, _)| *p != pid);
                 self.attributor.forget_process(pid);
                 self.probes.forget_process(pid);
@@ -403,6 +422,11 @@ impl Session {
                 end_ns,
                 off_cpu_ns,
             } => {
+                if !self.is_classified_loop(pid, tid) {
+                    // Timed while userspace decided: not a loop after all.
+                    self.attributor.forget_thread(tid);
+                    return Ok(());
+                }
                 let stall = self.close_stall(StallWindow {
                     pid,
                     tid,
@@ -437,6 +461,7 @@ impl Session {
             if self.refresh_asyncio(pid)? {
                 // This stack was walked without the running task: look at the thread
                 // again at its next poll, walked with it.
+                self.verdicts.remove(&tid);
                 return self.probes.reexamine_thread(tid);
             }
             is_loop = (self.processes.get(&pid))
@@ -450,9 +475,57 @@ impl Session {
         if is_loop || !foreign {
             self.probes
                 .classify_thread(tid, is_loop, poll_fd, self.clock.monotonic_ns())?;
+            self.verdicts.insert(tid, Verdict { pid, is_loop });
+        }
+        if !is_loop && !foreign {
+            // What it reported while it was timed is no loop's.
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
         }
         if is_loop {
             self.loop_found(pid, tid, stack.tstate)?;
+        }
+        Ok(())
+    }
+
+    /// A process in scope that may be Python, announced by thread `tid` (`by_poll`: at a
+    /// poll call, which the kernel side times already: the thread may run a loop whose
+    /// first iteration is running now). Such a thread of a process now traced is sampled
+    /// at once, so a CPU-bound first iteration has its culprit; it stops being sampled if
+    /// it turns out not to run a loop.
+    fn candidate(&mut self, pid: u32, tid: u32, by_poll: bool) -> anyhow::Result<()> {
+        self.attach_quietly(pid)?;
+        if !by_poll {
+            return Ok(());
+        }
+        if !self.processes.contains_key(&pid) {
+            self.probes.stop_timing(tid);
+            return Ok(());
+        }
+        self.sample(pid, tid)
+    }
+
+    /// Whether the reports of thread `tid` of `pid` are kept: it was not found to be
+    /// anything but a loop.
+    fn keeps_evidence(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts
+            .get(&tid)
+            .is_none_or(|v| v.pid != pid || v.is_loop)
+    }
+
+    /// Whether thread `tid` of `pid` was found to run a loop at its last classification.
+    fn is_classified_loop(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts.get(&tid) == Some(&Verdict { pid, is_loop: true })
+    }
+
+    /// Starts sampling thread `tid` of `pid`; a failure is a warning.
+    fn sample(&mut self, pid: u32, tid: u32) -> anyhow::Result<()> {
+        // Without samples, only this thread's CPU-bound stalls lose their culprit:
+        // say so, keep tracing.
+        if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
+            self.warn(format!(
+                "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
+            ))?;
         }
         Ok(())
     }
@@ -482,13 +555,7 @@ impl Session {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
             self.refresh_asyncio(pid)?;
-            // Without samples, only this thread's CPU-bound stalls lose their culprit:
-            // say so, keep tracing.
-            if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
-                self.warn(format!(
-                    "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
-                ))?;
-            }
+            self.sample(pid, tid)?;
             self.aggregator.add_loop_thread(pid, tid);
         }
         self.sink.status(&Status::Loop { pid, tid })
