@@ -55,8 +55,10 @@ pub enum Event {
         tid: u32,
         /// The epoll fd polled.
         poll_fd: u32,
-        /// The thread already runs a loop, which polls another fd.
-        foreign: bool,
+        /// Why it was sent: a [`blockprobe_common::event::poll_origin`] value.
+        origin: u32,
+        /// The thread's user stack pointer at the poll call (0: not at a poll call).
+        user_sp: u64,
         /// The Python stack at the poll call.
         stack: Box<RawStack>,
     },
@@ -173,7 +175,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 pid,
                 tid,
                 poll_fd: e.poll_fd,
-                foreign: e.foreign != 0,
+                origin: e.origin,
+                user_sp: e.user_sp,
                 stack: sane(e.stack),
             }
         }

@@ -1,16 +1,21 @@
 //! Loading blockprobe's BPF object, attaching its programs and handling its maps.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, RawTracePoint,
+        PerfEvent, RawTracePoint, UProbe,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
+        uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
 use blockprobe_common::{
@@ -55,7 +60,12 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
+    /// Files (device, inode) whose loop-run function is probed.
+    loop_run_files: HashSet<(u64, u64)>,
 }
+
+/// The programs probing a loop-run function, at entry and return.
+const LOOP_RUN_PROGRAMS: [&str; 2] = ["loop_run_enter", "loop_run_exit"];
 
 impl Probes {
     /// Loads the BPF object, writes its configuration and attaches every program.
@@ -68,6 +78,7 @@ impl Probes {
             pt_regs_syscall_nr_offset: kernel.pt_regs_syscall_nr,
             pt_regs_arg0_offset: kernel.pt_regs_arg0,
             pt_regs_arg1_offset: kernel.pt_regs_arg1,
+            pt_regs_sp_offset: kernel.pt_regs_sp,
             reclassify_after_ns: 5_000_000_000,
             scope: settings.scope as u32,
             task_pid_offset: u32::try_from(kernel.task_pid)?,
@@ -100,6 +111,7 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
+            loop_run_files: HashSet::new(),
             _ebpf: ebpf,
         };
         probes.attach_all()?;
@@ -128,6 +140,13 @@ impl Probes {
                 .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
             tp.attach(tracepoint)
                 .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+        }
+        // Attached per file, as each is found (`probe_loop_runs`).
+        for program in LOOP_RUN_PROGRAMS {
+            let probe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
+            probe
+                .load()
+                .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
         }
         // Attached per loop thread, as each is found (`sample_loop_thread`).
         let sampler: &mut PerfEvent = program_mut(ebpf, "cpu_sample")?.try_into()?;
@@ -167,6 +186,30 @@ impl Probes {
             Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => Ok(()),
             Err(e) => Err(e).with_context(|| format!("attaching the CPU sampler to thread {tid}")),
         }
+    }
+
+    /// Probes function `function` of ELF file `path` (a loop written in C: libuv's
+    /// `uv_run`) at entry and return, in every process that maps the file (the programs
+    /// ignore untraced ones), once per file however it is named; whether it was probed
+    /// just now.
+    pub fn probe_loop_runs(&mut self, path: &Path, function: &str) -> anyhow::Result<bool> {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        if !self.loop_run_files.insert((meta.dev(), meta.ino())) {
+            return Ok(false);
+        }
+        for program in LOOP_RUN_PROGRAMS {
+            let probe: &mut UProbe = program_mut(&mut self._ebpf, program)?.try_into()?;
+            probe
+                .attach(
+                    UProbeAttachLocation::Symbol(function),
+                    path,
+                    UProbeScope::AllProcesses,
+                )
+                .with_context(|| {
+                    format!("attaching {program} to {function} in {}", path.display())
+                })?;
+        }
+        Ok(true)
     }
 
     /// Stops sampling thread `tid` (found not to run a loop).

@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::stack::{RawStack, flags as stack_flags};
+use blockprobe_common::{
+    event::poll_origin,
+    stack::{RawStack, flags as stack_flags},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -23,7 +26,7 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess},
+    python::{Inspection, PythonProcess, memory::ProcessMemory, uvloop},
     render::live::{DetachReason, StallSink, Status},
 };
 
@@ -56,6 +59,9 @@ struct Traced {
     comm: String,
     /// Its pid in its own pid namespace, when not the host's.
     ns_pid: Option<u32>,
+    /// Where libuv's `uv_run` lies in each uvloop module it has mapped (found at attach
+    /// or at a later poll).
+    uv_runs: Vec<std::ops::Range<u64>>,
 }
 
 /// What happened when blockprobe tried to attach to a process.
@@ -199,9 +205,68 @@ impl Session {
                 python,
                 comm,
                 ns_pid,
+                uv_runs: Vec::new(),
             },
         );
+        self.probe_importable_uvloop(pid)?;
+        self.probe_mapped_uvloop(pid)
+    }
+
+    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
+    /// loop imported after tracing started is seen from its first run's start.
+    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
+            self.probe_loop_runs(pid, &path)?;
+        }
         Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` has mapped, once it has any, and
+    /// remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        if !self
+            .processes
+            .get(&pid)
+            .is_some_and(|t| t.uv_runs.is_empty())
+        {
+            return Ok(());
+        }
+        // A process that exited meanwhile has nothing to probe.
+        let Ok(modules) = uvloop::mapped(pid) else {
+            return Ok(());
+        };
+        for module in modules {
+            self.probe_loop_runs(pid, &module.path)?;
+            if let Some(traced) = self.processes.get_mut(&pid) {
+                traced.uv_runs.push(module.run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
+    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
+        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
+            self.warn(format!(
+                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
+                path.display()
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the native stack of a thread of traced process `pid` at stack pointer `sp`
+    /// runs a uvloop loop (`uv_run`).
+    fn runs_uvloop(&self, pid: u32, sp: u64) -> bool {
+        let Some(traced) = self.processes.get(&pid) else {
+            return false;
+        };
+        let memory = ProcessMemory::new(pid);
+        (traced.uv_runs.iter()).any(|run| uvloop::stack_runs(&memory, sp, run))
     }
 
     /// Attaches to every Python process already running on the host.
@@ -354,9 +419,10 @@ impl Session {
                 pid,
                 tid,
                 poll_fd,
-                foreign,
+                origin,
+                user_sp,
                 stack,
-            } => self.poll_stack(pid, tid, poll_fd, foreign, &stack)?,
+            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, &stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -443,17 +509,24 @@ impl Session {
     }
 
     /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
-    /// (`foreign`: the thread runs a loop that polls another fd).
+    /// (user stack pointer `user_sp`), or at a loop's start; `origin` says which
+    /// ([`poll_origin`]).
     fn poll_stack(
         &mut self,
         pid: u32,
         tid: u32,
         poll_fd: u32,
-        foreign: bool,
+        origin: u32,
+        user_sp: u64,
         stack: &RawStack,
     ) -> anyhow::Result<()> {
+        let foreign = origin == poll_origin::FOREIGN;
+        if origin == poll_origin::THREAD {
+            self.probe_mapped_uvloop(pid)?;
+        }
         let frames = self.symbolize(pid, stack);
-        let mut is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        let mut is_loop = origin == poll_origin::LOOP_RUN
+            || frames.as_deref().is_some_and(classify::is_asyncio_loop);
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -468,7 +541,8 @@ impl Session {
                 .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
                 .is_some_and(|selector_loop| {
                     classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
-                });
+                })
+                || classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp));
         }
         // A loop thread polling another fd: a new loop it now runs is adopted; a
         // callback's own selector leaves the thread a loop.

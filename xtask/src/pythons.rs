@@ -16,7 +16,7 @@
 //! `root/usr/bin/python3.X` in it. A stamp file lists what was unpacked: what it lists
 //! (and runs) is not downloaded again.
 //!
-//! uvloop for pyenv's 3.11 comes from PyPI into `target/pyuvloop/3.11` (add it to
+//! uvloop for pyenv's 3.11 and 3.13 comes from PyPI into `target/pyuvloop/3.X` (add it to
 //! PYTHONPATH); the tests find it there.
 
 use std::collections::BTreeSet;
@@ -262,16 +262,22 @@ fn apt(apt_dir: &Path) -> Command {
     cmd
 }
 
-/// uvloop from PyPI for pyenv's 3.11 in `target/pyuvloop/3.11`, unless present.
-pub fn ensure_uvloop_311(target: &Path) -> Result<String> {
-    let dir = target.join("pyuvloop/3.11");
+/// The pyenv interpreters that get uvloop from PyPI (`target/pyuvloop/<minor>`): the
+/// uvloop tests run there, by `uvloop.run` and by hand.
+pub const UVLOOP_PYENV: [&str; 2] = ["3.11", "3.13"];
+
+/// uvloop from PyPI for pyenv's `minor` (one of [`UVLOOP_PYENV`]) in
+/// `target/pyuvloop/<minor>`, unless present.
+pub fn ensure_uvloop(target: &Path, minor: &str) -> Result<String> {
+    let dir = target.join("pyuvloop").join(minor);
     if dir.join("uvloop/__init__.py").is_file() {
         return Ok(format!("present in {}", dir.display()));
     }
-    let python = crate::pyenv_311();
+    let id = format!("pyenv_{}", minor.replace('.', "_"));
+    let python = blockprobe_pythons::by_id(&id).path();
     if !python.is_file() {
         bail!(
-            "{} not found: it is the uvloop test interpreter",
+            "{} not found: it is a uvloop test interpreter",
             python.display()
         );
     }

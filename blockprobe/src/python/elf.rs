@@ -184,6 +184,27 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
     Ok(Some(section.data()?.to_vec()))
 }
 
+/// Where exported function `name` of the ELF file behind mapping `m` lies in process
+/// `pid`'s memory (`maps`: its mappings), if the file exports it.
+pub fn mapped_function(
+    pid: u32,
+    maps: &[Mapping],
+    m: &Mapping,
+    name: &str,
+) -> anyhow::Result<Option<std::ops::Range<u64>>> {
+    let cache = ReadCache::new(open_mapped(pid, m)?);
+    let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
+        .with_context(|| format!("cannot parse ELF file {}", m.path))?;
+    let Some(sym) = elf
+        .dynamic_symbols()
+        .find(|s| !s.is_undefined() && s.name() == Ok(name))
+    else {
+        return Ok(None);
+    };
+    let start = sym.address().wrapping_add(load_bias(&elf, maps, &m.path)?);
+    Ok(Some(start..start.wrapping_add(sym.size().max(1))))
+}
+
 /// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
 /// (an upgraded package) through `/proc/PID/map_files`.
 fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {

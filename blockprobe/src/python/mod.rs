@@ -19,6 +19,7 @@ pub mod memory;
 pub mod origin;
 mod process;
 mod symbolize;
+pub mod uvloop;
 pub mod version;
 
 #[cfg(test)]
