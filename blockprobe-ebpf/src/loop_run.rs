@@ -1,10 +1,12 @@
-//! Runs of loops written in C: libuv's `uv_run` (uvloop), probed at entry and return.
+//! Loop runs: a loop starts running (libuv's `uv_run` entered, for uvloop) and stops
+//! (`uv_run` returns; asyncio's `_asyncio._set_running_loop` is called, which
+//! `run_forever` does when it starts and when it stops).
 //!
 //! uvloop runs its ready callbacks before its first poll, and a loop stopped between two
-//! `run_until_complete` calls runs nothing: its thread is off-await from the entry of
-//! `uv_run` to its return, not from a poll exit to the interpreter's next poll. Both
+//! `run_until_complete` calls runs nothing: its thread is off-await from the start of a
+//! run (uvloop) or its first poll exit (asyncio) to the stop, never between two runs. The
 //! probes fire once per run, never per iteration, in every process that maps the file:
-//! only traced processes get past the first lookup.
+//! only traced processes get past the first check.
 
 use blockprobe_common::{
     event::poll_origin,
@@ -45,11 +47,11 @@ pub fn on_enter() {
     }
 }
 
-/// A thread returns from `uv_run`: its loop stopped. The off-await interval ends here (a
-/// stall when it reached the threshold: the last callback before the stop blocked), and
-/// none is open until the loop runs again.
+/// A thread's loop stopped running, or starts: the off-await interval ends here (a stall
+/// when it reached the threshold: the last callback before the stop blocked), and none
+/// is open until the loop's next poll exit (asyncio) or run (uvloop).
 #[inline(always)]
-pub fn on_exit() {
+pub fn on_stop() {
     let (_, tid) = current_ids();
     if !is_loop_thread(tid) {
         return;

@@ -1,7 +1,8 @@
 //! blockprobe's kernel side.
 //!
-//! Raw tracepoints (no kprobes) and, for loops written in C, one uprobe pair on libuv's
-//! `uv_run` (once per loop run, never per iteration): two raw syscall tracepoints see the
+//! Raw tracepoints (no kprobes) and uprobes that fire once per loop run, never per
+//! iteration (libuv's `uv_run`, asyncio's `_set_running_loop`): two raw syscall
+//! tracepoints see the
 //! epoll-family pollers, which time each asyncio loop thread's off-await intervals, blocking syscalls made inside those intervals are
 //! reported with the Python stack that made them, and scheduler process events keep the
 //! set of traced processes current. Knowledge of CPython lives in userspace, which hands
@@ -105,7 +106,14 @@ pub fn loop_run_enter(_ctx: ProbeContext) -> u32 {
 /// Uretprobe on libuv's `uv_run`: the loop stopped running.
 #[uretprobe]
 pub fn loop_run_exit(_ctx: RetProbeContext) -> u32 {
-    loop_run::on_exit();
+    loop_run::on_stop();
+    0
+}
+
+/// Uprobe on `_asyncio._set_running_loop`: an asyncio loop starts or stops running.
+#[uprobe]
+pub fn running_loop_set(_ctx: ProbeContext) -> u32 {
+    loop_run::on_stop();
     0
 }
 

@@ -60,12 +60,23 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
-    /// Files (device, inode) whose loop-run function is probed.
-    loop_run_files: HashSet<(u64, u64)>,
+    /// Files (device, inode) probed, with the first program probing each.
+    probed_files: HashSet<(u64, u64, &'static str)>,
 }
 
-/// The programs probing a loop-run function, at entry and return.
+/// Where in a file a uprobe goes.
+#[derive(Clone, Copy)]
+enum Point<'a> {
+    /// At the function the file's symbol tables name so.
+    Symbol(&'a str),
+    /// At this offset in the file.
+    FileOffset(u64),
+}
+
+/// The programs probing a loop-run function (libuv's `uv_run`), at entry and return.
 const LOOP_RUN_PROGRAMS: [&str; 2] = ["loop_run_enter", "loop_run_exit"];
+/// The program probing asyncio's `_set_running_loop`.
+const RUNNING_LOOP_PROGRAMS: [&str; 1] = ["running_loop_set"];
 
 impl Probes {
     /// Loads the BPF object, writes its configuration and attaches every program.
@@ -111,7 +122,7 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
-            loop_run_files: HashSet::new(),
+            probed_files: HashSet::new(),
             _ebpf: ebpf,
         };
         probes.attach_all()?;
@@ -142,7 +153,7 @@ impl Probes {
                 .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
         }
         // Attached per file, as each is found (`probe_loop_runs`).
-        for program in LOOP_RUN_PROGRAMS {
+        for program in LOOP_RUN_PROGRAMS.iter().chain(&RUNNING_LOOP_PROGRAMS) {
             let probe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
             probe
                 .load()
@@ -189,25 +200,40 @@ impl Probes {
     }
 
     /// Probes function `function` of ELF file `path` (a loop written in C: libuv's
-    /// `uv_run`) at entry and return, in every process that maps the file (the programs
-    /// ignore untraced ones), once per file however it is named; whether it was probed
-    /// just now.
+    /// `uv_run`) at entry and return; whether it was probed just now (see
+    /// [`Probes::probe_file`]).
     pub fn probe_loop_runs(&mut self, path: &Path, function: &str) -> anyhow::Result<bool> {
+        self.probe_file(path, Point::Symbol(function), &LOOP_RUN_PROGRAMS)
+    }
+
+    /// Probes asyncio's `_set_running_loop`, at file offset `offset` of ELF file `path`;
+    /// whether it was probed just now (see [`Probes::probe_file`]).
+    pub fn probe_running_loop_set(&mut self, path: &Path, offset: u64) -> anyhow::Result<bool> {
+        self.probe_file(path, Point::FileOffset(offset), &RUNNING_LOOP_PROGRAMS)
+    }
+
+    /// Attaches uprobe `programs` at `location` of ELF file `path`, in every process that
+    /// maps the file (the programs ignore untraced ones), once per file however it is
+    /// named; whether they were attached just now.
+    fn probe_file(
+        &mut self,
+        path: &Path,
+        point: Point<'_>,
+        programs: &[&'static str],
+    ) -> anyhow::Result<bool> {
         let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-        if !self.loop_run_files.insert((meta.dev(), meta.ino())) {
+        if !(self.probed_files).insert((meta.dev(), meta.ino(), programs[0])) {
             return Ok(false);
         }
-        for program in LOOP_RUN_PROGRAMS {
+        for &program in programs {
             let probe: &mut UProbe = program_mut(&mut self._ebpf, program)?.try_into()?;
+            let at = match point {
+                Point::Symbol(name) => UProbeAttachLocation::Symbol(name),
+                Point::FileOffset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+            };
             probe
-                .attach(
-                    UProbeAttachLocation::Symbol(function),
-                    path,
-                    UProbeScope::AllProcesses,
-                )
-                .with_context(|| {
-                    format!("attaching {program} to {function} in {}", path.display())
-                })?;
+                .attach(at, path, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {program} to {}", path.display()))?;
         }
         Ok(true)
     }

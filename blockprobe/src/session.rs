@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
 
@@ -26,7 +27,7 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess, memory::ProcessMemory, uvloop},
+    python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
     render::live::{DetachReason, StallSink, Status},
 };
 
@@ -111,6 +112,8 @@ pub struct Session {
     notices: stuck::Notices,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
+    /// Files (device, inode) already searched for asyncio's `_set_running_loop`.
+    asyncio_files: HashSet<(u64, u64)>,
     /// What each polling thread was last found to be, by tid: the kernel side times a
     /// polling thread before it is classified, and only a loop's reports are kept.
     verdicts: HashMap<u32, Verdict>,
@@ -146,6 +149,7 @@ impl Session {
             notices: stuck::Notices::default(),
             events_this_interval: 0,
             verdicts: HashMap::new(),
+            asyncio_files: HashSet::new(),
             own_pid: std::process::id(),
         }
     }
@@ -208,8 +212,38 @@ impl Session {
                 uv_runs: Vec::new(),
             },
         );
+        self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)
+    }
+
+    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
+    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
+    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
+    /// probed is a warning: its loops' time between two runs counts until their next poll.
+    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in running_loop::candidate_files(pid, python.binary_path(), python.version()) {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
+                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
+                None => Ok(None),
+            });
+            if let Err(e) = probed {
+                self.warn(format!(
+                    "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
+                ))?;
+            }
+        }
+        Ok(())
     }
 
     /// Probes the uvloop modules traced process `pid` may import, before it maps them: a

@@ -205,12 +205,35 @@ pub fn mapped_function(
     Ok(Some(start..start.wrapping_add(sym.size().max(1))))
 }
 
+/// Whether ELF file `path` defines and exports function `name`.
+pub fn defines_function(path: &Path, name: &str) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    ElfFile64::<object::Endianness, _>::parse(&cache).is_ok_and(|elf| {
+        elf.dynamic_symbols()
+            .any(|s| !s.is_undefined() && s.name() == Ok(name))
+    })
+}
+
+/// The file `path` of process `pid`'s mount namespace, seen from the host.
+pub fn host_path(pid: u32, path: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+}
+
+/// The installation prefix of the interpreter in file `binary`
+/// (`<prefix>/bin/python3.X` or `<prefix>/lib/libpython3.X.so`).
+pub fn install_prefix(binary: &str) -> Option<&Path> {
+    Path::new(binary).parent().and_then(Path::parent)
+}
+
 /// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
 /// (an upgraded package) through `/proc/PID/map_files`.
 fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {
     let path: PathBuf = match m.path.strip_suffix(" (deleted)") {
         Some(_) => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
-        None => Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
+        None => host_path(pid, &m.path),
     };
     File::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }

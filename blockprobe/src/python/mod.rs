@@ -18,6 +18,7 @@ mod linetable;
 pub mod memory;
 pub mod origin;
 mod process;
+pub mod running_loop;
 mod symbolize;
 pub mod uvloop;
 pub mod version;

@@ -23,7 +23,7 @@ pub const RUN_FUNCTION: &str = "uv_run";
 /// libuv's `uv__io_poll` keeps a 12 KiB array of epoll events on its frame.
 const STACK_SCAN_BYTES: usize = 64 << 10;
 
-/// A uvloop extension module mapped by a process.
+/// A uvloop extension module (or libuv) mapped by a process.
 #[derive(Clone, Debug)]
 pub struct MappedModule {
     /// The file, opened from the host (through `/proc/PID/root`).
@@ -43,17 +43,18 @@ fn is_loop_module(path: &str) -> bool {
             .is_some_and(|dir| dir == "uvloop")
 }
 
-/// The file `path` of process `pid`'s mount namespace, seen from the host.
-fn host_path(pid: u32, path: &str) -> PathBuf {
-    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+/// Whether `path` (a mapped file) is a shared libuv, which a uvloop built against the
+/// system's libuv (Debian's `python3-uvloop`) runs its loops in.
+fn is_libuv(path: &str) -> bool {
+    elf::file_name(path).starts_with("libuv.so")
 }
 
-/// The uvloop modules process `pid` has mapped that export `uv_run`.
+/// The uvloop modules (or shared libuv) process `pid` has mapped that define `uv_run`.
 pub fn mapped(pid: u32) -> anyhow::Result<Vec<MappedModule>> {
     let maps = elf::mappings(pid)?;
     let mut found: Vec<MappedModule> = Vec::new();
-    for m in maps.iter().filter(|m| is_loop_module(&m.path)) {
-        let path = host_path(pid, &m.path);
+    for m in (maps.iter()).filter(|m| is_loop_module(&m.path) || is_libuv(&m.path)) {
+        let path = elf::host_path(pid, &m.path);
         if found.iter().any(|f| f.path == path) {
             continue;
         }
@@ -66,7 +67,8 @@ pub fn mapped(pid: u32) -> anyhow::Result<Vec<MappedModule>> {
 
 /// uvloop modules process `pid` (Python `version`, interpreter in `binary`) may import:
 /// `uvloop/loop.*.so` under its `PYTHONPATH` entries, its `VIRTUAL_ENV` and its
-/// interpreter's package directories. Paths are seen from the host.
+/// interpreter's package directories, that define `uv_run` (a uvloop built against a
+/// shared libuv is probed in libuv once mapped). Paths are seen from the host.
 pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
     let lib = format!("python{}.{}", version.major, version.minor);
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -79,21 +81,23 @@ pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
             dirs.push(Path::new(venv).join("lib").join(&lib).join("site-packages"));
         }
     }
-    // `<prefix>/bin/python3.X` or `<prefix>/lib/libpython3.X.so`.
-    if let Some(prefix) = Path::new(binary).parent().and_then(Path::parent) {
+    if let Some(prefix) = elf::install_prefix(binary) {
         dirs.push(prefix.join("lib").join(&lib).join("site-packages"));
         dirs.push(prefix.join("lib/python3/dist-packages"));
         dirs.push(prefix.join("local/lib").join(&lib).join("dist-packages"));
     }
     let mut found = Vec::new();
     for dir in dirs.iter().filter(|d| d.is_absolute()) {
-        let uvloop = host_path(pid, &dir.join("uvloop").to_string_lossy());
+        let uvloop = elf::host_path(pid, &dir.join("uvloop").to_string_lossy());
         let Ok(entries) = std::fs::read_dir(&uvloop) else {
             continue;
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if is_loop_module(&path.to_string_lossy()) && !found.contains(&path) {
+            if is_loop_module(&path.to_string_lossy())
+                && !found.contains(&path)
+                && elf::defines_function(&path, RUN_FUNCTION)
+            {
                 found.push(path);
             }
         }
