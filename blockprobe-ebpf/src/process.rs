@@ -15,10 +15,13 @@ use crate::{
     },
 };
 
-/// Tells userspace, once per process, that an untraced process in scope may be Python.
+/// Tells userspace, once per process, that an untraced process in scope may be Python;
+/// whether it was told now.
 #[inline(always)]
-pub fn announce_if_in_scope(tgid: u32, reason: u32) {
-    let Some(config) = config() else { return };
+pub fn announce_if_in_scope(tgid: u32, reason: u32) -> bool {
+    let Some(config) = config() else {
+        return false;
+    };
     let in_scope = match config.scope {
         s if s == Scope::Host as u32 => true,
         // SAFETY: read-only lookup.
@@ -26,16 +29,18 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) {
         _ => false,
     };
     if !in_scope || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
-        return;
+        return false;
     }
-    if let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) {
-        entry.write(CandidateEvent {
-            header: header(EventKind::Candidate, now_ns()),
-            reason,
-            _pad: 0,
-        });
-        entry.submit(0);
-    }
+    let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
+        return false;
+    };
+    entry.write(CandidateEvent {
+        header: header(EventKind::Candidate, now_ns()),
+        reason,
+        _pad: 0,
+    });
+    entry.submit(0);
+    true
 }
 
 /// `sched_process_fork(parent, child)`: in `run` scope, the child joins its parent's family.
@@ -82,7 +87,7 @@ pub fn on_exec(ctx: &RawTracePointContext) {
     if let Some(config) = config()
         && config.scope == Scope::Family as u32
     {
-        announce_if_in_scope(tgid, candidate_reason::EXEC);
+        let _ = announce_if_in_scope(tgid, candidate_reason::EXEC);
     }
 }
 

@@ -144,6 +144,11 @@ impl Attributor {
         Some(&sample.stack)
     }
 
+    /// Forgets the evidence of thread `tid` (it runs no loop).
+    pub fn forget_thread(&mut self, tid: u32) {
+        self.threads.remove(&tid);
+    }
+
     /// Forgets everything about the threads of process `pid` (it exited or exec'd).
     pub fn forget_process(&mut self, pid: u32) {
         self.threads.retain(|_, pending| pending.pid != pid);

@@ -58,6 +58,16 @@ fn is_run_forever(f: &Frame) -> bool {
     f.function.ends_with("run_forever") && path_ends_with(&f.file, "asyncio/base_events.py")
 }
 
+/// Whether a poll with Python stack `stack`, made by a thread whose native stack runs
+/// libuv's `uv_run` (`in_uv_run`), is a uvloop loop's: `selectors` did not make it (a
+/// callback's sync selector runs under `uv_run` too).
+pub fn is_uvloop_poll(stack: &[Frame], in_uv_run: bool) -> bool {
+    in_uv_run
+        && !stack
+            .first()
+            .is_some_and(|f| path_ends_with(&f.file, "selectors.py"))
+}
+
 /// `BaseEventLoop._run_once`: the selector event loop's iteration.
 fn is_run_once(f: &Frame) -> bool {
     f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
@@ -190,6 +200,17 @@ mod tests {
             frame("serve_forever", "/usr/lib/python3.11/socketserver.py"),
         ];
         assert!(!runs_loop(&sync));
+    }
+
+    fn uvloop_polls_under_uv_run_are_loops() {
+        let by_hand = [frame("<module>", "/app/main.py")];
+        assert!(is_uvloop_poll(&by_hand, true));
+        assert!(!is_uvloop_poll(&by_hand, false));
+        let selector = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("callback", "/app/main.py"),
+        ];
+        assert!(!is_uvloop_poll(&selector, true));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Loading blockprobe's BPF object, attaching its programs and handling its maps.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, RawTracePoint,
+        PerfEvent, RawTracePoint, UProbe,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
+        uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
 use blockprobe_common::{
@@ -56,7 +61,23 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
+    /// Files (device, inode) probed, with the first program probing each.
+    probed_files: HashSet<(u64, u64, &'static str)>,
 }
+
+/// Where in a file a uprobe goes.
+#[derive(Clone, Copy)]
+enum Point<'a> {
+    /// At the function the file's symbol tables name so.
+    Symbol(&'a str),
+    /// At this offset in the file.
+    FileOffset(u64),
+}
+
+/// The programs probing a loop-run function (libuv's `uv_run`), at entry and return.
+const LOOP_RUN_PROGRAMS: [&str; 2] = ["loop_run_enter", "loop_run_exit"];
+/// The program probing asyncio's `_set_running_loop`.
+const RUNNING_LOOP_PROGRAMS: [&str; 1] = ["running_loop_set"];
 
 impl Probes {
     /// Loads the BPF object, writes its configuration and attaches every program.
@@ -69,6 +90,7 @@ impl Probes {
             pt_regs_syscall_nr_offset: kernel.pt_regs_syscall_nr,
             pt_regs_arg0_offset: kernel.pt_regs_arg0,
             pt_regs_arg1_offset: kernel.pt_regs_arg1,
+            pt_regs_sp_offset: kernel.pt_regs_sp,
             reclassify_after_ns: 5_000_000_000,
             scope: settings.scope as u32,
             task_pid_offset: u32::try_from(kernel.task_pid)?,
@@ -102,6 +124,7 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
+            probed_files: HashSet::new(),
             _ebpf: ebpf,
         };
         probes.attach_all()?;
@@ -130,6 +153,13 @@ impl Probes {
                 .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
             tp.attach(tracepoint)
                 .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+        }
+        // Attached per file, as each is found (`probe_loop_runs`).
+        for program in LOOP_RUN_PROGRAMS.iter().chain(&RUNNING_LOOP_PROGRAMS) {
+            let probe: &mut UProbe = program_mut(ebpf, program)?.try_into()?;
+            probe
+                .load()
+                .with_context(|| format!("the kernel verifier rejected BPF program {program}"))?;
         }
         // Attached per loop thread, as each is found (`sample_loop_thread`).
         let sampler: &mut PerfEvent = program_mut(ebpf, "cpu_sample")?.try_into()?;
@@ -169,6 +199,50 @@ impl Probes {
             Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => Ok(()),
             Err(e) => Err(e).with_context(|| format!("attaching the CPU sampler to thread {tid}")),
         }
+    }
+
+    /// Probes function `function` of ELF file `path` (a loop written in C: libuv's
+    /// `uv_run`) at entry and return; whether it was probed just now (see
+    /// [`Probes::probe_file`]).
+    pub fn probe_loop_runs(&mut self, path: &Path, function: &str) -> anyhow::Result<bool> {
+        self.probe_file(path, Point::Symbol(function), &LOOP_RUN_PROGRAMS)
+    }
+
+    /// Probes asyncio's `_set_running_loop`, at file offset `offset` of ELF file `path`;
+    /// whether it was probed just now (see [`Probes::probe_file`]).
+    pub fn probe_running_loop_set(&mut self, path: &Path, offset: u64) -> anyhow::Result<bool> {
+        self.probe_file(path, Point::FileOffset(offset), &RUNNING_LOOP_PROGRAMS)
+    }
+
+    /// Attaches uprobe `programs` at `location` of ELF file `path`, in every process that
+    /// maps the file (the programs ignore untraced ones), once per file however it is
+    /// named; whether they were attached just now.
+    fn probe_file(
+        &mut self,
+        path: &Path,
+        point: Point<'_>,
+        programs: &[&'static str],
+    ) -> anyhow::Result<bool> {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        if !(self.probed_files).insert((meta.dev(), meta.ino(), programs[0])) {
+            return Ok(false);
+        }
+        for &program in programs {
+            let probe: &mut UProbe = program_mut(&mut self._ebpf, program)?.try_into()?;
+            let at = match point {
+                Point::Symbol(name) => UProbeAttachLocation::Symbol(name),
+                Point::FileOffset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+            };
+            probe
+                .attach(at, path, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {program} to {}", path.display()))?;
+        }
+        Ok(true)
+    }
+
+    /// Stops sampling thread `tid` (found not to run a loop).
+    pub fn stop_sampling_thread(&mut self, tid: u32) {
+        self.stop_sampling(|_, t| t == tid);
     }
 
     /// Stops sampling the threads of process `pid` (it exited or exec'd).
@@ -222,7 +296,8 @@ impl Probes {
     }
 
     /// Records what userspace decided thread `tid` is (`LOOP` or `NOT_LOOP`) from its
-    /// poll call on epoll fd `poll_fd`.
+    /// poll call on epoll fd `poll_fd`. The kernel side timed it meanwhile: a thread that
+    /// runs no loop is timed no more.
     pub fn classify_thread(
         &mut self,
         tid: u32,
@@ -241,7 +316,18 @@ impl Probes {
         };
         self.thread_class
             .insert(tid, value, 0)
-            .with_context(|| format!("classifying thread {tid}"))
+            .with_context(|| format!("classifying thread {tid}"))?;
+        if !is_loop {
+            self.stop_timing(tid);
+        }
+        Ok(())
+    }
+
+    /// Stops the kernel side's timing of thread `tid` (its loop thread flag is cleared at
+    /// its next poll exit).
+    pub fn stop_timing(&mut self, tid: u32) {
+        // Absent when the thread was never timed or has exited: nothing to stop.
+        let _ = self.loop_timing.remove(&tid);
     }
 
     /// Makes thread `tid`, found parked in its loop's poller (epoll fd `loop_fd`) when
@@ -283,9 +369,9 @@ impl Probes {
             .with_context(|| format!("flagging loop thread {tid}"))
     }
 
-    /// Whether the kernel side already follows thread `tid` (it polled since tracing
-    /// of its process began).
-    pub fn knows_thread(&self, tid: u32) -> bool {
+    /// Whether userspace already classified thread `tid` (it polled since tracing of
+    /// its process began).
+    pub fn classified(&self, tid: u32) -> bool {
         self.thread_class.get(&tid, 0).is_ok()
     }
 
@@ -310,7 +396,9 @@ impl Probes {
         };
         self.thread_class
             .insert(tid, value, 0)
-            .with_context(|| format!("re-examining thread {tid}"))
+            .with_context(|| format!("re-examining thread {tid}"))?;
+        self.stop_timing(tid);
+        Ok(())
     }
 
     /// Current totals of the kernel side's loss counters (summed over CPUs).

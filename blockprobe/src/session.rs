@@ -3,12 +3,16 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::stack::{RawStack, flags as stack_flags};
+use blockprobe_common::{
+    event::poll_origin,
+    stack::{RawStack, flags as stack_flags},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -23,7 +27,7 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess},
+    python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
     render::live::{DetachReason, StallSink, Status},
 };
 
@@ -60,6 +64,9 @@ struct Traced {
     comm: String,
     /// Its pid in its own pid namespace, when not the host's.
     ns_pid: Option<u32>,
+    /// Where libuv's `uv_run` lies in each uvloop module it has mapped (found at attach
+    /// or at a later poll).
+    uv_runs: Vec<std::ops::Range<u64>>,
 }
 
 /// What happened when blockprobe tried to attach to a process.
@@ -114,6 +121,20 @@ pub struct Session {
     unwatched: unwatched::Unwatched,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
+    /// Files (device, inode) already searched for asyncio's `_set_running_loop`.
+    asyncio_files: HashSet<(u64, u64)>,
+    /// What each polling thread was last found to be, by tid: the kernel side times a
+    /// polling thread before it is classified, and only a loop's reports are kept.
+    verdicts: HashMap<u32, Verdict>,
+}
+
+/// What a polling thread was found to be at its last classification.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// Its process.
+    pid: u32,
+    /// Whether it runs an event loop.
+    is_loop: bool,
 }
 
 impl Session {
@@ -138,6 +159,8 @@ impl Session {
             stuck_at_attach: HashMap::new(),
             unwatched: unwatched::Unwatched::default(),
             events_this_interval: 0,
+            verdicts: HashMap::new(),
+            asyncio_files: HashSet::new(),
             own_pid: std::process::id(),
         }
     }
@@ -197,9 +220,99 @@ impl Session {
                 python,
                 comm,
                 ns_pid,
+                uv_runs: Vec::new(),
             },
         );
+        self.probe_running_loop_set(pid)?;
+        self.probe_importable_uvloop(pid)?;
+        self.probe_mapped_uvloop(pid)?;
         self.find_running_loops(pid)
+    }
+
+    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
+    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
+    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
+    /// probed is a warning: its loops' time between two runs counts until their next poll.
+    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in running_loop::candidate_files(pid, python.binary_path(), python.version()) {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
+                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
+                None => Ok(None),
+            });
+            if let Err(e) = probed {
+                self.warn(format!(
+                    "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
+    /// loop imported after tracing started is seen from its first run's start.
+    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
+            self.probe_loop_runs(pid, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` has mapped, once it has any, and
+    /// remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        if !self
+            .processes
+            .get(&pid)
+            .is_some_and(|t| t.uv_runs.is_empty())
+        {
+            return Ok(());
+        }
+        // A process that exited meanwhile has nothing to probe.
+        let Ok(modules) = uvloop::mapped(pid) else {
+            return Ok(());
+        };
+        for module in modules {
+            self.probe_loop_runs(pid, &module.path)?;
+            if let Some(traced) = self.processes.get_mut(&pid) {
+                traced.uv_runs.push(module.run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
+    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
+        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
+            self.warn(format!(
+                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
+                path.display()
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the native stack of a thread of traced process `pid` at stack pointer `sp`
+    /// runs a uvloop loop (`uv_run`).
+    fn runs_uvloop(&self, pid: u32, sp: u64) -> bool {
+        let Some(traced) = self.processes.get(&pid) else {
+            return false;
+        };
+        let memory = ProcessMemory::new(pid);
+        (traced.uv_runs.iter()).any(|run| uvloop::stack_runs(&memory, sp, run))
     }
 
     /// Attaches to every Python process already running on the host.
@@ -326,10 +439,16 @@ impl Session {
 
     /// Handles one kernel event.
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        if let Some((pid, tid)) = event.loop_evidence()
+            && !self.keeps_evidence(pid, tid)
+        {
+            return Ok(());
+        }
         match event {
-            Event::Candidate { pid } => self.attach_quietly(pid)?,
+            Event::Candidate { pid, tid, by_poll } => self.candidate(pid, tid, by_poll)?,
             Event::ProcessGone { pid, exec } => {
                 self.starting.remove(&pid);
+                self.verdicts.retain(|_, v| v.pid != pid);
                 self.loop_tstates.retain(|_, (p, _)| *p != pid);
                 self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
                 self.forget_unwatched(pid);
@@ -348,9 +467,10 @@ impl Session {
                 pid,
                 tid,
                 poll_fd,
-                foreign,
+                origin,
+                user_sp,
                 stack,
-            } => self.poll_stack(pid, tid, poll_fd, foreign, &stack)?,
+            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, &stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -416,6 +536,11 @@ impl Session {
                 end_ns,
                 off_cpu_ns,
             } => {
+                if !self.is_classified_loop(pid, tid) {
+                    // Timed while userspace decided: not a loop after all.
+                    self.attributor.forget_thread(tid);
+                    return Ok(());
+                }
                 let mut stall = self.close_stall(StallWindow {
                     pid,
                     tid,
@@ -433,17 +558,24 @@ impl Session {
     }
 
     /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
-    /// (`foreign`: the thread runs a loop that polls another fd).
+    /// (user stack pointer `user_sp`), or at a loop's start; `origin` says which
+    /// ([`poll_origin`]).
     fn poll_stack(
         &mut self,
         pid: u32,
         tid: u32,
         poll_fd: u32,
-        foreign: bool,
+        origin: u32,
+        user_sp: u64,
         stack: &RawStack,
     ) -> anyhow::Result<()> {
+        let foreign = origin == poll_origin::FOREIGN;
+        if origin == poll_origin::THREAD {
+            self.probe_mapped_uvloop(pid)?;
+        }
         let frames = self.symbolize(pid, stack);
-        let mut is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        let mut is_loop = origin == poll_origin::LOOP_RUN
+            || frames.as_deref().is_some_and(classify::is_asyncio_loop);
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -451,13 +583,15 @@ impl Session {
             if self.refresh_asyncio(pid)? {
                 // This stack was walked without the running task: look at the thread
                 // again at its next poll, walked with it.
+                self.verdicts.remove(&tid);
                 return self.probes.reexamine_thread(tid);
             }
             is_loop = (self.processes.get(&pid))
                 .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
                 .is_some_and(|selector_loop| {
                     classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
-                });
+                })
+                || classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp));
         }
         // A loop thread polling another fd: a new loop it now runs is adopted; a
         // callback's own selector leaves the thread a loop.
@@ -465,9 +599,57 @@ impl Session {
             self.probes
                 .classify_thread(tid, is_loop, poll_fd, self.clock.monotonic_ns())?;
             self.note_poll(pid, tid, frames.as_deref().unwrap_or_default(), is_loop);
+            self.verdicts.insert(tid, Verdict { pid, is_loop });
+        }
+        if !is_loop && !foreign {
+            // What it reported while it was timed is no loop's.
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
         }
         if is_loop {
             self.loop_found(pid, tid, stack.tstate)?;
+        }
+        Ok(())
+    }
+
+    /// A process in scope that may be Python, announced by thread `tid` (`by_poll`: at a
+    /// poll call, which the kernel side times already: the thread may run a loop whose
+    /// first iteration is running now). Such a thread of a process now traced is sampled
+    /// at once, so a CPU-bound first iteration has its culprit; it stops being sampled if
+    /// it turns out not to run a loop.
+    fn candidate(&mut self, pid: u32, tid: u32, by_poll: bool) -> anyhow::Result<()> {
+        self.attach_quietly(pid)?;
+        if !by_poll {
+            return Ok(());
+        }
+        if !self.processes.contains_key(&pid) {
+            self.probes.stop_timing(tid);
+            return Ok(());
+        }
+        self.sample(pid, tid)
+    }
+
+    /// Whether the reports of thread `tid` of `pid` are kept: it was not found to be
+    /// anything but a loop.
+    fn keeps_evidence(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts
+            .get(&tid)
+            .is_none_or(|v| v.pid != pid || v.is_loop)
+    }
+
+    /// Whether thread `tid` of `pid` was found to run a loop at its last classification.
+    fn is_classified_loop(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts.get(&tid) == Some(&Verdict { pid, is_loop: true })
+    }
+
+    /// Starts sampling thread `tid` of `pid`; a failure is a warning.
+    fn sample(&mut self, pid: u32, tid: u32) -> anyhow::Result<()> {
+        // Without samples, only this thread's CPU-bound stalls lose their culprit:
+        // say so, keep tracing.
+        if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
+            self.warn(format!(
+                "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
+            ))?;
         }
         Ok(())
     }
@@ -498,13 +680,7 @@ impl Session {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
             self.refresh_asyncio(pid)?;
-            // Without samples, only this thread's CPU-bound stalls lose their culprit:
-            // say so, keep tracing.
-            if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
-                self.warn(format!(
-                    "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
-                ))?;
-            }
+            self.sample(pid, tid)?;
             self.aggregator.add_loop_thread(pid, tid);
         }
         self.sink.status(&Status::Loop { pid, tid })

@@ -66,7 +66,7 @@ enum Task {
     /// the tests' Python dependencies. Idempotent.
     Setup,
     /// Fetch the test interpreters the host lacks (CPython 3.14 and 3.15 from Debian sid,
-    /// unpacked into a private cache, uvloop for 3.11 from PyPI). Idempotent; part of setup.
+    /// unpacked into a private cache, uvloop for pyenv 3.11 and 3.13 from PyPI). Idempotent; part of setup.
     Pythons,
     /// Set up, then `cargo build -p blockprobe`.
     Build {
@@ -134,9 +134,11 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Pythons => {
             step("test interpreters (Debian sid, private)", pythons::ensure)?;
-            step("uvloop for 3.11 (PyPI)", || {
-                pythons::ensure_uvloop_311(&ws.target)
-            })?;
+            for minor in pythons::UVLOOP_PYENV {
+                step(&format!("uvloop for {minor} (PyPI)"), || {
+                    pythons::ensure_uvloop(&ws.target, minor)
+                })?;
+            }
             step("servers for 3.11 and 3.13 (PyPI)", || {
                 pythons::ensure_servers(&ws.target)
             })?;
@@ -266,9 +268,11 @@ impl Workspace {
         step("bpf-linker", setup_bpf_linker)?;
         step("python test deps", || self.setup_pydeps())?;
         step("test interpreters (Debian sid, private)", pythons::ensure)?;
-        step("uvloop for 3.11 (PyPI)", || {
-            pythons::ensure_uvloop_311(&self.target)
-        })?;
+        for minor in pythons::UVLOOP_PYENV {
+            step(&format!("uvloop for {minor} (PyPI)"), || {
+                pythons::ensure_uvloop(&self.target, minor)
+            })?;
+        }
         step("servers for 3.11 and 3.13 (PyPI)", || {
             pythons::ensure_servers(&self.target)
         })?;

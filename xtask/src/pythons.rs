@@ -16,7 +16,7 @@
 //! `root/usr/bin/python3.X` in it. A stamp file lists what was unpacked: what it lists
 //! (and runs) is not downloaded again.
 //!
-//! uvloop for pyenv's 3.11 comes from PyPI into `target/pyuvloop/3.11` (add it to
+//! uvloop for pyenv's 3.11 and 3.13 comes from PyPI into `target/pyuvloop/3.X` (add it to
 //! PYTHONPATH); the tests find it there.
 
 use std::collections::BTreeSet;
@@ -262,14 +262,16 @@ fn apt(apt_dir: &Path) -> Command {
     cmd
 }
 
-/// uvloop from PyPI for pyenv's 3.11 in `target/pyuvloop/3.11`, unless present.
-pub fn ensure_uvloop_311(target: &Path) -> Result<String> {
-    ensure_pypi(
-        "pyenv_3_11",
-        &target.join("pyuvloop/3.11"),
-        &["uvloop"],
-        &["uvloop"],
-    )
+/// The pyenv interpreters that get uvloop from PyPI (`target/pyuvloop/<minor>`): the
+/// uvloop tests run there, by `uvloop.run` and by hand.
+pub const UVLOOP_PYENV: [&str; 2] = ["3.11", "3.13"];
+
+/// uvloop from PyPI for pyenv's `minor` (one of [`UVLOOP_PYENV`]) in
+/// `target/pyuvloop/<minor>`, unless present.
+pub fn ensure_uvloop(target: &Path, minor: &str) -> Result<String> {
+    let id = format!("pyenv_{}", minor.replace('.', "_"));
+    let dir = target.join("pyuvloop").join(minor);
+    ensure_pypi(&id, &dir, &["uvloop"], &["uvloop"])
 }
 
 /// What the real-server tests run: FastAPI under gunicorn with uvicorn workers

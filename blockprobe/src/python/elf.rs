@@ -184,12 +184,56 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
     Ok(Some(section.data()?.to_vec()))
 }
 
+/// Where exported function `name` of the ELF file behind mapping `m` lies in process
+/// `pid`'s memory (`maps`: its mappings), if the file exports it.
+pub fn mapped_function(
+    pid: u32,
+    maps: &[Mapping],
+    m: &Mapping,
+    name: &str,
+) -> anyhow::Result<Option<std::ops::Range<u64>>> {
+    let cache = ReadCache::new(open_mapped(pid, m)?);
+    let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
+        .with_context(|| format!("cannot parse ELF file {}", m.path))?;
+    let Some(sym) = elf
+        .dynamic_symbols()
+        .find(|s| !s.is_undefined() && s.name() == Ok(name))
+    else {
+        return Ok(None);
+    };
+    let start = sym.address().wrapping_add(load_bias(&elf, maps, &m.path)?);
+    Ok(Some(start..start.wrapping_add(sym.size().max(1))))
+}
+
+/// Whether ELF file `path` defines and exports function `name`.
+pub fn defines_function(path: &Path, name: &str) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    ElfFile64::<object::Endianness, _>::parse(&cache).is_ok_and(|elf| {
+        elf.dynamic_symbols()
+            .any(|s| !s.is_undefined() && s.name() == Ok(name))
+    })
+}
+
+/// The file `path` of process `pid`'s mount namespace, seen from the host.
+pub fn host_path(pid: u32, path: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+}
+
+/// The installation prefix of the interpreter in file `binary`
+/// (`<prefix>/bin/python3.X` or `<prefix>/lib/libpython3.X.so`).
+pub fn install_prefix(binary: &str) -> Option<&Path> {
+    Path::new(binary).parent().and_then(Path::parent)
+}
+
 /// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
 /// (an upgraded package) through `/proc/PID/map_files`.
 fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {
     let path: PathBuf = match m.path.strip_suffix(" (deleted)") {
         Some(_) => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
-        None => Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
+        None => host_path(pid, &m.path),
     };
     File::open(&path).with_context(|| format!("cannot open {}", path.display()))
 }

@@ -18,7 +18,9 @@ mod linetable;
 pub mod memory;
 pub mod origin;
 mod process;
+pub mod running_loop;
 mod symbolize;
+pub mod uvloop;
 pub mod version;
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct PyThread {
 pub struct PythonProcess {
     pid: u32,
     version: Version,
+    /// Path (in the process's mount namespace) of the file holding the interpreter.
+    binary_path: String,
     layout: Box<Layout>,
     memory: ProcessMemory,
     interp: u64,
@@ -125,6 +127,7 @@ impl PythonProcess {
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             pid,
+            binary_path: binary.path.clone(),
             asyncio: None,
             version,
             memory,
@@ -134,6 +137,11 @@ impl PythonProcess {
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
             layout: Box::new(layout),
         }))
+    }
+
+    /// Path (in the process's mount namespace) of the python executable or libpython.
+    pub fn binary_path(&self) -> &str {
+        &self.binary_path
     }
 
     /// The interpreter's version.

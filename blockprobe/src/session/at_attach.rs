@@ -18,7 +18,7 @@ use blockprobe_common::{
     thread::{LoopTiming, NO_FD},
 };
 
-use super::Session;
+use super::{Session, Verdict};
 use crate::{
     classify,
     model::Frame,
@@ -52,8 +52,8 @@ impl Session {
         self.refresh_asyncio(pid)?;
         let examined = self.examine_threads(pid);
         for thread in &examined {
-            if self.probes.knows_thread(thread.tid) {
-                // It polled since tracing began: the kernel side times it already.
+            if self.probes.classified(thread.tid) {
+                // It polled since tracing began, and was classified then.
                 continue;
             }
             let native = self.running_loop_is_native(pid, thread.tstate);
@@ -62,24 +62,38 @@ impl Session {
                     || native.is_some_and(|native| {
                         classify::is_c_loop_poll(&thread.stack, native, false)
                     }));
-            if loop_poll {
+            let in_loop = classify::runs_loop(&thread.stack) || native.is_some();
+            if let Some(timing) = self.probes.loop_timing(thread.tid) {
+                // Timed since its first poll, which announced its process: a loop, timed
+                // exactly, if it is inside one.
+                if loop_poll || in_loop {
+                    let now = self.clock.monotonic_ns();
+                    self.probes
+                        .classify_thread(thread.tid, true, timing.loop_fd, now)?;
+                    self.adopted(pid, thread)?;
+                }
+            } else if loop_poll {
                 let fd = thread.polled_fd().unwrap_or(NO_FD);
                 let now = self.clock.monotonic_ns();
                 self.probes.adopt_polling_loop(thread.tid, fd, now)?;
-                self.loop_found(pid, thread.tid, thread.tstate)?;
-            } else if (classify::runs_loop(&thread.stack) || native.is_some())
-                && !classify::is_asyncio_loop(&thread.stack)
-            {
+                self.adopted(pid, thread)?;
+            } else if in_loop && !classify::is_asyncio_loop(&thread.stack) {
                 // Inside a callback (a loop running its own code, innermost, is between
                 // two polls and left to the kernel side).
                 let timing = self.stuck_timing(pid, thread, &examined);
                 self.probes.adopt_stuck_loop(thread.tid, timing)?;
                 (self.stuck_at_attach).insert(thread.tid, (pid, timing.poll_exit_ns));
-                self.loop_found(pid, thread.tid, thread.tstate)?;
+                self.adopted(pid, thread)?;
                 self.await_stuck_notice(thread.tid);
             }
         }
         Ok(())
+    }
+
+    /// `thread` of `pid` was made a loop thread: its reports are a loop's.
+    fn adopted(&mut self, pid: u32, thread: &Examined) -> anyhow::Result<()> {
+        (self.verdicts).insert(thread.tid, Verdict { pid, is_loop: true });
+        self.loop_found(pid, thread.tid, thread.tstate)
     }
 
     /// Each Python thread of `pid` now: its host tid, activity and stack.
