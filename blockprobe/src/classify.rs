@@ -202,6 +202,7 @@ mod tests {
         assert!(!runs_loop(&sync));
     }
 
+    #[test]
     fn uvloop_polls_under_uv_run_are_loops() {
         let by_hand = [frame("<module>", "/app/main.py")];
         assert!(is_uvloop_poll(&by_hand, true));

@@ -944,7 +944,8 @@ impl CtxRef {
 
     /// Runs sleep_in_coroutine.py (`script`, run by `py` on `python`, already READY)
     /// through the protocol while `bp` (`blockprobe trace`) traces it, lets it exit, and
-    /// checks blockprobe's view of it: attached, its one stall (see
+    /// checks blockprobe's view of it: attached, its one stall besides any under way when
+    /// blockprobe attached (see
     /// [`CtxRef::check_handler_sleep`]), detached at its exit.
     #[track_caller]
     pub fn drive_traced_sleep(&self, bp: &Proc, py: &Proc, python: &Python, script: &Path) {
@@ -965,7 +966,11 @@ impl CtxRef {
         self.ensure(!bp.events_of("attached", pid).is_empty(), || {
             format!("no `attached` event for pid {pid}")
         });
-        let stalls = bp.stalls(pid);
+        // A stall under way when the tracer attached (the script was busy) is the
+        // caller's to check.
+        let stalls: Vec<Stall> = (bp.stalls(pid).into_iter())
+            .filter(|s| !s.started_before_tracing)
+            .collect();
         self.ensure(stalls.len() == 1, || {
             format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
         });
