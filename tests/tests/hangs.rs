@@ -159,15 +159,19 @@ const STUCK_BEFORE_TRACING: Duration = Duration::from_secs(10);
 /// been stuck a second since blockprobe attached, and the tracer looks every 100 ms.
 const NOTICE_AT_ATTACH: Duration = Duration::from_millis(1500);
 
-/// The loop sleeps (`sleeper`) from its first iteration, 10 s before `trace -p`.
-fn stuck_in_sleep_before_tracing(python: &Python) {
-    let hang = Hang {
+/// already_stuck.py's loop sleeping (`sleeper`) on `python`.
+fn sleeping(python: &Python) -> Hang<'static> {
+    Hang {
         args: &["sleep"],
         function: "sleeper",
         cause: "sleep",
         syscall: Some(python.sleep_syscall()),
-    };
-    check_stuck_before_tracing(python, &hang, false);
+    }
+}
+
+/// The loop sleeps (`sleeper`) from its first iteration, 10 s before `trace -p`.
+fn stuck_in_sleep_before_tracing(python: &Python) {
+    check_stuck_before_tracing(python, &sleeping(python), false);
 }
 
 /// The loop waits for a `threading.Lock` another thread holds (`waiter`, in futex).
@@ -196,13 +200,7 @@ fn spinning_before_tracing(python: &Python) {
 #[test]
 fn stuck_before_host_wide_tracing() {
     let python = Python::pyenv("3.11.7");
-    let hang = Hang {
-        args: &["sleep"],
-        function: "sleeper",
-        cause: "sleep",
-        syscall: Some(python.sleep_syscall()),
-    };
-    check_stuck_before_tracing(&python, &hang, true);
+    check_stuck_before_tracing(&python, &sleeping(&python), true);
 }
 
 /// already_stuck.py blocks in its loop's first iteration and stays stuck; 10 s later

@@ -177,6 +177,15 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// ` on HOST` when `host` is named and is not the report's own `report_host`.
+fn elsewhere(host: &str, report_host: &str) -> String {
+    if host.is_empty() || host == report_host {
+        String::new()
+    } else {
+        format!(" on {}", escape(host))
+    }
+}
+
 fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     let stalls = r.stall_count();
     let _ = write!(
@@ -221,11 +230,7 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         } else {
             format!(", service {}", escape(&p.service))
         };
-        let host = if p.host.is_empty() || p.host == r.host {
-            String::new()
-        } else {
-            format!(" on {}", escape(&p.host))
-        };
+        let host = elsewhere(&p.host, &r.host);
         let _ = writeln!(
             s,
             "    pid {} {} (Python {}{service}){host}",
@@ -243,11 +248,7 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         let _ = writeln!(s, "    ... and {unlisted} more");
     }
     for w in &r.warnings {
-        let host = if w.host.is_empty() || w.host == r.host {
-            String::new()
-        } else {
-            format!(" on {}", escape(&w.host))
-        };
+        let host = elsewhere(&w.host, &r.host);
         let line = format!(
             "  warning: pid {}{host} {}",
             w.pid,
