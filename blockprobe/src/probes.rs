@@ -22,7 +22,7 @@ use blockprobe_common::{
     config::{GlobalConfig, PyProcess, Scope},
     counters::Counter,
     maps,
-    thread::{LoopTiming, ThreadClass, class},
+    thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
 use crate::tracefs;
@@ -55,6 +55,7 @@ pub struct Probes {
     family: HashMap<MapData, u32, u8>,
     thread_class: HashMap<MapData, u32, ThreadClass>,
     loop_timing: HashMap<MapData, u32, LoopTiming>,
+    loop_threads: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     threshold_ns: u64,
     events: Option<RingBuf<MapData>>,
@@ -118,6 +119,7 @@ impl Probes {
             family: HashMap::try_from(take(&mut ebpf, maps::FAMILY)?)?,
             thread_class: HashMap::try_from(take(&mut ebpf, maps::THREAD_CLASS)?)?,
             loop_timing: HashMap::try_from(take(&mut ebpf, maps::LOOP_TIMING)?)?,
+            loop_threads: Array::try_from(take(&mut ebpf, maps::LOOP_THREADS)?)?,
             threshold_ns: settings.threshold_ns,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
@@ -321,6 +323,35 @@ impl Probes {
         Ok(())
     }
 
+    /// Times thread `tid`, parked in a poll call since before its process was traced, from
+    /// that call's exit: the iteration it wakes up to may be a loop's, and its stack goes
+    /// to userspace at its next poll, before the stall that iteration may be. A thread the
+    /// kernel side times already is left alone.
+    ///
+    /// The thread's flag shares a word of the flag array with 7 neighbours whose flags
+    /// the kernel side may set at the same moment: a flag lost so is set again at that
+    /// thread's next poll.
+    pub fn time_parked_thread(&mut self, tid: u32) -> anyhow::Result<()> {
+        let timing = LoopTiming {
+            loop_fd: NO_FD,
+            foreign_fd: NO_FD,
+            unclassified: 1,
+            ..LoopTiming::default()
+        };
+        /// The kernel's `BPF_NOEXIST` update flag: create only.
+        const BPF_NOEXIST: u64 = 1;
+        match self.loop_timing.insert(tid, timing, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(e) if has_errno(&e, libc::EEXIST) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("timing thread {tid}")),
+        }
+        let word = self.loop_threads.get(&(tid / 8), 0).unwrap_or(0);
+        let word = word | 1 << ((tid % 8) * 8);
+        self.loop_threads
+            .set(tid / 8, word, 0)
+            .with_context(|| format!("flagging thread {tid}"))
+    }
+
     /// Stops the kernel side's timing of thread `tid` (its loop thread flag is cleared at
     /// its next poll exit).
     pub fn stop_timing(&mut self, tid: u32) {
@@ -407,8 +438,13 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 
 /// Whether `err` (or an error it wraps) is the kernel's "no such process".
 fn no_such_thread(err: &(dyn std::error::Error + 'static)) -> bool {
+    has_errno(err, libc::ESRCH)
+}
+
+/// Whether `err` (or an error it wraps) is the kernel's error `errno`.
+fn has_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
     std::iter::successors(Some(err), |e| e.source()).any(|e| {
         e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ESRCH))
+            .is_some_and(|io| io.raw_os_error() == Some(errno))
     })
 }
