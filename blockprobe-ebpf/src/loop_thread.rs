@@ -9,11 +9,11 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use blockprobe_common::{
     cause,
-    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess},
+    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess, Scope},
     counters::Counter,
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
-        poll_origin,
+        candidate_reason, poll_origin,
     },
     syscalls::{S_IFMT, cause_of, fd_count_arg, is_futex, takes_fd},
     thread::{LoopTiming, NO_FD, ThreadClass, class},
@@ -26,7 +26,7 @@ use crate::{
         EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
         is_loop_thread, mark_loop_thread,
     },
-    process::announce_if_in_scope,
+    process::{Announce, announce_if_in_scope},
     sched::close_period,
     walk::{self, CurrentUser},
 };
@@ -39,8 +39,9 @@ use crate::{
 /// iterations are often the ones that block. Userspace reads the stack before anything
 /// the thread reports later, keeps that of a loop, drops that of any other thread, and
 /// stops timing it. The first poll of a process not traced yet (host-wide tracing finds
-/// Python processes by their polls) starts the timing too; its stack is sent at the
-/// next poll, once userspace traces the process.
+/// Python processes by their polls) starts the timing too, as do the polls of a `run`
+/// family member not traced yet; its stack is sent at the next poll, once userspace
+/// traces the process.
 #[inline(always)]
 pub fn on_poll_enter(nr: u32, regs: *const u8) {
     let (tgid, tid) = current_ids();
@@ -87,7 +88,13 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     }
     // SAFETY: map values are only read here; userspace writes whole values.
     if unsafe { PROCESSES.get(tgid) }.is_none() {
-        if announce_if_in_scope(tgid, blockprobe_common::event::candidate_reason::POLL) {
+        // A process found by this poll, or one of `run`'s family not traced yet (its
+        // interpreter was still starting up when it was announced at its exec): its
+        // loop may be in its first iterations.
+        let announce = announce_if_in_scope(tgid, candidate_reason::POLL);
+        if announce == Announce::Now
+            || (announce == Announce::Before && config.scope == Scope::Family as u32)
+        {
             start_timing(tid, poll_fd(), 1, 0);
         }
         return;

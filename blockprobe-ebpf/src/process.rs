@@ -15,12 +15,22 @@ use crate::{
     },
 };
 
-/// Tells userspace, once per process, that an untraced process in scope may be Python;
-/// whether it was told now.
+/// What [`announce_if_in_scope`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// The process is not in scope.
+    OutOfScope,
+    /// Userspace was told now.
+    Now,
+    /// Userspace was told before (or the ring buffer was full, counted).
+    Before,
+}
+
+/// Tells userspace, once per process, that an untraced process in scope may be Python.
 #[inline(always)]
-pub fn announce_if_in_scope(tgid: u32, reason: u32) -> bool {
+pub fn announce_if_in_scope(tgid: u32, reason: u32) -> Announce {
     let Some(config) = config() else {
-        return false;
+        return Announce::OutOfScope;
     };
     let in_scope = match config.scope {
         s if s == Scope::Host as u32 => true,
@@ -28,11 +38,14 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) -> bool {
         s if s == Scope::Family as u32 => unsafe { FAMILY.get(tgid) }.is_some(),
         _ => false,
     };
-    if !in_scope || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
-        return false;
+    if !in_scope {
+        return Announce::OutOfScope;
+    }
+    if ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
+        return Announce::Before;
     }
     let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
-        return false;
+        return Announce::Before;
     };
     entry.write(CandidateEvent {
         header: header(EventKind::Candidate, now_ns()),
@@ -40,7 +53,7 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) -> bool {
         _pad: 0,
     });
     entry.submit(0);
-    true
+    Announce::Now
 }
 
 /// `sched_process_fork(parent, child)`: in `run` scope, the child joins its parent's family.

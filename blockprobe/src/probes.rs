@@ -22,7 +22,7 @@ use blockprobe_common::{
     config::{GlobalConfig, PyProcess, Scope},
     counters::Counter,
     maps,
-    thread::{LoopTiming, ThreadClass, class},
+    thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
 use crate::tracefs;
@@ -323,6 +323,35 @@ impl Probes {
         Ok(())
     }
 
+    /// Times thread `tid`, parked in a poll call since before its process was traced, from
+    /// that call's exit: the iteration it wakes up to may be a loop's, and its stack goes
+    /// to userspace at its next poll, before the stall that iteration may be. A thread the
+    /// kernel side times already is left alone.
+    ///
+    /// The thread's flag shares a word of the flag array with 7 neighbours whose flags
+    /// the kernel side may set at the same moment: a flag lost so is set again at that
+    /// thread's next poll.
+    pub fn time_parked_thread(&mut self, tid: u32) -> anyhow::Result<()> {
+        let timing = LoopTiming {
+            loop_fd: NO_FD,
+            foreign_fd: NO_FD,
+            unclassified: 1,
+            ..LoopTiming::default()
+        };
+        /// The kernel's `BPF_NOEXIST` update flag: create only.
+        const BPF_NOEXIST: u64 = 1;
+        match self.loop_timing.insert(tid, timing, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(e) if has_errno(&e, libc::EEXIST) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("timing thread {tid}")),
+        }
+        let word = self.loop_threads.get(&(tid / 8), 0).unwrap_or(0);
+        let word = word | 1 << ((tid % 8) * 8);
+        self.loop_threads
+            .set(tid / 8, word, 0)
+            .with_context(|| format!("flagging thread {tid}"))
+    }
+
     /// Stops the kernel side's timing of thread `tid` (its loop thread flag is cleared at
     /// its next poll exit).
     pub fn stop_timing(&mut self, tid: u32) {
@@ -454,8 +483,13 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 
 /// Whether `err` (or an error it wraps) is the kernel's "no such process".
 fn no_such_thread(err: &(dyn std::error::Error + 'static)) -> bool {
+    has_errno(err, libc::ESRCH)
+}
+
+/// Whether `err` (or an error it wraps) is the kernel's error `errno`.
+fn has_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
     std::iter::successors(Some(err), |e| e.source()).any(|e| {
         e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::ESRCH))
+            .is_some_and(|io| io.raw_os_error() == Some(errno))
     })
 }

@@ -29,6 +29,7 @@ use crate::{
     probes::Probes,
     python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
     render::live::{DetachReason, StallSink, Status},
+    thread_now,
 };
 
 mod at_attach;
@@ -204,21 +205,15 @@ impl Session {
         let comm = comm_of(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
-        self.sink.status(&Status::Attached {
-            pid,
-            ns_pid,
-            comm: comm.clone(),
-            python_version: version.clone(),
-        })?;
         self.aggregator.register_process(ProcessInfo {
             ns_pid,
-            ..crate::fleet::identity::process_info(pid, comm.clone(), version)
+            ..crate::fleet::identity::process_info(pid, comm.clone(), version.clone())
         });
         self.processes.insert(
             pid,
             Traced {
                 python,
-                comm,
+                comm: comm.clone(),
                 ns_pid,
                 uv_runs: Vec::new(),
             },
@@ -226,7 +221,36 @@ impl Session {
         self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)?;
+        self.time_parked_threads(pid)?;
+        // Said once everything is in place: what the process does from now on is seen.
+        self.sink.status(&Status::Attached {
+            pid,
+            ns_pid,
+            comm,
+            python_version: version,
+        })?;
         self.find_running_loops(pid)
+    }
+
+    /// Times the threads of newly traced process `pid` that are parked in a poll call
+    /// (an idle loop waits there for its next iteration, which may be a stall).
+    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Ok(());
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if thread_now::polled_fd(pid, tid).is_some() {
+                self.probes.time_parked_thread(tid)?;
+            }
+        }
+        Ok(())
     }
 
     /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
@@ -575,7 +599,11 @@ impl Session {
         }
         let frames = self.symbolize(pid, stack);
         let mut is_loop = origin == poll_origin::LOOP_RUN
-            || frames.as_deref().is_some_and(classify::is_asyncio_loop);
+            || frames.as_deref().is_some_and(|frames| {
+                classify::is_asyncio_loop(frames)
+                    || (!foreign
+                        && classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp)))
+            });
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -590,8 +618,7 @@ impl Session {
                 .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
                 .is_some_and(|selector_loop| {
                     classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
-                })
-                || classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp));
+                });
         }
         // A loop thread polling another fd: a new loop it now runs is adopted; a
         // callback's own selector leaves the thread a loop.

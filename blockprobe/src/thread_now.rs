@@ -2,6 +2,8 @@
 //! descriptors a process holds, from `/proc`: how the threads of a process that was
 //! already running when tracing began are examined.
 
+use blockprobe_common::syscalls::is_poller;
+
 /// A thread's activity, from `/proc/PID/task/TID/syscall`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activity {
@@ -17,6 +19,21 @@ pub enum Activity {
 pub fn activity(pid: u32, tid: u32) -> Option<Activity> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
     Some(parse_activity(&text))
+}
+
+/// The epoll fd thread `tid` of `pid` is polling now (in an epoll-family call), if any.
+pub fn polled_fd(pid: u32, tid: u32) -> Option<u32> {
+    activity(pid, tid)?.polled_fd()
+}
+
+impl Activity {
+    /// The epoll fd polled, when in an epoll-family call.
+    pub fn polled_fd(self) -> Option<u32> {
+        match self {
+            Activity::InSyscall { nr, args } if is_poller(u64::from(nr)) => Some(args[0] as u32),
+            _ => None,
+        }
+    }
 }
 
 /// Parses the `syscall` file: `running`, `-1 SP PC`, or `NR ARG0 … ARG5 SP PC` (hex

@@ -1,14 +1,15 @@
 """The protocol between blockprobe's integration tests and the scenario scripts here.
 
-blockprobe identifies an asyncio loop thread a few milliseconds after the loop's first
-iterations, so a scenario must not block before the tracer says the loop is live. Each
-script therefore:
+A real program blocks whenever it likes, its first loop iteration included, and
+blockprobe must see it. So by default a scenario does not wait for the tracer. Each
+script:
 
 1. starts its event loop(s), each with a ticker task that keeps the loop iterating every
    5 ms, and prints ``LOOP <name> <native thread id>`` for each loop, then ``READY <pid>``;
-2. waits for the line ``GO`` on stdin, read with ``loop.add_reader`` so the loop keeps
-   running (stdin must be a pipe or a terminal); the test sends it only after blockprobe
-   reported a ``loop`` event for every listed thread;
+2. only for a test about a steady state (``BPTEST_GO=1`` in the environment, set by the
+   test): waits for the line ``GO`` on stdin, read with ``loop.add_reader`` so the loop
+   keeps running (stdin must be a pipe or a terminal); the test sends it only after
+   blockprobe reported a ``loop`` event for every listed thread;
 3. runs the scenario, timing each blocking call in-process with ``time.monotonic_ns()``
    and printing ``DONE <name> <ns>``, then ``FINISHED``; a scenario in several steps
    waits for the test's word to start each further step (``await expect("BLOCK")``);
@@ -17,6 +18,9 @@ script therefore:
 4. waits for ``QUIT`` or the end of stdin and exits (0, or ``--exit-code N``). Staying
    alive until then gives blockprobe the time to read this process's memory to symbolize
    the stalls it saw.
+
+``run_first`` runs a scenario as the very first thing its loop does (before any ticker
+or line), then says ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``.
 
 Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
 Plain standard library only; with ``BPTEST_UVLOOP=1`` in the environment every loop is a
@@ -39,6 +43,7 @@ import time
 TICK_S = 0.005
 UVLOOP_MODE = os.environ.get("BPTEST_UVLOOP")
 UVLOOP = UVLOOP_MODE in ("1", "by-hand")
+WAIT_FOR_GO = os.environ.get("BPTEST_GO") == "1"
 if UVLOOP:
     import uvloop
 
@@ -348,7 +353,8 @@ def run(scenario, loops=(), setup=None):
         spin_until = time.monotonic() + args.spin_after_ready
         while time.monotonic() < spin_until:
             pass
-        await commands.expect_go()
+        if WAIT_FOR_GO:
+            await commands.expect_go()
         await scenario()
         say("FINISHED")
         await commands.wait_quit()
@@ -358,3 +364,19 @@ def run(scenario, loops=(), setup=None):
     for extra in loops:
         extra.stop()
     sys.exit(args.exit_code)
+
+
+def run_first(scenario):
+    """Runs ``await scenario()`` as the first thing the main loop does, then says
+    ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``."""
+
+    async def main():
+        global _commands
+        await scenario()
+        _commands = Commands(asyncio.get_running_loop())
+        say(f"LOOP main {threading.get_native_id()}")
+        say(f"READY {os.getpid()}")
+        say("FINISHED")
+        await _commands.wait_quit()
+
+    run_main(main)

@@ -9,11 +9,12 @@
 //! # How a test talks to a scenario script
 //!
 //! The scripts in `tests/scripts` follow the protocol of `tests/scripts/bptest.py`: each
-//! starts its loop(s), prints `LOOP <name> <tid>` per loop and `READY <pid>`, then waits
-//! for `GO` on stdin. blockprobe identifies a loop thread only a few milliseconds after the
-//! loop's first iterations, so the test sends `GO` only once blockprobe has reported a
-//! `loop` event for every thread the script listed: that event is the readiness signal.
-//! The script then runs its scenario, timing each blocking call itself
+//! starts its loop(s), prints `LOOP <name> <tid>` per loop and `READY <pid>`, and runs its
+//! scenario at once, as real programs block whenever they like. A test about a steady
+//! state marks it by starting the script with `BPTEST_GO=1` ([`Python::command`] and
+//! [`run_command`] do; [`run_scenario`] does not): the script then waits for `GO` on
+//! stdin, which the test sends once blockprobe has reported a `loop` event for every
+//! thread the script listed. The script runs its scenario, timing each blocking call itself
 //! (`DONE <name> <ns>`), prints `FINISHED`, and stays alive until `QUIT` or the end of its
 //! stdin. The test sends `QUIT` only after blockprobe has reported the stalls it expects:
 //! blockprobe symbolizes a stall by reading the process's memory, which needs the process.
@@ -351,8 +352,17 @@ impl Python {
     }
 
     /// A command that runs a scenario script on this interpreter, with the scripts'
-    /// environment (see [`python_env`]).
+    /// environment (see [`python_env`]), for a test about a steady state: the script
+    /// waits for `GO` before its scenario (`BPTEST_GO=1`).
     pub fn command(&self, script: &Path) -> Command {
+        let mut cmd = self.command_at_once(script);
+        cmd.env("BPTEST_GO", "1");
+        cmd
+    }
+
+    /// [`Python::command`] for a script that runs its scenario at once, without waiting
+    /// for the tracer.
+    pub fn command_at_once(&self, script: &Path) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg(script);
         python_env(&mut cmd);
@@ -1593,8 +1603,22 @@ pub fn trace_command(pids: &[u32]) -> Command {
 }
 
 /// The command line of `blockprobe run` for a scenario (with the tests' threshold unless
-/// `opts` sets one).
+/// `opts` sets one), for a test about a steady state: the script waits for `GO`
+/// (`BPTEST_GO=1`).
 pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &[&str]) -> Command {
+    let mut cmd = run_command_at_once(python, script, script_args, opts);
+    cmd.env("BPTEST_GO", "1");
+    cmd
+}
+
+/// [`run_command`] for a script that runs its scenario at once, without waiting for the
+/// tracer.
+pub fn run_command_at_once(
+    python: &Python,
+    script: &Path,
+    script_args: &[&str],
+    opts: &[&str],
+) -> Command {
     let mut cmd = Command::new(blockprobe_bin());
     cmd.args(["run", "--format", "jsonl"]);
     if !opts.contains(&"--threshold") {
@@ -1610,9 +1634,9 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
     cmd
 }
 
-/// Runs a scenario under `blockprobe run`: waits for the script's READY and blockprobe's
-/// `loop` events, sends GO, waits for FINISHED and the expected stalls, sends QUIT, and
-/// waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
+/// Runs a scenario under `blockprobe run`, the script running it at once: waits for the
+/// script's READY and blockprobe's `loop` events, for FINISHED and the expected stalls,
+/// sends QUIT, and waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
     drive(scenario, Losses::Forbidden)
@@ -1651,7 +1675,7 @@ enum Losses {
 #[track_caller]
 fn drive(scenario: &Scenario<'_>, losses: Losses) -> Ran {
     require_root();
-    let mut cmd = run_command(
+    let mut cmd = run_command_at_once(
         scenario.python,
         &script(scenario.script),
         scenario.script_args,
@@ -1698,11 +1722,18 @@ fn drive_command(
 ) -> Ran {
     let ctx = Ctx::new();
     let script = script(name);
+    let go = unix_now_ns();
+    let steady = cmd.get_envs().any(|(k, v)| k == "BPTEST_GO" && v.is_some());
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
     prelude(&ctx, &bp);
     let (_, pid) = ctx.wait_live(&bp, name);
-    let go = unix_now_ns();
-    bp.send("GO");
+    let go = if steady {
+        let go = unix_now_ns();
+        bp.send("GO");
+        go
+    } else {
+        go
+    };
     let _ = ctx.wait_finished(&bp);
     match losses {
         Losses::Forbidden => drop(ctx.wait_stalls(&bp, pid, stalls)),

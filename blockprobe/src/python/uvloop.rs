@@ -67,8 +67,8 @@ pub fn mapped(pid: u32) -> anyhow::Result<Vec<MappedModule>> {
 
 /// uvloop modules process `pid` (Python `version`, interpreter in `binary`) may import:
 /// `uvloop/loop.*.so` under its `PYTHONPATH` entries, its `VIRTUAL_ENV` and its
-/// interpreter's package directories, that define `uv_run` (a uvloop built against a
-/// shared libuv is probed in libuv once mapped). Paths are seen from the host.
+/// interpreter's package directories, that define `uv_run`, or for a uvloop built
+/// against a shared libuv, that libuv. Paths are seen from the host.
 pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
     let lib = format!("python{}.{}", version.major, version.minor);
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -87,6 +87,7 @@ pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
         dirs.push(prefix.join("local/lib").join(&lib).join("dist-packages"));
     }
     let mut found = Vec::new();
+    let mut shared_libuv = false;
     for dir in dirs.iter().filter(|d| d.is_absolute()) {
         let uvloop = elf::host_path(pid, &dir.join("uvloop").to_string_lossy());
         let Ok(entries) = std::fs::read_dir(&uvloop) else {
@@ -94,15 +95,36 @@ pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if is_loop_module(&path.to_string_lossy())
-                && !found.contains(&path)
-                && elf::defines_function(&path, RUN_FUNCTION)
-            {
+            if !is_loop_module(&path.to_string_lossy()) || found.contains(&path) {
+                continue;
+            }
+            if elf::defines_function(&path, RUN_FUNCTION) {
                 found.push(path);
+            } else {
+                shared_libuv = true;
             }
         }
     }
+    if shared_libuv {
+        found.extend(system_libuv(pid, binary));
+    }
     found
+}
+
+/// The shared libuv a uvloop built against the system's libuv (Debian's
+/// `python3-uvloop`) loads: `libuv.so.1` in the interpreter's or the system's library
+/// directories, seen from the host.
+fn system_libuv(pid: u32, binary: &str) -> Option<PathBuf> {
+    let prefix = elf::install_prefix(binary).unwrap_or(Path::new("/usr"));
+    let dirs = [
+        prefix.join("lib/x86_64-linux-gnu"),
+        prefix.join("lib"),
+        PathBuf::from("/usr/lib/x86_64-linux-gnu"),
+        PathBuf::from("/lib/x86_64-linux-gnu"),
+    ];
+    dirs.iter()
+        .map(|dir| elf::host_path(pid, &dir.join("libuv.so.1").to_string_lossy()))
+        .find(|path| elf::defines_function(path, RUN_FUNCTION))
 }
 
 /// Whether the native stack of a thread of the process behind `memory`, from stack

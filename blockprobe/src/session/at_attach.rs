@@ -37,10 +37,7 @@ struct Examined {
 impl Examined {
     /// The epoll fd it is polling now, if any.
     fn polled_fd(&self) -> Option<u32> {
-        match self.activity {
-            Activity::InSyscall { nr, args } if is_poller(u64::from(nr)) => Some(args[0] as u32),
-            _ => None,
-        }
+        self.activity.polled_fd()
     }
 }
 
