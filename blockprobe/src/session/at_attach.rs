@@ -65,8 +65,10 @@ impl Session {
                 // exactly, if it is inside one.
                 if loop_poll || in_loop {
                     let now = self.clock.monotonic_ns();
-                    self.probes
-                        .classify_thread(thread.tid, true, timing.loop_fd, now)?;
+                    let fd = (thread.polled_fd())
+                        .filter(|_| loop_poll)
+                        .unwrap_or(timing.loop_fd);
+                    self.probes.classify_thread(thread.tid, true, fd, now)?;
                     self.adopted(pid, thread)?;
                 }
             } else if loop_poll {
