@@ -19,6 +19,15 @@ python_matrix!(
     spinning_before_tracing
 );
 
+impl Hang<'_> {
+    /// Whether a stall's main cause `cause` is the hang's. A spinning loop (in no
+    /// syscall) wants the CPU all along: on a busy host it may wait for it more than it
+    /// runs.
+    fn cause_fits(&self, cause: &str) -> bool {
+        cause == self.cause || (self.syscall.is_none() && cause == "runqueue")
+    }
+}
+
 /// The first `stuck` event comes after this long.
 const FIRST_NOTICE: Duration = Duration::from_secs(1);
 
@@ -131,7 +140,7 @@ fn check_hang(python: &Python, hang: &Hang<'_>) {
         ctx.ensure(
             stall.ongoing
                 && stall.tid == tids[0]
-                && stall.cause == hang.cause
+                && hang.cause_fits(&stall.cause)
                 && stall.syscall.as_deref() == hang.syscall
                 && culprit_ok,
             || {
@@ -293,15 +302,11 @@ fn check_stuck_before_tracing(python: &Python, hang: &Hang<'_>, host_wide: bool)
         let culprit_ok = stall.culprit.as_ref().is_some_and(|c| {
             c.function == hang.function && c.file == script.to_string_lossy() && c.line == line
         });
-        // A spinning loop wants the CPU all along: with other spinning tests on a busy
-        // host it may wait for it more than it runs.
-        let cause_ok =
-            stall.cause == hang.cause || (hang.syscall.is_none() && stall.cause == "runqueue");
         ctx.ensure(
             stall.ongoing
                 && stall.started_before_tracing
                 && stall.tid == tid
-                && cause_ok
+                && hang.cause_fits(&stall.cause)
                 && stall.syscall.as_deref() == hang.syscall
                 && culprit_ok,
             || {
