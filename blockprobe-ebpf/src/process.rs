@@ -41,7 +41,12 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) -> Announce {
     if !in_scope {
         return Announce::OutOfScope;
     }
-    if ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
+    // Host-wide, every untraced process polls here: a known one costs a lookup, not an
+    // update attempt (which takes a node off the LRU's free list before it finds the key).
+    // SAFETY: read-only lookup.
+    if unsafe { ANNOUNCED.get(tgid) }.is_some()
+        || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err()
+    {
         return Announce::Before;
     }
     let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {

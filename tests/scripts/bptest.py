@@ -366,6 +366,17 @@ def run(scenario, loops=(), setup=None):
     sys.exit(args.exit_code)
 
 
+def finish_without_loop():
+    """For a script whose loops have all stopped: says ``LOOP`` (this thread ran them),
+    ``READY`` and ``FINISHED``, and waits for ``QUIT`` or the end of stdin."""
+    say(f"LOOP main {threading.get_native_id()}")
+    say(f"READY {os.getpid()}")
+    say("FINISHED")
+    for line in sys.stdin:
+        if line.strip() == "QUIT":
+            return
+
+
 def run_first(scenario):
     """Runs ``await scenario()`` as the first thing the main loop does, then says
     ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``."""

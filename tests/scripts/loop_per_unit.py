@@ -6,9 +6,6 @@ Nothing waits for the tracer. After the five runs it says ``LOOP``/``READY``/
 """
 
 import asyncio
-import os
-import sys
-import threading
 import time
 
 import bptest
@@ -25,9 +22,4 @@ async def unit(number):
 if __name__ == "__main__":
     for number in range(UNITS):
         asyncio.run(unit(number))
-    bptest.say(f"LOOP main {threading.get_native_id()}")
-    bptest.say(f"READY {os.getpid()}")
-    bptest.say("FINISHED")
-    for line in sys.stdin:
-        if line.strip() == "QUIT":
-            break
+    bptest.finish_without_loop()

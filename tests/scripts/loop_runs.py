@@ -8,9 +8,6 @@ The loop is asyncio's, or uvloop's with ``BPTEST_UVLOOP`` set.
 """
 
 import asyncio
-import os
-import sys
-import threading
 import time
 
 import bptest
@@ -31,10 +28,5 @@ if __name__ == "__main__":
         loop.run_until_complete(work(run))
         time.sleep(0.3)  # SYNC between runs
     time.sleep(2.2)  # SYNC after the last run
-    bptest.say(f"LOOP main {threading.get_native_id()}")
-    bptest.say(f"READY {os.getpid()}")
-    bptest.say("FINISHED")
-    for line in sys.stdin:
-        if line.strip() == "QUIT":
-            break
+    bptest.finish_without_loop()
     loop.close()

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, Frame, Python, ScriptState, Stall, drive_scenario, kind, marker_line,
+    Ctx, CtxRef, Frame, Python, Ran, ScriptState, Stall, drive_scenario, kind, marker_line,
     python_matrix, require_root, run_command_at_once, script, trace_command,
 };
 
@@ -227,58 +227,46 @@ fn check_measured_stalls(
 /// The first example: `asyncio.run(main())`, `main` sleeping 0.11, 0.22 and
 /// 0.33 s with `await asyncio.sleep(0.1)` between: all three stalls.
 fn three_stalls_from_the_first_iteration(python: &Python) {
-    require_root();
-    let name = "first_steps.py";
-    let mut cmd = run_command_at_once(python, &script(name), &[], &[]);
-    let ran = drive_scenario(python, name, &mut cmd, 3);
-    ran.expect_success();
-    check_measured_stalls(
-        &ran.ctx,
-        &ran.stalls(),
-        &ran.state,
+    run_and_check(
+        python,
+        "first_steps.py",
         &["step1", "step2", "step3"],
-        &ran.script,
         "main",
     );
 }
 
 /// `asyncio.run` five times in one process, each unit blocking at once: five stalls.
 fn a_loop_per_unit_of_work(python: &Python) {
-    require_root();
-    let name = "loop_per_unit.py";
-    let mut cmd = run_command_at_once(python, &script(name), &[], &[]);
-    let ran = drive_scenario(python, name, &mut cmd, 5);
-    ran.expect_success();
-    check_measured_stalls(
-        &ran.ctx,
-        &ran.stalls(),
-        &ran.state,
-        &["unit0", "unit1", "unit2", "unit3", "unit4"],
-        &ran.script,
-        "unit",
-    );
+    let units = ["unit0", "unit1", "unit2", "unit3", "unit4"];
+    run_and_check(python, "loop_per_unit.py", &units, "unit");
 }
 
 /// One loop run three times with `run_until_complete`, sync work between the runs and
 /// 2.2 s of it after the last: the one stall inside a run only, and no stuck notice.
 fn a_stopped_loop_is_not_blocked(python: &Python) {
+    let ran = run_and_check(python, "loop_runs.py", &["work"], "work");
+    let stuck = ran.bp.events_of("stuck", ran.pid);
+    ran.ctx.ensure(stuck.is_empty(), || {
+        format!("a stopped loop was said to be stuck: {stuck:#?}")
+    });
+}
+
+/// Runs script `name` under `blockprobe run`, the script blocking when it likes, and
+/// checks its stalls against its measurements `names`, each blamed on `function`.
+fn run_and_check(python: &Python, name: &str, names: &[&str], function: &str) -> Ran {
     require_root();
-    let name = "loop_runs.py";
     let mut cmd = run_command_at_once(python, &script(name), &[], &[]);
-    let ran = drive_scenario(python, name, &mut cmd, 1);
+    let ran = drive_scenario(python, name, &mut cmd, names.len());
     ran.expect_success();
     check_measured_stalls(
         &ran.ctx,
         &ran.stalls(),
         &ran.state,
-        &["work"],
+        names,
         &ran.script,
-        "work",
+        function,
     );
-    let stuck = ran.bp.events_of("stuck", ran.pid);
-    ran.ctx.ensure(stuck.is_empty(), || {
-        format!("a stopped loop was said to be stuck: {stuck:#?}")
-    });
+    ran
 }
 
 /// `trace -p` on an idle loop parked in its poller; the iteration right after the attach
