@@ -3,11 +3,14 @@
 //! live that the loop is stuck, and reports the stall when tracing stops, marked
 //! `ongoing`, blamed on where it is stuck.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use blockprobe_tests::{
-    Ctx, Python, kind, marker_line, nanos, python_matrix, read_json, require_root, script,
-    trace_command, unix_now_ns,
+    Ctx, Proc, Python, Stall, kind, marker_line, nanos, python_matrix, read_json, require_root,
+    script, trace_command, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
@@ -26,6 +29,46 @@ impl Hang<'_> {
     fn cause_fits(&self, cause: &str) -> bool {
         cause == self.cause || (self.syscall.is_none() && cause == "runqueue")
     }
+
+    /// Whether `stall` is this hang's: its cause and syscall, blamed on its function at
+    /// `line` of `script`.
+    fn blames(&self, stall: &Stall, script: &Path, line: u32) -> bool {
+        let culprit_ok = stall.culprit.as_ref().is_some_and(|c| {
+            c.function == self.function && c.file == script.to_string_lossy() && c.line == line
+        });
+        self.cause_fits(&stall.cause) && stall.syscall.as_deref() == self.syscall && culprit_ok
+    }
+}
+
+/// Stops blockprobe (`bp`) with SIGTERM, checks it exits 0 with clean output, then
+/// kills the stuck script `py`.
+fn stop_tracing_then_script(ctx: &Ctx, bp: &Proc, py: &Proc) {
+    bp.signal(Signal::SIGTERM);
+    let status = bp.wait_exit();
+    ctx.check_clean(bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe trace exited with {status} after SIGTERM, expected 0")
+    });
+    py.may_exit();
+    py.signal(Signal::SIGKILL);
+}
+
+/// The stalls of `pid` in blockprobe's live stream (`bp`) and in its report at `report`.
+fn live_and_saved(
+    ctx: &Ctx,
+    bp: &Proc,
+    report: &Path,
+    pid: u32,
+) -> [(&'static str, Vec<Stall>); 2] {
+    let saved = read_json(ctx, report)["stalls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["pid"] == pid)
+        .map(|s| serde_json::from_value(s.clone()))
+        .collect::<Result<Vec<Stall>, _>>()
+        .unwrap_or_else(|err| ctx.fail(format!("report stalls do not match the schema: {err}")));
+    [("live stream", bp.stalls(pid)), ("report", saved)]
 }
 
 /// The first `stuck` event comes after this long.
@@ -115,34 +158,16 @@ fn check_hang(python: &Python, hang: &Hang<'_>) {
             )
         },
     );
-    bp.signal(Signal::SIGTERM);
-    let status = bp.wait_exit();
+    stop_tracing_then_script(&ctx, &bp, &py);
     let stopped = unix_now_ns();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe trace exited with {status} after SIGTERM, expected 0")
-    });
-    py.may_exit();
-    py.signal(Signal::SIGKILL);
 
-    let live = bp.stalls(pid);
-    let report = read_json(&ctx, &report);
-    let saved: Vec<blockprobe_tests::Stall> = serde_json::from_value(report["stalls"].clone())
-        .unwrap_or_else(|err| ctx.fail(format!("report stalls do not match the schema: {err}")));
-    for (source, stalls) in [("live stream", live), ("report", saved)] {
+    for (source, stalls) in live_and_saved(&ctx, &bp, &report, pid) {
         ctx.ensure(stalls.len() == 1, || {
             format!("the {source} should hold exactly one stall, has {stalls:#?}")
         });
         let stall = &stalls[0];
-        let culprit_ok = stall.culprit.as_ref().is_some_and(|c| {
-            c.function == hang.function && c.file == script.to_string_lossy() && c.line == line
-        });
         ctx.ensure(
-            stall.ongoing
-                && stall.tid == tids[0]
-                && hang.cause_fits(&stall.cause)
-                && stall.syscall.as_deref() == hang.syscall
-                && culprit_ok,
+            stall.ongoing && stall.tid == tids[0] && hang.blames(stall, &script, line),
             || {
                 format!(
                     "the {source}'s stall should be ongoing, in the loop thread {}, {} in \
@@ -273,42 +298,19 @@ fn check_stuck_before_tracing(python: &Python, hang: &Hang<'_>, host_wide: bool)
     );
     std::thread::sleep(Duration::from_millis(500));
     let stopping = Instant::now();
-    bp.signal(Signal::SIGTERM);
-    let status = bp.wait_exit();
+    stop_tracing_then_script(&ctx, &bp, &py);
     let ran = started.elapsed();
-    ctx.check_clean(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe trace exited with {status} after SIGTERM, expected 0")
-    });
-    py.may_exit();
-    py.signal(Signal::SIGKILL);
 
-    let live = bp.stalls(pid);
-    let report = read_json(&ctx, &report);
-    let saved: Vec<blockprobe_tests::Stall> = (report["stalls"].as_array())
-        .map(|all| {
-            (all.iter())
-                .filter(|s| s["pid"] == pid)
-                .map(|s| serde_json::from_value(s.clone()))
-                .collect::<Result<_, _>>()
-        })
-        .unwrap_or_else(|| Ok(Vec::new()))
-        .unwrap_or_else(|err| ctx.fail(format!("report stalls do not match the schema: {err}")));
-    for (source, stalls) in [("live stream", live), ("report", saved)] {
+    for (source, stalls) in live_and_saved(&ctx, &bp, &report, pid) {
         ctx.ensure(stalls.len() == 1, || {
             format!("the {source} should hold exactly one stall of pid {pid}, has {stalls:#?}")
         });
         let stall = &stalls[0];
-        let culprit_ok = stall.culprit.as_ref().is_some_and(|c| {
-            c.function == hang.function && c.file == script.to_string_lossy() && c.line == line
-        });
         ctx.ensure(
             stall.ongoing
                 && stall.started_before_tracing
                 && stall.tid == tid
-                && hang.cause_fits(&stall.cause)
-                && stall.syscall.as_deref() == hang.syscall
-                && culprit_ok,
+                && hang.blames(stall, &script, line),
             || {
                 format!(
                     "the {source}'s stall should be ongoing, started before tracing, in the \
