@@ -22,7 +22,8 @@ pub enum Announce {
     OutOfScope,
     /// Userspace was told now.
     Now,
-    /// Userspace was told before (or the ring buffer was full, counted).
+    /// Userspace was told before (or the ring buffer was full, counted). A process
+    /// announced at its exec is told once more at its first poll call.
     Before,
 }
 
@@ -43,14 +44,50 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) -> Announce {
     }
     // Host-wide, every untraced process polls here: a known one costs a lookup, not an
     // update attempt (which takes a node off the LRU's free list before it finds the key).
-    // SAFETY: read-only lookup.
-    if unsafe { ANNOUNCED.get(tgid) }.is_some()
-        || ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err()
+    if let Some(announced) = ANNOUNCED.get_ptr_mut(tgid) {
+        // SAFETY: the pointer comes from a successful lookup in a map we own.
+        let announced = unsafe { &mut *announced };
+        // Announced at its exec, still untraced (its interpreter was starting up), now
+        // polling: told once more, so that userspace tries it again now.
+        if *announced != ANNOUNCED_AT_POLL && reason == candidate_reason::POLL {
+            *announced = ANNOUNCED_AT_POLL;
+            return if send_candidate(reason) {
+                Announce::Now
+            } else {
+                Announce::Before
+            };
+        }
+        return Announce::Before;
+    }
+    let announced = if reason == candidate_reason::POLL {
+        ANNOUNCED_AT_POLL
+    } else {
+        ANNOUNCED_AT_EXEC
+    };
+    if ANNOUNCED
+        .insert(tgid, announced, BPF_NOEXIST as u64)
+        .is_err()
     {
         return Announce::Before;
     }
+    if send_candidate(reason) {
+        Announce::Now
+    } else {
+        Announce::Before
+    }
+}
+
+/// [`crate::maps::ANNOUNCED`] value of a process announced at its exec.
+const ANNOUNCED_AT_EXEC: u8 = 1;
+/// [`crate::maps::ANNOUNCED`] value of a process announced at a poll call.
+const ANNOUNCED_AT_POLL: u8 = 2;
+
+/// Sends a candidate event for the current process (`reason`: a [`candidate_reason`]);
+/// whether it was sent (else counted as lost).
+#[inline(always)]
+fn send_candidate(reason: u32) -> bool {
     let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
-        return Announce::Before;
+        return false;
     };
     entry.write(CandidateEvent {
         header: header(EventKind::Candidate, now_ns()),
@@ -58,7 +95,7 @@ pub fn announce_if_in_scope(tgid: u32, reason: u32) -> Announce {
         _pad: 0,
     });
     entry.submit(0);
-    Announce::Now
+    true
 }
 
 /// `sched_process_fork(parent, child)`: in `run` scope, the child joins its parent's family.

@@ -201,7 +201,7 @@ impl Session {
     /// Traces `pid`, which `python` describes (an inspection that found it ready).
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
-        self.probes.trace_process(pid, python.walk_config())?;
+        let recipe = python.walk_config();
         let comm = comm_of(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
@@ -218,9 +218,12 @@ impl Session {
                 uv_runs: Vec::new(),
             },
         );
+        // The loop-run probes first: once the kernel side times the process, a loop that
+        // stops is seen stopping.
         self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)?;
+        self.probes.trace_process(pid, recipe)?;
         self.time_parked_threads(pid)?;
         // Said once everything is in place: what the process does from now on is seen.
         self.sink.status(&Status::Attached {
