@@ -30,6 +30,8 @@ pub struct GlobalConfig {
     pub pt_regs_arg0_offset: u64,
     /// Offset of `si` (a syscall's second argument) in the kernel's `struct pt_regs`.
     pub pt_regs_arg1_offset: u64,
+    /// Offset of `sp` (the user stack pointer) in the kernel's `struct pt_regs`.
+    pub pt_regs_sp_offset: u64,
     /// Re-examine a thread found not to be a loop after this long.
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
@@ -49,7 +51,7 @@ pub struct GlobalConfig {
     /// Offset of `tgid` (the process id) in the kernel's `task_struct` (from BTF).
     pub task_tgid_offset: u32,
 }
-assert_size!(GlobalConfig, 104);
+assert_size!(GlobalConfig, 112);
 
 /// Offsets (from BTF) of the chain from a task to the type of a file descriptor:
 /// `task->files->fdt`, bounded by `fdt->max_fds`, `fdt->fd[n]->f_inode->i_mode`.

@@ -4,7 +4,9 @@ use crate::{assert_size, cause, user_pod};
 
 /// What userspace (or BPF, for `PENDING`) decided a polling thread is.
 pub mod class {
-    /// BPF sent its stack at a poll call; userspace has not answered yet.
+    /// BPF sent its stack at a poll call; userspace has not answered yet. The thread is
+    /// timed meanwhile as if it were a loop: userspace keeps what it reports once it
+    /// finds a loop, and drops it otherwise.
     pub const PENDING: u32 = 1;
     /// The thread runs an asyncio event loop: its off-await time is measured.
     pub const LOOP: u32 = 2;
@@ -50,10 +52,15 @@ pub struct LoopTiming {
     /// The other epoll fd whose poll stack was last sent for classification
     /// ([`NO_FD`]: none), so a callback polling one fd over and over sends it once.
     pub foreign_fd: u32,
+    /// 1 while the thread is timed from a poll made before its process was traced: its
+    /// stack goes to userspace at its next poll, before the interval it ends is reported.
+    pub unclassified: u32,
+    /// Padding.
+    pub _pad: u32,
     /// Off-CPU time of the current off-await interval, by [`cause`] index (CPU unused).
     pub off_cpu_ns: [u64; cause::COUNT],
 }
-assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
+assert_size!(LoopTiming, 56 + 8 * cause::COUNT);
 
 impl LoopTiming {
     /// Whether the thread is off CPU right now because it was stopped from outside

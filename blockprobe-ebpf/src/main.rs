@@ -1,6 +1,8 @@
 //! blockprobe's kernel side.
 //!
-//! Raw tracepoints only (no kprobes, no uprobes): two raw syscall tracepoints see the
+//! Raw tracepoints (no kprobes) and uprobes that fire once per loop run, never per
+//! iteration (libuv's `uv_run`, asyncio's `_set_running_loop`): two raw syscall
+//! tracepoints see the
 //! epoll-family pollers, which time each asyncio loop thread's off-await intervals, blocking syscalls made inside those intervals are
 //! reported with the Python stack that made them, and scheduler process events keep the
 //! set of traced processes current. Knowledge of CPython lives in userspace, which hands
@@ -9,6 +11,7 @@
 #![no_main]
 
 mod emit;
+mod loop_run;
 mod loop_thread;
 mod maps;
 mod process;
@@ -17,8 +20,8 @@ mod walk;
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{perf_event, raw_tracepoint},
-    programs::{PerfEventContext, RawTracePointContext},
+    macros::{perf_event, raw_tracepoint, uprobe, uretprobe},
+    programs::{PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use blockprobe_common::syscalls::{is_blocking, is_poller, nr::CLOSE};
 
@@ -90,6 +93,27 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
 #[perf_event]
 pub fn cpu_sample(_ctx: PerfEventContext) -> u32 {
     loop_thread::on_cpu_sample();
+    0
+}
+
+/// Uprobe on libuv's `uv_run` (uvloop): a loop written in C starts running.
+#[uprobe]
+pub fn loop_run_enter(_ctx: ProbeContext) -> u32 {
+    loop_run::on_enter();
+    0
+}
+
+/// Uretprobe on libuv's `uv_run`: the loop stopped running.
+#[uretprobe]
+pub fn loop_run_exit(_ctx: RetProbeContext) -> u32 {
+    loop_run::on_stop();
+    0
+}
+
+/// Uprobe on `_asyncio._set_running_loop`: an asyncio loop starts or stops running.
+#[uprobe]
+pub fn running_loop_set(_ctx: ProbeContext) -> u32 {
+    loop_run::on_stop();
     0
 }
 

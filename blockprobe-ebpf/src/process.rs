@@ -16,36 +16,88 @@ use crate::{
     sched::{task_tgid, task_tid},
 };
 
+/// What [`announce_if_in_scope`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// The process is not in scope.
+    OutOfScope,
+    /// Userspace was told now.
+    Now,
+    /// Userspace was told before (or the ring buffer was full, counted). A process
+    /// announced at its exec is told once more at its first poll call.
+    Before,
+}
+
 /// Tells userspace, once per process, that an untraced process in scope may be Python.
 #[inline(always)]
-pub fn announce_if_in_scope(tgid: u32, reason: u32) {
-    let Some(config) = config() else { return };
+pub fn announce_if_in_scope(tgid: u32, reason: u32) -> Announce {
+    let Some(config) = config() else {
+        return Announce::OutOfScope;
+    };
     let in_scope = match config.scope {
         s if s == Scope::Host as u32 => true,
         // SAFETY: read-only lookup.
         s if s == Scope::Family as u32 => unsafe { FAMILY.get(tgid) }.is_some(),
         _ => false,
     };
-    // SAFETY: read-only lookup.
-    if !in_scope || unsafe { ANNOUNCED.get(tgid) }.is_some() {
-        return;
+    if !in_scope {
+        return Announce::OutOfScope;
     }
-    // Marked announced only once the event has its place: a process whose announcement
-    // found the ring buffer full (counted) is announced again at its next chance.
-    let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
-        return;
+    // Host-wide, every untraced process polls here: a known one costs a lookup, not an
+    // update attempt (which takes a node off the LRU's free list before it finds the key).
+    if let Some(announced) = ANNOUNCED.get_ptr_mut(tgid) {
+        // SAFETY: the pointer comes from a successful lookup in a map we own.
+        let announced = unsafe { &mut *announced };
+        // Announced at its exec, still untraced (its interpreter was starting up), now
+        // polling: told once more, so that userspace tries it again now.
+        if *announced != ANNOUNCED_AT_POLL && reason == candidate_reason::POLL {
+            if !send_candidate(reason) {
+                return Announce::Before;
+            }
+            *announced = ANNOUNCED_AT_POLL;
+            return Announce::Now;
+        }
+        return Announce::Before;
+    }
+    let announced = if reason == candidate_reason::POLL {
+        ANNOUNCED_AT_POLL
+    } else {
+        ANNOUNCED_AT_EXEC
     };
-    if ANNOUNCED.insert(tgid, 1u8, BPF_NOEXIST as u64).is_err() {
-        // Another thread of the process announced it meanwhile.
-        entry.discard(0);
-        return;
+    if ANNOUNCED
+        .insert(tgid, announced, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return Announce::Before;
     }
+    if send_candidate(reason) {
+        return Announce::Now;
+    }
+    // Unsent (the ring buffer was full, counted): announced again at its next chance,
+    // rather than marked announced and never traced.
+    let _ = ANNOUNCED.remove(tgid);
+    Announce::Before
+}
+
+/// [`crate::maps::ANNOUNCED`] value of a process announced at its exec.
+const ANNOUNCED_AT_EXEC: u8 = 1;
+/// [`crate::maps::ANNOUNCED`] value of a process announced at a poll call.
+const ANNOUNCED_AT_POLL: u8 = 2;
+
+/// Sends a candidate event for the current process (`reason`: a [`candidate_reason`]);
+/// whether it was sent (else counted as lost).
+#[inline(always)]
+fn send_candidate(reason: u32) -> bool {
+    let Some(mut entry) = reserve::<CandidateEvent>(Counter::LostCandidate) else {
+        return false;
+    };
     entry.write(CandidateEvent {
         header: header(EventKind::Candidate, now_ns()),
         reason,
         _pad: 0,
     });
     entry.submit(0);
+    true
 }
 
 /// `sched_process_fork(parent, child)`: in `run` scope, a child process joins its
@@ -98,7 +150,7 @@ pub fn on_exec(ctx: &RawTracePointContext) {
     if let Some(config) = config()
         && config.scope == Scope::Family as u32
     {
-        announce_if_in_scope(tgid, candidate_reason::EXEC);
+        let _ = announce_if_in_scope(tgid, candidate_reason::EXEC);
     }
 }
 

@@ -14,7 +14,7 @@
 //! [`Aggregator::report`] turns all of it into a [`Report`].
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use foldhash::HashMap;
 
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::identity::StableFiles;
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, Report};
+use crate::report::{FunctionReport, ProcessWarning, Report};
 
 /// Function name used for stalls that have no culprit frame.
 pub const UNKNOWN_FUNCTION: &str = "<unknown>";
@@ -144,6 +144,10 @@ pub struct ProcessInfo {
     /// Host the process ran on.
     #[serde(default)]
     pub host: String,
+    /// Whether a thread of it polled (epoll family) while traced; `None` in reports
+    /// of versions that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled: Option<bool>,
 }
 
 /// Memory bounds of an [`Aggregator`].
@@ -224,6 +228,8 @@ pub struct Aggregator {
     processes: BTreeMap<u32, ProcessInfo>,
     processes_dropped: u64,
     lost: BTreeMap<String, u64>,
+    /// Processes whose stalls may be missing, and why.
+    warnings: BTreeSet<(u32, String)>,
     /// Per-service and per-stack aggregates.
     tables: crate::fleet::tables::Tables,
     /// Stable file names, for function keys and stacks alike.
@@ -249,6 +255,7 @@ impl Aggregator {
             processes: BTreeMap::new(),
             processes_dropped: 0,
             lost: BTreeMap::new(),
+            warnings: BTreeSet::new(),
             tables: Default::default(),
             stable_files: StableFiles::default(),
         }
@@ -299,6 +306,31 @@ impl Aggregator {
             .filter(|&name| self.functions.contains_key(&FunctionKey::special(name)))
             .count();
         self.functions.len() - nobody
+    }
+
+    /// Whether registered process `pid` has a loop thread.
+    pub fn has_loop_thread(&self, pid: u32) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| !p.loop_threads.is_empty())
+    }
+
+    /// Notes that a thread of registered process `pid` polled.
+    pub fn mark_polled(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.polled = Some(true);
+        }
+    }
+
+    /// Records that the stalls of process `pid` may be missing, for `reason` (a
+    /// [`crate::report::warning`] code); `false` undoes it (the reason no longer holds).
+    pub fn set_warning(&mut self, pid: u32, reason: &str, holds: bool) {
+        let key = (pid, reason.to_owned());
+        if holds {
+            self.warnings.insert(key);
+        } else {
+            self.warnings.remove(&key);
+        }
     }
 
     /// Registers a process, or updates it: loop threads are merged, everything else is
@@ -410,6 +442,13 @@ impl Aggregator {
                     ..p.clone()
                 })
                 .collect(),
+            warnings: (self.warnings.iter())
+                .map(|(pid, reason)| ProcessWarning {
+                    pid: *pid,
+                    reason: reason.clone(),
+                    host: run.host.clone(),
+                })
+                .collect(),
             stalls,
             functions,
             services: self.tables.services(),
@@ -471,6 +510,7 @@ pub(crate) mod tests {
             cpu_samples: 0,
             stack_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         }
     }
 

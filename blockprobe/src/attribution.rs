@@ -154,7 +154,7 @@ impl Attributor {
         Some(&sample.stack)
     }
 
-    /// Forgets the evidence of thread `tid` (it exited).
+    /// Forgets the evidence of thread `tid` (it exited, or runs no loop).
     pub fn forget_thread(&mut self, tid: u32) {
         self.threads.remove(&tid);
     }
@@ -199,6 +199,7 @@ impl Attributor {
             cpu_samples: 0,
             stack_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         };
         let blamed = match cause {
             // Stopped from outside: no code to blame, whatever ran around the stop.

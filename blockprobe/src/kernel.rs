@@ -18,6 +18,8 @@ pub struct Offsets {
     pub pt_regs_arg0: u64,
     /// Offset of `si` (a syscall's second argument) in `struct pt_regs`.
     pub pt_regs_arg1: u64,
+    /// Offset of `sp` (the user stack pointer) in `struct pt_regs`.
+    pub pt_regs_sp: u64,
     /// Offset of `pid` (the thread id) in `struct task_struct`.
     pub task_pid: u64,
     /// Offset of `tgid` (the process id) in `struct task_struct`.
@@ -59,6 +61,7 @@ pub fn offsets() -> anyhow::Result<Offsets> {
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
         pt_regs_arg1: member(&btf, &regs, "si")?.0,
+        pt_regs_sp: member(&btf, &regs, "sp")?.0,
         fd_path: fd_path(&btf, &task)?,
     })
 }

@@ -27,6 +27,7 @@ mod render;
 mod report;
 mod session;
 mod syscalls;
+mod thread_now;
 mod tracefs;
 
 use clap::Parser as _;

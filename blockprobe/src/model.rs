@@ -207,6 +207,10 @@ pub struct Stall {
     /// long, and its stack is where the loop was stuck then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ongoing: bool,
+    /// The loop was already off-await when tracing began: the stall began at least as
+    /// early as `start_unix_ns`, so `duration_ns` is a lower bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started_before_tracing: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -70,7 +70,7 @@ enum Task {
     /// the tests' Python dependencies. Idempotent.
     Setup,
     /// Fetch the test interpreters the host lacks (CPython 3.14 and 3.15 from Debian sid,
-    /// unpacked into a private cache, uvloop for 3.11 from PyPI). Idempotent; part of setup.
+    /// unpacked into a private cache, uvloop for pyenv 3.11 and 3.13 from PyPI). Idempotent; part of setup.
     Pythons,
     /// Set up, then `cargo build -p blockprobe`.
     Build {
@@ -148,8 +148,13 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Pythons => {
             step("test interpreters (Debian sid, private)", pythons::ensure)?;
-            step("uvloop for 3.11 (PyPI)", || {
-                pythons::ensure_uvloop_311(&ws.target)
+            for minor in pythons::UVLOOP_PYENV {
+                step(&format!("uvloop for {minor} (PyPI)"), || {
+                    pythons::ensure_uvloop(&ws.target, minor)
+                })?;
+            }
+            step("servers for 3.11 and 3.13 (PyPI)", || {
+                pythons::ensure_servers(&ws.target)
             })?;
         }
         Task::Build { release } => {
@@ -288,8 +293,13 @@ impl Workspace {
             self.setup_pyspy()
         })?;
         step("test interpreters (Debian sid, private)", pythons::ensure)?;
-        step("uvloop for 3.11 (PyPI)", || {
-            pythons::ensure_uvloop_311(&self.target)
+        for minor in pythons::UVLOOP_PYENV {
+            step(&format!("uvloop for {minor} (PyPI)"), || {
+                pythons::ensure_uvloop(&self.target, minor)
+            })?;
+        }
+        step("servers for 3.11 and 3.13 (PyPI)", || {
+            pythons::ensure_servers(&self.target)
         })?;
         step("prometheus (apt, for the metrics test)", setup_prometheus)?;
         eprintln!("setup: done in {}", fmt_duration(started.elapsed()));
@@ -645,7 +655,11 @@ fn cargo_home() -> PathBuf {
 /// `pip install`s `packages` for `python` into `dir`: into a fresh staging directory
 /// first, moved into place when complete, so an interrupted install never looks done.
 fn pip_install(python: &Path, dir: &Path, packages: &[&str], extra: &[&str]) -> Result<()> {
-    let staging = dir.with_extension("tmp");
+    // Next to `dir`, named after all of it (`with_extension` would take `3.tmp` for both
+    // `3.11` and `3.13`).
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".tmp");
+    let staging = PathBuf::from(staging);
     for stale in [&staging, dir] {
         if stale.exists() {
             std::fs::remove_dir_all(stale)

@@ -92,6 +92,8 @@ pub fn describe(
         cgroup: cgroup.to_owned(),
         app_root: app_root(argv, cwd),
         host: String::new(),
+        // Traced from now on: not seen polling yet.
+        polled: Some(false),
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use object::read::elf::ElfFile64;
@@ -225,6 +227,58 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
         return Ok(None);
     };
     Ok(Some(section.data()?.to_vec()))
+}
+
+/// Where exported function `name` of the ELF file behind mapping `m` lies in process
+/// `pid`'s memory (`maps`: its mappings), if the file exports it.
+pub fn mapped_function(
+    pid: u32,
+    maps: &[Mapping],
+    m: &Mapping,
+    name: &str,
+) -> anyhow::Result<Option<std::ops::Range<u64>>> {
+    let cache = BoundedCache::new(mapped_file::open(pid, m)?);
+    let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
+        .with_context(|| format!("cannot parse ELF file {}", m.path))?;
+    let Some(sym) = elf
+        .dynamic_symbols()
+        .find(|s| !s.is_undefined() && s.name() == Ok(name))
+    else {
+        return Ok(None);
+    };
+    let start = sym.address().wrapping_add(load_bias(&elf, maps, &m.path)?);
+    Ok(Some(start..start.wrapping_add(sym.size().max(1))))
+}
+
+/// Whether ELF file `path` defines and exports function `name`. Opened non-blocking and
+/// read only when it is a regular file (a FIFO or device there is no library).
+pub fn defines_function(path: &Path, name: &str) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let cache = BoundedCache::new(file);
+    ElfFile64::<object::Endianness, _>::parse(&cache).is_ok_and(|elf| {
+        elf.dynamic_symbols()
+            .any(|s| !s.is_undefined() && s.name() == Ok(name))
+    })
+}
+
+/// The file `path` of process `pid`'s mount namespace, seen from the host.
+pub fn host_path(pid: u32, path: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+}
+
+/// The installation prefix of the interpreter in file `binary`
+/// (`<prefix>/bin/python3.X` or `<prefix>/lib/libpython3.X.so`).
+pub fn install_prefix(binary: &str) -> Option<&Path> {
+    Path::new(binary).parent().and_then(Path::parent)
 }
 
 type Elf<'a> = ElfFile64<'a, object::Endianness, &'a BoundedCache>;

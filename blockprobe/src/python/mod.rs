@@ -20,8 +20,10 @@ mod mapped_file;
 pub mod memory;
 pub mod origin;
 mod process;
+pub mod running_loop;
 pub mod survey;
 mod symbolize;
+pub mod uvloop;
 pub mod version;
 
 #[cfg(test)]

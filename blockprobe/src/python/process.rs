@@ -27,6 +27,9 @@ const MAX_THREADS: usize = 4096;
 /// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
 /// (`specific_1stblock`, 32 entries of `{seq, data}`).
 const GLIBC_SPECIFIC: u64 = 0x310;
+/// Offset of `tid` in glibc's x86_64 `struct pthread` (after its 0x2c0-byte TCB header
+/// and its list links).
+const GLIBC_PTHREAD_TID: u64 = 0x2d0;
 /// Keys below this live in `specific_1stblock`, at a fixed offset from the thread pointer.
 const GLIBC_FIRST_BLOCK_KEYS: u32 = 32;
 /// How far from the thread pointer the slot is searched for when glibc's layout fails.
@@ -61,10 +64,10 @@ pub struct PyThread {
 pub struct PythonProcess {
     pid: u32,
     version: Version,
+    /// Path (in the process's mount namespace) of the file holding the interpreter.
+    binary_path: String,
     layout: Box<Layout>,
-    #[cfg(test)]
     memory: ProcessMemory,
-    #[cfg(test)]
     interp: u64,
     tstate_slot_offset: u64,
     gil_addr: u64,
@@ -147,17 +150,21 @@ impl PythonProcess {
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             pid,
+            binary_path: binary.path.clone(),
             asyncio: None,
             version,
-            #[cfg(test)]
             memory,
-            #[cfg(test)]
             interp,
             tstate_slot_offset,
             gil_addr,
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
             layout: Box::new(layout),
         }))
+    }
+
+    /// Path (in the process's mount namespace) of the python executable or libpython.
+    pub fn binary_path(&self) -> &str {
+        &self.binary_path
     }
 
     /// The interpreter's version.
@@ -187,9 +194,26 @@ impl PythonProcess {
     }
 
     /// The threads of the main interpreter, as they are now.
-    #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
         list_threads(&self.memory, &self.layout, self.interp)
+    }
+
+    /// Each started thread of the main interpreter now: its tid in the process's pid
+    /// namespace, with its thread state. The tid is the interpreter's `native_thread_id`
+    /// (3.11+), else glibc's own record of it in the thread's `struct pthread`.
+    pub fn thread_states(&self) -> anyhow::Result<Vec<(u32, u64)>> {
+        Ok((self.threads()?.into_iter())
+            .filter(|t| t.thread_id != 0)
+            .filter_map(|t| {
+                let tid = match t.native_id {
+                    Some(id) if id != 0 => id,
+                    _ => (self.memory)
+                        .read_u32(t.thread_id.wrapping_add(GLIBC_PTHREAD_TID))
+                        .ok()?,
+                };
+                Some((tid, t.tstate))
+            })
+            .collect())
     }
 
     /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet; true when

@@ -50,8 +50,8 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`, `{"event":"loop_gone","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`, `{"event":"ready"}`,
-/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"syscall":..,"culprit":{..}}`.
+/// `{"event":"warning","pid":..,"message":..}` (`pid` when about one process), `{"event":"ready"}`,
+/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"at_least":true,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Status {
@@ -75,8 +75,12 @@ pub enum Status {
     /// Events were lost: `kind` is a loss counter name (`Counter::name()`), `count` the
     /// number newly lost since the previous `lost` event of that kind.
     Lost { kind: String, count: u64 },
-    /// Something the user should know.
-    Warning { message: String },
+    /// Something the user should know; `pid` names the process it is about, if one.
+    Warning {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        message: String,
+    },
     /// A loop has been stuck off-await this long and still is (a hang: its stall is only
     /// reported once it ends, or when tracing stops); said after a second, then each
     /// time the time doubles.
@@ -84,6 +88,10 @@ pub enum Status {
         pid: u32,
         tid: u32,
         stuck_ns: u64,
+        /// `stuck_ns` is a lower bound: the loop was already stuck when tracing began,
+        /// and is timed from then.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_least: bool,
         /// The syscall it is in, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         syscall: Option<String>,
@@ -211,8 +219,13 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         (Some(name), None) => escape(name),
         (Some(name), Some(fd)) => format!("{}({})", escape(name), fd.as_str()).into(),
     };
-    // A loop still stuck when tracing stopped: it lasted at least this long.
-    let at_least = if stall.ongoing { ">" } else { "" };
+    // A loop still stuck when tracing stopped, or already stuck when it began: it
+    // lasted at least this long.
+    let at_least = if stall.ongoing || stall.started_before_tracing {
+        ">"
+    } else {
+        ""
+    };
     let head = format!(
         "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<CAUSES$} {:<15} ",
         stall.pid,
@@ -281,15 +294,21 @@ pub fn status_line(status: &Status) -> String {
             let s = if *count == 1 { "" } else { "s" };
             format!("lost {count} event{s} ({})", escape(kind))
         }
-        Status::Warning { message } => format!("warning: {}", escape(message)),
+        Status::Warning { message, .. } => format!("warning: {}", escape(message)),
         Status::Stuck {
             pid,
             tid,
             stuck_ns,
+            at_least,
             syscall,
             culprit,
         } => format!(
-            "loop of pid {pid} thread {tid} stuck for {} so far{}{}",
+            "loop of pid {pid} thread {tid} stuck {}{} so far{}{}",
+            if *at_least {
+                "since before tracing began, for at least "
+            } else {
+                "for "
+            },
             human_duration(*stuck_ns),
             syscall
                 .as_deref()
@@ -646,6 +665,33 @@ mod tests {
         assert_eq!(stall_json_value(&s)["ongoing"], true);
         s.ongoing = false;
         assert!(stall_json_value(&s).get("ongoing").is_none());
+        s.started_before_tracing = true;
+        assert!(stall_line(&s).contains(" >"), "{}", stall_line(&s));
+        assert_eq!(stall_json_value(&s)["started_before_tracing"], true);
+    }
+
+    #[test]
+    fn a_loop_stuck_before_tracing_is_stuck_at_least() {
+        let stuck = |at_least| Status::Stuck {
+            pid: 7,
+            tid: 8,
+            stuck_ns: 2_000_000_000,
+            at_least,
+            syscall: Some("futex".into()),
+            culprit: None,
+        };
+        let line = status_line(&stuck(true));
+        assert!(
+            line.contains("stuck since before tracing began, for at least 2.00 s so far, in futex"),
+            "{line}"
+        );
+        assert_eq!(serde_json::to_value(stuck(true)).unwrap()["at_least"], true);
+        assert!(
+            serde_json::to_value(stuck(false))
+                .unwrap()
+                .get("at_least")
+                .is_none()
+        );
     }
 
     fn stall_json_value(s: &Stall) -> serde_json::Value {
@@ -732,15 +778,24 @@ mod tests {
             ),
             (
                 Status::Warning {
+                    pid: None,
                     message: "m\n".into(),
                 },
                 r#"{"event":"warning","message":"m\n"}"#,
+            ),
+            (
+                Status::Warning {
+                    pid: Some(7),
+                    message: "m".into(),
+                },
+                r#"{"event":"warning","pid":7,"message":"m"}"#,
             ),
             (
                 Status::Stuck {
                     pid: 1,
                     tid: 2,
                     stuck_ns: 3,
+                    at_least: false,
                     syscall: None,
                     culprit: None,
                 },
@@ -773,6 +828,7 @@ mod tests {
                 pid: 7,
                 tid: 9,
                 stuck_ns: 4_000_000_000,
+                at_least: false,
                 syscall: Some("futex".into()),
                 culprit: Some(frame("update", "/srv/app/cache.py", 12)),
             }),
@@ -795,6 +851,7 @@ mod tests {
         );
         assert_eq!(
             status_line(&Status::Warning {
+                pid: None,
                 message: "line1\nline2".into()
             }),
             "blockprobe: warning: line1\\nline2"
@@ -850,6 +907,7 @@ mod tests {
         sink.stall(&sample()).unwrap();
         sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
         sink.status(&Status::Warning {
+            pid: None,
             message: "w".into(),
         })
         .unwrap();
