@@ -62,8 +62,17 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
             timing.loop_fd = fd;
         }
         if timing.unclassified != 0 {
+            // SAFETY: read-only lookup.
+            if unsafe { PROCESSES.get(tgid) }.is_none() {
+                // Not traced yet: its next iteration is timed afresh (userspace stops the
+                // timing of a process it will not trace).
+                timing.loop_fd = fd;
+                timing.poll_exit_ns = 0;
+                timing.syscall_enter_ns = 0;
+                return;
+            }
             if !send_pending(tgid, tid, now, fd, user_sp(config, regs)) {
-                // Still untraced (or the stack was lost, counted): examined afresh later.
+                // The stack was lost (counted): examined afresh at the next poll.
                 let _ = LOOP_TIMING.remove(tid);
                 return;
             }
