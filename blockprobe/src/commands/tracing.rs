@@ -36,7 +36,7 @@ pub fn prepare_with(
     scope: Scope,
     wrap: impl FnOnce(Box<dyn StallSink + Send>) -> Box<dyn StallSink + Send>,
 ) -> anyhow::Result<Prepared> {
-    crate::fleet::identity::configure(crate::fleet::identity::IdentityOptions {
+    crate::identity::configure(crate::identity::IdentityOptions {
         service: options.service.clone(),
         redact_cmdline: options.redact_cmdline,
     });
@@ -73,7 +73,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
     let (aggregator, _sink, _clock) = session.into_parts();
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let mut report = aggregator.report(RunInfo {
-        host: crate::fleet::identity::host_name(),
+        host: crate::identity::host_name(),
         started_unix_ns: nanos(
             started
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -82,7 +82,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         duration_ns: nanos(started.elapsed().unwrap_or_default()),
         threshold_ns: nanos(options.threshold),
     });
-    report.kernel_release = crate::fleet::identity::kernel_release();
+    report.kernel_release = crate::identity::kernel_release();
     if let Some(path) = &options.output {
         report.write_atomic(path)?;
     }

@@ -11,8 +11,8 @@ pub mod pprof;
 pub mod svg;
 
 use crate::aggregate::UNKNOWN_FUNCTION;
-use crate::fleet::identity::stable_file;
-use crate::fleet::tables::{StackFrame, StackReport, leaf_of};
+use crate::aggregate::tables::{StackFrame, StackReport, leaf_of};
+use crate::identity::stable_file;
 use crate::report::Report;
 
 /// The stacks to export and whether they cover every stall (`false`: only the kept

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::weighted_stacks;
-use crate::fleet::tables::StackFrame;
+use crate::aggregate::tables::StackFrame;
 use crate::report::Report;
 
 /// The messages of `profile.proto` that blockprobe writes (field numbers as there).

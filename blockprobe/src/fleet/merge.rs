@@ -24,7 +24,7 @@ use crate::aggregate::{Limits, ProcessInfo};
 use crate::model::{Cause, Stall};
 use crate::report::{FunctionReport, ProcessWarning, Report, SCHEMA, sort_functions};
 
-use super::tables::{ServiceReport, StackKey, StackReport, sort_services, sort_stacks};
+use crate::aggregate::tables::{ServiceReport, StackKey, StackReport, sort_services, sort_stacks};
 
 /// One run a merged report was made of.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

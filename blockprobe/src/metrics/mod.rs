@@ -49,8 +49,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use crate::aggregate::{FunctionKey, OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
-use crate::fleet::identity::StableFiles;
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_index, bucket_le_ns};
+use crate::identity::StableFiles;
 use crate::model::{Cause, Stall};
 
 /// Functions per service whose pooled stall time is tracked for promotion.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Metrics;
-use crate::fleet::identity;
+use crate::identity;
 use crate::model::Stall;
 use crate::render::live::{StallSink, Status};
 

@@ -13,7 +13,7 @@ use crate::aggregate::{FunctionStats, OTHER_FUNCTION, UNKNOWN_FUNCTION};
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
 
-use super::identity::StableFiles;
+use crate::identity::StableFiles;
 
 /// Distinct service labels kept; stalls of later ones count under [`OTHER_FUNCTION`].
 pub const MAX_SERVICES: usize = 1_000;
@@ -43,7 +43,7 @@ pub struct ServiceReport {
 pub struct StackFrame {
     /// Qualified name.
     pub function: String,
-    /// Stable file name (see [`super::identity::stable_file`]).
+    /// Stable file name (see [`crate::identity::stable_file`]).
     pub file: String,
 }
 

@@ -229,7 +229,7 @@ impl Session {
         let ns_pid = namespaces::ns_pid(pid);
         self.aggregator.register_process(ProcessInfo {
             ns_pid,
-            ..crate::fleet::identity::process_info(pid, comm.clone(), version.clone())
+            ..crate::identity::process_info(pid, comm.clone(), version.clone())
         });
         self.processes.insert(
             pid,

@@ -20,8 +20,8 @@ use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::identity::StableFiles;
 use crate::histogram::Log2Histogram;
+use crate::identity::StableFiles;
 use crate::model::{Cause, Stall};
 use crate::report::{FunctionReport, ProcessWarning, Report};
 
@@ -42,7 +42,7 @@ pub struct FunctionKey {
     /// `co_filename` (empty for the two special keys).
     pub file: String,
     /// `file` made stable with the app root of the process that stalled (see
-    /// [`crate::fleet::identity::stable_file`]); empty for the special keys.
+    /// [`crate::identity::stable_file`]); empty for the special keys.
     pub stable_file: String,
 }
 
@@ -129,7 +129,7 @@ pub struct ProcessInfo {
     #[serde(default)]
     pub cmdline: Vec<String>,
     /// Service label: `--service`, else derived from the command line
-    /// (see [`crate::fleet::identity`]).
+    /// (see [`crate::identity`]).
     #[serde(default)]
     pub service: String,
     /// The process's cgroup path (cgroup v2, else the first v1 hierarchy's).
@@ -231,7 +231,7 @@ pub struct Aggregator {
     /// Processes whose stalls may be missing, and why.
     warnings: BTreeSet<(u32, String)>,
     /// Per-service and per-stack aggregates.
-    tables: crate::fleet::tables::Tables,
+    tables: crate::aggregate::tables::Tables,
     /// Stable file names, for function keys and stacks alike.
     stable_files: StableFiles,
 }
@@ -471,6 +471,8 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
         v.insert(pos, x);
     }
 }
+
+pub mod tables;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -30,7 +30,7 @@
 //! `kernel_release`, the per-process identity after `loop_threads`, `stable_file`,
 //! `services`, `stacks`, `sources`) default when absent.
 //! `services` and `stacks` cover every stall, like `functions` (see
-//! [`crate::fleet::tables`]); `sources` is only filled by `blockprobe merge`.
+//! [`crate::aggregate::tables`]); `sources` is only filled by `blockprobe merge`.
 //! `stalls` holds the longest stalls (at most the aggregator's `max_stalls`) in
 //! chronological order; `stalls_dropped` counts the others. `functions` is sorted by
 //! `total_ns`, descending, and covers every stall. `buckets` are described in
@@ -97,10 +97,10 @@ pub struct Report {
     pub kernel_release: String,
     /// Per service label, by total stall time.
     #[serde(default)]
-    pub services: Vec<crate::fleet::tables::ServiceReport>,
+    pub services: Vec<crate::aggregate::tables::ServiceReport>,
     /// Blocking time per distinct stack (bounded), by total stall time.
     #[serde(default)]
-    pub stacks: Vec<crate::fleet::tables::StackReport>,
+    pub stacks: Vec<crate::aggregate::tables::StackReport>,
     /// The runs a merged report was made of (`blockprobe merge`); empty for one run.
     #[serde(default)]
     pub sources: Vec<crate::fleet::merge::Source>,
@@ -145,7 +145,7 @@ pub struct FunctionReport {
     /// File name (empty for `<unknown>` / `<other>`).
     pub file: String,
     /// `file` relative to site-packages, the stdlib or the app root: the same on every
-    /// host (see [`crate::fleet::identity::stable_file`]). Functions are compared and
+    /// host (see [`crate::identity::stable_file`]). Functions are compared and
     /// merged by `function` and `stable_file`.
     #[serde(default)]
     pub stable_file: String,
@@ -173,7 +173,7 @@ impl FunctionReport {
     /// (derived from `file` for reports written before `stable_file` existed).
     pub fn stable_key(&self) -> (String, String) {
         let file = if self.stable_file.is_empty() {
-            crate::fleet::identity::stable_file(&self.file, [])
+            crate::identity::stable_file(&self.file, [])
         } else {
             self.stable_file.clone()
         };
