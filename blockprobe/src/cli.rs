@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use blockprobe_common::maps::DEFAULT_RING_BYTES;
 use clap::{Args, Parser, Subcommand};
 
+use crate::host::IdentityOptions;
 use crate::render::live::LiveFormat;
 
 /// Find what blocks Python asyncio event loops — system-wide, on running processes,
@@ -264,6 +265,16 @@ pub struct TraceOptions {
     /// unless --service is given) are still recorded.
     #[arg(long)]
     pub redact_cmdline: bool,
+}
+
+impl TraceOptions {
+    /// How the run labels the processes it traces.
+    pub fn identity(&self) -> IdentityOptions {
+        IdentityOptions {
+            service: self.service.clone(),
+            redact_cmdline: self.redact_cmdline,
+        }
+    }
 }
 
 /// Parses a percentage (a finite number >= 0).

@@ -1,7 +1,7 @@
 //! Aggregation of stalls into per-function histograms, with bounded memory.
 //!
 //! The [`Aggregator`] is fed every [`Stall`] of a run and keeps:
-//! - one [`FunctionStats`] (a [`Log2Histogram`] of stall durations plus the time per
+//! - one [`FunctionStats`] (a [`crate::histogram::Log2Histogram`] of stall durations plus the time per
 //!   cause) per culprit function, keyed by [`FunctionKey`]; stalls without a culprit go
 //!   under [`UNKNOWN_FUNCTION`], stalls of a stopped loop under [`STOPPED_FUNCTION`]
 //!   (never under a function of theirs). At most `max_functions` distinct keys are
@@ -18,137 +18,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use foldhash::HashMap;
 
-use serde::{Deserialize, Serialize};
-
-use crate::histogram::Log2Histogram;
 use crate::identity::StableFiles;
-use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, ProcessWarning, Report};
+use crate::model::Stall;
+use crate::report::{
+    FunctionReport, OTHER_FUNCTION, ProcessInfo, ProcessWarning, Report, STOPPED_FUNCTION,
+    UNKNOWN_FUNCTION,
+};
 
-/// Function name used for stalls that have no culprit frame.
-pub const UNKNOWN_FUNCTION: &str = "<unknown>";
-/// Function name of stalls whose main cause is `stopped` (SIGSTOP, a ptrace stop, the
-/// freezer): the time is nobody's code's.
-pub const STOPPED_FUNCTION: &str = "<stopped>";
-/// Function name under which stalls of functions past `max_functions` are folded.
-pub const OTHER_FUNCTION: &str = "<other>";
+mod function;
+pub mod tables;
 
-/// Identifies a culprit function: its qualified name, its file, and the file's stable
-/// name in the stalling process.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FunctionKey {
-    /// `co_qualname` (or [`UNKNOWN_FUNCTION`], [`STOPPED_FUNCTION`], [`OTHER_FUNCTION`]).
-    pub function: String,
-    /// `co_filename` (empty for the two special keys).
-    pub file: String,
-    /// `file` made stable with the app root of the process that stalled (see
-    /// [`crate::identity::stable_file`]); empty for the special keys.
-    pub stable_file: String,
-}
-
-impl FunctionKey {
-    /// The key a stall of a process whose app root is `app_root` is aggregated under
-    /// (before any bound). The report, its stacks and the metrics all take their
-    /// stable file names from here or from the same `files`, with the same root, so a
-    /// function has one key everywhere.
-    pub fn of_stall(stall: &Stall, app_root: &str, files: &mut StableFiles) -> Self {
-        match &stall.culprit {
-            Some(f) => FunctionKey {
-                function: f.function.clone(),
-                file: f.file.clone(),
-                stable_file: files.get(&f.file, app_root),
-            },
-            None if stall.cause == Cause::Stopped => Self::special(STOPPED_FUNCTION),
-            None => Self::special(UNKNOWN_FUNCTION),
-        }
-    }
-
-    /// Whether this is the key of no function: [`UNKNOWN_FUNCTION`] or
-    /// [`STOPPED_FUNCTION`] (which never count against `max_functions`).
-    fn is_nobody(&self) -> bool {
-        self.file.is_empty()
-            && (self.function == UNKNOWN_FUNCTION || self.function == STOPPED_FUNCTION)
-    }
-
-    /// The key of [`UNKNOWN_FUNCTION`], [`STOPPED_FUNCTION`] or [`OTHER_FUNCTION`].
-    pub fn special(name: &str) -> Self {
-        FunctionKey {
-            function: name.to_owned(),
-            file: String::new(),
-            stable_file: String::new(),
-        }
-    }
-}
-
-/// What is known about one culprit function.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FunctionStats {
-    /// Stall durations.
-    pub histogram: Log2Histogram,
-    /// Stall time by cause, on CPU and off (sum of `Stall::causes`).
-    pub causes: BTreeMap<Cause, u64>,
-}
-
-impl FunctionStats {
-    /// Adds one stall.
-    pub fn record(&mut self, stall: &Stall) {
-        self.histogram.record(stall.duration_ns);
-        add_causes(&mut self.causes, &stall.causes);
-    }
-
-    /// Adds every stall of `other`. Exact, associative and commutative.
-    #[allow(dead_code)] // For merging reports of several hosts.
-    pub fn merge(&mut self, other: &FunctionStats) {
-        self.histogram.merge(&other.histogram);
-        add_causes(&mut self.causes, &other.causes);
-    }
-}
-
-fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
-    for (&cause, &ns) in from {
-        let slot = into.entry(cause).or_insert(0);
-        *slot = slot.saturating_add(ns);
-    }
-}
-
-/// A traced Python process, as registered by the caller.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    /// Process id (host pid namespace).
-    pub pid: u32,
-    /// Its pid in its own pid namespace (a container), when that is not the host's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ns_pid: Option<u32>,
-    /// Command name.
-    pub comm: String,
-    /// Interpreter version, e.g. `"3.11.7"`.
-    pub python_version: String,
-    /// Thread ids of the threads running an asyncio event loop, ascending.
-    pub loop_threads: Vec<u32>,
-    /// Command line (argv); only argv[0] with `--redact-cmdline`.
-    #[serde(default)]
-    pub cmdline: Vec<String>,
-    /// Service label: `--service`, else derived from the command line
-    /// (see [`crate::identity`]).
-    #[serde(default)]
-    pub service: String,
-    /// The process's cgroup path (cgroup v2, else the first v1 hierarchy's).
-    #[serde(default)]
-    pub cgroup: String,
-    /// Container id found in the cgroup path (empty when not in a container).
-    #[serde(default)]
-    pub container_id: String,
-    /// Directory first-party files are made relative to (empty: none).
-    #[serde(default)]
-    pub app_root: String,
-    /// Host the process ran on.
-    #[serde(default)]
-    pub host: String,
-    /// Whether a thread of it polled (epoll family) while traced; `None` in reports
-    /// of versions that did not say.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub polled: Option<bool>,
-}
+pub use function::{FunctionKey, FunctionStats};
 
 /// Memory bounds of an [`Aggregator`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,16 +283,10 @@ impl Aggregator {
     /// Builds the report: functions by total stall time (descending; ties by count,
     /// then name and file), kept stalls in chronological order.
     pub fn report(&self, run: RunInfo) -> Report {
-        let mut functions: Vec<FunctionReport> = self
-            .functions
-            .iter()
-            .map(|(k, s)| FunctionReport::new(k, s))
-            .collect();
+        let mut functions: Vec<FunctionReport> =
+            self.functions.iter().map(|(k, s)| s.report(k)).collect();
         if !self.other.histogram.is_empty() {
-            functions.push(FunctionReport::new(
-                &FunctionKey::special(OTHER_FUNCTION),
-                &self.other,
-            ));
+            functions.push(self.other.report(&FunctionKey::special(OTHER_FUNCTION)));
         }
         crate::report::sort_functions(&mut functions);
 
@@ -472,12 +346,10 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
     }
 }
 
-pub mod tables;
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{CulpritFrom, Frame};
+    use crate::model::{Cause, CulpritFrom, Frame};
     use blockprobe_common::counters::Counter;
 
     pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {

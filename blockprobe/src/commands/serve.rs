@@ -39,8 +39,9 @@ pub async fn run(options: TraceOptions, serve: ServeOptions) -> anyhow::Result<i
         max_services: serve.max_services,
     })));
     let for_sink = metrics.clone();
+    let identity = options.identity();
     let mut prepared = tracing::prepare_with(&options, Scope::Host, move |inner| {
-        Box::new(MetricsSink::new(for_sink, inner))
+        Box::new(MetricsSink::new(for_sink, inner, identity))
     })?;
     prepared.session.attach_existing()?;
     let server = tokio::spawn(http::serve(listener, metrics));

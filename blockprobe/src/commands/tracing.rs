@@ -9,7 +9,7 @@ use blockprobe_common::config::Scope;
 use crate::{
     aggregate::{Aggregator, Limits, RunInfo},
     cli::TraceOptions,
-    preflight,
+    host, preflight,
     probes::{Probes, Settings},
     render::live::{LiveFormat, StallSink},
     render::{live, summary},
@@ -36,10 +36,6 @@ pub fn prepare_with(
     scope: Scope,
     wrap: impl FnOnce(Box<dyn StallSink + Send>) -> Box<dyn StallSink + Send>,
 ) -> anyhow::Result<Prepared> {
-    crate::identity::configure(crate::identity::IdentityOptions {
-        service: options.service.clone(),
-        redact_cmdline: options.redact_cmdline,
-    });
     let tracefs = preflight::check()?;
     let threshold_ns =
         u64::try_from(options.threshold.as_nanos()).context("threshold too large")?;
@@ -62,7 +58,12 @@ pub fn prepare_with(
     let mut sink = wrap(sink);
     sink.status(&live::Status::Ready)?;
     Ok(Prepared {
-        session: Session::new(probes, sink, Aggregator::new(Limits::default())),
+        session: Session::new(
+            probes,
+            sink,
+            Aggregator::new(Limits::default()),
+            options.identity(),
+        ),
         ring,
         started: SystemTime::now(),
     })
@@ -73,7 +74,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
     let (aggregator, _sink, _clock) = session.into_parts();
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let mut report = aggregator.report(RunInfo {
-        host: crate::identity::host_name(),
+        host: host::host_name(),
         started_unix_ns: nanos(
             started
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -82,7 +83,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         duration_ns: nanos(started.elapsed().unwrap_or_default()),
         threshold_ns: nanos(options.threshold),
     });
-    report.kernel_release = crate::identity::kernel_release();
+    report.kernel_release = host::kernel_release();
     if let Some(path) = &options.output {
         report.write_atomic(path)?;
     }

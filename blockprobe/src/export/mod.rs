@@ -10,10 +10,10 @@ pub mod folded;
 pub mod pprof;
 pub mod svg;
 
-use crate::aggregate::UNKNOWN_FUNCTION;
-use crate::aggregate::tables::{StackFrame, StackReport, leaf_of};
 use crate::identity::stable_file;
 use crate::report::Report;
+use crate::report::UNKNOWN_FUNCTION;
+use crate::report::{StackFrame, StackReport, leaf_of};
 
 /// The stacks to export and whether they cover every stall (`false`: only the kept
 /// stalls of an older report).

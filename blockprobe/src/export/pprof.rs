@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 
 use super::weighted_stacks;
-use crate::aggregate::tables::StackFrame;
 use crate::report::Report;
+use crate::report::StackFrame;
 
 /// The messages of `profile.proto` that blockprobe writes (field numbers as there).
 pub mod proto {
@@ -233,7 +233,7 @@ pub fn profile(report: &Report) -> proto::Profile {
         }
         if s.frames.is_empty() {
             let unknown = StackFrame {
-                function: crate::aggregate::UNKNOWN_FUNCTION.to_owned(),
+                function: crate::report::UNKNOWN_FUNCTION.to_owned(),
                 file: String::new(),
             };
             location_id.push(location_of(&unknown, &mut strings));

@@ -626,7 +626,8 @@ fn cause_shift_text(c: &Change) -> String {
 mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
-    use crate::aggregate::{Aggregator, ProcessInfo, RunInfo};
+    use crate::aggregate::{Aggregator, RunInfo};
+    use crate::report::ProcessInfo;
 
     /// A report with `n` stalls of `ms` for each (function, ms, n).
     fn report(duration_s: u64, entries: &[(&str, u64, u64)]) -> Report {

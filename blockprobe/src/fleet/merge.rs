@@ -18,56 +18,14 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::aggregate::{Limits, ProcessInfo};
+use crate::aggregate::Limits;
 use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, ProcessWarning, Report, SCHEMA, sort_functions};
-
-use crate::aggregate::tables::{ServiceReport, StackKey, StackReport, sort_services, sort_stacks};
-
-/// One run a merged report was made of.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Source {
-    /// Wall-clock start, ns since the Unix epoch.
-    pub started_unix_ns: u64,
-    /// Wall-clock end.
-    pub ended_unix_ns: u64,
-    /// Host name.
-    pub host: String,
-    /// Version of the blockprobe that traced it.
-    pub blockprobe_version: String,
-    /// Kernel release of the host.
-    pub kernel_release: String,
-    /// Stalls in the run.
-    pub stalls: u64,
-}
-
-impl Source {
-    /// The sources of `report`: its own `sources` if it is a merge, else itself.
-    pub fn of(report: &Report) -> Vec<Source> {
-        if !report.sources.is_empty() {
-            return report.sources.clone();
-        }
-        vec![Source {
-            started_unix_ns: report.started_unix_ns,
-            ended_unix_ns: end_of(report),
-            host: report.host.clone(),
-            blockprobe_version: report.blockprobe_version.clone(),
-            kernel_release: report.kernel_release.clone(),
-            stalls: report.stall_count(),
-        }]
-    }
-}
-
-/// The end of a run (computed for reports written before `ended_unix_ns` existed).
-pub fn end_of(report: &Report) -> u64 {
-    if report.ended_unix_ns != 0 {
-        report.ended_unix_ns
-    } else {
-        report.started_unix_ns.saturating_add(report.duration_ns)
-    }
-}
+use crate::report::{
+    FunctionReport, ProcessInfo, ProcessWarning, Report, SCHEMA, ServiceReport, Source, StackKey,
+    StackReport, sort_functions, sort_services, sort_stacks,
+};
 
 /// Bounds of a merged report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

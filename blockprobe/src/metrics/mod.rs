@@ -48,10 +48,11 @@ pub mod sink;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use crate::aggregate::{FunctionKey, OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
+use crate::aggregate::FunctionKey;
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_index, bucket_le_ns};
 use crate::identity::StableFiles;
 use crate::model::{Cause, Stall};
+use crate::report::{OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
 
 /// Functions per service whose pooled stall time is tracked for promotion.
 pub const POOLED_CANDIDATES: usize = 256;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Metrics;
-use crate::identity;
+use crate::host::{self, IdentityOptions};
 use crate::model::Stall;
 use crate::render::live::{StallSink, Status};
 
@@ -12,12 +12,23 @@ use crate::render::live::{StallSink, Status};
 pub struct MetricsSink {
     metrics: Arc<Mutex<Metrics>>,
     inner: Box<dyn StallSink + Send>,
+    /// How processes are labelled, as in the report.
+    identity: IdentityOptions,
 }
 
 impl MetricsSink {
-    /// A sink updating `metrics` and forwarding to `inner`.
-    pub fn new(metrics: Arc<Mutex<Metrics>>, inner: Box<dyn StallSink + Send>) -> Self {
-        MetricsSink { metrics, inner }
+    /// A sink updating `metrics` and forwarding to `inner`, labelling processes as
+    /// `identity` says.
+    pub fn new(
+        metrics: Arc<Mutex<Metrics>>,
+        inner: Box<dyn StallSink + Send>,
+        identity: IdentityOptions,
+    ) -> Self {
+        MetricsSink {
+            metrics,
+            inner,
+            identity,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Metrics> {
@@ -45,7 +56,8 @@ impl StallSink for MetricsSink {
                 ..
             } => {
                 // The process is alive now: read its identity as the report does.
-                let info = identity::process_info(*pid, comm.clone(), python_version.clone());
+                let info =
+                    host::process_info(&self.identity, *pid, comm.clone(), python_version.clone());
                 self.lock().attach(&info);
             }
             Status::Loop { pid, tid } => self.lock().loop_thread(*pid, *tid),
@@ -74,7 +86,11 @@ mod tests {
             max_functions: 10,
             max_services: 10,
         })));
-        let mut sink = MetricsSink::new(metrics.clone(), Box::new(JsonlSink::new(Vec::new())));
+        let mut sink = MetricsSink::new(
+            metrics.clone(),
+            Box::new(JsonlSink::new(Vec::new())),
+            IdentityOptions::default(),
+        );
         let me = std::process::id();
         sink.status(&Status::Attached {
             pid: me,

@@ -140,7 +140,7 @@ pub fn host_findings() -> Vec<Finding> {
     });
     let (tracefs, syscalls) = tracefs();
     vec![
-        kernel_release(&crate::identity::kernel_release(), std::env::consts::ARCH),
+        kernel_release(&crate::host::kernel_release(), std::env::consts::ARCH),
         btf(Path::new(crate::kernel::VMLINUX_BTF)),
         raw_tracepoints(),
         syscalls,

@@ -18,9 +18,9 @@ use crate::model::{CulpritFrom, Stall};
 /// was stopped from outside (no code to blame), else `<unknown>`.
 pub fn no_culprit(stall: &crate::model::Stall) -> &'static str {
     if stall.cause == crate::model::Cause::Stopped {
-        crate::aggregate::STOPPED_FUNCTION
+        crate::report::STOPPED_FUNCTION
     } else {
-        crate::aggregate::UNKNOWN_FUNCTION
+        crate::report::UNKNOWN_FUNCTION
     }
 }
 

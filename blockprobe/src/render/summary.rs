@@ -511,7 +511,7 @@ mod tests {
     fn every_line_fits_even_with_huge_names() {
         let mut a = Aggregator::default();
         let long = "x".repeat(120);
-        a.register_process(crate::aggregate::ProcessInfo {
+        a.register_process(crate::report::ProcessInfo {
             pid: 4_194_304,
             comm: "\u{1b}".repeat(15),
             python_version: "3.11.7".into(),

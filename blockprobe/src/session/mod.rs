@@ -17,11 +17,11 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     aggregate::Aggregator,
-    aggregate::ProcessInfo,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
     events::{self, Event},
+    host::{self, IdentityOptions},
     losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
     model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
     namespaces,
@@ -30,6 +30,7 @@ use crate::{
     proc_stat,
     python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
     render::live::{DetachReason, StallSink, Status},
+    report::ProcessInfo,
     thread_now,
 };
 
@@ -99,6 +100,8 @@ pub enum StopReason {
 /// A running session.
 pub struct Session {
     probes: Probes,
+    /// How traced processes are labelled.
+    identity: IdentityOptions,
     processes: HashMap<u32, Traced>,
     /// Python processes not ready to trace yet: since when, and why.
     starting: HashMap<u32, Starting>,
@@ -151,10 +154,17 @@ struct Verdict {
 }
 
 impl Session {
-    /// A session over attached probes, reporting to `sink` and aggregating into `aggregator`.
-    pub fn new(probes: Probes, sink: Box<dyn StallSink + Send>, aggregator: Aggregator) -> Self {
+    /// A session over attached probes, reporting to `sink` and aggregating into
+    /// `aggregator`, labelling the processes it traces as `identity` says.
+    pub fn new(
+        probes: Probes,
+        sink: Box<dyn StallSink + Send>,
+        aggregator: Aggregator,
+        identity: IdentityOptions,
+    ) -> Self {
         Session {
             probes,
+            identity,
             processes: HashMap::new(),
             starting: HashMap::new(),
             given_up: HashSet::new(),
@@ -229,7 +239,7 @@ impl Session {
         let ns_pid = namespaces::ns_pid(pid);
         self.aggregator.register_process(ProcessInfo {
             ns_pid,
-            ..crate::identity::process_info(pid, comm.clone(), version.clone())
+            ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
         });
         self.processes.insert(
             pid,
