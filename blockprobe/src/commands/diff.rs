@@ -7,7 +7,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use crate::fleet::diff::{DiffOptions, check_comparable, diff, render_text};
+use crate::fleet::diff::{DiffOptions, diff};
+use crate::render::{diff::render_text, ms};
 use crate::report::Report;
 
 /// Output format of `blockprobe diff`.
@@ -62,4 +63,60 @@ pub fn run(
     // A closed stdout is not an error; the exit status still tells the verdict.
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     if d.regressed { EXIT_REGRESSION } else { 0 }
+}
+
+/// Whether the reports may be compared with `options`: a regression gate over reports
+/// taken with different thresholds (whose stall counts differ by construction) is
+/// refused unless `allow_threshold_mismatch` is set.
+pub fn check_comparable(
+    before: &Report,
+    after: &Report,
+    options: &DiffOptions,
+) -> Result<(), String> {
+    if options.fail_on_regression.is_some()
+        && before.threshold_ns != after.threshold_ns
+        && !options.allow_threshold_mismatch
+    {
+        return Err(format!(
+            "the reports were taken with different thresholds ({} ms before, {} ms after), \
+             so their stalls are not comparable; refusing to gate on them \
+             (--allow-threshold-mismatch to gate anyway)",
+            ms(before.threshold_ns),
+            ms(after.threshold_ns)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample_report;
+
+    fn gate(pct: f64) -> DiffOptions {
+        DiffOptions {
+            fail_on_regression: Some(pct),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gating_reports_of_other_thresholds_needs_a_flag() {
+        let before = sample_report();
+        let mut after = before.clone();
+        after.threshold_ns = 5_000_000;
+        let e = check_comparable(&before, &after, &gate(10.0)).unwrap_err();
+        assert!(
+            e.contains("different thresholds (10.0 ms before, 5.0 ms after)"),
+            "{e}"
+        );
+        assert!(e.contains("--allow-threshold-mismatch"), "{e}");
+        assert!(check_comparable(&before, &after, &DiffOptions::default()).is_ok());
+        let allowed = DiffOptions {
+            allow_threshold_mismatch: true,
+            ..gate(10.0)
+        };
+        assert!(check_comparable(&before, &after, &allowed).is_ok());
+        assert!(check_comparable(&before, &before, &gate(10.0)).is_ok());
+    }
 }

@@ -12,13 +12,11 @@
 //! with fewer than `min_count` stalls on both sides are left out (noise).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::histogram::Log2Histogram;
 use crate::model::Cause;
-use crate::render::{escape, human_duration, ms};
 use crate::report::Report;
 
 /// The JSON schema of `blockprobe diff --format json`.
@@ -186,29 +184,6 @@ pub struct Diff {
     pub below_min_count: u64,
     /// Whether any entry crossed the gate: `blockprobe diff` then exits 1.
     pub regressed: bool,
-}
-
-/// Whether the reports may be compared with `options`: a regression gate over reports
-/// taken with different thresholds (whose stall counts differ by construction) is
-/// refused unless `allow_threshold_mismatch` is set.
-pub fn check_comparable(
-    before: &Report,
-    after: &Report,
-    options: &DiffOptions,
-) -> Result<(), String> {
-    if options.fail_on_regression.is_some()
-        && before.threshold_ns != after.threshold_ns
-        && !options.allow_threshold_mismatch
-    {
-        return Err(format!(
-            "the reports were taken with different thresholds ({} ms before, {} ms after), \
-             so their stalls are not comparable; refusing to gate on them \
-             (--allow-threshold-mismatch to gate anyway)",
-            ms(before.threshold_ns),
-            ms(after.threshold_ns)
-        ));
-    }
-    Ok(())
 }
 
 /// Compares `before` with `after` (named for the output, e.g. by their files).
@@ -433,200 +408,12 @@ fn cause_shares(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> BTreeMap<String
     out
 }
 
-/// The comparison as text; `top` bounds the entries listed per section.
-pub fn render_text(d: &Diff, top: usize) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "blockprobe diff: {} -> {}",
-        escape(&d.before.file),
-        escape(&d.after.file)
-    );
-    for (label, side) in [("before", &d.before), ("after ", &d.after)] {
-        let host = if side.host.is_empty() {
-            String::new()
-        } else {
-            format!(" on {}", escape(&side.host))
-        };
-        let _ = writeln!(
-            s,
-            "  {label}: {} stall{}, {} ms stalled in {}{host}",
-            side.stalls,
-            if side.stalls == 1 { "" } else { "s" },
-            ms(side.total_ns),
-            human_duration(side.duration_ns),
-        );
-    }
-    if d.before.threshold_ns != d.after.threshold_ns {
-        let _ = writeln!(
-            s,
-            "  warning: thresholds differ ({} ms before, {} ms after): counts are not comparable",
-            ms(d.before.threshold_ns),
-            ms(d.after.threshold_ns)
-        );
-    }
-    let (bd, ad) = (d.before.duration_ns as f64, d.after.duration_ns as f64);
-    if !d.normalized && bd > 0.0 && ad > 0.0 && (bd / ad > 1.25 || ad / bd > 1.25) {
-        let _ = writeln!(
-            s,
-            "  note: the runs differ in length; for time windows (not a fixed workload) \
-             --per-second compares stall time per second traced"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "  compared: {}; total {}",
-        if d.normalized {
-            "stall time per second traced"
-        } else {
-            "total stall time"
-        },
-        change_text(&d.total)
-    );
-
-    for (title, list) in [("Functions", &d.functions), ("Services", &d.services)] {
-        let _ = writeln!(s, "\n{title} by impact:");
-        if list.is_empty() {
-            let _ = writeln!(s, "  (none)");
-        }
-        for c in list.iter().take(top) {
-            entry_text(&mut s, c, d.normalized);
-        }
-        if list.len() > top {
-            let _ = writeln!(s, "  ... and {} more (see --format json)", list.len() - top);
-        }
-    }
-    if d.below_min_count > 0 {
-        let _ = writeln!(
-            s,
-            "\n{} entr{} with fewer than {} stalls on both sides not shown",
-            d.below_min_count,
-            if d.below_min_count == 1 { "y" } else { "ies" },
-            d.min_count
-        );
-    }
-    if let Some(gate) = d.fail_on_regression_pct {
-        let crossed: Vec<&Change> = d
-            .functions
-            .iter()
-            .chain(&d.services)
-            .filter(|c| c.regression)
-            .collect();
-        if crossed.is_empty() {
-            let _ = writeln!(s, "\nRegression gate (+{gate}%): passed");
-        } else {
-            let _ = writeln!(
-                s,
-                "\nRegression gate (+{gate}%): FAILED, {} regression{}:",
-                crossed.len(),
-                if crossed.len() == 1 { "" } else { "s" }
-            );
-            for c in crossed {
-                let _ = writeln!(
-                    s,
-                    "  {} {}: {}",
-                    match c.kind {
-                        Kind::Function => "function",
-                        Kind::Service => "service",
-                        Kind::Total => "total",
-                    },
-                    name_text(c),
-                    change_text(c)
-                );
-            }
-        }
-    }
-    s
-}
-
-fn name_text(c: &Change) -> String {
-    if c.file.is_empty() {
-        escape(&c.name).into_owned()
-    } else {
-        format!("{} ({})", escape(&c.name), escape(&c.file))
-    }
-}
-
-fn change_text(c: &Change) -> String {
-    match (c.status, c.change_pct) {
-        (Status::New, _) => "new".into(),
-        (Status::Vanished, _) => "vanished".into(),
-        (Status::Changed, Some(p)) => format!("stall time {p:+.0}%"),
-        (Status::Changed, None) => "stall time up from zero".into(),
-    }
-}
-
-fn entry_text(s: &mut String, c: &Change, normalized: bool) {
-    let tag = match (c.status, c.change_pct) {
-        (Status::New, _) => "NEW".to_owned(),
-        (Status::Vanished, _) => "GONE".to_owned(),
-        (Status::Changed, Some(p)) => format!("{p:+.0}%"),
-        (Status::Changed, None) => "UP".to_owned(),
-    };
-    let flag = if c.regression { "  REGRESSION" } else { "" };
-    let _ = writeln!(s, "  {tag:>7}  {}{flag}", name_text(c));
-    let num = |st: &Option<Stats>, f: &dyn Fn(&Stats) -> String| {
-        st.as_ref().map_or_else(|| "-".to_owned(), f)
-    };
-    let (b, a) = (&c.before, &c.after);
-    let rate = if normalized {
-        format!(
-            "   ({} -> {} ms per s traced)",
-            num(b, &|x| ms(x.ns_per_s.unwrap_or(0.0) as u64)),
-            num(a, &|x| ms(x.ns_per_s.unwrap_or(0.0) as u64))
-        )
-    } else {
-        String::new()
-    };
-    let _ = writeln!(
-        s,
-        "           stall time {} -> {} ms{rate}",
-        num(b, &|x| ms(x.total_ns)),
-        num(a, &|x| ms(x.total_ns))
-    );
-    let q = |x: Option<u64>| x.map_or_else(|| "-".to_owned(), |v| format!("~{}", ms(v)));
-    let _ = writeln!(
-        s,
-        "           stalls {} -> {}, p50 {} -> {} ms, p99 {} -> {} ms",
-        num(b, &|x| x.count.to_string()),
-        num(a, &|x| x.count.to_string()),
-        num(b, &|x| q(x.p50_ns)),
-        num(a, &|x| q(x.p50_ns)),
-        num(b, &|x| q(x.p99_ns)),
-        num(a, &|x| q(x.p99_ns)),
-    );
-    let _ = writeln!(
-        s,
-        "           causes {} -> {}{}",
-        num(b, &|x| x.cause_mix.clone()),
-        num(a, &|x| x.cause_mix.clone()),
-        cause_shift_text(c)
-    );
-}
-
-/// The cause-mix change of an entry in both reports, largest first:
-/// ` (cpu +60, sleep -60 pts)`; empty when no share moved by a point or more.
-fn cause_shift_text(c: &Change) -> String {
-    if c.status != Status::Changed {
-        return String::new();
-    }
-    let mut moved: Vec<(&String, f64)> = (c.delta.cause_share_pts.iter())
-        .map(|(cause, &pts)| (cause, pts.round()))
-        .filter(|(_, pts)| *pts != 0.0)
-        .collect();
-    if moved.is_empty() {
-        return String::new();
-    }
-    moved.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then_with(|| x.0.cmp(y.0)));
-    let parts: Vec<String> = moved.iter().map(|(c, p)| format!("{c} {p:+}")).collect();
-    format!(" ({} pts)", parts.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
+    use crate::render::diff::render_text;
     use crate::report::ProcessInfo;
 
     /// A report with `n` stalls of `ms` for each (function, ms, n).
@@ -821,26 +608,6 @@ mod tests {
         assert_eq!(f["delta"]["total_ns"], 80_000_000);
         assert_eq!(f["delta"]["cause_share_pts"]["cpu"], 60.0);
         assert!(f["delta"]["p99_ns"].is_i64());
-    }
-
-    #[test]
-    fn gating_reports_of_other_thresholds_needs_a_flag() {
-        let before = report(60, &[("f", 20, 4)]);
-        let mut after = before.clone();
-        after.threshold_ns = 5_000_000;
-        let e = check_comparable(&before, &after, &gate(10.0)).unwrap_err();
-        assert!(
-            e.contains("different thresholds (10.0 ms before, 5.0 ms after)"),
-            "{e}"
-        );
-        assert!(e.contains("--allow-threshold-mismatch"), "{e}");
-        assert!(check_comparable(&before, &after, &DiffOptions::default()).is_ok());
-        let allowed = DiffOptions {
-            allow_threshold_mismatch: true,
-            ..gate(10.0)
-        };
-        assert!(check_comparable(&before, &after, &allowed).is_ok());
-        assert!(check_comparable(&before, &before, &gate(10.0)).is_ok());
     }
 
     #[test]

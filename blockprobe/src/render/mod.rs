@@ -1,11 +1,13 @@
-//! Human- and machine-readable output: the live stall stream ([`live`]) and the
-//! end-of-run summary ([`summary`]), plus the text helpers they share.
+//! Human- and machine-readable output: the live stall stream ([`live`]), the
+//! end-of-run summary ([`summary`]) and the text of a comparison ([`diff`]), plus the
+//! text helpers they share.
 //!
 //! Text output never prints a name as is: process, function and file names come from
 //! the traced programs and may hold control characters or terminal escape sequences,
 //! so [`escape`] makes them inert. JSON output keeps names exact (JSON escaping is
 //! enough there).
 
+pub mod diff;
 pub mod live;
 pub mod summary;
 
