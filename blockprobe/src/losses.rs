@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use blockprobe_common::counters::Counter;
 
 use crate::aggregate::Aggregator;
-use crate::render::live::{StallSink, Status};
+use crate::session::sink::{StallSink, Status};
 
 /// Loss name of events dropped in userspace because they could not be decoded.
 pub const UNDECODABLE_EVENT: &str = "undecodable_event";

@@ -11,9 +11,12 @@ use crate::{
     cli::TraceOptions,
     host, preflight,
     probes::{Probes, Settings},
-    render::live::{LiveFormat, StallSink},
+    render::live::LiveFormat,
     render::{live, summary},
-    session::Session,
+    session::{
+        Session,
+        sink::{StallSink, Status},
+    },
 };
 
 /// A session ready to run, with what is needed to finish it.
@@ -56,7 +59,7 @@ pub fn prepare_with(
         live::sink_for(options.format)
     };
     let mut sink = wrap(sink);
-    sink.status(&live::Status::Ready)?;
+    sink.status(&Status::Ready)?;
     Ok(Prepared {
         session: Session::new(
             probes,

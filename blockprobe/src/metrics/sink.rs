@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::Metrics;
 use crate::host::{self, IdentityOptions};
 use crate::model::Stall;
-use crate::render::live::{StallSink, Status};
+use crate::session::sink::{StallSink, Status};
 
 /// Updates the metrics, then forwards to `inner`.
 pub struct MetricsSink {
@@ -116,7 +116,7 @@ mod tests {
         assert!(text.contains("blockprobe_event_loops{service=\""), "{text}");
         sink.status(&Status::Detached {
             pid: me,
-            reason: crate::render::live::DetachReason::Exit,
+            reason: crate::session::sink::DetachReason::Exit,
         })
         .unwrap();
         let text = lock(&metrics).render(&SelfStats::default());

@@ -29,12 +29,13 @@ use crate::{
     probes::Probes,
     proc_stat,
     python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
-    render::live::{DetachReason, StallSink, Status},
     report::ProcessInfo,
+    session::sink::{DetachReason, StallSink, Status},
     thread_now,
 };
 
 mod at_attach;
+pub mod sink;
 mod stuck;
 mod unwatched;
 

@@ -14,7 +14,7 @@ use crate::{
     attribution::{BlockedCall, StallWindow, culprit},
     model::{Cause, Frame},
     python::memory::ProcessMemory,
-    render::live::Status,
+    session::sink::Status,
     syscalls, thread_now,
 };
 

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::Session;
-use crate::{classify, model::Frame, render::live::Status, report::warning::POLLS_WITHOUT_LOOP};
+use crate::{classify, model::Frame, report::warning::POLLS_WITHOUT_LOOP, session::sink::Status};
 
 /// How long a process that polls natively has to show a loop before the warning.
 const LOOP_GRACE_NS: u64 = 1_000_000_000;
