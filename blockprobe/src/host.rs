@@ -137,10 +137,7 @@ pub fn local_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn argv(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
-    }
+    use crate::identity::tests::argv;
 
     #[test]
     fn redaction_keeps_only_the_program() {

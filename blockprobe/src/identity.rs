@@ -371,10 +371,11 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn argv(s: &str) -> Vec<String> {
+    /// The words of `s` as an argv.
+    pub(crate) fn argv(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()
     }
 

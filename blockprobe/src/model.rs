@@ -1,5 +1,7 @@
 //! What blockprobe reports, independent of how it was measured or rendered.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The name of a frame that could not be read (a frame pointer or a code object).
@@ -39,6 +41,15 @@ pub enum Cause {
     /// Stopped from outside (SIGSTOP, a ptrace stop, the cgroup freezer): never blamed
     /// on code.
     Stopped,
+}
+
+/// Adds the stall time by cause of `from` to `into` (saturating): exact, associative
+/// and commutative.
+pub fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
+    for (&cause, &ns) in from {
+        let slot = into.entry(cause).or_insert(0);
+        *slot = slot.saturating_add(ns);
+    }
 }
 
 impl Cause {

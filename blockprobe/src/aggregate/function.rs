@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::histogram::Log2Histogram;
 use crate::identity::StableFiles;
-use crate::model::{Cause, Stall};
+use crate::model::{Cause, Stall, add_causes};
 use crate::report::{FunctionReport, STOPPED_FUNCTION, UNKNOWN_FUNCTION};
 
 /// Identifies a culprit function: its qualified name, its file, and the file's stable
@@ -80,12 +80,5 @@ impl FunctionStats {
     pub fn record(&mut self, stall: &Stall) {
         self.histogram.record(stall.duration_ns);
         add_causes(&mut self.causes, &stall.causes);
-    }
-}
-
-fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
-    for (&cause, &ns) in from {
-        let slot = into.entry(cause).or_insert(0);
-        *slot = slot.saturating_add(ns);
     }
 }

@@ -91,14 +91,8 @@ pub fn check_comparable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::diff::tests::gate;
     use crate::report::tests::sample_report;
-
-    fn gate(pct: f64) -> DiffOptions {
-        DiffOptions {
-            fail_on_regression: Some(pct),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn gating_reports_of_other_thresholds_needs_a_flag() {

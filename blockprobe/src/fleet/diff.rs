@@ -409,7 +409,7 @@ fn cause_shares(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> BTreeMap<String
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
@@ -442,7 +442,8 @@ mod tests {
         })
     }
 
-    fn gate(pct: f64) -> DiffOptions {
+    /// Options gating at `pct` percent.
+    pub(crate) fn gate(pct: f64) -> DiffOptions {
         DiffOptions {
             fail_on_regression: Some(pct),
             ..DiffOptions::default()

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::aggregate::Limits;
-use crate::model::{Cause, Stall};
+use crate::model::{Stall, add_causes};
 use crate::report::{
     FunctionReport, ProcessInfo, ProcessWarning, Report, SCHEMA, ServiceReport, Source, StackKey,
     StackReport, sort_functions, sort_services, sort_stacks,
@@ -205,13 +205,6 @@ fn threshold_text(ns: u64) -> String {
     humantime::format_duration(std::time::Duration::from_nanos(ns)).to_string()
 }
 
-fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) {
-    for (&cause, &ns) in from {
-        let slot = into.entry(cause).or_insert(0);
-        *slot = slot.saturating_add(ns);
-    }
-}
-
 /// The distinct values, sorted: one is shown as is, a few joined with `, `, many as the
 /// first few and how many more.
 fn summarize<'a>(values: impl Iterator<Item = &'a String>, what: &str) -> String {
@@ -261,6 +254,7 @@ mod tests {
     use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
     use crate::histogram::Log2Histogram;
+    use crate::model::Cause;
     use crate::model::Frame;
     use proptest::prelude::*;
 
