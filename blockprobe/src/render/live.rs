@@ -13,6 +13,9 @@
 //! The sinks of [`sink_for`] and [`quiet_sink`] write through [`UntilClosed`]: a reader
 //! that goes away (`| head -1`) silences that stream and nothing else. Other write
 //! errors are returned.
+//!
+//! Its length: about 400 lines of code; the rest are the tests of every sink's exact
+//! output, text and JSON, which belong beside it.
 
 use std::collections::HashMap;
 use std::io::{self, Write};

@@ -31,6 +31,9 @@
 //! with `…`. Cause shares are of the function's total stall time (see [`cause_mix`]):
 //! `cpu` is running code, `runqueue` waiting for a CPU, the others time off CPU by
 //! reason.
+//!
+//! Its length: about 450 lines of code; the rest are the tests of the summary's exact
+//! text, which belong beside it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,5 +1,9 @@
 //! A tracing session: attaches to Python processes, turns kernel events into stalls,
 //! and feeds them to the live output and the aggregate report.
+//!
+//! Its length: every handler of the event pump reads and writes the one [`Session`]
+//! state, so they stand together; attaching to a process (from `attach` to
+//! `attach_quietly`) is the part that could stand in a module of its own.
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
