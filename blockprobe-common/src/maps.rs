@@ -13,8 +13,8 @@ pub const THREAD_CLASS: &str = "THREAD_CLASS";
 /// `Array<u64>` indexed by `tid / 8`: byte `tid % 8` of a word is 1 while thread `tid` is
 /// a loop thread, or a polling thread of a traced process not yet classified. Every hot
 /// hook (each syscall, each context switch) skips all other threads with one array load
-/// instead of a hash lookup. Bytes, not bits: BPF programs
-/// on different CPUs set and clear them with plain stores, without losing a neighbour's.
+/// instead of a hash lookup. Bytes, not bits: BPF programs on different CPUs set and
+/// clear them with plain stores, without losing a neighbour's.
 pub const LOOP_THREADS: &str = "LOOP_THREADS";
 /// `HashMap<u32 tid, LoopTiming>`: per loop thread timestamps, written only by BPF.
 pub const LOOP_TIMING: &str = "LOOP_TIMING";

@@ -122,7 +122,7 @@ pub fn kernel_release() -> String {
 }
 
 /// This machine's host name (empty if it cannot be read).
-pub fn local_hostname() -> String {
+fn local_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname NUL-terminates
     // unless truncated, and we stop at the first NUL or the end either way.

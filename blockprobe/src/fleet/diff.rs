@@ -1,5 +1,6 @@
 //! `blockprobe diff BEFORE AFTER`: what changed between two reports (a deploy, a fix),
-//! per function and per service, sorted by impact, with an optional regression gate.
+//! per function and per service, sorted by impact, with an optional regression gate
+//! (written as text by [`crate::render::diff`]).
 //!
 //! Functions are matched by function and stable file (so reports of other hosts or
 //! paths compare), services by label. For each: stall count, total stall time, p50 and
@@ -7,9 +8,10 @@
 //! Stall time is compared as totals by default: right for a fixed workload (a CI run of
 //! the same scenario, whose run gets longer when it blocks more) and the same thing for
 //! equal time windows. `normalize` compares stall time per second traced instead, for
-//! windows of different lengths (e.g. one hour of `serve` against two). An entry whose stall time grew by more than the gate's percentage, or that
-//! is new (absent before), is a regression; vanished entries are improvements. Entries
-//! with fewer than `min_count` stalls on both sides are left out (noise).
+//! windows of different lengths (e.g. one hour of `serve` against two). An entry whose
+//! stall time grew by more than the gate's percentage, or that is new (absent before),
+//! is a regression; vanished entries are improvements. Entries with fewer than
+//! `min_count` stalls on both sides are left out (noise).
 
 use std::collections::{BTreeMap, BTreeSet};
 
