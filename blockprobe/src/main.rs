@@ -15,7 +15,6 @@ mod histogram;
 mod host;
 mod identity;
 mod kernel;
-mod losses;
 mod metrics;
 mod model;
 mod namespaces;

@@ -243,7 +243,7 @@ impl Aggregator {
         }
     }
 
-    /// Adds to a loss counter by name (see [`crate::losses`]).
+    /// Adds to a loss counter by name (the session's losses, one path for all of them).
     pub fn add_lost(&mut self, name: &str, count: u64) {
         if count == 0 {
             return;

@@ -19,6 +19,7 @@ use blockprobe_common::{
 };
 use tokio::io::unix::AsyncFd;
 
+use self::losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
@@ -26,7 +27,6 @@ use crate::{
     clock::Clock,
     events::{self, Event},
     host::{self, IdentityOptions},
-    losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
     model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
@@ -39,6 +39,7 @@ use crate::{
 };
 
 mod at_attach;
+mod losses;
 pub mod sink;
 mod stuck;
 mod unwatched;

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use blockprobe_common::counters::Counter;
 
+use super::sink::{StallSink, Status};
 use crate::aggregate::Aggregator;
-use crate::session::sink::{StallSink, Status};
 
 /// Loss name of events dropped in userspace because they could not be decoded.
 pub const UNDECODABLE_EVENT: &str = "undecodable_event";
