@@ -52,6 +52,49 @@ pub fn add_causes(into: &mut BTreeMap<Cause, u64>, from: &BTreeMap<Cause, u64>) 
     }
 }
 
+/// The cause mix of stall time `total_ns` with time per cause `causes` (a function's,
+/// or one stall's in the live stream): shares of the stall time, largest first, e.g.
+/// `sleep 75%, io 13%, running 12%` (`-` when nothing is known). `running` is time no
+/// cause accounts for (reports of blockprobe versions that measured only blocking
+/// syscalls). The shares add up to 100% (largest-remainder rounding); those that round
+/// to 0% are left out.
+pub fn cause_mix(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> String {
+    let total = total_ns as u128;
+    let blocked: u128 = causes.values().map(|&v| v as u128).sum();
+    let denom = total.max(blocked);
+    if denom == 0 {
+        return "-".into();
+    }
+    let mut shares: Vec<(&str, u128)> = causes
+        .iter()
+        .map(|(c, &ns)| (c.as_str(), ns as u128))
+        .collect();
+    shares.push(("running", denom - blocked));
+    // (percent, remainder, name): floors first, then the points left go to the largest
+    // remainders (ties in cause order, "running" last).
+    let mut parts: Vec<(u128, u128, &str)> = shares
+        .iter()
+        .map(|&(name, ns)| (ns * 100 / denom, ns * 100 % denom, name))
+        .collect();
+    let left = 100u128.saturating_sub(parts.iter().map(|p| p.0).sum());
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|&a, &b| parts[b].1.cmp(&parts[a].1));
+    for &i in order.iter().take(left as usize) {
+        parts[i].0 += 1;
+    }
+    parts.retain(|p| p.0 > 0);
+    // Largest first; ties in cause order ("running" last).
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
+    if parts.is_empty() {
+        return "-".into();
+    }
+    parts
+        .iter()
+        .map(|(p, _, name)| format!("{name} {p}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Cause {
     /// Every cause, indexed like `blockprobe_common::cause`.
     pub const ALL: [Cause; blockprobe_common::cause::COUNT] = [
@@ -230,7 +273,22 @@ fn is_zero(n: &u32) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::FdKind;
+    use super::{BTreeMap, Cause, FdKind, cause_mix};
+
+    #[test]
+    fn cause_mix_shares() {
+        let causes = |c: &[(Cause, u64)]| c.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(
+            cause_mix(100, &causes(&[(Cause::Sleep, 98), (Cause::Io, 1)])),
+            "sleep 98%, io 1%, running 1%"
+        );
+        assert_eq!(cause_mix(100, &causes(&[])), "running 100%");
+        // More blocked time than stall time (clock skew): shares stay within 100%.
+        assert_eq!(
+            cause_mix(100, &causes(&[(Cause::Lock, 150), (Cause::Wait, 50)])),
+            "lock 75%, wait 25%"
+        );
+    }
 
     #[test]
     fn descriptor_kinds_from_inode_modes() {

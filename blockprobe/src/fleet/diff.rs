@@ -330,7 +330,7 @@ impl Ctx<'_> {
             p50_ns: h.quantile(0.5),
             p99_ns: h.quantile(0.99),
             causes: cause_shares(h.total_ns(), causes),
-            cause_mix: crate::render::summary::cause_mix(h.total_ns(), causes),
+            cause_mix: crate::model::cause_mix(h.total_ns(), causes),
         }
     }
 

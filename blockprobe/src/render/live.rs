@@ -22,9 +22,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::summary::cause_mix;
 use super::{culprit_label, escape, human_duration, local_clock, ms, no_culprit, short_path};
-use crate::model::{Frame, Stall};
+use crate::model::{Frame, Stall, cause_mix};
 use crate::session::sink::{DetachReason, StallSink, Status};
 
 /// Live output format as chosen on the command line. `json` and `jsonl` are the same:

@@ -28,14 +28,13 @@
 //! lowest bucket's bound is at least 1 of it). Every line of the summary fits in
 //! [`WIDTH`] columns: names and files are shortened from the left, keeping the end that
 //! identifies them, and any other line too long (a huge host name) is cut at the end
-//! with `…`. Cause shares are of the function's total stall time (see [`cause_mix`]):
+//! with `…`. Cause shares are of the function's total stall time (see [`crate::model::cause_mix`]):
 //! `cpu` is running code, `runqueue` waiting for a CPU, the others time off CPU by
 //! reason.
 //!
 //! Its length: about 450 lines of code; the rest are the tests of the summary's exact
 //! text, which belong beside it.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
@@ -44,7 +43,7 @@ use super::{
     truncate_right,
 };
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
-use crate::model::{Cause, Frame};
+use crate::model::{Frame, cause_mix};
 use crate::report::{FunctionReport, Report, warning};
 
 /// What the summary shows.
@@ -344,49 +343,6 @@ fn function_block(s: &mut String, rank: usize, f: &FunctionReport) {
     }
 }
 
-/// The cause mix of stall time `total_ns` with time per cause `causes` (a function's,
-/// or one stall's in the live stream): shares of the stall time, largest first, e.g.
-/// `sleep 75%, io 13%, running 12%` (`-` when nothing is known). `running` is time no
-/// cause accounts for (reports of blockprobe versions that measured only blocking
-/// syscalls). The shares add up to 100% (largest-remainder rounding); those that round
-/// to 0% are left out.
-pub fn cause_mix(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> String {
-    let total = total_ns as u128;
-    let blocked: u128 = causes.values().map(|&v| v as u128).sum();
-    let denom = total.max(blocked);
-    if denom == 0 {
-        return "-".into();
-    }
-    let mut shares: Vec<(&str, u128)> = causes
-        .iter()
-        .map(|(c, &ns)| (c.as_str(), ns as u128))
-        .collect();
-    shares.push(("running", denom - blocked));
-    // (percent, remainder, name): floors first, then the points left go to the largest
-    // remainders (ties in cause order, "running" last).
-    let mut parts: Vec<(u128, u128, &str)> = shares
-        .iter()
-        .map(|&(name, ns)| (ns * 100 / denom, ns * 100 % denom, name))
-        .collect();
-    let left = 100u128.saturating_sub(parts.iter().map(|p| p.0).sum());
-    let mut order: Vec<usize> = (0..parts.len()).collect();
-    order.sort_by(|&a, &b| parts[b].1.cmp(&parts[a].1));
-    for &i in order.iter().take(left as usize) {
-        parts[i].0 += 1;
-    }
-    parts.retain(|p| p.0 > 0);
-    // Largest first; ties in cause order ("running" last).
-    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
-    if parts.is_empty() {
-        return "-".into();
-    }
-    parts
-        .iter()
-        .map(|(p, _, name)| format!("{name} {p}%"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The bcc-style rows of a histogram (title first), each under 80 columns; empty for an
 /// empty histogram.
 pub fn histogram_lines(h: &Log2Histogram) -> Vec<String> {
@@ -613,35 +569,6 @@ mod tests {
             histogram_lines(&us)
         );
         assert!(histogram_lines(&Log2Histogram::new()).is_empty());
-    }
-
-    fn mix(f: &FunctionReport) -> String {
-        cause_mix(f.histogram.total_ns(), &f.causes)
-    }
-
-    #[test]
-    fn cause_mix_shares() {
-        let mut a = Aggregator::default();
-        let mut s = stall(1, 0, 100, Some(frame("f", "f.py", 1)));
-        s.causes = [(Cause::Sleep, 98), (Cause::Io, 1)].into_iter().collect();
-        a.record(s);
-        let r = a.report(run());
-        assert_eq!(mix(&r.functions[0]), "sleep 98%, io 1%, running 1%");
-
-        let mut a = Aggregator::default();
-        let mut s = stall(1, 0, 100, Some(frame("f", "f.py", 1)));
-        s.causes.clear();
-        a.record(s);
-        assert_eq!(mix(&a.report(run()).functions[0]), "running 100%");
-
-        let mut a = Aggregator::default();
-        let mut s = stall(1, 0, 100, Some(frame("f", "f.py", 1)));
-        // More blocked time than stall time (clock skew): shares stay within 100%.
-        s.causes = [(Cause::Lock, 150), (Cause::Wait, 50)]
-            .into_iter()
-            .collect();
-        a.record(s);
-        assert_eq!(mix(&a.report(run()).functions[0]), "lock 75%, wait 25%");
     }
 
     fn run() -> RunInfo {
