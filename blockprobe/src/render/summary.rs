@@ -28,12 +28,9 @@
 //! lowest bucket's bound is at least 1 of it). Every line of the summary fits in
 //! [`WIDTH`] columns: names and files are shortened from the left, keeping the end that
 //! identifies them, and any other line too long (a huge host name) is cut at the end
-//! with `…`. Cause shares are of the function's total stall time (see [`crate::model::cause_mix`]):
-//! `cpu` is running code, `runqueue` waiting for a CPU, the others time off CPU by
-//! reason.
-//!
-//! Its length: about 450 lines of code; the rest are the tests of the summary's exact
-//! text, which belong beside it.
+//! with `…`. Cause shares are of the function's total stall time (see
+//! [`crate::model::cause_mix`]): `cpu` is running code, `runqueue` waiting for a CPU,
+//! the others time off CPU by reason.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
