@@ -28,13 +28,16 @@
 //! (`blockprobe_version`, `started_unix_ns`, `lost`, `stalls_dropped`,
 //! `processes_dropped`, per-function `causes`, and the fleet fields: `ended_unix_ns`,
 //! `kernel_release`, the per-process identity after `loop_threads`, `stable_file`,
-//! `services`, `stacks`, `sources`) default when absent.
-//! `services` and `stacks` cover every stall, like `functions` (see
-//! [`crate::aggregate::tables`]); `sources` is only filled by `blockprobe merge`.
-//! `stalls` holds the longest stalls (at most the aggregator's `max_stalls`) in
-//! chronological order; `stalls_dropped` counts the others. `functions` is sorted by
-//! `total_ns`, descending, and covers every stall. `buckets` are described in
-//! [`crate::histogram`].
+//! `services`, `stacks`, `sources`) default when absent. `services` and `stacks` cover
+//! every stall, like `functions` (see [`crate::aggregate::tables`]); `sources` is only
+//! filled by `blockprobe merge`. `stalls` holds the longest stalls (at most the
+//! aggregator's `max_stalls`) in chronological order; `stalls_dropped` counts the
+//! others. `functions` is sorted by `total_ns`, descending, and covers every stall.
+//! `buckets` are described in [`crate::histogram`].
+//!
+//! This module is the schema's one home: the report and its entries, the special
+//! names and the sort orders; [`file`] loads and writes reports. Reports are built by
+//! [`crate::aggregate`] and combined by [`crate::fleet`].
 
 mod file;
 mod function;
