@@ -20,8 +20,8 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, CAUSE_SLACK, Python, Ran, Stall, WALL_SLACK, drive_scenario, marker_line, nanos,
-    pydeps, python_matrix, require_root, run_command, script, workspace_root,
+    ABOVE, BELOW, Blockprobe, CAUSE_SLACK, Python, Ran, Stall, WALL_SLACK, drive_scenario,
+    marker_line, nanos, pydeps, python_matrix, require_root, script, workspace_root,
 };
 
 python_matrix!(
@@ -68,7 +68,7 @@ fn run_case_with(
     stalls: usize,
 ) -> Ran {
     require_root();
-    let mut cmd = run_command(python, &script(name), &[], opts);
+    let mut cmd = Blockprobe::run(python, &script(name), &[], opts).steady();
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let ran = drive_scenario(python, name, &mut cmd, stalls);
     ran.expect_success();

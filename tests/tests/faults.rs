@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, AS_NOBODY, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
-    kind, marker_line, nanos, python_matrix, read_json, require_root, run_blockprobe, run_command,
-    run_scenario, run_sleep_scenario, script, spawn_privileged, trace_command, unix_now_ns,
+    ABOVE, AS_NOBODY, BELOW, Blockprobe, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python,
+    Scenario, Stall, kind, marker_line, nanos, python_matrix, read_json, require_root,
+    run_scenario, run_sleep_scenario, script, unix_now_ns,
 };
 use serde_json::Value;
 
@@ -87,7 +87,7 @@ fn leaves_mid_iteration_and_tracing_goes_on(
     let (pid, other_pid) = (leaving.pid(), other.pid());
     let bp = ctx.spawn(
         "blockprobe trace -p -p",
-        &mut trace_command(&[pid, other_pid]),
+        &mut Blockprobe::trace(&[pid, other_pid]),
     );
     ctx.wait_loops_live(&bp, pid, &leaving_loops);
     ctx.wait_loops_live(&bp, other_pid, &other_loops);
@@ -148,12 +148,13 @@ fn exec_into_python_is_followed_under_run() {
     let interpreter = python.path.to_string_lossy().into_owned();
     let bp = ctx.spawn(
         "blockprobe run exec_into.py -- sleep_in_coroutine.py",
-        &mut run_command(
+        &mut Blockprobe::run(
             &python,
             &script("exec_into.py"),
             &["--", &interpreter, &next.to_string_lossy()],
             &[],
-        ),
+        )
+        .steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
@@ -335,7 +336,7 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
     });
     let bp = ctx.spawn(
         "blockprobe trace -p (replaced python)",
-        &mut trace_command(&[py.pid()]),
+        &mut Blockprobe::trace(&[py.pid()]),
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, py.pid(), &tids);
@@ -385,7 +386,7 @@ fn child_loop_is_traced_under_run(start: &str) {
     let script_path = script("fork_child.py");
     let bp = ctx.spawn(
         &format!("blockprobe run fork_child.py --start {start}"),
-        &mut run_command(&python, &script_path, &["--start", start], &[]),
+        &mut Blockprobe::run(&python, &script_path, &["--start", start], &[]).steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "fork_child.py");
     bp.send("GO");
@@ -530,11 +531,8 @@ fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
     let tmpfs = Tmpfs::mount("64k");
     let report = tmpfs.path().join("report.json");
     let report_arg = report.to_string_lossy().into_owned();
-    let (status, _, stderr) = run_blockprobe(
-        &ctx,
-        "blockprobe run -o (the old report)",
-        &["run", "-q", "-o", &report_arg, "--", "true"],
-    );
+    let (status, _, stderr) = Blockprobe::new(["run", "-q", "-o", &report_arg, "--", "true"])
+        .output(&ctx, "blockprobe run -o (the old report)");
     ctx.ensure(status.success(), || {
         format!("the old report could not be written ({status}): {stderr}")
     });
@@ -621,7 +619,7 @@ fn corrupted_frames_and_code_are_survived() {
     let script_path = script("hostile_frames.py");
     let bp = ctx.spawn(
         "blockprobe run hostile_frames.py",
-        &mut run_command(&python, &script_path, &[], &[]),
+        &mut Blockprobe::run(&python, &script_path, &[], &[]).steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "hostile_frames.py");
     let go = unix_now_ns();
@@ -819,11 +817,10 @@ fn a_user_with_the_capabilities_is_not_refused() {
         .copied()
         .chain(granted.iter().map(String::as_str))
         .collect();
-    let (_bin, bp) = spawn_privileged(
+    let (_bin, bp) = Blockprobe::trace(&[target.pid()]).spawn_as(
         &ctx,
         "blockprobe trace -p (nobody with capabilities)",
         &setpriv,
-        trace_command(&[target.pid()]).get_args(),
     );
     ctx.drive_traced_sleep(&bp, &target, &python, &script_path);
     ctx.stop_trace(&bp);
@@ -838,11 +835,10 @@ fn refused_with_one_line(setpriv: &[&str], missing: &str) {
     let python = Python::pyenv("3.11.7");
     let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
     ctx.wait_ready(&target);
-    let (_bin, bp) = spawn_privileged(
+    let (_bin, bp) = Blockprobe::new(["trace", "-p", &target.pid().to_string()]).spawn_as(
         &ctx,
         &format!("blockprobe trace -p (setpriv {})", setpriv.join(" ")),
         setpriv,
-        ["trace", "-p", &target.pid().to_string()].map(std::ffi::OsStr::new),
     );
     bp.close_stdin();
     let status = bp.wait_exit();
