@@ -641,7 +641,8 @@ fn corrupted_frames_and_code_are_survived() {
     let all_lost = bp.lost_total();
     ctx.ensure(unreadable >= 2 && all_lost == unreadable, || {
         format!(
-            "the unreadable code object and the cut walk should be counted as              unreadable_frame (counted {unreadable}), and be all that is lost ({all_lost})"
+            "the unreadable code object and the cut walk should be counted as \
+             unreadable_frame (counted {unreadable}), and be all that is lost ({all_lost})"
         )
     });
 
