@@ -143,20 +143,27 @@ impl CtxRef {
         self.ensure(stall.stack.first() == Some(&culprit), || {
             format!("innermost frame is not {culprit:?}: {stall:#?}")
         });
-        if let Some((after, before)) = expect.window_unix_ns {
-            let slack = nanos(WALL_SLACK);
-            let end = stall.start_unix_ns + stall.duration_ns;
-            self.ensure(
-                stall.start_unix_ns + slack >= after && end <= before + slack,
-                || {
-                    format!(
-                        "stall [{}, {end}] (Unix ns) is not within the window in which it \
-                         happened, [{after}, {before}] (± {slack} ns): {stall:#?}",
-                        stall.start_unix_ns
-                    )
-                },
-            );
+        if let Some(window) = expect.window_unix_ns {
+            self.check_window(stall, window);
         }
+    }
+
+    /// Checks that `stall` lies within the window in which the test knows it happened
+    /// (Unix ns), give or take [`WALL_SLACK`].
+    #[track_caller]
+    pub fn check_window(&self, stall: &Stall, (after, before): (u64, u64)) {
+        let slack = nanos(WALL_SLACK);
+        let end = stall.start_unix_ns + stall.duration_ns;
+        self.ensure(
+            stall.start_unix_ns + slack >= after && end <= before + slack,
+            || {
+                format!(
+                    "stall [{}, {end}] (Unix ns) is not within the window in which it \
+                     happened, [{after}, {before}] (± {slack} ns): {stall:#?}",
+                    stall.start_unix_ns
+                )
+            },
+        );
     }
 
     /// Checks what the stall's blocking syscall waited on (`None`: it takes no fd).

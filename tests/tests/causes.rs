@@ -23,8 +23,8 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, CAUSE_SLACK, Frame, Python, Ran, Stall, WALL_SLACK, drive_scenario,
-    marker_line, nanos, pydeps, python_matrix, require_root, script, workspace_root,
+    ABOVE, BELOW, Blockprobe, CAUSE_SLACK, Frame, Python, Ran, Stall, drive_scenario, marker_line,
+    nanos, pydeps, python_matrix, require_root, script, workspace_root,
 };
 use tempfile::TempDir;
 
@@ -424,19 +424,7 @@ fn check(ran: &Ran, python: &Python, stall: &Stall, expect: &Expect) -> u64 {
             )
         },
     );
-    let (after, before) = ran.window_unix_ns;
-    let slack = nanos(WALL_SLACK);
-    let end = stall.start_unix_ns + stall.duration_ns;
-    ctx.ensure(
-        stall.start_unix_ns + slack >= after && end <= before + slack,
-        || {
-            format!(
-                "stall [{}, {end}] (Unix ns) is not within [{after}, {before}] (± {slack} ns), \
-                 when it happened: {stall:#?}",
-                stall.start_unix_ns
-            )
-        },
-    );
+    ctx.check_window(stall, ran.window_unix_ns);
     if let Some(fd_kind) = expect.fd_kind {
         ctx.check_fd_kind(stall, fd_kind);
     }
