@@ -5,32 +5,12 @@ The server is a thread of this script, accepting on 127.0.0.1 (a free port) and 
 """
 
 import socket
-import threading
 import time
 
 import bptest
 
 REPLY_DELAY_S = 0.15
-
-
-def start_slow_server():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-
-    def serve():
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(1024)
-                time.sleep(REPLY_DELAY_S)
-                conn.sendall(b"pong\n")
-
-    threading.Thread(target=serve, name="slow-server", daemon=True).start()
-    return server.getsockname()
-
-
-ADDRESS = start_slow_server()
+ADDRESS = bptest.start_slow_tcp_server(REPLY_DELAY_S, b"pong\n")
 
 
 def read_reply(sock):

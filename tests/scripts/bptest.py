@@ -64,6 +64,12 @@ def fail(message):
     os._exit(2)
 
 
+def in_thread(name, target):
+    """Runs ``target()`` in a new daemon thread called ``name``: a helper of the
+    scenario (a server, a writer) that must not keep the script alive."""
+    threading.Thread(target=target, name=name, daemon=True).start()
+
+
 def write_later(fd, delay_s):
     """Starts a thread that writes one byte to ``fd`` ``delay_s`` seconds after the
     returned event is set."""
@@ -74,7 +80,7 @@ def write_later(fd, delay_s):
         time.sleep(delay_s)
         os.write(fd, b"x")
 
-    threading.Thread(target=writer, name="writer", daemon=True).start()
+    in_thread("writer", writer)
     return go
 
 
@@ -100,9 +106,29 @@ def start_slow_http_server(slow_s):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    in_thread("http", server.serve_forever)
     host, port = server.server_address[:2]
     return f"http://{host}:{port}"
+
+
+def start_slow_tcp_server(delay_s, reply):
+    """Starts a TCP server in a daemon thread of this script, on a free port of
+    127.0.0.1: for each connection, it reads one request (up to 1 KiB), waits ``delay_s``
+    seconds and answers ``reply``. Returns its ``(host, port)``."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)
+                time.sleep(delay_s)
+                conn.sendall(reply)
+
+    in_thread("slow-server", serve)
+    return server.getsockname()
 
 
 def free_port():

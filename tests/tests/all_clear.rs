@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use blockprobe_tests::{
-    Ctx, Python, blockprobe_bin, kind, read_json, require_root, script, trace_command,
-};
+use blockprobe_tests::{Blockprobe, Ctx, Python, kind, read_json, require_root, script};
 
 /// `trace -p` on three pyenv 3.11 processes, none with a loop blockprobe recognizes: a
 /// hand-written epoll loop (asyncio imported), the same loop through `selectors`, and a
@@ -37,7 +35,7 @@ fn a_loop_blockprobe_cannot_recognize_is_a_warning() {
     let report = dir.path().join("report.json");
     let bp = ctx.spawn(
         "blockprobe trace -p -o",
-        trace_command(&pids).args(["-o", &report.to_string_lossy()]),
+        Blockprobe::trace(&pids).args(["-o", &report.to_string_lossy()]),
     );
     let warning = ctx.wait_for("a `warning` event about the hand-written loop", || {
         bp.events_of("warning", pids[0]).into_iter().next()
@@ -94,8 +92,7 @@ fn a_loop_blockprobe_cannot_recognize_is_a_warning() {
             format!("the report should say pid {pid} polled: {expected}, says {polled:?}")
         });
     }
-    let rendered = std::process::Command::new(blockprobe_bin())
-        .arg("report")
+    let rendered = Blockprobe::new(["report"])
         .arg(&report_path)
         .output()
         .expect("blockprobe report runs");

@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixDatagram;
 
 use blockprobe_tests::{
-    Ctx, Proc, Python, TIMEOUT, kind, python_matrix, require_root, script, trace_command,
+    Blockprobe, Ctx, Proc, Python, TIMEOUT, kind, python_matrix, require_root, script,
 };
 
 python_matrix!(
@@ -65,7 +65,7 @@ fn trace_running_script(python: &Python, args: &[&str]) -> (Ctx, Proc, u32) {
             py.pid()
         )
     });
-    let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[py.pid()]));
+    let bp = ctx.spawn("blockprobe trace -p", &mut Blockprobe::trace(&[py.pid()]));
     ctx.drive_traced_sleep(&bp, &py, python, &script);
     ctx.stop_trace(&bp);
     let pid = py.pid();
@@ -89,7 +89,7 @@ fn notify_socket_hears_ready_once_attached() {
         .expect("a read timeout");
     let bp = ctx.spawn(
         "blockprobe trace -p",
-        trace_command(&[py.pid()]).env("NOTIFY_SOCKET", &path),
+        Blockprobe::trace(&[py.pid()]).env("NOTIFY_SOCKET", &path),
     );
     let mut message = [0u8; 64];
     let n = (socket.recv(&mut message))
@@ -114,7 +114,7 @@ fn notify_socket_hears_ready_once_attached() {
 fn trace_all_catches_later_process(python: &Python) {
     require_root();
     let ctx = Ctx::new();
-    let bp = ctx.spawn("blockprobe trace (all)", &mut trace_command(&[]));
+    let bp = ctx.spawn("blockprobe trace (all)", &mut Blockprobe::trace(&[]));
     let sentinel = ctx.spawn(
         &format!("sentinel idle.py ({})", python.label),
         &mut python.command(&script("idle.py")),

@@ -3,10 +3,9 @@
 //! through `/proc/PID/root`), and its pids are not the host's.
 
 use std::path::Path;
-use std::process::Command;
 
 use blockprobe_tests::{
-    Ctx, Proc, THRESHOLD, blockprobe_bin, kind, python_env, require_root, script, unix_now_ns,
+    Blockprobe, Ctx, Proc, THRESHOLD, kind, python_env, require_root, script, unix_now_ns,
 };
 
 #[test]
@@ -77,9 +76,8 @@ fn run_in_namespaces(ctx: &Ctx, script: &Path) -> (Proc, u32) {
     let dir = tempfile::tempdir().unwrap();
     let inside = dir.path().join("python3.11");
     std::fs::write(&inside, b"").unwrap();
-    let mut cmd = Command::new(blockprobe_bin());
-    cmd.args(["run", "--format", "jsonl", "--threshold", THRESHOLD, "--"])
-        .args(["unshare", "-fpm", "--mount-proc", "sh", "-c"])
+    let mut cmd = Blockprobe::new(["run", "--format", "jsonl", "--threshold", THRESHOLD, "--"]);
+    cmd.args(["unshare", "-fpm", "--mount-proc", "sh", "-c"])
         .arg(r#"mount --bind /usr/bin/python3.11 "$1" && exec "$1" "$2""#)
         .arg("sh")
         .arg(&inside)

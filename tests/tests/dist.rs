@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use blockprobe_tests::{
-    AS_NOBODY, Ctx, CtxRef, Proc, Python, THRESHOLD, blockprobe_bin, dist_tarball, require_root,
-    script, spawn_privileged, workspace_root,
+    AS_NOBODY, Blockprobe, Ctx, CtxRef, Proc, Python, THRESHOLD, dist_tarball, require_root,
+    script, workspace_root,
 };
 
 /// The items of `blockprobe check` before its Python lines, in order.
@@ -155,10 +155,7 @@ fn check_on_this_host_has_every_line_and_the_right_exit_code() {
     let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
     ctx.wait_ready(&target);
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let check = ctx.spawn(
-        "blockprobe check",
-        Command::new(blockprobe_bin()).arg("check"),
-    );
+    let check = ctx.spawn("blockprobe check", &mut Blockprobe::new(["check"]));
     let status = check.wait_exit();
     let lines = check.texts();
     let all = || lines.join("\n");
@@ -219,12 +216,8 @@ fn check_on_this_host_has_every_line_and_the_right_exit_code() {
 fn check_as_an_unprivileged_user_names_what_is_missing() {
     require_root();
     let ctx = Ctx::new();
-    let (_bin, check) = spawn_privileged(
-        &ctx,
-        "blockprobe check (nobody)",
-        AS_NOBODY,
-        [std::ffi::OsStr::new("check")],
-    );
+    let (_bin, check) =
+        Blockprobe::new(["check"]).spawn_as(&ctx, "blockprobe check (nobody)", AS_NOBODY);
     let status = check.wait_exit();
     let lines = check.texts();
     let all = || lines.join("\n");

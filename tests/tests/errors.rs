@@ -2,7 +2,7 @@
 
 use std::process::{Command, ExitStatus};
 
-use blockprobe_tests::{Ctx, CtxRef, require_root, run_blockprobe};
+use blockprobe_tests::{Blockprobe, Ctx, CtxRef, require_root};
 
 /// `trace -p` with a pid no process has.
 #[test]
@@ -14,11 +14,8 @@ fn trace_missing_pid() {
         pid += 1;
     }
     let pid = pid.to_string();
-    let (status, _, stderr) = run_blockprobe(
-        &ctx,
-        "blockprobe trace -p (no such pid)",
-        &["trace", "-p", &pid],
-    );
+    let (status, _, stderr) =
+        Blockprobe::new(["trace", "-p", &pid]).output(&ctx, "blockprobe trace -p (no such pid)");
     check_error(&ctx, status, &stderr, &pid);
 }
 
@@ -30,7 +27,7 @@ fn trace_non_python_pid() {
     let sleep = ctx.spawn("sleep 60", Command::new("sleep").arg("60"));
     let pid = sleep.pid().to_string();
     let (status, _, stderr) =
-        run_blockprobe(&ctx, "blockprobe trace -p (sleep)", &["trace", "-p", &pid]);
+        Blockprobe::new(["trace", "-p", &pid]).output(&ctx, "blockprobe trace -p (sleep)");
     check_error(&ctx, status, &stderr, &pid);
 }
 
@@ -40,11 +37,8 @@ fn run_missing_command() {
     require_root();
     let ctx = Ctx::new();
     let missing = "/nonexistent/blockprobe-test-program";
-    let (status, _, stderr) = run_blockprobe(
-        &ctx,
-        "blockprobe run (no such program)",
-        &["run", "--", missing],
-    );
+    let (status, _, stderr) =
+        Blockprobe::new(["run", "--", missing]).output(&ctx, "blockprobe run (no such program)");
     check_error(&ctx, status, &stderr, missing);
 }
 

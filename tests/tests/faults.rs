@@ -1,5 +1,6 @@
-//! Faults around the tracer: targets that exec, fork or corrupt their own frames, a full
-//! disk for the report, and a user without the privileges.
+//! Faults around the tracer: targets that exec or fork, a reused pid, a binary replaced
+//! on disk, and a full disk for the report. (Targets that corrupt their own frames:
+//! hostile.rs; a user without the privileges: privileges.rs.)
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -7,16 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, AS_NOBODY, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
-    kind, marker_line, nanos, python_matrix, read_json, require_root, run_blockprobe, run_command,
-    run_scenario, run_sleep_scenario, script, spawn_privileged, trace_command, unix_now_ns,
+    Blockprobe, Ctx, CtxRef, ExpectStall, Line, Proc, Python, Scenario, Stall, kind, read_json,
+    require_root, run_scenario, script, unix_now_ns,
 };
 use serde_json::Value;
-
-/// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
-const WALK_DEPTH: usize = 127;
-
-python_matrix!(deep_recursion_is_truncated_and_marked);
 
 // ------------------------------------------------------------------ exec
 
@@ -87,7 +82,7 @@ fn leaves_mid_iteration_and_tracing_goes_on(
     let (pid, other_pid) = (leaving.pid(), other.pid());
     let bp = ctx.spawn(
         "blockprobe trace -p -p",
-        &mut trace_command(&[pid, other_pid]),
+        &mut Blockprobe::trace(&[pid, other_pid]),
     );
     ctx.wait_loops_live(&bp, pid, &leaving_loops);
     ctx.wait_loops_live(&bp, other_pid, &other_loops);
@@ -148,12 +143,13 @@ fn exec_into_python_is_followed_under_run() {
     let interpreter = python.path.to_string_lossy().into_owned();
     let bp = ctx.spawn(
         "blockprobe run exec_into.py -- sleep_in_coroutine.py",
-        &mut run_command(
+        &mut Blockprobe::run(
             &python,
             &script("exec_into.py"),
             &["--", &interpreter, &next.to_string_lossy()],
             &[],
-        ),
+        )
+        .steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
@@ -335,7 +331,7 @@ fn python_replaced_on_disk_is_read_from_the_running_image() {
     });
     let bp = ctx.spawn(
         "blockprobe trace -p (replaced python)",
-        &mut trace_command(&[py.pid()]),
+        &mut Blockprobe::trace(&[py.pid()]),
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, py.pid(), &tids);
@@ -385,7 +381,7 @@ fn child_loop_is_traced_under_run(start: &str) {
     let script_path = script("fork_child.py");
     let bp = ctx.spawn(
         &format!("blockprobe run fork_child.py --start {start}"),
-        &mut run_command(&python, &script_path, &["--start", start], &[]),
+        &mut Blockprobe::run(&python, &script_path, &["--start", start], &[]).steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "fork_child.py");
     bp.send("GO");
@@ -530,11 +526,8 @@ fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
     let tmpfs = Tmpfs::mount("64k");
     let report = tmpfs.path().join("report.json");
     let report_arg = report.to_string_lossy().into_owned();
-    let (status, _, stderr) = run_blockprobe(
-        &ctx,
-        "blockprobe run -o (the old report)",
-        &["run", "-q", "-o", &report_arg, "--", "true"],
-    );
+    let (status, _, stderr) = Blockprobe::new(["run", "-q", "-o", &report_arg, "--", "true"])
+        .output(&ctx, "blockprobe run -o (the old report)");
     ctx.ensure(status.success(), || {
         format!("the old report could not be written ({status}): {stderr}")
     });
@@ -601,278 +594,6 @@ fn report_on_a_full_disk_fails_and_keeps_the_old_one() {
         names == BTreeSet::from(["filler".to_string(), "report.json".to_string()]),
         || format!("the tmpfs should hold only the filler and the old report: {names:?}"),
     );
-}
-
-// ------------------------------------------------------------------ hostile target
-
-/// hostile_frames.py breaks, with ctypes, what blockprobe reads while it blocks: a code
-/// object's name, a frame's link to its caller (to unmapped memory, then to the frame
-/// itself). blockprobe neither hangs nor crashes, reports each stall with its right
-/// duration and cause, and marks what it could not read: an unreadable code object is an
-/// `<unreadable>` frame (the rest of the stack intact), a cut walk ends in `<unreadable>`,
-/// a cycle is walked 127 frames deep and ends in `<truncated>`; the frames it could not
-/// read are counted (`lost`, kind `unreadable_frame`), and nothing else is lost. The
-/// process survives.
-#[test]
-fn corrupted_frames_and_code_are_survived() {
-    require_root();
-    let ctx = Ctx::new();
-    let python = Python::pyenv("3.11.7");
-    let script_path = script("hostile_frames.py");
-    let bp = ctx.spawn(
-        "blockprobe run hostile_frames.py",
-        &mut run_command(&python, &script_path, &[], &[]),
-    );
-    let (_, pid) = ctx.wait_live(&bp, "hostile_frames.py");
-    let go = unix_now_ns();
-    bp.send("GO");
-    // The code object's name stays broken until the test has its stall.
-    ctx.wait_for("the first stall and `DONE nameless`", || {
-        let measured = bp.script_state().measured("nameless").is_some();
-        (measured && !bp.stalls(pid).is_empty()).then_some(())
-    });
-    bp.send("RESTORE");
-    ctx.wait_finished(&bp);
-    ctx.wait_stalls(&bp, pid, 3);
-    let seen = unix_now_ns();
-    let status = ctx.quit_counting_losses(&bp);
-    ctx.ensure(status.code() == Some(0), || {
-        format!("blockprobe run exited with {status}: the hostile script should survive")
-    });
-    let unreadable = bp.lost("unreadable_frame");
-    let all_lost = bp.lost_total();
-    ctx.ensure(unreadable >= 2 && all_lost == unreadable, || {
-        format!(
-            "the unreadable code object and the cut walk should be counted as              unreadable_frame (counted {unreadable}), and be all that is lost ({all_lost})"
-        )
-    });
-
-    let stalls = bp.stalls(pid);
-    ctx.ensure(stalls.len() == 3, || {
-        format!("expected three stalls, got {stalls:#?}")
-    });
-    let state = bp.script_state();
-    let expect = |function: &'static str| ExpectStall {
-        script: &script_path,
-        function,
-        cause: "sleep",
-        syscall: python.sleep_syscall(),
-        measured_ns: state
-            .measured(function)
-            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
-        nominal: Duration::from_millis(100),
-        window_unix_ns: Some((go, seen)),
-    };
-    // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
-    //    did not block; the function that did cannot be named); the walk goes on.
-    let nameless = &stalls[0];
-    let measured = expect("nameless").measured_ns;
-    let high = measured + nanos(ABOVE) + ctx.stolen_ns();
-    let (low, high) = (measured - nanos(BELOW), high);
-    let unreadable_code = marker("<unreadable>", "<unknown>");
-    let caller = Frame::new(
-        "scenario",
-        &script_path,
-        marker_line(&script_path, "CALL nameless"),
-    );
-    ctx.ensure(
-        (low..=high).contains(&nameless.duration_ns)
-            && nameless.cause == "sleep"
-            && nameless.stack.len() > 2
-            && nameless.stack[0] == unreadable_code
-            && nameless.stack[1] == caller
-            && nameless.culprit.as_ref() == Some(&unreadable_code)
-            && nameless
-                .stack
-                .last()
-                .is_some_and(|f| f.function == "<module>"),
-        || {
-            format!(
-                "the first stall should last [{low}, {high}] ns, be `sleep`, and its stack \
-                 start with {unreadable_code:?} (also the culprit), then {caller:?}, and go on \
-                 to <module>: {nameless:#?}"
-            )
-        },
-    );
-
-    // 2. A frame whose caller link points to unmapped memory: the walk stops there.
-    let cut = &stalls[1];
-    ctx.check_stall(cut, &expect("cut_victim"));
-    let victim = cut.stack[0].clone();
-    ctx.ensure(cut.stack == [victim, marker("<unreadable>", "")], || {
-        format!("the cut stack should be the victim, then <unreadable>: {cut:#?}")
-    });
-
-    // 3. A frame that is its own caller: the walk is bounded.
-    let cycle = &stalls[2];
-    ctx.check_stall(cycle, &expect("cycle_victim"));
-    let victim = &cycle.stack[0];
-    ctx.ensure(
-        cycle.stack.len() == WALK_DEPTH + 1
-            && cycle.stack[..WALK_DEPTH].iter().all(|f| f == victim)
-            && cycle.stack[WALK_DEPTH] == marker("<truncated>", ""),
-        || {
-            format!(
-                "the cyclic stack should be the victim {WALK_DEPTH} times, then <truncated>; \
-                 it has {} frames: {cycle:#?}",
-                cycle.stack.len()
-            )
-        },
-    );
-}
-
-/// A Python stack recursing 1,100 frames deep in a coroutine, blocking 200 ms in its
-/// innermost call (deep_recursion.py): the stall is reported as usual, blamed on the
-/// innermost `recurse` at its `time.sleep` line; its stack is cut at the walk's depth, the
-/// innermost 127 frames (the blocking call, then 126 recursive calls), and marked as
-/// truncated by a last `<truncated>` frame. Nothing hangs; the script exits 0.
-fn deep_recursion_is_truncated_and_marked(python: &Python) {
-    let (ran, stall) = run_sleep_scenario(
-        &Scenario {
-            python,
-            script: "deep_recursion.py",
-            script_args: &[],
-            blockprobe_args: &[],
-            stalls: 1,
-        },
-        "recurse",
-        Duration::from_millis(200),
-    );
-    let call = Frame::new(
-        "recurse",
-        &ran.script,
-        marker_line(&ran.script, "CALL recurse"),
-    );
-    ran.ctx.ensure(
-        stall.stack.len() == WALK_DEPTH + 1
-            && stall.stack[1..WALK_DEPTH].iter().all(|f| *f == call)
-            && stall.stack[WALK_DEPTH] == marker("<truncated>", ""),
-        || {
-            format!(
-                "the stack should be the blocking call, {} recursive calls ({call:?}), then \
-                 <truncated>; it has {} frames: {stall:#?}",
-                WALK_DEPTH - 1,
-                stall.stack.len()
-            )
-        },
-    );
-}
-
-/// A marker frame blockprobe puts in a stack for what it could not walk or name
-/// (`<truncated>`, `<unreadable>`): line 0.
-fn marker(function: &str, file: &str) -> Frame {
-    Frame {
-        function: function.into(),
-        file: file.into(),
-        line: 0,
-    }
-}
-
-// ------------------------------------------------------------------ privileges
-
-/// `trace -p PID` as an unprivileged user (nobody): exit 1 before anything else, with
-/// exactly one line on stderr saying that root is needed and naming every capability it
-/// lacks, not the "permission denied" that reading the process would give.
-#[test]
-fn not_root_is_one_clear_line() {
-    refused_with_one_line(
-        AS_NOBODY,
-        "CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH",
-    );
-}
-
-/// `trace -p PID` as root without CAP_BPF and CAP_PERFMON (dropped from the bounding and
-/// inheritable sets, so root's exec does not get them back), and without CAP_SYS_ADMIN,
-/// which the kernel accepts instead of either: exit 1 with one line naming exactly those
-/// two. (Before the capability check, root passed and blockprobe failed later, loading
-/// its programs.)
-#[test]
-fn missing_bpf_and_perfmon_is_one_line_naming_them() {
-    let drop = "-bpf,-perfmon,-sys_admin";
-    refused_with_one_line(
-        &[
-            &format!("--inh-caps={drop}"),
-            &format!("--bounding-set={drop}"),
-        ],
-        "CAP_BPF, CAP_PERFMON",
-    );
-}
-
-/// A user other than root (nobody) holding the capabilities blockprobe needs, as ambient
-/// capabilities: not refused by any root check; `trace -p` of root's sleep_in_coroutine.py
-/// finds its loop and reports its stall as usual.
-#[test]
-fn a_user_with_the_capabilities_is_not_refused() {
-    require_root();
-    let ctx = Ctx::new();
-    let python = Python::pyenv("3.11.7");
-    let script_path = script("sleep_in_coroutine.py");
-    let target = ctx.spawn("sleep_in_coroutine.py", &mut python.command(&script_path));
-    ctx.wait_ready(&target);
-    let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
-    let granted = [
-        format!("--inh-caps={caps}"),
-        format!("--ambient-caps={caps}"),
-    ];
-    let setpriv: Vec<&str> = AS_NOBODY
-        .iter()
-        .copied()
-        .chain(granted.iter().map(String::as_str))
-        .collect();
-    let (_bin, bp) = spawn_privileged(
-        &ctx,
-        "blockprobe trace -p (nobody with capabilities)",
-        &setpriv,
-        trace_command(&[target.pid()]).get_args(),
-    );
-    ctx.drive_traced_sleep(&bp, &target, &python, &script_path);
-    ctx.stop_trace(&bp);
-}
-
-/// Runs `trace -p` (on a live idle.py) under `setpriv SETPRIV…`, and checks that it is
-/// refused with exit code 1 and exactly one line on stderr that says root is needed and
-/// lists exactly `missing` as what blockprobe lacks; nothing on stdout.
-fn refused_with_one_line(setpriv: &[&str], missing: &str) {
-    require_root();
-    let ctx = Ctx::new();
-    let python = Python::pyenv("3.11.7");
-    let target = ctx.spawn("idle.py", &mut python.command(&script("idle.py")));
-    ctx.wait_ready(&target);
-    let (_bin, bp) = spawn_privileged(
-        &ctx,
-        &format!("blockprobe trace -p (setpriv {})", setpriv.join(" ")),
-        setpriv,
-        ["trace", "-p", &target.pid().to_string()].map(std::ffi::OsStr::new),
-    );
-    bp.close_stdin();
-    let status = bp.wait_exit();
-    let stderr = bp.stderr();
-    ctx.ensure(status.code() == Some(1), || {
-        format!("expected exit code 1, got {status}")
-    });
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let lacks = lines.first().and_then(|l| {
-        let (_, rest) = l.split_once("capabilities it lacks: ")?;
-        Some(rest.split_once(" (").map_or(rest, |(names, _)| names))
-    });
-    ctx.ensure(
-        lines.len() == 1
-            && lines[0].contains("needs root")
-            && lacks == Some(missing)
-            && !stderr.contains("panicked"),
-        || {
-            format!(
-                "expected one line on stderr saying root is needed and that blockprobe \
-                 lacks exactly {missing}, got:\n{stderr}"
-            )
-        },
-    );
-    ctx.ensure(bp.lines().is_empty(), || {
-        "blockprobe printed something on stdout".into()
-    });
-    target.send("GO");
-    target.send("QUIT");
-    ctx.ensure(target.wait_exit().success(), || "idle.py failed".into());
 }
 
 // ------------------------------------------------------------------ helpers

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use blockprobe_tests::{CtxRef, Python, Ran, Scenario, read_json, run_blockprobe, run_scenario};
+use blockprobe_tests::{Blockprobe, CtxRef, Python, Ran, Scenario, read_json, run_scenario};
 use serde_json::Value;
 
 /// Runs the scenario under `blockprobe run -o DIR/NAME`; returns the run and the report.
@@ -55,7 +55,8 @@ fn path_str(p: &Path) -> &str {
 fn bp(ctx: &CtxRef, args: &[&str]) -> (i32, String, String) {
     static RUNS: AtomicUsize = AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let (status, out, err) = run_blockprobe(ctx, &format!("blockprobe {} #{n}", args[0]), args);
+    let (status, out, err) =
+        Blockprobe::new(args).output(ctx, &format!("blockprobe {} #{n}", args[0]));
     (status.code().unwrap_or(-1), out, err)
 }
 

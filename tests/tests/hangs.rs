@@ -9,8 +9,8 @@ use std::{
 };
 
 use blockprobe_tests::{
-    Ctx, Proc, Python, Stall, kind, marker_line, nanos, python_matrix, read_json, require_root,
-    script, trace_command, unix_now_ns,
+    Blockprobe, Ctx, Proc, Python, Stall, kind, marker_line, nanos, python_matrix, read_json,
+    require_root, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
@@ -130,7 +130,7 @@ fn check_hang(python: &Python, hang: &Hang<'_>) {
     let report = dir.path().join("report.json");
     let bp = ctx.spawn(
         "blockprobe trace -p -o",
-        trace_command(&[pid]).args(["-o", &report.to_string_lossy()]),
+        Blockprobe::trace(&[pid]).args(["-o", &report.to_string_lossy()]),
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, pid, &tids);
@@ -265,7 +265,7 @@ fn check_stuck_before_tracing(python: &Python, hang: &Hang<'_>, host_wide: bool)
     let started = Instant::now();
     let bp = ctx.spawn(
         "blockprobe trace -o",
-        trace_command(&pids).args(["-o", &report.to_string_lossy()]),
+        Blockprobe::trace(&pids).args(["-o", &report.to_string_lossy()]),
     );
     let attached = ctx.wait_for("blockprobe's `attached` event", || {
         (!bp.events_of("attached", pid).is_empty()).then(Instant::now)

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use blockprobe_tests::{Ctx, Python, kind, read_json, require_root, run_command, script};
+use blockprobe_tests::{Blockprobe, Ctx, Python, kind, read_json, require_root, script};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -24,12 +24,13 @@ fn losses_are_counted_never_silent() {
     let report = dir.path().join("report.json");
     let bp = ctx.spawn(
         "blockprobe run --ring-buffer-kib 4",
-        &mut run_command(
+        &mut Blockprobe::run(
             &python,
             &script("stall_storm.py"),
             &[],
             &["--ring-buffer-kib", "4", "-o", &report.to_string_lossy()],
-        ),
+        )
+        .steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "stall_storm.py");
 

@@ -5,9 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Ctx, CtxRef, Python, Scenario, ScriptState, Stall, nanos, python_matrix,
-    read_json, require_root, run_blockprobe, run_command, run_scenario, run_sleep_scenario, script,
-    trace_command,
+    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Python, Scenario, ScriptState, Stall, nanos,
+    python_matrix, read_json, require_root, run_scenario, run_sleep_scenario, script,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -45,11 +44,8 @@ fn run_propagates_exit_code(python: &Python) {
 fn run_propagates_exit_code_of_any_command() {
     require_root();
     let ctx = Ctx::new();
-    let (status, _, stderr) = run_blockprobe(
-        &ctx,
-        "blockprobe run -- sh -c 'exit 7'",
-        &["run", "--", "sh", "-c", "exit 7"],
-    );
+    let (status, _, stderr) = Blockprobe::new(["run", "--", "sh", "-c", "exit 7"])
+        .output(&ctx, "blockprobe run -- sh -c 'exit 7'");
     ctx.ensure(status.code() == Some(7), || {
         format!("blockprobe run exited with {status}, the command with 7")
     });
@@ -70,7 +66,7 @@ fn sigterm_writes_report(python: &Python) {
     let script = script("sleep_in_coroutine.py");
     let bp = ctx.spawn(
         &format!("blockprobe run -o ({})", python.label),
-        &mut run_command(python, &script, &[], &["-o", &report.to_string_lossy()]),
+        &mut Blockprobe::run(python, &script, &[], &["-o", &report.to_string_lossy()]).steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
@@ -120,7 +116,7 @@ fn signal_ends_trace_with_a_complete_report(signal: Signal) {
     let pid = target.pid();
     let bp = ctx.spawn(
         &format!("blockprobe trace -p -o (ended by {signal})"),
-        trace_command(&[pid]).arg("-o").arg(&report),
+        Blockprobe::trace(&[pid]).arg("-o").arg(&report),
     );
     let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
     ctx.wait_loops_live(&bp, pid, &tids);
@@ -192,15 +188,13 @@ fn report_file(python: &Python) {
     );
     check_handler_function(ctx, &report, &ran.script, ran.measured("handler"));
 
-    let (status, text, stderr) = run_blockprobe(ctx, "blockprobe report", &["report", &path_arg]);
+    let (status, text, stderr) =
+        Blockprobe::new(["report", &path_arg]).output(ctx, "blockprobe report");
     ctx.ensure(status.success() && text.contains("handler"), || {
         format!("`blockprobe report` exited {status}, stdout:\n{text}\nstderr:\n{stderr}")
     });
-    let (status, json, stderr) = run_blockprobe(
-        ctx,
-        "blockprobe report --format json",
-        &["report", &path_arg, "--format", "json"],
-    );
+    let (status, json, stderr) = Blockprobe::new(["report", &path_arg, "--format", "json"])
+        .output(ctx, "blockprobe report --format json");
     let rendered: Value = serde_json::from_str(&json).unwrap_or_else(|err| {
         ctx.fail(format!(
             "`blockprobe report --format json` ({status}) is not JSON ({err}):\n{json}\n{stderr}"

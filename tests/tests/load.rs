@@ -3,12 +3,11 @@
 //! memory bounded, and account for every stall: reported, or counted as lost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, Proc, Python, Stall, blockprobe_bin, kind, peak_rss_kib, python_env, read_json,
-    require_root, run_command, script,
+    Blockprobe, Ctx, Proc, Python, Stall, kind, peak_rss_kib, python_env, read_json, require_root,
+    script,
 };
 
 /// How many processes the fleet test starts (issue 7: "200 Python processes at once").
@@ -33,7 +32,7 @@ fn two_hundred_processes_stall_at_once() {
     let fleet = FLEET.to_string();
     let bp = ctx.spawn(
         "blockprobe run fleet_spawner.py",
-        &mut run_command(&python, &script("fleet_spawner.py"), &[&fleet], &[]),
+        &mut Blockprobe::run(&python, &script("fleet_spawner.py"), &[&fleet], &[]).steady(),
     );
     let children: BTreeMap<u32, u32> =
         ctx.wait_up_to(START_LIMIT, "the spawner's SPAWNED line", || {
@@ -160,9 +159,8 @@ fn a_stall_flood_is_reported_or_counted() {
     let python = Python::pyenv("3.11.7");
     let dir = tempfile::tempdir().expect("temporary directory");
     let report = dir.path().join("report.json");
-    let mut cmd = Command::new(blockprobe_bin());
-    cmd.args(["run", "--format", "jsonl", "--threshold", "100us", "-o"])
-        .arg(&report)
+    let mut cmd = Blockprobe::new(["run", "--format", "jsonl", "--threshold", "100us", "-o"]);
+    cmd.arg(&report)
         .arg("--")
         .arg(&python.path)
         .arg(script("stall_flood.py"));

@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use blockprobe_tests::{
-    Ctx, CtxRef, Frame, Python, Ran, ScriptState, Stall, drive_scenario, kind, marker_line,
-    python_matrix, require_root, run_command_at_once, script, trace_command,
+    Blockprobe, Ctx, CtxRef, Frame, Python, Ran, ScriptState, Stall, drive_scenario, kind,
+    marker_line, python_matrix, require_root, script,
 };
 
 python_matrix!(
@@ -83,7 +83,7 @@ fn first_pipe_read_host_wide(python: &Python) {
 fn first_block_under_run(python: &Python, block: &FirstBlock) {
     require_root();
     let name = "first_block.py";
-    let mut cmd = run_command_at_once(python, &script(name), &[block.mode], &[]);
+    let mut cmd = Blockprobe::run(python, &script(name), &[block.mode], &[]);
     let ran = drive_scenario(python, name, &mut cmd, 1);
     ran.expect_success();
     let stalls = scripts_stalls(&ran.stalls(), &ran.script, "handler");
@@ -255,7 +255,7 @@ fn a_stopped_loop_is_not_blocked(python: &Python) {
 /// checks its stalls against its measurements `names`, each blamed on `function`.
 fn run_and_check(python: &Python, name: &str, names: &[&str], function: &str) -> Ran {
     require_root();
-    let mut cmd = run_command_at_once(python, &script(name), &[], &[]);
+    let mut cmd = Blockprobe::run(python, &script(name), &[], &[]);
     let ran = drive_scenario(python, name, &mut cmd, names.len());
     ran.expect_success();
     check_measured_stalls(
@@ -278,7 +278,7 @@ fn first_iteration_after_attach(python: &Python) {
     let py = ctx.spawn(name, &mut python.command_at_once(&script(name)));
     let _ = ctx.wait_ready(&py);
     let pid = py.pid();
-    let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[pid]));
+    let bp = ctx.spawn("blockprobe trace -p", &mut Blockprobe::trace(&[pid]));
     ctx.wait_for("blockprobe's `attached` event", || {
         bp.events().into_iter().find(|e| kind(e) == "attached")
     });
@@ -303,7 +303,7 @@ fn stall_just_before_exit(python: &Python) {
     require_root();
     let ctx = Ctx::new();
     let name = "stall_before_exit.py";
-    let mut cmd = run_command_at_once(python, &script(name), &[], &[]);
+    let mut cmd = Blockprobe::run(python, &script(name), &[], &[]);
     let bp = ctx.spawn(name, &mut cmd);
     bp.may_exit();
     let status = bp.wait_exit();

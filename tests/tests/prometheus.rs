@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use blockprobe_tests::{CtxRef, Proc, Python, THRESHOLD, blockprobe_bin, require_root, script};
+use blockprobe_tests::{Blockprobe, CtxRef, Proc, Python, THRESHOLD, require_root, script};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -107,7 +107,7 @@ fn prometheus_bin() -> &'static str {
 fn spawn_serve(ctx: &CtxRef) -> (Proc, SocketAddr) {
     let bp = ctx.spawn(
         "blockprobe serve",
-        Command::new(blockprobe_bin()).args([
+        &mut Blockprobe::new([
             "serve",
             "--listen",
             "127.0.0.1:0",

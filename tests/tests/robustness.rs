@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    Ctx, CtxRef, Python, Scenario, blockprobe_bin, kind, nanos, python_env, read_json,
-    require_root, run_command, run_scenario, script, trace_command,
+    Blockprobe, Ctx, CtxRef, Python, Scenario, kind, nanos, python_env, read_json, require_root,
+    run_scenario, script,
 };
 use nix::sys::{ptrace, signal, wait};
 use nix::unistd::Pid;
@@ -28,9 +28,8 @@ fn a_closed_pipe_keeps_the_report() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let report = dir.path().join("r.json");
     let go = dir.path().join("go");
-    let mut cmd = Command::new(blockprobe_bin());
-    cmd.args(["run", "--threshold", "20ms", "-o"])
-        .arg(&report)
+    let mut cmd = Blockprobe::new(["run", "--threshold", "20ms", "-o"]);
+    cmd.arg(&report)
         .arg("--")
         .arg(&python.path)
         .arg(script("closed_pipe.py"))
@@ -167,12 +166,13 @@ fn stopped_loop(stopped: Duration, stop: impl FnOnce(&CtxRef, u32)) {
     let ctx = Ctx::new();
     let bp = ctx.spawn(
         "blockprobe run idle.py",
-        &mut run_command(
+        &mut Blockprobe::run(
             &python,
             &script("idle.py"),
             &[],
             &["-o", &report.to_string_lossy()],
-        ),
+        )
+        .steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "idle.py");
     stop(&ctx, pid);
@@ -338,7 +338,7 @@ fn swapped_interpreter(swap: impl FnOnce(&CtxRef, u32, &Path, &Path)) {
     nix::unistd::mkfifo(&spare.path().join(FIFO), nix::sys::stat::Mode::S_IRWXU)
         .unwrap_or_else(|e| ctx.fail(format!("mkfifo: {e}")));
     swap(&ctx, pid, lib_dir.path(), spare.path());
-    let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[pid]));
+    let bp = ctx.spawn("blockprobe trace -p", &mut Blockprobe::trace(&[pid]));
     ctx.drive_traced_sleep(&bp, &py, &python, &script);
     ctx.stop_trace(&bp);
 }
@@ -378,7 +378,7 @@ fn short_lived_loop_threads_leave_nothing_behind() {
     let ctx = Ctx::new();
     let bp = ctx.spawn(
         "blockprobe run short_lived_loops.py",
-        &mut run_command(&python, &script("short_lived_loops.py"), &[], &[]),
+        &mut Blockprobe::run(&python, &script("short_lived_loops.py"), &[], &[]).steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "short_lived_loops.py");
     bp.send("GO");
@@ -441,12 +441,13 @@ fn exec_into_python_keeps_cpu_samples() {
     let interpreter = python.path.to_string_lossy().into_owned();
     let bp = ctx.spawn(
         "blockprobe run exec_into.py -- cause_cpu.py",
-        &mut run_command(
+        &mut Blockprobe::run(
             &python,
             &script("exec_into.py"),
             &["--", &interpreter, &next.to_string_lossy()],
             &[],
-        ),
+        )
+        .steady(),
     );
     let (_, pid) = ctx.wait_live(&bp, "cause_cpu.py");
     bp.send("GO");

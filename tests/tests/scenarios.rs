@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Python, Scenario, drive_scenario_after, field_u32, kind, python_matrix, require_root,
-    run_command, run_scenario, run_sleep_scenario, script,
+    Blockprobe, Python, Scenario, drive_scenario_after, field_u32, kind, python_matrix,
+    require_root, run_scenario, run_sleep_scenario, script,
 };
 
 python_matrix!(
@@ -228,7 +228,7 @@ fn first_wakeup_of_an_idle_loop() {
     let name = "idle_first_wakeup.py";
     let bp = ctx.spawn(
         "blockprobe run idle_first_wakeup.py",
-        &mut blockprobe_tests::run_command(&python, &blockprobe_tests::script(name), &[], &[]),
+        &mut Blockprobe::run(&python, &blockprobe_tests::script(name), &[], &[]).steady(),
     );
     let ready = ctx.wait_ready(&bp);
     let pid = ready.pid.expect("READY has a pid");
@@ -265,7 +265,7 @@ fn first_wakeup_of_an_idle_loop() {
 fn loop_replaced(python: &Python) {
     require_root();
     let name = "loop_replaced.py";
-    let mut cmd = run_command(python, &script(name), &[], &[]);
+    let mut cmd = Blockprobe::run(python, &script(name), &[], &[]).steady();
     let ran = drive_scenario_after(python, name, &mut cmd, 1, |ctx, bp| {
         let tid: u32 = ctx.wait_for("the script's FIRST line", || {
             bp.texts().iter().find_map(|text| {

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Ctx, Proc, Python, Stall, pyspy, python_matrix, require_root, run_command, script, unix_now_ns,
+    Blockprobe, Ctx, Proc, Python, Stall, pyspy, python_matrix, require_root, script, unix_now_ns,
 };
 
 python_matrix!(stacks_agree_with_pyspy);
@@ -114,7 +114,7 @@ fn stacks_agree_with_pyspy(python: &Python) {
     let ctx = Ctx::new();
     let name = "pyspy_oracle.py";
     // Above a busy machine's run-queue hiccups: only the cases' stalls are reported.
-    let mut cmd = run_command(python, &script(name), &[], &["--threshold", "100ms"]);
+    let mut cmd = Blockprobe::run(python, &script(name), &[], &["--threshold", "100ms"]).steady();
     let bp = ctx.spawn(
         &format!("blockprobe run {name} ({})", python.label),
         &mut cmd,

@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Ctx, CtxRef, Line, Proc, Python, blockprobe_bin, nanos, require_root,
-    run_blockprobe, script, workspace_root,
+    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Line, Proc, Python, nanos, require_root, script,
+    workspace_root,
 };
 
 /// The bundled example, as the README runs it (relative to the workspace root).
@@ -30,9 +29,8 @@ fn readme_example_in_text() {
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let line = sleep_line(&workspace_root().join(EXAMPLE));
-    let mut cmd = Command::new(blockprobe_bin());
+    let mut cmd = Blockprobe::new(["run"]);
     cmd.current_dir(workspace_root())
-        .arg("run")
         .arg("--")
         .arg(&python.path)
         .arg(EXAMPLE);
@@ -268,7 +266,7 @@ fn help(ctx: &CtxRef, args: &[&str]) -> String {
     let mut all = args.to_vec();
     all.push("--help");
     let name = format!("blockprobe {}", all.join(" "));
-    let (status, stdout, stderr) = run_blockprobe(ctx, &name, &all);
+    let (status, stdout, stderr) = Blockprobe::new(&all).output(ctx, &name);
     ctx.ensure(status.success(), || {
         format!("`{name}` exited with {status}: {stderr}")
     });
@@ -328,7 +326,7 @@ fn trace_duration_stops_by_itself() {
     let pid = py.pid().to_string();
     let bp = ctx.spawn(
         "blockprobe trace -p --duration 1s",
-        Command::new(blockprobe_bin()).args(["trace", "-p", &pid, "--duration", "1s"]),
+        &mut Blockprobe::new(["trace", "-p", &pid, "--duration", "1s"]),
     );
     let status = bp.wait_exit();
     ctx.ensure(status.code() == Some(0), || {

@@ -1,0 +1,178 @@
+//! A target that corrupts its own frames and code objects, or recurses deeper than the
+//! walk: blockprobe survives it, counts what it could not read, and marks what it cut.
+
+use std::time::Duration;
+
+use blockprobe_tests::{
+    ABOVE, BELOW, Blockprobe, Ctx, ExpectStall, Frame, Python, Scenario, marker_line, nanos,
+    python_matrix, require_root, run_sleep_scenario, script, unix_now_ns,
+};
+
+python_matrix!(deep_recursion_is_truncated_and_marked);
+
+/// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
+const WALK_DEPTH: usize = 127;
+
+/// hostile_frames.py breaks, with ctypes, what blockprobe reads while it blocks: a code
+/// object's name, a frame's link to its caller (to unmapped memory, then to the frame
+/// itself). blockprobe neither hangs nor crashes, reports each stall with its right
+/// duration and cause, and marks what it could not read: an unreadable code object is an
+/// `<unreadable>` frame (the rest of the stack intact), a cut walk ends in `<unreadable>`,
+/// a cycle is walked 127 frames deep and ends in `<truncated>`; the frames it could not
+/// read are counted (`lost`, kind `unreadable_frame`), and nothing else is lost. The
+/// process survives.
+#[test]
+fn corrupted_frames_and_code_are_survived() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let script_path = script("hostile_frames.py");
+    let bp = ctx.spawn(
+        "blockprobe run hostile_frames.py",
+        &mut Blockprobe::run(&python, &script_path, &[], &[]).steady(),
+    );
+    let (_, pid) = ctx.wait_live(&bp, "hostile_frames.py");
+    let go = unix_now_ns();
+    bp.send("GO");
+    // The code object's name stays broken until the test has its stall.
+    ctx.wait_for("the first stall and `DONE nameless`", || {
+        let measured = bp.script_state().measured("nameless").is_some();
+        (measured && !bp.stalls(pid).is_empty()).then_some(())
+    });
+    bp.send("RESTORE");
+    ctx.wait_finished(&bp);
+    ctx.wait_stalls(&bp, pid, 3);
+    let seen = unix_now_ns();
+    let status = ctx.quit_counting_losses(&bp);
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}: the hostile script should survive")
+    });
+    let unreadable = bp.lost("unreadable_frame");
+    let all_lost = bp.lost_total();
+    ctx.ensure(unreadable >= 2 && all_lost == unreadable, || {
+        format!(
+            "the unreadable code object and the cut walk should be counted as \
+             unreadable_frame (counted {unreadable}), and be all that is lost ({all_lost})"
+        )
+    });
+
+    let stalls = bp.stalls(pid);
+    ctx.ensure(stalls.len() == 3, || {
+        format!("expected three stalls, got {stalls:#?}")
+    });
+    let state = bp.script_state();
+    let expect = |function: &'static str| ExpectStall {
+        script: &script_path,
+        function,
+        cause: "sleep",
+        syscall: python.sleep_syscall(),
+        measured_ns: state
+            .measured(function)
+            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
+        nominal: Duration::from_millis(100),
+        window_unix_ns: Some((go, seen)),
+    };
+    // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
+    //    did not block; the function that did cannot be named); the walk goes on.
+    let nameless = &stalls[0];
+    let measured = expect("nameless").measured_ns;
+    let high = measured + nanos(ABOVE) + ctx.stolen_ns();
+    let (low, high) = (measured - nanos(BELOW), high);
+    let unreadable_code = marker("<unreadable>", "<unknown>");
+    let caller = Frame::new(
+        "scenario",
+        &script_path,
+        marker_line(&script_path, "CALL nameless"),
+    );
+    ctx.ensure(
+        (low..=high).contains(&nameless.duration_ns)
+            && nameless.cause == "sleep"
+            && nameless.stack.len() > 2
+            && nameless.stack[0] == unreadable_code
+            && nameless.stack[1] == caller
+            && nameless.culprit.as_ref() == Some(&unreadable_code)
+            && nameless
+                .stack
+                .last()
+                .is_some_and(|f| f.function == "<module>"),
+        || {
+            format!(
+                "the first stall should last [{low}, {high}] ns, be `sleep`, and its stack \
+                 start with {unreadable_code:?} (also the culprit), then {caller:?}, and go on \
+                 to <module>: {nameless:#?}"
+            )
+        },
+    );
+
+    // 2. A frame whose caller link points to unmapped memory: the walk stops there.
+    let cut = &stalls[1];
+    ctx.check_stall(cut, &expect("cut_victim"));
+    let victim = cut.stack[0].clone();
+    ctx.ensure(cut.stack == [victim, marker("<unreadable>", "")], || {
+        format!("the cut stack should be the victim, then <unreadable>: {cut:#?}")
+    });
+
+    // 3. A frame that is its own caller: the walk is bounded.
+    let cycle = &stalls[2];
+    ctx.check_stall(cycle, &expect("cycle_victim"));
+    let victim = &cycle.stack[0];
+    ctx.ensure(
+        cycle.stack.len() == WALK_DEPTH + 1
+            && cycle.stack[..WALK_DEPTH].iter().all(|f| f == victim)
+            && cycle.stack[WALK_DEPTH] == marker("<truncated>", ""),
+        || {
+            format!(
+                "the cyclic stack should be the victim {WALK_DEPTH} times, then <truncated>; \
+                 it has {} frames: {cycle:#?}",
+                cycle.stack.len()
+            )
+        },
+    );
+}
+
+/// A Python stack recursing 1,100 frames deep in a coroutine, blocking 200 ms in its
+/// innermost call (deep_recursion.py): the stall is reported as usual, blamed on the
+/// innermost `recurse` at its `time.sleep` line; its stack is cut at the walk's depth, the
+/// innermost 127 frames (the blocking call, then 126 recursive calls), and marked as
+/// truncated by a last `<truncated>` frame. Nothing hangs; the script exits 0.
+fn deep_recursion_is_truncated_and_marked(python: &Python) {
+    let (ran, stall) = run_sleep_scenario(
+        &Scenario {
+            python,
+            script: "deep_recursion.py",
+            script_args: &[],
+            blockprobe_args: &[],
+            stalls: 1,
+        },
+        "recurse",
+        Duration::from_millis(200),
+    );
+    let call = Frame::new(
+        "recurse",
+        &ran.script,
+        marker_line(&ran.script, "CALL recurse"),
+    );
+    ran.ctx.ensure(
+        stall.stack.len() == WALK_DEPTH + 1
+            && stall.stack[1..WALK_DEPTH].iter().all(|f| *f == call)
+            && stall.stack[WALK_DEPTH] == marker("<truncated>", ""),
+        || {
+            format!(
+                "the stack should be the blocking call, {} recursive calls ({call:?}), then \
+                 <truncated>; it has {} frames: {stall:#?}",
+                WALK_DEPTH - 1,
+                stall.stack.len()
+            )
+        },
+    );
+}
+
+/// A marker frame blockprobe puts in a stack for what it could not walk or name
+/// (`<truncated>`, `<unreadable>`): line 0.
+fn marker(function: &str, file: &str) -> Frame {
+    Frame {
+        function: function.into(),
+        file: file.into(),
+        line: 0,
+    }
+}
