@@ -41,8 +41,8 @@ pub struct Bucket {
 
 /// A log2 histogram of nanosecond durations, with exact count, total and maximum.
 ///
-/// Serializes as `{"count":int,"total_ns":int,"max_ns":int,"buckets":[Bucket...]}`
-/// listing only non-empty buckets in ascending order; deserializing checks that the
+/// Serializes as `{"count":int,"total_ns":int,"max_ns":int,"min_ns":int,"buckets":[Bucket...]}`
+/// (`min_ns` only when not empty) listing only non-empty buckets in ascending order; deserializing checks that the
 /// parts agree (see [`Log2Histogram::from_parts`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "HistogramRepr", try_from = "HistogramRepr")]
@@ -142,7 +142,6 @@ impl Log2Histogram {
     }
 
     /// Adds every sample of `other` to `self`. Exact, associative and commutative.
-    #[allow(dead_code)] // For merging reports of several hosts; tested here.
     pub fn merge(&mut self, other: &Log2Histogram) {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *mine = mine.saturating_add(*theirs);
