@@ -253,14 +253,9 @@ impl Aggregator {
     }
 }
 
-/// Read access to the aggregate while it runs.
-#[allow(dead_code)] // For the tracer's status display and for tests.
+/// Read access to the aggregate, for tests.
+#[cfg(test)]
 impl Aggregator {
-    /// Number of stalls recorded.
-    pub fn stall_count(&self) -> u64 {
-        self.seq
-    }
-
     /// Number of stalls not kept for the report.
     pub fn stalls_dropped(&self) -> u64 {
         self.stalls_dropped
@@ -279,7 +274,9 @@ impl Aggregator {
     pub fn function_count(&self) -> usize {
         self.functions.len() + usize::from(!self.other.histogram.is_empty())
     }
+}
 
+impl Aggregator {
     /// Builds the report: functions by total stall time (descending; ties by count,
     /// then name and file), kept stalls in chronological order.
     pub fn report(&self, run: RunInfo) -> Report {

@@ -282,7 +282,6 @@ pub struct TextSink<O: Write, E: Write> {
     loop_lines: HashMap<u32, u32>,
 }
 
-#[allow(dead_code)] // Options and accessors for callers that need them, and tests.
 impl<O: Write, E: Write> TextSink<O, E> {
     /// A text sink printing a header before the first stall.
     pub fn new(out: O, err: E) -> Self {
@@ -295,12 +294,14 @@ impl<O: Write, E: Write> TextSink<O, E> {
     }
 
     /// Whether to print the header before the first stall (default: yes).
+    #[cfg(test)]
     pub fn with_header(mut self, header: bool) -> Self {
         self.header = header;
         self
     }
 
     /// The writers back.
+    #[cfg(test)]
     pub fn into_inner(self) -> (O, E) {
         (self.out, self.err)
     }
@@ -351,7 +352,7 @@ impl<O: Write> JsonlSink<O> {
     }
 
     /// The writer back.
-    #[allow(dead_code)] // For tests and callers that write to a buffer.
+    #[cfg(test)]
     pub fn into_inner(self) -> O {
         self.out
     }
@@ -382,7 +383,7 @@ impl<E: Write> QuietSink<E> {
     }
 
     /// The writer back.
-    #[allow(dead_code)] // For tests and callers that write to a buffer.
+    #[cfg(test)]
     pub fn into_inner(self) -> E {
         self.err
     }
