@@ -91,39 +91,18 @@ fn derive(argv: &[String]) -> Option<String> {
     let (program, args) = argv.split_first()?;
     let name = base_name(program);
     if is_python(name) {
-        let mut i = 0;
-        while i < args.len() {
-            let a = args[i].as_str();
-            if a == "-m" {
-                let module = args.get(i + 1)?;
-                return Some(runner_app(module, &args[i + 2..]));
+        return match python_main(args) {
+            PythonMain::Module(module, rest) => Some(runner_app(module, rest)),
+            PythonMain::Script(script, rest) => {
+                let stem = base_name(script).trim_end_matches(".py");
+                Some(if RUNNERS.contains(&stem) {
+                    runner_app(stem, rest)
+                } else {
+                    script_label(script)
+                })
             }
-            if let Some(module) = a.strip_prefix("-m").filter(|_| !a.starts_with("--")) {
-                return Some(runner_app(module, &args[i + 1..]));
-            }
-            if a == "-c" || (a.starts_with("-c") && !a.starts_with("--")) {
-                return None;
-            }
-            if a == "-" || a == "--" {
-                i += 1;
-                continue;
-            }
-            if matches!(a, "-W" | "-X" | "--check-hash-based-pycs") {
-                i += 2;
-                continue;
-            }
-            if a.starts_with('-') {
-                i += 1;
-                continue;
-            }
-            // The script.
-            let stem = base_name(a).trim_end_matches(".py");
-            if RUNNERS.contains(&stem) {
-                return Some(runner_app(stem, &args[i + 1..]));
-            }
-            return Some(script_label(a));
-        }
-        return None;
+            PythonMain::NoFile => None,
+        };
     }
     let stem = name.trim_end_matches(".py");
     if RUNNERS.contains(&stem) {
@@ -234,11 +213,39 @@ fn script_path(argv: &[String]) -> Option<&str> {
     if !is_python(base_name(program)) {
         return None;
     }
+    match python_main(args) {
+        PythonMain::Script(script, _) => Some(script),
+        PythonMain::Module(..) | PythonMain::NoFile => None,
+    }
+}
+
+/// What a Python command line runs, read from the arguments after the interpreter.
+enum PythonMain<'a> {
+    /// `-m module`, with the arguments after it.
+    Module(&'a str, &'a [String]),
+    /// A script file, with the arguments after it.
+    Script(&'a str, &'a [String]),
+    /// `-c`, `-` (standard input) or nothing: no file.
+    NoFile,
+}
+
+fn python_main(args: &[String]) -> PythonMain<'_> {
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
-        if a.starts_with("-m") || a.starts_with("-c") || a == "-" {
-            return None;
+        if a == "-m" {
+            return match args.get(i + 1) {
+                Some(module) => PythonMain::Module(module, &args[i + 2..]),
+                None => PythonMain::NoFile,
+            };
+        }
+        if !a.starts_with("--") {
+            if let Some(module) = a.strip_prefix("-m") {
+                return PythonMain::Module(module, &args[i + 1..]);
+            }
+            if a.starts_with("-c") || a == "-" {
+                return PythonMain::NoFile;
+            }
         }
         if matches!(a, "-W" | "-X" | "--check-hash-based-pycs") {
             i += 2;
@@ -248,9 +255,9 @@ fn script_path(argv: &[String]) -> Option<&str> {
             i += 1;
             continue;
         }
-        return Some(a);
+        return PythonMain::Script(a, &args[i + 1..]);
     }
-    None
+    PythonMain::NoFile
 }
 
 /// Removes `.` components, resolves `..` lexically and drops a trailing slash.
@@ -440,6 +447,11 @@ pub(crate) mod tests {
             "python3"
         );
         assert_eq!(derive_service(&argv("python3"), "python3"), "python3");
+        // A script read from standard input: what follows `-` are its arguments.
+        assert_eq!(
+            derive_service(&argv("python3 - worker.py"), "python3"),
+            "python3"
+        );
         assert_eq!(derive_service(&[], "kworker"), "kworker");
         assert_eq!(derive_service(&[], ""), "unknown");
         let long = format!("python3 /x/{}.py", "a".repeat(100));
@@ -457,6 +469,8 @@ pub(crate) mod tests {
             "/home/me/svc"
         );
         assert_eq!(app_root(&argv("python3 -m app"), "/srv/app"), "/srv/app");
+        assert_eq!(app_root(&argv("python3 - /x/y.py"), "/srv/app"), "/srv/app");
+        assert_eq!(app_root(&argv("python3 -c pass"), "/srv/app"), "/srv/app");
         assert_eq!(app_root(&argv("uvicorn app:app"), "/code"), "/code");
         assert_eq!(app_root(&argv("python3 /x.py"), "/srv"), "");
         assert_eq!(app_root(&argv("uvicorn a:b"), "/"), "");
