@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 
-use crate::{CtxRef, Line, Proc, Python, blockprobe_bin, python_env};
+use crate::{CtxRef, Line, Proc, Python, blockprobe_bin, python_env, script};
 
 /// The stall threshold every test passes to blockprobe.
 pub const THRESHOLD: &str = "10ms";
@@ -55,6 +55,20 @@ impl Blockprobe {
         python_env(&mut bp);
         bp.envs(python.env.iter().map(|(k, v)| (k, v)));
         bp
+    }
+
+    /// `blockprobe run` of exec_into.py on `python`, waiting for `GO` ([`Blockprobe::steady`]),
+    /// then exec'ing with its loop off-await into `python` running the script `next`.
+    pub fn run_exec_into(python: &Python, next: &Path) -> Blockprobe {
+        let interpreter = python.path.to_string_lossy();
+        let next = next.to_string_lossy();
+        Blockprobe::run(
+            python,
+            &script("exec_into.py"),
+            &["--", &interpreter, &next],
+            &[],
+        )
+        .steady()
     }
 
     /// For a test about a steady state: the script waits for `GO` before its scenario

@@ -45,10 +45,7 @@ impl Ran {
     /// What the script measured for `name`.
     #[track_caller]
     pub fn measured(&self, name: &str) -> u64 {
-        self.state.measured(name).unwrap_or_else(|| {
-            self.ctx
-                .fail(format!("the script printed no `DONE {name}` line"))
-        })
+        self.ctx.measured(&self.state, name)
     }
 
     /// The one stall of the run: fails unless there is exactly one for the script.

@@ -140,16 +140,9 @@ fn exec_into_python_is_followed_under_run() {
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let next = script("sleep_in_coroutine.py");
-    let interpreter = python.path.to_string_lossy().into_owned();
     let bp = ctx.spawn(
         "blockprobe run exec_into.py -- sleep_in_coroutine.py",
-        &mut Blockprobe::run(
-            &python,
-            &script("exec_into.py"),
-            &["--", &interpreter, &next.to_string_lossy()],
-            &[],
-        )
-        .steady(),
+        &mut Blockprobe::run_exec_into(&python, &next),
     );
     let (_, pid) = ctx.wait_live(&bp, "sleep_in_coroutine.py");
     bp.send("GO");
@@ -424,9 +417,7 @@ fn child_loop_is_traced_under_run(start: &str) {
         function,
         cause: "sleep",
         syscall: python.sleep_syscall(),
-        measured_ns: state
-            .measured(function)
-            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
+        measured_ns: ctx.measured(&state, function),
         nominal: Duration::from_millis(50),
         window_unix_ns: Some((go, seen)),
     };

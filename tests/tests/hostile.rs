@@ -66,9 +66,7 @@ fn corrupted_frames_and_code_are_survived() {
         function,
         cause: "sleep",
         syscall: python.sleep_syscall(),
-        measured_ns: state
-            .measured(function)
-            .unwrap_or_else(|| ctx.fail(format!("no `DONE {function}` line"))),
+        measured_ns: ctx.measured(&state, function),
         nominal: Duration::from_millis(100),
         window_unix_ns: Some((go, seen)),
     };

@@ -438,16 +438,9 @@ fn exec_into_python_keeps_cpu_samples() {
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
     let next = script("cause_cpu.py");
-    let interpreter = python.path.to_string_lossy().into_owned();
     let bp = ctx.spawn(
         "blockprobe run exec_into.py -- cause_cpu.py",
-        &mut Blockprobe::run(
-            &python,
-            &script("exec_into.py"),
-            &["--", &interpreter, &next.to_string_lossy()],
-            &[],
-        )
-        .steady(),
+        &mut Blockprobe::run_exec_into(&python, &next),
     );
     let (_, pid) = ctx.wait_live(&bp, "cause_cpu.py");
     bp.send("GO");
