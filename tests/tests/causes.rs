@@ -8,8 +8,8 @@
 //!
 //! - its duration within [`BELOW`] under and the larger of [`ABOVE`] and 5% (plus its
 //!   run-queue time) over the script's measurement (why a stall is never shorter and only
-//!   a little longer: see the harness's crate docs; the 5% is issue 3's own tolerance, for
-//!   the longest stretches);
+//!   a little longer: see the harness's crate docs; the 5% is the tolerance asked of
+//!   each cause's duration, for the longest stretches);
 //! - its main `cause` and `syscall`, and its culprit (the first-party function to blame);
 //! - `causes` adding up to its duration within 1 ms;
 //! - no other stall (the controls: the scripts' set-up, their helper threads and their

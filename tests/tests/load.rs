@@ -10,7 +10,7 @@ use blockprobe_tests::{
     script,
 };
 
-/// How many processes the fleet test starts (issue 7: "200 Python processes at once").
+/// How many processes the fleet test starts: 200 Python processes with loops at once.
 const FLEET: usize = 200;
 /// blockprobe's peak resident memory may not exceed this while it traces the fleet.
 const MAX_RSS_KIB: u64 = 200 * 1024;
