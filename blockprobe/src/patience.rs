@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::metrics::process::cpu_time;
+use crate::proc_stat::cpu_time;
 
 /// How much CPU time a Python process that is not traceable yet may use before blockprobe
 /// gives up on it. CPU time, not wall time: on a loaded host (two hundred interpreters

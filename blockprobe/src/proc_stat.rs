@@ -1,29 +1,64 @@
-//! What `/proc/PID/stat` says of a process or thread: when it started (which tells a
-//! process from a later one that reused its pid), and whether it still runs.
+//! What `/proc/PID/stat` says of a process or thread: its state, when it started (which
+//! tells a process from a later one that reused its pid), whether it still runs, and the
+//! CPU time it used.
+
+/// Index of the state letter among [`fields`].
+const STATE: usize = 0;
+/// Index of `utime` among [`fields`] (clock ticks in user mode).
+pub const UTIME: usize = 11;
+/// Index of `stime` among [`fields`] (clock ticks in kernel mode).
+pub const STIME: usize = 12;
+/// Index of `starttime` among [`fields`] (clock ticks after boot).
+pub const STARTTIME: usize = 19;
+/// Index of `vsize` among [`fields`] (bytes).
+pub const VSIZE: usize = 20;
+/// Index of `rss` among [`fields`] (pages).
+pub const RSS: usize = 21;
+
+/// The fields of a `stat` line from the 3rd (the state) on. The command name (field 2)
+/// is in parentheses and may hold anything, spaces and parentheses too: fields are
+/// counted from the last `)`.
+pub fn fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().collect())
+}
 
 /// The start time of process `pid` (clock ticks after boot), `None` when it is gone.
 pub fn start_time(pid: u32) -> Option<u64> {
     parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The scheduler state letter of thread `tid` of `pid` (`R` runnable, `S`/`D` asleep,
+/// `Z` zombie…); `None` when it is gone.
+pub fn thread_state(pid: u32, tid: u32) -> Option<char> {
+    parse_state(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
+}
+
 /// Whether thread `tid` of process `pid` still exists and is no zombie.
 pub fn thread_lives(pid: u32, tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .is_ok_and(|stat| parse_state(&stat).is_some_and(|s| s != "Z" && s != "X"))
+    thread_state(pid, tid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
-/// Field 3 (the state letter) of a `stat` line.
-fn parse_state(stat: &str) -> Option<&str> {
-    stat.rsplit_once(')')?.1.split_whitespace().next()
+/// The CPU time (user + system) process `pid` has used.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f = fields(&stat)?;
+    let ticks = f.get(UTIME)?.parse::<u64>().ok()? + f.get(STIME)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
 }
 
-/// Field 22 (`starttime`) of a `stat` line. The command name (field 2) is in
-/// parentheses and may hold anything, spaces and parentheses too: fields are counted
-/// from the last `)`.
+/// The state letter of a `stat` line.
+fn parse_state(stat: &str) -> Option<char> {
+    fields(stat)?.get(STATE)?.chars().next()
+}
+
+/// `starttime` of a `stat` line.
 fn parse_start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    // `rest` starts with field 3 (the state).
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    fields(stat)?.get(STARTTIME)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -39,7 +74,7 @@ mod tests {
         assert!(own > 0);
         assert_eq!(start_time(std::process::id()), Some(own));
         assert_eq!(start_time(u32::MAX), None);
-        assert_eq!(parse_state(line), Some("S"));
+        assert_eq!(parse_state(line), Some('S'));
     }
 
     #[test]

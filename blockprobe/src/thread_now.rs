@@ -55,19 +55,6 @@ fn parse_activity(text: &str) -> Activity {
     }
 }
 
-/// The scheduler state letter of thread `tid` of `pid` (`R` runnable, `S`/`D` asleep,
-/// `Z` zombie…); `None` when it is gone.
-pub fn state(pid: u32, tid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // The state follows the command name, which is in parentheses and may hold any.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
 /// The epoll file descriptors process `pid` holds now, ascending.
 pub fn epoll_fds(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -132,7 +119,10 @@ mod tests {
             other => panic!("the sleeping thread should be in a syscall: {other:?}"),
         };
         assert_eq!(nr, blockprobe_common::syscalls::nr::CLOCK_NANOSLEEP);
-        assert_eq!(state(std::process::id(), tid), Some('S'));
+        assert_eq!(
+            crate::proc_stat::thread_state(std::process::id(), tid),
+            Some('S')
+        );
         sleeper.join().unwrap();
         assert_eq!(activity(std::process::id(), tid), None);
     }

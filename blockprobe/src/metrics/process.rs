@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use crate::proc_stat;
+
 /// A snapshot of this process's CPU time, memory and file descriptors.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SelfStats {
@@ -15,30 +17,6 @@ pub struct SelfStats {
     pub open_fds: u64,
     /// Start time, seconds since the Unix epoch.
     pub start_time_seconds: f64,
-}
-
-/// Index of `utime` among [`stat_fields`] (clock ticks in user mode).
-const UTIME: usize = 11;
-/// Index of `stime` among [`stat_fields`] (clock ticks in kernel mode).
-const STIME: usize = 12;
-
-/// The fields of a `/proc/PID/stat` line from the 3rd (state) on: the command name
-/// before them may hold spaces and parentheses.
-fn stat_fields(stat: &str) -> Option<Vec<&str>> {
-    let (_, rest) = stat.rsplit_once(") ")?;
-    Some(rest.split_whitespace().collect())
-}
-
-/// The CPU time (user + system) process `pid` has used, from `/proc/PID/stat`.
-pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f = stat_fields(&stat)?;
-    let ticks = f.get(UTIME)?.parse::<u64>().ok()? + f.get(STIME)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()?
-        .max(1);
-    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
 }
 
 impl SelfStats {
@@ -55,14 +33,14 @@ impl SelfStats {
         let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
         let page = if page > 0 { page as u64 } else { 4096 };
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-            && let Some(f) = stat_fields(&stat)
+            && let Some(f) = proc_stat::fields(&stat)
         {
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            me.cpu_seconds = (num(UTIME) + num(STIME)) as f64 / ticks;
-            me.virtual_bytes = num(20);
-            me.resident_bytes = num(21).saturating_mul(page);
+            me.cpu_seconds = (num(proc_stat::UTIME) + num(proc_stat::STIME)) as f64 / ticks;
+            me.virtual_bytes = num(proc_stat::VSIZE);
+            me.resident_bytes = num(proc_stat::RSS).saturating_mul(page);
             if let Some(boot) = boot_time() {
-                me.start_time_seconds = boot as f64 + num(19) as f64 / ticks;
+                me.start_time_seconds = boot as f64 + num(proc_stat::STARTTIME) as f64 / ticks;
             }
         }
         me.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);

@@ -22,6 +22,7 @@ use super::{Session, Verdict};
 use crate::{
     classify,
     model::Frame,
+    proc_stat,
     thread_now::{self, Activity},
 };
 
@@ -148,7 +149,7 @@ impl Session {
             }
             _ => None,
         };
-        let asleep = matches!(thread_now::state(pid, thread.tid), Some('S' | 'D'));
+        let asleep = matches!(proc_stat::thread_state(pid, thread.tid), Some('S' | 'D'));
         let candidates: Vec<u32> = (thread_now::epoll_fds(pid).into_iter())
             .filter(|&fd| all.iter().all(|t| t.polled_fd() != Some(fd)))
             .collect();

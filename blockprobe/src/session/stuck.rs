@@ -13,9 +13,10 @@ use super::Session;
 use crate::{
     attribution::{BlockedCall, StallWindow, culprit},
     model::{Cause, Frame},
+    proc_stat,
     python::memory::ProcessMemory,
     session::sink::Status,
-    syscalls, thread_now,
+    syscalls,
 };
 
 /// How long a loop is stuck before it is said live (unless the threshold is longer).
@@ -55,7 +56,9 @@ impl Session {
                 })
             })
             // Only the few stuck ones cost a read of /proc.
-            .filter(|s| self.processes.contains_key(&s.pid) && alive(s.pid, s.tid))
+            .filter(|s| {
+                self.processes.contains_key(&s.pid) && proc_stat::thread_lives(s.pid, s.tid)
+            })
             .collect()
     }
 
@@ -189,21 +192,5 @@ impl Session {
         let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
         walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
         self.symbolize(pid, &raw)
-    }
-}
-
-/// Whether thread `tid` of process `pid` still runs (exists, and is no zombie).
-fn alive(pid: u32, tid: u32) -> bool {
-    thread_now::state(pid, tid).is_some_and(|state| state != 'Z' && state != 'X')
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn this_thread_is_alive_and_a_made_up_one_is_not() {
-        let pid = std::process::id();
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        assert!(super::alive(pid, tid));
-        assert!(!super::alive(pid, u32::MAX));
     }
 }
