@@ -76,7 +76,7 @@ impl Scope {
     }
 
     /// Whether `name` is an argument of a macro invoked in this scope as an item
-    /// (`python_matrix!(name, …)` and the like, which make a module of one test per
+    /// (the scenario matrix's macro and the like, which make a module of one test per
     /// interpreter of a scenario).
     fn is_generated(&self, name: &str) -> bool {
         let mut lines = self.text.lines();
