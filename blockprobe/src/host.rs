@@ -14,6 +14,13 @@ pub struct IdentityOptions {
     pub redact_cmdline: bool,
 }
 
+/// The command name of process `pid` (empty when gone).
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
 /// What blockprobe records about a traced process, read from `/proc/PID` now, with the
 /// run's `options`. Missing pieces (the process may already be gone) are left
 /// empty.

@@ -5,6 +5,7 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 
+use crate::host;
 use crate::preflight::{self, Finding, Verdict, is_permission_error};
 use crate::python::survey::{Support, Survey, survey};
 
@@ -42,9 +43,7 @@ fn python_processes() -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut unreadable = Vec::new();
     for pid in pids().into_iter().filter(|&pid| pid != own) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_default();
+        let comm = host::comm(pid);
         let finding = match survey(pid) {
             Ok(Survey::NotPython) => continue,
             Ok(Survey::Starting) => Finding::ok(

@@ -240,7 +240,7 @@ impl Session {
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
         let recipe = python.walk_config();
-        let comm = comm_of(pid);
+        let comm = host::comm(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
         self.aggregator.register_process(ProcessInfo {
@@ -958,13 +958,6 @@ fn looks_like_python(pid: u32) -> bool {
         .ok()
         .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().to_lowercase()))
         .is_some_and(|name| name.contains("py"))
-}
-
-/// The command name of `pid` (empty when gone).
-fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end().to_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
