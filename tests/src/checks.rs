@@ -70,18 +70,38 @@ impl CtxRef {
         state: &ScriptState,
         window_unix_ns: (u64, u64),
     ) {
-        self.check_stall(
-            stall,
-            &ExpectStall {
-                script,
-                function: "handler",
-                cause: "sleep",
-                syscall,
-                measured_ns: self.measured(state, "handler"),
-                nominal: Duration::from_millis(200),
-                window_unix_ns: Some(window_unix_ns),
-            },
+        let expect = self.expect_sleep(
+            script,
+            "handler",
+            syscall,
+            state,
+            Duration::from_millis(200),
+            window_unix_ns,
         );
+        self.check_stall(stall, &expect);
+    }
+
+    /// What the stall of `function` of `script` sleeping `nominal` through `syscall`
+    /// should be: as long as the script measured it (`state`), within `window_unix_ns`.
+    #[track_caller]
+    pub fn expect_sleep<'a>(
+        &self,
+        script: &'a Path,
+        function: &'a str,
+        syscall: &'a str,
+        state: &ScriptState,
+        nominal: Duration,
+        window_unix_ns: (u64, u64),
+    ) -> ExpectStall<'a> {
+        ExpectStall {
+            script,
+            function,
+            cause: "sleep",
+            syscall,
+            measured_ns: self.measured(state, function),
+            nominal,
+            window_unix_ns: Some(window_unix_ns),
+        }
     }
 
     /// Checks one stall against what the script measured and where it blocked.

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    Blockprobe, Ctx, CtxRef, ExpectStall, Line, Proc, Python, Scenario, Stall, kind, read_json,
-    require_root, run_scenario, script, unix_now_ns,
+    Blockprobe, Ctx, CtxRef, Line, Proc, Python, Scenario, Stall, kind, read_json, require_root,
+    run_scenario, script, unix_now_ns,
 };
 use serde_json::Value;
 
@@ -275,18 +275,15 @@ fn a_reused_pid_is_a_new_process() {
         &state_a,
         (go_a, seen_a),
     );
-    ctx.check_stall(
-        &stalls[1],
-        &ExpectStall {
-            script: &second,
-            function: "level3",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: ctx.measured(&state_b, "level3"),
-            nominal: Duration::from_millis(100),
-            window_unix_ns: Some((go_b, seen_b)),
-        },
+    let expect = ctx.expect_sleep(
+        &second,
+        "level3",
+        python.sleep_syscall(),
+        &state_b,
+        Duration::from_millis(100),
+        (go_b, seen_b),
     );
+    ctx.check_stall(&stalls[1], &expect);
 }
 
 // ------------------------------------------------------------------ upgrade
@@ -412,14 +409,15 @@ fn child_loop_is_traced_under_run(start: &str) {
     ctx.quit_ok(&bp, " (the child exits 0 too)");
 
     let state = bp.script_state();
-    let expect = |function: &'static str| ExpectStall {
-        script: &script_path,
-        function,
-        cause: "sleep",
-        syscall: python.sleep_syscall(),
-        measured_ns: ctx.measured(&state, function),
-        nominal: Duration::from_millis(50),
-        window_unix_ns: Some((go, seen)),
+    let expect = |function: &'static str| {
+        ctx.expect_sleep(
+            &script_path,
+            function,
+            python.sleep_syscall(),
+            &state,
+            Duration::from_millis(50),
+            (go, seen),
+        )
     };
     let child_stalls = bp.stalls(child);
     ctx.ensure(

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, ExpectStall, Frame, Python, Scenario, marker_line, nanos,
-    python_matrix, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, Frame, Python, Scenario, marker_line, nanos, python_matrix,
+    require_root, run_sleep_scenario, script, unix_now_ns,
 };
 
 python_matrix!(deep_recursion_is_truncated_and_marked);
@@ -61,14 +61,15 @@ fn corrupted_frames_and_code_are_survived() {
         format!("expected three stalls, got {stalls:#?}")
     });
     let state = bp.script_state();
-    let expect = |function: &'static str| ExpectStall {
-        script: &script_path,
-        function,
-        cause: "sleep",
-        syscall: python.sleep_syscall(),
-        measured_ns: ctx.measured(&state, function),
-        nominal: Duration::from_millis(100),
-        window_unix_ns: Some((go, seen)),
+    let expect = |function: &'static str| {
+        ctx.expect_sleep(
+            &script_path,
+            function,
+            python.sleep_syscall(),
+            &state,
+            Duration::from_millis(100),
+            (go, seen),
+        )
     };
     // 1. Unreadable name: the frame is `<unreadable>`, and so is the culprit (the caller
     //    did not block; the function that did cannot be named); the walk goes on.

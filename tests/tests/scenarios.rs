@@ -245,18 +245,16 @@ fn first_wakeup_of_an_idle_loop() {
     ctx.ensure(stalls.len() == 1, || {
         format!("expected exactly one stall, got {stalls:#?}")
     });
-    ctx.check_stall(
-        &stalls[0],
-        &blockprobe_tests::ExpectStall {
-            script: &blockprobe_tests::script(name),
-            function: "handler",
-            cause: "sleep",
-            syscall: python.sleep_syscall(),
-            measured_ns: ctx.measured(&state, "handler"),
-            nominal: Duration::from_millis(50),
-            window_unix_ns: Some((go, seen)),
-        },
+    let script = blockprobe_tests::script(name);
+    let expect = ctx.expect_sleep(
+        &script,
+        "handler",
+        python.sleep_syscall(),
+        &state,
+        Duration::from_millis(50),
+        (go, seen),
     );
+    ctx.check_stall(&stalls[0], &expect);
 }
 
 /// A loop closed and replaced by a new one in the same thread: the 300 ms between them
