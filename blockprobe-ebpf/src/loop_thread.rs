@@ -20,6 +20,7 @@ use blockprobe_common::{
 };
 
 use crate::{
+    blocking,
     emit::{current_ids, header, now_ns, reserve},
     maps::{
         EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
@@ -52,6 +53,8 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
         let fd = poll_fd();
+        // Whatever blocking call it made since has returned.
+        blocking::finish(config, tid, timing, now);
         if fd == timing.loop_fd {
             end_off_await(timing, now, config.threshold_ns);
         } else if adopts(tid, fd) {
@@ -253,7 +256,7 @@ pub fn on_block_enter(nr: u32, regs: *const u8) {
 
 /// Argument `index` (0 or 1) of the current syscall, from its saved registers.
 #[inline(always)]
-fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u64> {
+pub fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u64> {
     let offset = match index {
         0 => config.pt_regs_arg0_offset,
         _ => config.pt_regs_arg1_offset,
@@ -265,7 +268,7 @@ fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u
 
 /// Whether the futex of the current syscall lies inside the process's GIL state.
 #[inline(always)]
-fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
+pub fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
     if process.gil_addr == 0 {
         return false;
     }
@@ -275,7 +278,7 @@ fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) ->
 
 /// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
 #[inline(always)]
-fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
+pub fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
     let Some(scratch) = GIL_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -362,7 +365,7 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
 
 /// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.
 #[inline(always)]
-fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
+pub fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
     let path = &config.fd_path;
     // SAFETY: every read is fault-tolerant; the offsets come from the kernel's BTF and
     // the index is bounded by the table's own size.
@@ -390,7 +393,7 @@ fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
 
 /// Sends the GIL wait of thread `tid` that just ended.
 #[inline(always)]
-fn send_gil_wait(tid: u32, now: u64) {
+pub fn send_gil_wait(tid: u32, now: u64) {
     let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {
         count(Counter::LostGilWait);
         return;
@@ -415,7 +418,7 @@ pub fn on_cpu_sample() {
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
         return;
     };
-    if timing.poll_exit_ns == 0 || timing.syscall_enter_ns != 0 {
+    if timing.poll_exit_ns == 0 {
         return;
     }
     let Some(config) = config() else { return };

@@ -10,6 +10,7 @@ mod events;
 mod export;
 mod fleet;
 mod histogram;
+mod hooks;
 mod kernel;
 mod losses;
 mod metrics;

@@ -20,7 +20,10 @@ use blockprobe_common::{
     thread::{LoopTiming, ThreadClass, class},
 };
 
-use crate::tracefs;
+use crate::{
+    hooks::{self, HookChoice, PollHook},
+    tracefs,
+};
 
 /// How often the CPU sampler looks at a running loop thread (Hz): a 10 ms stall gets
 /// ~10 samples; a sample outside a stall costs one hash lookup.
@@ -55,6 +58,8 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
+    /// How the pollers are hooked.
+    poll_hook: HookChoice,
 }
 
 impl Probes {
@@ -100,6 +105,10 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
+            poll_hook: HookChoice {
+                hook: PollHook::Tracepoint,
+                fentry_refused: None,
+            },
             _ebpf: ebpf,
         };
         probes.attach_all()?;
@@ -109,14 +118,10 @@ impl Probes {
 
     fn attach_all(&mut self) -> anyhow::Result<()> {
         let ebpf = &mut self._ebpf;
-        // Two raw syscall tracepoints see every syscall (one cheap switch on its number)
-        // instead of one classic tracepoint per syscall: cheaper per call, and quick to
-        // attach and detach.
-        // Raw tracepoints only: cheaper per event than classic ones, and never skipped
-        // while a BPF map syscall holds the CPU (classic tracepoint programs are).
+        self.poll_hook = hooks::attach(ebpf)?;
+        // Raw tracepoints: cheaper per event than classic ones, and never skipped while a
+        // BPF map syscall holds the CPU (classic tracepoint programs are).
         for (program, tracepoint) in [
-            ("sys_enter", "sys_enter"),
-            ("sys_exit", "sys_exit"),
             ("sched_switch", "sched_switch"),
             ("sched_wakeup", "sched_wakeup"),
             ("process_fork", "sched_process_fork"),
@@ -264,6 +269,16 @@ impl Probes {
         self.thread_class
             .insert(tid, value, 0)
             .with_context(|| format!("re-examining thread {tid}"))
+    }
+
+    /// How the pollers are hooked, chosen at attach.
+    pub fn poll_hook(&self) -> &HookChoice {
+        &self.poll_hook
+    }
+
+    /// How many program runs the kernel skipped so far (see [`hooks::skipped_runs`]).
+    pub fn skipped_runs(&self) -> anyhow::Result<u64> {
+        hooks::skipped_runs(&self._ebpf)
     }
 
     /// Current totals of the kernel side's loss counters (summed over CPUs).

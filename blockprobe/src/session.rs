@@ -18,7 +18,7 @@ use crate::{
     classify,
     clock::Clock,
     events::{self, Event},
-    losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME},
+    losses::{Losses, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME},
     model::{Cause, FdKind, Frame, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
@@ -568,6 +568,8 @@ impl Session {
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
+        let skipped = self.probes.skipped_runs()?;
+        (self.losses).total(SKIPPED_RUN, skipped, &mut self.aggregator, &mut self.sink)?;
         let unreadable = self.unreadable_frames;
         (self.losses).total(
             UNREADABLE_FRAME,
@@ -575,6 +577,11 @@ impl Session {
             &mut self.aggregator,
             &mut self.sink,
         )
+    }
+
+    /// How the kernel side hooks the epoll syscalls.
+    pub fn poll_hook(&self) -> crate::hooks::PollHook {
+        self.probes.poll_hook().hook
     }
 
     /// Ends the session: the aggregate so far and the sink, for the summary.

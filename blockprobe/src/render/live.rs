@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::summary::cause_mix;
 use super::{escape, human_duration, local_clock, ms, short_path};
+use crate::hooks::PollHook;
 use crate::model::{Frame, Stall};
 
 /// Live output format as chosen on the command line. `json` and `jsonl` are the same:
@@ -47,7 +48,8 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`, `{"event":"ready"}`,
+/// `{"event":"warning","message":..}`,
+/// `{"event":"ready","poll_hook":"fentry"|"tracepoint","fentry_refused":..}`,
 /// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -86,7 +88,13 @@ pub enum Status {
         culprit: Option<Frame>,
     },
     /// The probes are attached: from now on, loops that start polling are seen.
-    Ready,
+    Ready {
+        /// How the epoll syscalls are hooked.
+        poll_hook: PollHook,
+        /// Why fentry could not be used, when it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fentry_refused: Option<String>,
+    },
 }
 
 /// Where live events go. Implementations must be usable from the tracer's event loop:
@@ -232,7 +240,19 @@ pub fn status_line(status: &Status) -> String {
                 .as_ref()
                 .map_or(String::new(), |f| format!(", at {}", frame_text(f)))
         ),
-        Status::Ready => "probes attached, tracing".to_owned(),
+        Status::Ready {
+            poll_hook,
+            fentry_refused,
+        } => format!(
+            "probes attached (epoll hooked by {}{}), tracing",
+            poll_hook.name(),
+            fentry_refused
+                .as_deref()
+                .map_or(String::new(), |why| format!(
+                    "; fentry refused: {}",
+                    escape(why)
+                ))
+        ),
     };
     format!("blockprobe: {text}")
 }

@@ -74,7 +74,7 @@ impl Session {
             while due.1 <= stuck_ns {
                 due.1 = due.1.saturating_mul(2);
             }
-            let in_syscall = s.timing.syscall_enter_ns != 0;
+            let in_syscall = s.timing.blocked_in_call();
             // A blocked thread's frames hold still; a running one's are read from its
             // latest sample, not raced.
             let stack = if in_syscall {
@@ -110,7 +110,7 @@ impl Session {
             {
                 *slot += now.saturating_sub(timing.off_cpu_since_ns);
             }
-            if timing.syscall_enter_ns != 0 {
+            if timing.blocked_in_call() {
                 let call = BlockedCall {
                     task: None,
                     nr: timing.syscall_nr,
