@@ -28,13 +28,13 @@ fn poll_enter(nr: u32, regs: *const u8) -> i32 {
     0
 }
 
-/// A thread leaves a poller (return value `ret`, saved registers `regs`); only flagged
-/// threads get past the first check.
+/// A thread leaves a poller (return value `ret`); only flagged threads get past the
+/// first check.
 #[inline(always)]
-fn poll_exit(regs: *const u8, ret: i64) -> i32 {
+fn poll_exit(ret: i64) -> i32 {
     let tid = current_ids().1;
     if is_loop_thread(tid) {
-        loop_thread::on_poll_exit(tid, ret, regs);
+        loop_thread::on_poll_exit(tid, ret);
     }
     0
 }
@@ -71,19 +71,19 @@ pub fn ep_pwait2_in(ctx: FEntryContext) -> i32 {
 /// fexit on `epoll_wait`.
 #[fexit(function = "__x64_sys_epoll_wait")]
 pub fn ep_wait_out(ctx: FExitContext) -> i32 {
-    poll_exit(untyped(ctx.arg(0)), ctx.arg(1))
+    poll_exit(ctx.arg(1))
 }
 
 /// fexit on `epoll_pwait`.
 #[fexit(function = "__x64_sys_epoll_pwait")]
 pub fn ep_pwait_out(ctx: FExitContext) -> i32 {
-    poll_exit(untyped(ctx.arg(0)), ctx.arg(1))
+    poll_exit(ctx.arg(1))
 }
 
 /// fexit on `epoll_pwait2`.
 #[fexit(function = "__x64_sys_epoll_pwait2")]
 pub fn ep_pwait2_out(ctx: FExitContext) -> i32 {
-    poll_exit(untyped(ctx.arg(0)), ctx.arg(1))
+    poll_exit(ctx.arg(1))
 }
 
 /// fentry on `close`.
@@ -107,7 +107,7 @@ pub fn tp_poll_in(ctx: TracePointContext) -> i32 {
 pub fn tp_poll_out(ctx: TracePointContext) -> i32 {
     // SAFETY: the offset is that of `ret` in every syscall exit record.
     match unsafe { ctx.read_at::<i64>(TP_FIRST_FIELD) } {
-        Ok(ret) => poll_exit(current_regs(), ret),
+        Ok(ret) => poll_exit(ret),
         Err(_) => 0,
     }
 }

@@ -14,7 +14,7 @@ use blockprobe_common::{
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
-    syscalls::{S_IFMT, cause_of, fd_count_arg, is_futex, takes_fd},
+    syscalls::{S_IFMT, cause_of},
     thread::{LoopTiming, NO_FD, ThreadClass, class},
     walk::{UserMemory, walk_thread},
 };
@@ -63,7 +63,7 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
             timing.loop_fd = fd;
             end_off_await(timing, now, u64::MAX);
         } else {
-            on_block_enter(nr, regs);
+            begin_foreign_poll(timing, nr, now);
             if timing.foreign_fd != fd && send_poll_stack(tgid, now, fd, true) {
                 timing.foreign_fd = fd;
             }
@@ -162,10 +162,10 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) -> bool {
     true
 }
 
-/// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop
-/// starts an off-await interval; a thread found not to be a loop loses its flag.
+/// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an
+/// off-await interval; a thread found not to be a loop loses its flag.
 #[inline(always)]
-pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
+pub fn on_poll_exit(tid: u32, ret: i64) {
     let now = now_ns();
     if let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -174,7 +174,7 @@ pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
         // unless userspace meanwhile found it to be a new loop's.
         if timing.syscall_enter_ns != 0 {
             if !adopts(tid, timing.foreign_fd) {
-                on_block_exit(ret, regs);
+                end_foreign_poll(timing, ret, now);
                 return;
             }
             timing.loop_fd = timing.foreign_fd;
@@ -221,37 +221,18 @@ pub fn on_close(tid: u32, regs: *const u8) {
     }
 }
 
-/// A thread enters a blocking syscall: remembered when it is a loop thread off-await.
-/// A futex wait inside the interpreter's GIL state is a GIL wait: the stack of the
-/// thread holding the GIL is captured now, while it still holds it.
+/// A loop thread polls another epoll fd than its loop's (sync `selectors` code run by
+/// a callback) with syscall `nr`: while off-await, a blocking call inside the interval,
+/// timed by the poll hooks themselves.
 #[inline(always)]
-pub fn on_block_enter(nr: u32, regs: *const u8) {
-    let (tgid, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let timing = unsafe { &mut *timing };
+fn begin_foreign_poll(timing: &mut LoopTiming, nr: u32, now: u64) {
     if timing.poll_exit_ns == 0 {
         return;
     }
-    let now = now_ns();
     close_period(timing, now);
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
     timing.syscall_cause = cause_of(nr) as u32;
-    if let (Some(arg), Some(config)) = (fd_count_arg(nr), config())
-        && syscall_arg(config, regs, arg) == Some(0)
-    {
-        timing.syscall_cause = cause::SLEEP as u32;
-    }
-    if is_futex(nr as u64)
-        && let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) })
-        && waits_for_gil(config, process, regs)
-    {
-        timing.syscall_cause = cause::GIL as u32;
-        remember_gil_holder(process, tid, now);
-    }
 }
 
 /// Argument `index` (0 or 1) of the current syscall, from its saved registers.
@@ -304,41 +285,18 @@ pub fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
     }
 }
 
-/// A thread returns from a blocking syscall (return value `ret`, saved registers
-/// `regs`): long ones are reported with their stack and the type of the file descriptor
-/// they waited on. The Python frames cannot change while the thread is inside the
-/// syscall, so the stack walked at return is the stack that made the call.
+/// The loop thread's poll of another epoll fd returns `ret`: reported when long, with
+/// its stack (the frames cannot change while the thread is inside the call).
 #[inline(always)]
-pub fn on_block_exit(ret: i64, regs: *const u8) {
-    let (tgid, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let timing = unsafe { &mut *timing };
+fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     let start = timing.syscall_enter_ns;
-    if start == 0 {
-        return;
-    }
     timing.syscall_enter_ns = 0;
-    let now = now_ns();
     close_period(timing, now);
-    let Some(config) = config() else { return };
-    let long = now.saturating_sub(start) >= config.min_block_ns;
-    if timing.syscall_cause == cause::GIL as u32 {
-        // The interpreter waits for the GIL in slices of its switch interval (5 ms),
-        // each shorter than `min_block_ns` at high thresholds: what counts is how long
-        // the loop has been away.
-        if now.saturating_sub(timing.poll_exit_ns) >= config.min_block_ns {
-            send_gil_wait(tid, now);
-        }
-        let _ = GIL_WAITS.remove(tid);
-        return;
-    }
-    let Some(process) = (unsafe { PROCESSES.get(tgid) }) else {
+    let (tgid, _) = current_ids();
+    let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
-    if !long {
+    if now.saturating_sub(start) < config.min_block_ns {
         return;
     }
     let Some(mut entry) = reserve::<BlockedCallEvent>(Counter::LostBlockedCall) else {
@@ -353,12 +311,6 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
     event.ret = ret;
     event.fd = -1;
     event.fd_mode = 0;
-    if takes_fd(timing.syscall_nr)
-        && let Some(fd) = syscall_arg(config, regs, 0)
-    {
-        event.fd = fd as i32;
-        event.fd_mode = fd_mode(config, fd as u32).unwrap_or(0);
-    }
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
 }
