@@ -4,12 +4,14 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
     programs::{FEntry, FExit, TracePoint},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::probes::program_mut;
 
 /// How the epoll syscalls (and `close`) are hooked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,17 +216,10 @@ fn recursion_misses(fd: i32) -> anyhow::Result<u64> {
     })
 }
 
-/// The program `name` of the loaded object.
-fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))
-}
-
 #[cfg(test)]
 mod tests {
+    use anyhow::anyhow;
+
     use super::*;
 
     #[test]

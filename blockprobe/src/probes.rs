@@ -318,7 +318,7 @@ fn loop_thread_words() -> u32 {
 }
 
 /// The program `name` of the loaded object.
-fn program_mut<'a>(
+pub fn program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &str,
 ) -> anyhow::Result<&'a mut aya::programs::Program> {

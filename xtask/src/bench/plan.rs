@@ -141,40 +141,28 @@ impl Workload {
 
     /// The modes it runs under; `baseline`: a baseline binary is measured too.
     pub fn modes(self, baseline: bool) -> Vec<Mode> {
-        let mut modes = match self {
+        let tracers = [Mode::TracePid, Mode::TraceHost, Mode::Serve];
+        let mut modes = vec![Mode::Bare];
+        match self {
             // Not Python: only the system-wide modes say what it costs everyone else.
-            Workload::Syscalls => vec![Mode::Bare, Mode::TraceHost, Mode::Serve, Mode::Floor],
+            Workload::Syscalls => modes.extend([Mode::TraceHost, Mode::Serve, Mode::Floor]),
             // The tracers' own CPU and memory under load.
-            Workload::StallRate => vec![
-                Mode::Bare,
-                Mode::TracePid,
-                Mode::TraceHost,
-                Mode::Serve,
-                Mode::Blocksnoop,
-            ],
+            Workload::StallRate => modes.extend(tracers.into_iter().chain([Mode::Blocksnoop])),
             // No event loop: the in-process asyncio peers do not apply.
-            Workload::MapPyfunc => vec![
-                Mode::Bare,
-                Mode::TracePid,
-                Mode::TraceHost,
-                Mode::Serve,
+            Workload::MapPyfunc => modes.extend(tracers.into_iter().chain([
                 Mode::Floor,
                 Mode::Blocksnoop,
                 Mode::PySpy,
-            ],
-            Workload::Http | Workload::Queue => vec![
-                Mode::Bare,
-                Mode::TracePid,
-                Mode::TraceHost,
-                Mode::Serve,
+            ])),
+            Workload::Http | Workload::Queue => modes.extend(tracers.into_iter().chain([
                 Mode::Floor,
                 Mode::Blocksnoop,
                 Mode::AsyncioDebug,
                 Mode::LoopMonitor,
                 Mode::Aiodebug,
                 Mode::PySpy,
-            ],
-        };
+            ])),
+        }
         if baseline {
             modes.push(Mode::BaselineTraceHost);
         }
