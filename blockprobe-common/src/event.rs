@@ -133,10 +133,18 @@ pub struct BlockedCallEvent {
     pub fd: i32,
     /// The file type bits (`S_IFMT`) of that descriptor's inode; 0: unknown.
     pub fd_mode: u32,
+    /// 0 for one long call; else the event stands for this many short calls of the same
+    /// cause (each below the evidence minimum) in the same off-await interval, this one
+    /// the last: their time reached the minimum together.
+    pub short_calls: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// With `short_calls`: their total time (else 0).
+    pub short_ns: u64,
     /// The Python stack making the call (unchanged between entry and return).
     pub stack: RawStack,
 }
-assert_size!(BlockedCallEvent, 56 + core::mem::size_of::<RawStack>());
+assert_size!(BlockedCallEvent, 72 + core::mem::size_of::<RawStack>());
 
 /// A loop iteration whose off-await time reached the threshold.
 #[repr(C)]
@@ -164,8 +172,8 @@ pub struct CpuSampleEvent {
 }
 assert_size!(CpuSampleEvent, 24 + core::mem::size_of::<RawStack>());
 
-/// A loop thread's long wait for the GIL, with the stack of the thread that held it when
-/// the wait began.
+/// A loop thread's long wait for the GIL: the stack of the thread that held it when the
+/// wait began, and the loop thread's own stack, where it waited.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GilWaitEvent {
@@ -179,6 +187,8 @@ pub struct GilWaitEvent {
     /// Padding, zero.
     pub _pad: u32,
     /// The holder's Python stack when the wait began.
-    pub stack: RawStack,
+    pub holder_stack: RawStack,
+    /// The waiting loop thread's own Python stack (unchanged while it waits).
+    pub own_stack: RawStack,
 }
-assert_size!(GilWaitEvent, 40 + core::mem::size_of::<RawStack>());
+assert_size!(GilWaitEvent, 40 + 2 * core::mem::size_of::<RawStack>());

@@ -28,6 +28,9 @@ pub const BLOCKING_CALLS: &str = "BLOCKING_CALLS";
 pub const BLOCKING_SCRATCH: &str = "BLOCKING_SCRATCH";
 /// `PerCpuArray<GilWaitEvent>` with one entry: scratch space to build a GIL wait.
 pub const GIL_SCRATCH: &str = "GIL_SCRATCH";
+/// `LruHashMap<u32 tid, ShortCalls>`: a loop thread's short blocking calls not reported
+/// yet (an evicted entry loses only a partial sum).
+pub const SHORT_CALLS: &str = "SHORT_CALLS";
 /// `RingBuf`: every event sent to userspace.
 pub const EVENTS: &str = "EVENTS";
 /// `PerCpuArray<u64>` indexed by [`crate::counters::Counter`].
@@ -49,5 +52,7 @@ pub const MAX_GIL_WAITS: u32 = 1024;
 /// Capacity of [`BLOCKING_CALLS`]: loop threads blocked at the same time (the least
 /// recently used entry, a thread long gone, makes room).
 pub const MAX_BLOCKING_CALLS: u32 = 4096;
+/// Capacity of [`SHORT_CALLS`]: loop threads with short calls not reported yet.
+pub const MAX_SHORT_CALLS: u32 = 4096;
 /// Default size of [`EVENTS`] in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;

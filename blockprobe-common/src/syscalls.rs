@@ -65,6 +65,20 @@ pub const fn is_futex(nr: u64) -> bool {
     nr <= u32::MAX as u64 && matches!(nr as u32, nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT)
 }
 
+/// Whether futex operation `op` (the `futex` syscall's second argument) makes the caller
+/// wait: `FUTEX_WAIT` (what glibc's mutexes use) or `FUTEX_WAIT_BITSET` (its condition
+/// variables, so CPython's GIL), with or without the private and realtime-clock flags.
+/// A wake never blocks.
+pub const fn futex_op_waits(op: u32) -> bool {
+    /// `FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME`.
+    const FLAGS: u32 = 128 | 256;
+    /// `FUTEX_WAIT`.
+    const WAIT: u32 = 0;
+    /// `FUTEX_WAIT_BITSET`.
+    const WAIT_BITSET: u32 = 9;
+    matches!(op & !FLAGS, WAIT | WAIT_BITSET)
+}
+
 /// What blocking in syscall `nr` counts as (a [`crate::cause`] index); futex waits on
 /// the GIL are told apart by address, by the caller.
 pub const fn cause_of(nr: u32) -> usize {
@@ -150,4 +164,22 @@ pub const fn is_blocking(nr: u64) -> bool {
                     | nr::OPENAT
                     | nr::OPENAT2
             ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::futex_op_waits;
+
+    #[test]
+    fn only_futex_waits_wait() {
+        // FUTEX_WAIT, FUTEX_WAIT_PRIVATE, FUTEX_WAIT_BITSET_PRIVATE (glibc's condition
+        // variables), with FUTEX_CLOCK_REALTIME.
+        for op in [0, 128, 9 | 128, 9 | 128 | 256] {
+            assert!(futex_op_waits(op), "{op}");
+        }
+        // FUTEX_WAKE(_PRIVATE), FUTEX_WAKE_BITSET_PRIVATE, FUTEX_REQUEUE, FUTEX_WAKE_OP.
+        for op in [1, 129, 10 | 128, 3, 5 | 128] {
+            assert!(!futex_op_waits(op), "{op}");
+        }
+    }
 }

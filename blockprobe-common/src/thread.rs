@@ -55,6 +55,22 @@ pub struct LoopTiming {
 }
 assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
 
+/// Value of [`crate::maps::SHORT_CALLS`], written only by BPF: a loop thread's blocking
+/// calls too short to report one by one (below the evidence minimum), summed by cause
+/// until their time reaches the minimum; then one event reports them, with the stack of
+/// the call that made the sum reach it (a sample weighted by time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShortCalls {
+    /// The off-await interval the sums belong to (its `LoopTiming::poll_exit_ns`).
+    pub interval_ns: u64,
+    /// Time in short calls not reported yet, by [`cause`] index.
+    pub blocked_ns: [u64; cause::COUNT],
+    /// Their number, by [`cause`] index.
+    pub calls: [u32; cause::COUNT],
+}
+assert_size!(ShortCalls, 8 + 12 * cause::COUNT);
+
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;
 

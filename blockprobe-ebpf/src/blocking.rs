@@ -3,12 +3,14 @@
 //! No syscall but the pollers runs a blockprobe program. When a loop thread off-await
 //! leaves the CPU blocked, its saved user registers say which syscall it is in and on
 //! what (in the raw `sched_switch` tracepoint the task switched out is still `current`).
-//! The first switch-out inside a call walks its Python stack (the frames cannot change
-//! while the thread is inside the call) and reads the type of its file descriptor; later
-//! switch-outs inside the same call (same number and arguments) only add to its off-CPU
-//! time. The call ends at the thread's next switch-out in another call or in none, or at
-//! its next poll, and is reported then when long enough, lasting the off-CPU time it
-//! accumulated.
+//! Each blocked switch-out starts a call: its Python stack is walked then (the frames
+//! cannot change while the thread is inside the call) and the type of its file
+//! descriptor read. It ends at the thread's next blocked switch-out or its next poll,
+//! and lasts the off-CPU time it accumulated meanwhile (blocked, then waiting for a CPU
+//! once woken); it is reported then when long enough, or added to the short calls of its
+//! cause. Nothing on the saved registers tells two consecutive identical calls (a
+//! `time.sleep` in a loop) from one call that blocked twice, so the rare call that
+//! blocks more than once (a spurious wake-up, a page fault inside it) counts as several.
 
 use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
 use blockprobe_common::{
@@ -23,7 +25,9 @@ use blockprobe_common::{
 
 use crate::{
     emit::{current_ids, header},
-    loop_thread::{fd_mode, remember_gil_holder, send_gil_wait, syscall_arg, waits_for_gil},
+    loop_thread::{
+        evidence, fd_mode, remember_gil_holder, send_gil_wait, syscall_arg, waits_for_gil,
+    },
     maps::{BLOCKING_CALLS, BLOCKING_SCRATCH, EVENTS, GIL_WAITS, PROCESSES, count},
     sched::close_period,
     walk,
@@ -64,33 +68,21 @@ pub fn on_blocked(config: &GlobalConfig, tid: u32, timing: &mut LoopTiming, now:
             cause::IO as u32
         };
     }
-    let args = [
-        syscall_arg(config, regs, 0).unwrap_or(0),
-        syscall_arg(config, regs, 1).unwrap_or(0),
-    ];
-    if timing.syscall_enter_ns != 0
-        && u64::from(timing.syscall_nr) == nr as u64
-        // SAFETY: read-only lookup of an entry only this thread's programs write.
-        && unsafe { BLOCKING_CALLS.get(tid) }.is_some_and(|call| call.args == args)
-    {
-        return timing.syscall_cause;
-    }
     finish(config, tid, timing, now);
     if nr < 0 || !is_blocking(nr as u64) {
         return cause::OTHER as u32;
     }
-    begin(config, tid, timing, nr as u32, args, regs, now)
+    begin(config, tid, timing, nr as u32, regs, now)
 }
 
-/// Starts blocking call `nr` (arguments `args`, saved registers `regs`) of loop thread
-/// `tid` at `now`; returns its cause.
+/// Starts blocking call `nr` (saved registers `regs`) of loop thread `tid` at `now`;
+/// returns its cause.
 #[inline(always)]
 fn begin(
     config: &GlobalConfig,
     tid: u32,
     timing: &mut LoopTiming,
     nr: u32,
-    args: [u64; 2],
     regs: *const u8,
     now: u64,
 ) -> u32 {
@@ -99,16 +91,16 @@ fn begin(
     let process = unsafe { PROCESSES.get(tgid) };
     let mut syscall_cause = cause_of(nr) as u32;
     if let Some(arg) = fd_count_arg(nr)
-        && args.get(arg) == Some(&0)
+        && syscall_arg(config, regs, arg) == Some(0)
     {
         syscall_cause = cause::SLEEP as u32;
     }
     if is_futex(u64::from(nr))
         && let Some(process) = process
-        && waits_for_gil(config, process, regs)
+        && waits_for_gil(nr, config, process, regs)
     {
         syscall_cause = cause::GIL as u32;
-        remember_gil_holder(process, tid, now);
+        remember_gil_holder(config, process, tid, now);
     }
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
@@ -120,7 +112,6 @@ fn begin(
     // SAFETY: the pointer comes from a successful lookup in a map only this thread's
     // programs write.
     let call = unsafe { &mut *call };
-    call.args = args;
     call.off_cpu_at_start_ns = off_cpu_total(timing);
     let event = &mut call.event;
     // Kind 0: nothing to report (a GIL wait is reported with its holder's stack, a
@@ -139,9 +130,11 @@ fn begin(
     event.ret = 0;
     event.fd = -1;
     event.fd_mode = 0;
-    if takes_fd(nr) {
-        event.fd = args[0] as i32;
-        event.fd_mode = fd_mode(config, args[0] as u32).unwrap_or(0);
+    if takes_fd(nr)
+        && let Some(fd) = syscall_arg(config, regs, 0)
+    {
+        event.fd = fd as i32;
+        event.fd_mode = fd_mode(config, fd as u32).unwrap_or(0);
     }
     walk::capture(config, process, &mut event.stack);
     syscall_cause
@@ -189,12 +182,19 @@ pub fn finish(config: &GlobalConfig, tid: u32, timing: &mut LoopTiming, now: u64
     // SAFETY: the pointer comes from a successful lookup in a map only this thread's
     // programs write.
     let call = unsafe { &mut *call };
-    let off_cpu = off_cpu_total(timing).saturating_sub(call.off_cpu_at_start_ns);
-    if call.event.header.kind != EventKind::BlockedCall as u32 || off_cpu < config.min_block_ns {
+    if call.event.header.kind != EventKind::BlockedCall as u32 {
         return;
     }
-    call.event.header = header(EventKind::BlockedCall, call.event.start_ns + off_cpu);
-    if EVENTS.output::<BlockedCallEvent>(&call.event, 0).is_err() {
+    let took = off_cpu_total(timing).saturating_sub(call.off_cpu_at_start_ns);
+    let Some((short_calls, short_ns)) = evidence(tid, timing, took, config.min_block_ns) else {
+        return;
+    };
+    let event = &mut call.event;
+    event.header = header(EventKind::BlockedCall, event.start_ns + took);
+    event.short_calls = short_calls;
+    event._pad = 0;
+    event.short_ns = short_ns;
+    if EVENTS.output::<BlockedCallEvent>(event, 0).is_err() {
         count(Counter::LostBlockedCall);
     }
 }

@@ -14,8 +14,8 @@ use blockprobe_common::{
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
     },
-    syscalls::{S_IFMT, cause_of},
-    thread::{LoopTiming, NO_FD, ThreadClass, class},
+    syscalls::{S_IFMT, cause_of, futex_op_waits, nr},
+    thread::{LoopTiming, NO_FD, ShortCalls, ThreadClass, class},
     walk::{UserMemory, walk_thread},
 };
 
@@ -23,8 +23,8 @@ use crate::{
     blocking,
     emit::{current_ids, header, now_ns, reserve},
     maps::{
-        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
-        is_loop_thread, mark_loop_thread,
+        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, SHORT_CALLS, THREAD_CLASS, config,
+        count, is_loop_thread, mark_loop_thread,
     },
     process::announce_if_in_scope,
     sched::close_period,
@@ -247,19 +247,25 @@ pub fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Opti
     unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) }.ok()
 }
 
-/// Whether the futex of the current syscall lies inside the process's GIL state.
+/// Whether the current futex syscall `nr` waits on a futex inside the process's GIL
+/// state (a wake on it does not wait).
 #[inline(always)]
-pub fn waits_for_gil(config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
+pub fn waits_for_gil(nr: u32, config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
     if process.gil_addr == 0 {
         return false;
     }
-    matches!(syscall_arg(config, regs, 0),
-        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE)
+    let on_gil = matches!(syscall_arg(config, regs, 0),
+        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE);
+    // futex_wait(2) only waits; futex(2) says what it does in its operation.
+    on_gil
+        && (nr != nr::FUTEX
+            || syscall_arg(config, regs, 1).is_some_and(|op| futex_op_waits(op as u32)))
 }
 
-/// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
+/// Captures the GIL holder's stack for the GIL wait the current thread `tid` begins
+/// now, and the thread's own stack, where it waits (unchanged while it waits).
 #[inline(always)]
-pub fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
+pub fn remember_gil_holder(config: &GlobalConfig, process: &PyProcess, tid: u32, now: u64) {
     let Some(scratch) = GIL_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -277,8 +283,9 @@ pub fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
         0
     };
     wait._pad = 0;
-    walk_thread(&CurrentUser, process, holder, &mut wait.stack);
-    // By reference: the 2 KiB value does not fit the 512-byte BPF stack.
+    walk_thread(&CurrentUser, process, holder, &mut wait.holder_stack);
+    walk::capture(config, process, &mut wait.own_stack);
+    // By reference: the 4 KiB value does not fit the 512-byte BPF stack.
     let wait: &GilWaitEvent = wait;
     if GIL_WAITS.insert(tid, wait, 0).is_err() {
         count(Counter::LostGilWait);
@@ -292,13 +299,15 @@ fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     let start = timing.syscall_enter_ns;
     timing.syscall_enter_ns = 0;
     close_period(timing, now);
-    let (tgid, _) = current_ids();
+    let (tgid, tid) = current_ids();
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
-    if now.saturating_sub(start) < config.min_block_ns {
+    let Some((short_calls, short_ns)) =
+        evidence(tid, timing, now.saturating_sub(start), config.min_block_ns)
+    else {
         return;
-    }
+    };
     let Some(mut entry) = reserve::<BlockedCallEvent>(Counter::LostBlockedCall) else {
         return;
     };
@@ -311,8 +320,68 @@ fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     event.ret = ret;
     event.fd = -1;
     event.fd_mode = 0;
+    event.short_calls = short_calls;
+    event._pad = 0;
+    event.short_ns = short_ns;
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
+}
+
+/// Whether loop thread `tid`'s call that just ended, after `took` ns, is evidence to
+/// report now: `(0, 0)` when it lasted `min_ns` on its own; the sums (calls, ns) of the
+/// short calls of its cause when it made them reach `min_ns`; `None` otherwise.
+#[inline(always)]
+pub fn evidence(tid: u32, timing: &LoopTiming, took: u64, min_ns: u64) -> Option<(u32, u64)> {
+    if took >= min_ns {
+        return Some((0, 0));
+    }
+    let cause = timing.syscall_cause as usize;
+    add_short_call(tid, timing.poll_exit_ns, cause, took, min_ns)
+}
+
+/// Adds a short call (`took` ns, of cause index `cause`) of loop thread `tid` in its
+/// off-await interval `interval_ns` to the thread's sums. When the cause's sum reaches
+/// `min_ns`, returns it (calls, ns) to be reported with this call's stack, and starts
+/// it afresh.
+#[inline(always)]
+fn add_short_call(
+    tid: u32,
+    interval_ns: u64,
+    cause: usize,
+    took: u64,
+    min_ns: u64,
+) -> Option<(u32, u64)> {
+    if cause >= cause::COUNT {
+        return None;
+    }
+    let sums = match SHORT_CALLS.get_ptr_mut(tid) {
+        Some(sums) => sums,
+        None => {
+            let fresh = ShortCalls {
+                interval_ns,
+                ..ShortCalls::default()
+            };
+            let _ = SHORT_CALLS.insert(tid, fresh, 0);
+            SHORT_CALLS.get_ptr_mut(tid)?
+        }
+    };
+    // SAFETY: the pointer comes from a successful lookup in a map we own.
+    let sums = unsafe { &mut *sums };
+    if sums.interval_ns != interval_ns {
+        *sums = ShortCalls {
+            interval_ns,
+            ..ShortCalls::default()
+        };
+    }
+    sums.blocked_ns[cause] += took;
+    sums.calls[cause] += 1;
+    if sums.blocked_ns[cause] < min_ns {
+        return None;
+    }
+    let reported = (sums.calls[cause], sums.blocked_ns[cause]);
+    sums.blocked_ns[cause] = 0;
+    sums.calls[cause] = 0;
+    Some(reported)
 }
 
 /// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.
@@ -343,7 +412,7 @@ pub fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
     }
 }
 
-/// Sends the GIL wait of thread `tid` that just ended.
+/// Sends the GIL wait of thread `tid` that ended by `now`.
 #[inline(always)]
 pub fn send_gil_wait(tid: u32, now: u64) {
     let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {

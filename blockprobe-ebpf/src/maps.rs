@@ -11,9 +11,9 @@ use blockprobe_common::{
     event::GilWaitEvent,
     maps::{
         DEFAULT_LOOP_THREAD_WORDS, DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_BLOCKING_CALLS,
-        MAX_FAMILY, MAX_GIL_WAITS, MAX_PROCESSES, MAX_THREADS,
+        MAX_FAMILY, MAX_GIL_WAITS, MAX_PROCESSES, MAX_SHORT_CALLS, MAX_THREADS,
     },
-    thread::{LoopTiming, ThreadClass},
+    thread::{LoopTiming, ShortCalls, ThreadClass},
 };
 
 /// See `blockprobe_common::maps::CONFIG`.
@@ -60,6 +60,11 @@ pub static BLOCKING_CALLS: LruHashMap<u32, BlockingCall> =
 /// See `blockprobe_common::maps::BLOCKING_SCRATCH`.
 #[map]
 pub static BLOCKING_SCRATCH: PerCpuArray<BlockingCall> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `blockprobe_common::maps::SHORT_CALLS`.
+#[map]
+pub static SHORT_CALLS: LruHashMap<u32, ShortCalls> =
+    LruHashMap::with_max_entries(MAX_SHORT_CALLS, 0);
 
 /// See `blockprobe_common::maps::EVENTS`; userspace may resize it before loading.
 #[map]

@@ -421,7 +421,7 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::Frame;
+    use crate::model::{CulpritFrom, Frame};
     use blockprobe_common::counters::Counter;
 
     pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
@@ -447,10 +447,14 @@ pub(crate) mod tests {
             fd_kind: None,
             causes,
             stack: culprit.iter().cloned().collect(),
+            short_calls: None,
+            culprit_from: culprit.is_some().then_some(CulpritFrom::Evidence),
             culprit,
             gil_holder_tid: None,
+            gil_holder_stack: Vec::new(),
             task: None,
             cpu_samples: 0,
+            stack_samples: 0,
             ongoing: false,
         }
     }

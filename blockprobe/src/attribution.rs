@@ -1,6 +1,8 @@
 //! Turning kernel measurements into stalls: where the stall's time went (causes, from the
-//! scheduler), and who is to blame (culprit, from the evidence that fits the main cause:
-//! the blocking call, the CPU samples, or the thread that held the GIL).
+//! scheduler), and who is to blame (culprit, only from evidence of the main cause: its
+//! longest blocking call, the commonest stack of the CPU samples, or the stack of the
+//! thread that held the GIL). A stall without such evidence shows the latest stack seen
+//! of the loop, and says so.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -9,7 +11,7 @@ use foldhash::HashMap;
 use blockprobe_common::cause;
 
 use crate::{
-    model::{Cause, FdKind, Frame, Stall},
+    model::{Cause, CulpritFrom, FdKind, Frame, ShortCalls, Stall},
     python::origin::{Origin, classify},
     syscalls,
 };
@@ -34,19 +36,26 @@ pub struct BlockedCall {
     pub stack: Vec<Frame>,
     /// The asyncio task that made it, when known.
     pub task: Option<String>,
+    /// When it stands for many short calls of its cause (it is the last of them): how
+    /// many, and their total time.
+    pub short: Option<ShortCalls>,
 }
 
-/// A loop thread's long wait for the GIL, with the holder's stack.
+/// A loop thread's long wait for the GIL: its own stack and the holder's.
 #[derive(Clone, Debug)]
 pub struct GilWait {
     /// When the wait began (monotonic ns).
     pub start_ns: u64,
     /// When it ended (monotonic ns).
     pub end_ns: u64,
-    /// The holder's native tid, if the interpreter records it.
+    /// The holder's host tid, if the interpreter records it.
     pub holder_tid: Option<u32>,
     /// The holder's Python stack when the wait began, innermost first.
-    pub stack: Vec<Frame>,
+    pub holder_stack: Vec<Frame>,
+    /// The loop thread's own Python stack, where it waited, innermost first.
+    pub own_stack: Vec<Frame>,
+    /// The asyncio task the loop thread was running, when known.
+    pub task: Option<String>,
 }
 
 /// A timer sample of a loop thread running off-await.
@@ -176,45 +185,114 @@ impl Attributor {
             causes,
             stack: Vec::new(),
             culprit: None,
+            short_calls: None,
+            culprit_from: None,
             gil_holder_tid: None,
+            gil_holder_stack: Vec::new(),
             task: None,
             cpu_samples: 0,
+            stack_samples: 0,
             ongoing: false,
         };
-        let longest_call = |want: Option<Cause>| {
-            calls
-                .iter()
-                .filter(|c| want.is_none_or(|w| c.cause == w))
-                .max_by_key(|c| c.end_ns - c.start_ns)
+        let blamed = match cause {
+            Cause::Gil => blame_gil_wait(&mut stall, &gil_waits),
+            Cause::Cpu | Cause::Runqueue => blame_samples(&mut stall, &samples),
+            _ => blame_call(&mut stall, &calls),
         };
-        let longest_gil_wait = gil_waits.iter().max_by_key(|w| w.end_ns - w.start_ns);
-        match cause {
-            Cause::Gil if longest_gil_wait.is_some() => {
-                let wait = longest_gil_wait.expect("checked above");
-                stall.syscall = Some("futex".to_owned());
-                stall.stack.clone_from(&wait.stack);
-                stall.gil_holder_tid = wait.holder_tid;
-            }
-            Cause::Cpu | Cause::Runqueue if !samples.is_empty() => {
-                let (count, sample) = most_frequent(&samples);
-                stall.cpu_samples = count;
-                if let Some(sample) = sample {
-                    stall.stack.clone_from(&sample.stack);
-                    stall.task.clone_from(&sample.task);
-                }
-            }
-            _ => {
-                if let Some(call) = longest_call(Some(cause)).or_else(|| longest_call(None)) {
-                    stall.syscall = syscalls::name(call.nr).map(str::to_owned);
-                    stall.fd_kind = call.fd_kind;
-                    stall.stack.clone_from(&call.stack);
-                    stall.task.clone_from(&call.task);
-                }
-            }
+        if blamed {
+            stall.culprit_from = Some(CulpritFrom::Evidence);
+        } else if let Some((stack, task)) = last_seen(&calls, &gil_waits, &samples) {
+            stall.stack = stack.to_vec();
+            stall.task = task.cloned();
+            stall.culprit = culprit(&stall.stack);
+            stall.culprit_from = Some(CulpritFrom::LastSeen);
         }
-        stall.culprit = culprit(&stall.stack);
         stall
     }
+}
+
+/// Blames a GIL stall on the holder of the longest GIL wait: its stack is the
+/// culprit's, the loop's own stack the stall's. Whether there was such a wait.
+fn blame_gil_wait(stall: &mut Stall, waits: &[GilWait]) -> bool {
+    let Some(wait) = waits.iter().max_by_key(|w| w.end_ns - w.start_ns) else {
+        return false;
+    };
+    stall.syscall = Some("futex".to_owned());
+    stall.stack.clone_from(&wait.own_stack);
+    stall.task.clone_from(&wait.task);
+    stall.gil_holder_tid = wait.holder_tid;
+    stall.gil_holder_stack.clone_from(&wait.holder_stack);
+    stall.culprit = culprit(&wait.holder_stack);
+    true
+}
+
+/// Blames a CPU or run-queue stall on the commonest stack of its samples. Whether there
+/// were any.
+fn blame_samples(stall: &mut Stall, samples: &[CpuSample]) -> bool {
+    let Some(commonest) = commonest_stack(samples) else {
+        return false;
+    };
+    stall.cpu_samples = samples.len() as u32;
+    stall.stack_samples = commonest.samples;
+    stall.stack.clone_from(&commonest.sample.stack);
+    stall.task.clone_from(&commonest.sample.task);
+    stall.culprit = culprit(&stall.stack);
+    true
+}
+
+/// Blames a stall on the stack with the most time in blocking calls of the main cause:
+/// a long call counts its duration, a report of short calls their total. The stack's
+/// latest call gives the syscall. Whether there was any call of the cause.
+fn blame_call(stall: &mut Stall, calls: &[BlockedCall]) -> bool {
+    let cause = stall.cause;
+    let mut short = ShortCalls {
+        calls: 0,
+        total_ns: 0,
+    };
+    // Sequence -> (time, latest call).
+    let mut by_stack: HashMap<Vec<(&str, &str)>, (u64, &BlockedCall)> = HashMap::default();
+    for call in calls.iter().filter(|c| c.cause == cause) {
+        let took = match call.short {
+            Some(s) => {
+                short.calls += s.calls;
+                short.total_ns += s.total_ns;
+                s.total_ns
+            }
+            None => call.end_ns - call.start_ns,
+        };
+        let entry = by_stack.entry(sequence(&call.stack)).or_insert((0, call));
+        *entry = (entry.0 + took, call);
+    }
+    let Some((_, (_, call))) =
+        (by_stack.into_iter()).max_by_key(|&(_, (ns, call))| (ns, call.end_ns))
+    else {
+        return false;
+    };
+    stall.syscall = syscalls::name(call.nr).map(str::to_owned);
+    stall.fd_kind = call.fd_kind;
+    stall.stack.clone_from(&call.stack);
+    stall.task.clone_from(&call.task);
+    stall.culprit = culprit(&stall.stack);
+    stall.short_calls = (short.calls > 0).then_some(short);
+    true
+}
+
+/// The latest stack seen of the loop thread among the stall's evidence of any cause,
+/// with its task: the latest blocking call, GIL wait or sample by the time it ended.
+fn last_seen<'a>(
+    calls: &'a [BlockedCall],
+    gil_waits: &'a [GilWait],
+    samples: &'a [CpuSample],
+) -> Option<(&'a [Frame], Option<&'a String>)> {
+    let calls = calls.iter().map(|c| (c.end_ns, &c.stack, &c.task));
+    let waits = gil_waits.iter().map(|w| (w.end_ns, &w.own_stack, &w.task));
+    let samples = samples.iter().map(|s| (s.ts_ns, &s.stack, &s.task));
+    calls
+        .chain(waits)
+        .chain(samples)
+        .filter(|(_, stack, _)| !stack.is_empty())
+        .max_by_key(|&(at, _, _)| at)
+        .map(|(_, stack, task)| (stack.as_slice(), task.as_ref()))
 }
 
 /// The stall's time by cause: off-CPU times as measured, on-CPU the rest. Causes with
@@ -242,35 +320,58 @@ fn main_cause(causes: &BTreeMap<Cause, u64>) -> Cause {
         .map_or(Cause::Other, |(cause, _)| *cause)
 }
 
-/// The number of samples sharing the most frequent culprit function, and the latest
-/// sample on that function's most frequent line: the line where the time went, not
-/// wherever the last sample happened to land (e.g. the statement after a long C call).
-fn most_frequent(samples: &[CpuSample]) -> (u32, Option<&CpuSample>) {
-    // Culprit function (line 0) -> (samples, latest index), and the same per line.
-    let mut by_function: HashMap<Option<Frame>, (u32, usize)> = HashMap::default();
-    let mut by_line: HashMap<Option<Frame>, (u32, usize)> = HashMap::default();
+/// A stack's sequence of functions (name and file), innermost first: what makes two
+/// stacks the same one, whatever lines they were at.
+fn sequence(stack: &[Frame]) -> Vec<(&str, &str)> {
+    (stack.iter())
+        .map(|f| (f.function.as_str(), f.file.as_str()))
+        .collect()
+}
+
+/// The commonest stack among a stall's samples.
+struct Commonest<'a> {
+    /// How many samples had its sequence of functions.
+    samples: u32,
+    /// The latest of them on the commonest line of its culprit frame.
+    sample: &'a CpuSample,
+}
+
+/// The commonest stack of `samples`, counted by sequence of functions innermost first
+/// (lines apart: a loop over a C call moves between lines); ties go to the later stack.
+/// Of that stack's samples, the one shown is the latest at its culprit frame's
+/// commonest line: where the time went, not wherever the last sample landed (e.g. the
+/// statement after a long C call).
+fn commonest_stack(samples: &[CpuSample]) -> Option<Commonest<'_>> {
+    // Sequence -> (samples, latest index).
+    let mut by_stack: HashMap<Vec<(&str, &str)>, (u32, usize)> = HashMap::default();
     for (i, sample) in samples.iter().enumerate() {
-        let line = culprit(&sample.stack);
-        let function = line.clone().map(|f| Frame { line: 0, ..f });
-        for (map, key) in [(&mut by_function, function), (&mut by_line, line)] {
-            let entry = map.entry(key).or_insert((0, i));
-            entry.0 += 1;
-            entry.1 = i;
-        }
+        let entry = by_stack.entry(sequence(&sample.stack)).or_insert((0, i));
+        entry.0 += 1;
+        entry.1 = i;
     }
-    let best = |counts: HashMap<Option<Frame>, (u32, usize)>| {
-        (counts.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))
-    };
-    let Some((function, (count, _))) = best(by_function) else {
-        return (0, None);
-    };
-    let same_function = |line: &Option<Frame>| {
-        line.as_ref().map(|f| (&f.function, &f.file))
-            == function.as_ref().map(|f| (&f.function, &f.file))
-    };
-    by_line.retain(|line, _| same_function(line));
-    let sample = best(by_line).and_then(|(_, (_, latest))| samples.get(latest));
-    (count, sample)
+    let (commonest, (count, _)) =
+        (by_stack.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
+    let same: Vec<&CpuSample> = (samples.iter())
+        .filter(|s| sequence(&s.stack) == commonest)
+        .collect();
+    // The culprit frame's index is the same in every sample of one sequence.
+    let at = (same[0].stack.iter())
+        .position(|f| classify(&f.file) == Origin::FirstParty)
+        .unwrap_or(0);
+    let line_of = |s: &CpuSample| s.stack.get(at).map_or(0, |f| f.line);
+    // Line -> (samples, latest index into `same`).
+    let mut by_line: HashMap<u32, (u32, usize)> = HashMap::default();
+    for (i, sample) in same.iter().enumerate() {
+        let entry = by_line.entry(line_of(sample)).or_insert((0, i));
+        entry.0 += 1;
+        entry.1 = i;
+    }
+    let (_, (_, latest)) =
+        (by_line.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
+    Some(Commonest {
+        samples: count,
+        sample: same[latest],
+    })
 }
 
 /// The innermost first-party frame of `stack`, else its innermost frame.
@@ -321,6 +422,7 @@ mod tests {
                 frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),
             ],
             task: Some("Task-7".into()),
+            short: None,
         }
     }
 
@@ -388,7 +490,7 @@ mod tests {
         a.cpu_sample(1, 2, sample(99_999, "later"));
         let stall = a.close(window(0, 50, &[]), |t| t);
         assert_eq!(stall.cause, Cause::Cpu);
-        assert_eq!(stall.cpu_samples, 3);
+        assert_eq!((stall.cpu_samples, stall.stack_samples), (4, 3));
         assert_eq!(stall.culprit.unwrap().function, "hash_pw");
         assert_eq!(stall.syscall, None);
     }
@@ -408,13 +510,13 @@ mod tests {
             a.cpu_sample(1, 2, sample_at(ts, f, line));
         }
         let stall = a.close(window(0, 50, &[]), |t| t);
-        assert_eq!(stall.cpu_samples, 4);
+        assert_eq!((stall.cpu_samples, stall.stack_samples), (6, 4));
         let culprit = stall.culprit.unwrap();
         assert_eq!((culprit.function.as_str(), culprit.line), ("hash_pw", 25));
     }
 
     #[test]
-    fn gil_stalls_blame_the_holder() {
+    fn gil_stalls_blame_the_holder_and_keep_the_loops_own_stack() {
         let mut a = Attributor::default();
         a.gil_wait(
             1,
@@ -423,13 +525,108 @@ mod tests {
                 start_ns: 100,
                 end_ns: 900,
                 holder_tid: Some(77),
-                stack: vec![frame("crunch", "/app/worker.py")],
+                holder_stack: vec![frame("crunch", "/app/worker.py")],
+                own_stack: vec![frame("handle_ping", "/app/svc.py")],
+                task: Some("Task-3".into()),
             },
         );
         let stall = a.close(window(0, 1_000, &[(cause::GIL, 800)]), |t| t);
         assert_eq!(stall.cause, Cause::Gil);
         assert_eq!(stall.gil_holder_tid, Some(77));
         assert_eq!(stall.culprit.unwrap().function, "crunch");
+        assert_eq!(stall.culprit_from, Some(CulpritFrom::Evidence));
+        assert_eq!(stall.gil_holder_stack[0].function, "crunch");
+        assert_eq!(stall.stack[0].function, "handle_ping");
+        assert_eq!(stall.task.as_deref(), Some("Task-3"));
+    }
+
+    fn stack_sample(ts_ns: u64, stack: &[(&str, u32)]) -> CpuSample {
+        CpuSample {
+            ts_ns,
+            stack: (stack.iter())
+                .map(|&(function, line)| Frame {
+                    line,
+                    ..frame(function, "/app/svc.py")
+                })
+                .collect(),
+            task: None,
+        }
+    }
+
+    #[test]
+    fn cpu_stalls_show_the_commonest_stack_not_the_latest() {
+        let mut a = Attributor::default();
+        // The C encoder runs under `iterencode` for most of the stall; the last sample
+        // lands back in `encode`.
+        for ts in [10, 20, 30] {
+            a.cpu_sample(1, 2, stack_sample(ts, &[("iterencode", 9), ("handler", 4)]));
+        }
+        a.cpu_sample(1, 2, stack_sample(40, &[("encode", 5), ("handler", 4)]));
+        let stall = a.close(window(0, 50, &[]), |t| t);
+        assert_eq!((stall.cpu_samples, stall.stack_samples), (4, 3));
+        let functions: Vec<&str> = stall.stack.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(functions, ["iterencode", "handler"]);
+        assert_eq!(stall.culprit.unwrap().function, "iterencode");
+    }
+
+    #[test]
+    fn many_short_calls_are_evidence_of_their_cause() {
+        let mut a = Attributor::default();
+        // Reports of 0.5 ms sleeps, two by two: three from `n_plus_one`, one elsewhere.
+        let short = |end_ns: u64, function: &str| BlockedCall {
+            stack: vec![frame(function, "/app/svc.py")],
+            short: Some(ShortCalls {
+                calls: 2,
+                total_ns: 1_000,
+            }),
+            ..sleep_call(end_ns - 500, end_ns)
+        };
+        for (end, function) in [
+            (2_000, "n_plus_one"),
+            (4_000, "warm_up"),
+            (6_000, "n_plus_one"),
+        ] {
+            a.blocked_call(1, 2, short(end, function));
+        }
+        a.blocked_call(1, 2, short(8_000, "n_plus_one"));
+        let stall = a.close(window(0, 9_000, &[(cause::SLEEP, 8_000)]), |t| t);
+        assert_eq!(stall.culprit_from, Some(CulpritFrom::Evidence));
+        assert_eq!(stall.culprit.unwrap().function, "n_plus_one");
+        assert_eq!(stall.syscall.as_deref(), Some("clock_nanosleep"));
+        let total = ShortCalls {
+            calls: 8,
+            total_ns: 4_000,
+        };
+        assert_eq!(stall.short_calls, Some(total));
+        // A long call weighs its duration: 3 µs outweigh 2 µs of short calls.
+        for end in [12_000, 14_000] {
+            a.blocked_call(1, 2, short(end, "n_plus_one"));
+        }
+        a.blocked_call(1, 2, sleep_call(15_000, 18_000));
+        let stall = a.close(window(10_000, 19_000, &[(cause::SLEEP, 8_000)]), |t| t);
+        assert_eq!(stall.culprit.unwrap().function, "inner");
+        let total = ShortCalls {
+            calls: 4,
+            total_ns: 2_000,
+        };
+        assert_eq!(stall.short_calls, Some(total));
+    }
+
+    #[test]
+    fn a_stall_without_evidence_of_its_cause_shows_the_last_stack_seen() {
+        let mut a = Attributor::default();
+        // A short socket read in a stall that is almost all `other`.
+        let mut read = sleep_call(1_000, 2_000);
+        (read.nr, read.cause) = (0, Cause::Io);
+        a.blocked_call(1, 2, read);
+        let stall = a.close(window(0, 400_000, &[(cause::OTHER, 390_000)]), |t| t);
+        assert_eq!(stall.cause, Cause::Other);
+        assert_eq!(stall.syscall, None, "the read is not the stall's cause");
+        assert_eq!(stall.culprit_from, Some(CulpritFrom::LastSeen));
+        assert_eq!(stall.culprit.unwrap().function, "inner");
+        // Nothing seen at all: no culprit, and nothing said about one.
+        let empty = a.close(window(500_000, 900_000, &[(cause::OTHER, 390_000)]), |t| t);
+        assert_eq!((empty.culprit, empty.culprit_from), (None, None));
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub enum Event {
         end_ns: u64,
         /// The file type bits of the descriptor it waited on (0: none, unknown).
         fd_mode: u32,
+        /// 0 for one long call; else how many short calls of the cause it stands for.
+        short_calls: u32,
+        /// With `short_calls`: their total time.
+        short_ns: u64,
         /// The Python stack that made the call.
         stack: Box<RawStack>,
     },
@@ -98,7 +102,9 @@ pub enum Event {
         /// The holder's native tid (0: unknown).
         holder_tid: u32,
         /// The holder's stack when the wait began.
-        stack: Box<RawStack>,
+        holder_stack: Box<RawStack>,
+        /// The waiting thread's own stack.
+        own_stack: Box<RawStack>,
     },
 }
 
@@ -165,6 +171,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
                 fd_mode: e.fd_mode,
+                short_calls: e.short_calls,
+                short_ns: e.short_ns,
                 stack: sane(e.stack),
             }
         }
@@ -195,7 +203,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 start_ns: e.start_ns,
                 end_ns: header.ts_ns,
                 holder_tid: e.holder_tid,
-                stack: sane(e.stack),
+                holder_stack: sane(e.holder_stack),
+                own_stack: sane(e.own_stack),
             }
         }
     })

@@ -117,6 +117,40 @@ impl FdKind {
     }
 }
 
+/// What a stall's `stack` and `culprit` come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CulpritFrom {
+    /// Evidence of the main cause: the stack with the most time in its blocking calls
+    /// (long ones, and short ones added up), the commonest stack of the CPU samples, or
+    /// the GIL holder's stack.
+    Evidence,
+    /// No evidence of the main cause: the latest stack seen of the loop in the stall
+    /// (a blocking call or a sample of a lesser cause), where the loop was last known
+    /// to be before the stall ended.
+    LastSeen,
+}
+
+impl CulpritFrom {
+    /// The name used in reports and text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CulpritFrom::Evidence => "evidence",
+            CulpritFrom::LastSeen => "last_seen",
+        }
+    }
+}
+
+/// Blocking calls of one cause, each too short to be evidence alone (below a tenth of
+/// the threshold), that add up to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortCalls {
+    /// How many calls.
+    pub calls: u32,
+    /// Their total time.
+    pub total_ns: u64,
+}
+
 /// One stall: a loop iteration whose off-await time reached the threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stall {
@@ -140,22 +174,40 @@ pub struct Stall {
     /// The stall's duration split by cause: on CPU (`cpu`), runnable but waiting for a
     /// CPU (`runqueue`), and off CPU by reason; the parts add up to `duration_ns`.
     pub causes: std::collections::BTreeMap<Cause, u64>,
-    /// The loop thread's Python stack while stalled, innermost first.
+    /// The loop thread's own Python stack while stalled, innermost first: where it made
+    /// the longest blocking call of the main cause, where it waited for the GIL, or its
+    /// commonest sampled stack when running (see `culprit_from` for stalls without
+    /// evidence of their main cause).
     pub stack: Vec<Frame>,
-    /// The innermost first-party frame (not stdlib, not site-packages), if any.
+    /// Who is to blame: the innermost first-party frame (not stdlib, not site-packages)
+    /// of `stack`, or of `gil_holder_stack` for GIL stalls, if any.
     pub culprit: Option<Frame>,
-    /// For GIL stalls: the thread that held the GIL, by host tid like `tid` (its stack
-    /// is `stack`, its first-party frame the culprit).
+    /// When the main cause's evidence includes many short calls (each below a tenth of
+    /// the threshold, summed in the kernel): how many were reported and their total
+    /// time. The stack blamed is the one with the most time in the cause's calls, long
+    /// and short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_calls: Option<ShortCalls>,
+    /// What `stack` and `culprit` come from; absent when there was nothing to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit_from: Option<CulpritFrom>,
+    /// For GIL stalls: the thread that held the GIL, by host tid like `tid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gil_holder_tid: Option<u32>,
+    /// For GIL stalls: the holder's Python stack when the wait began, innermost first
+    /// (its first-party frame is the culprit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gil_holder_stack: Vec<Frame>,
     /// The asyncio task the loop was running (3.14+, from the interpreter's running-task
     /// state), as `Task.get_name()` would say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// For CPU stalls: how many timer samples found the loop running (the stack is the
-    /// most frequent one).
+    /// For CPU and run-queue stalls: how many timer samples found the loop running.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cpu_samples: u32,
+    /// How many of those samples had `stack`'s sequence of functions (the commonest).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stack_samples: u32,
     /// The loop was still stuck when tracing stopped: the stall lasted at least this
     /// long, and its stack is where the loop was stuck then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -630,11 +630,11 @@ pub(crate) mod tests {
         let e = load_err(&write(d, "trunc.json", &good[..good.len() / 2]));
         assert!(e.contains("truncated"), "{e}");
 
+        // A structural byte (not one inside a string) a third of the way in.
         let mut corrupt = good.clone();
-        // A separator, not a byte inside a string (which would still be valid JSON).
         let third = good.len() / 3;
-        let at = third + good[third..].iter().position(|&b| b == b':').unwrap();
-        corrupt[at] = b'#';
+        let colon = third + good[third..].iter().position(|&b| b == b':').unwrap();
+        corrupt[colon] = b'#';
         let e = load_err(&write(d, "corrupt.json", &corrupt));
         assert!(e.contains("corrupt"), "{e}");
 

@@ -19,7 +19,7 @@ use crate::{
     clock::Clock,
     events::{self, Event},
     losses::{Losses, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME},
-    model::{Cause, FdKind, Frame, Stall, UNREADABLE},
+    model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
@@ -105,6 +105,8 @@ pub struct Session {
     notices: stuck::Notices,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
+    /// Host tids of the threads of namespaced processes (GIL holders).
+    host_tids: namespaces::HostTids,
 }
 
 impl Session {
@@ -127,6 +129,7 @@ impl Session {
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
             events_this_interval: 0,
+            host_tids: namespaces::HostTids::default(),
             own_pid: std::process::id(),
         }
     }
@@ -321,6 +324,7 @@ impl Session {
                 self.starting.remove(&pid);
                 self.loop_tstates.retain(|_, (p, _)| *p != pid);
                 self.attributor.forget_process(pid);
+                self.host_tids.forget_process(pid);
                 self.probes.forget_process(pid);
                 if self.processes.remove(&pid).is_some() {
                     let reason = if exec {
@@ -346,6 +350,8 @@ impl Session {
                 start_ns,
                 end_ns,
                 fd_mode,
+                short_calls,
+                short_ns,
                 stack,
             } => {
                 let task = self.task_name(pid, &stack);
@@ -358,6 +364,10 @@ impl Session {
                     end_ns,
                     fd_kind: FdKind::from_mode(fd_mode),
                     stack,
+                    short: (short_calls != 0).then_some(ShortCalls {
+                        calls: short_calls,
+                        total_ns: short_ns,
+                    }),
                 };
                 self.attributor.blocked_call(pid, tid, call);
             }
@@ -367,21 +377,26 @@ impl Session {
                 start_ns,
                 end_ns,
                 holder_tid,
-                stack,
+                holder_stack,
+                own_stack,
             } => {
-                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let task = self.task_name(pid, &own_stack);
+                let holder_stack = self.symbolize(pid, &holder_stack).unwrap_or_default();
+                let own_stack = self.symbolize(pid, &own_stack).unwrap_or_default();
                 // The interpreter records the holder's id in the process's namespace.
                 let namespaced = self.processes.get(&pid).is_some_and(|p| p.ns_pid.is_some());
                 let holder_tid = match holder_tid {
                     0 => None,
-                    t if namespaced => namespaces::host_tid(pid, t),
+                    t if namespaced => self.host_tids.get(pid, t),
                     t => Some(t),
                 };
                 let wait = GilWait {
                     start_ns,
                     end_ns,
                     holder_tid,
-                    stack,
+                    holder_stack,
+                    own_stack,
+                    task,
                 };
                 self.attributor.gil_wait(pid, tid, wait);
             }

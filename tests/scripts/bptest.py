@@ -194,9 +194,14 @@ _commands = None
 async def expect(word):
     """Waits, in a scenario, for the line ``word`` on stdin: for scenarios in more than one
     step, each started by the test once blockprobe reported what the step needs."""
-    command = await _commands.next()
-    if command != word:
-        fail(f"expected {word} on stdin, got {command!r}")
+    got = await command()
+    if got != word:
+        fail(f"expected {word} on stdin, got {got!r}")
+
+
+async def command():
+    """The next line the test sends, in a scenario driven word by word."""
+    return await _commands.next()
 
 
 def run(scenario, loops=(), setup=None):

@@ -75,6 +75,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod pyspy;
+
 /// The longest any single wait may take.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// The stall threshold every test passes to blockprobe.
@@ -438,12 +440,24 @@ pub struct Stall {
     pub causes: BTreeMap<String, u64>,
     pub stack: Vec<Frame>,
     pub culprit: Option<Frame>,
+    /// Many short calls of the main cause that make its evidence.
+    #[serde(default)]
+    pub short_calls: Option<ShortCalls>,
+    /// What `stack` and `culprit` come from (`evidence`, `last_seen`).
+    #[serde(default)]
+    pub culprit_from: Option<String>,
     /// The thread that held the GIL (`gil` stalls).
     #[serde(default)]
     pub gil_holder_tid: Option<u32>,
-    /// Timer samples behind the culprit (`cpu`/`runqueue` stalls).
+    /// The GIL holder's stack (`gil` stalls).
+    #[serde(default)]
+    pub gil_holder_stack: Vec<Frame>,
+    /// Timer samples of the stall (`cpu`/`runqueue` stalls).
     #[serde(default)]
     pub cpu_samples: u32,
+    /// Those of them with `stack`'s functions.
+    #[serde(default)]
+    pub stack_samples: u32,
     /// The asyncio task the loop was running (3.14+).
     #[serde(default)]
     pub task: Option<String>,
@@ -453,6 +467,13 @@ pub struct Stall {
     /// The loop was still stuck when tracing stopped.
     #[serde(default)]
     pub ongoing: bool,
+}
+
+/// A stall's `short_calls`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct ShortCalls {
+    pub calls: u32,
+    pub total_ns: u64,
 }
 
 impl Stall {

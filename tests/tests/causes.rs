@@ -37,6 +37,7 @@ python_matrix!(
     subprocess_wait,
     cpu_bound,
     runqueue,
+    many_short_sleeps,
 );
 
 /// How far `causes` may add up from the stall's duration.
@@ -388,7 +389,8 @@ fn thread_lock(python: &Python) {
 
 /// Another thread holds the GIL in one long `re.match` (≥ 150 ms) while the loop sleeps
 /// 20 ms: `gil`, `gil_holder_tid` the hog thread's native id (3.11+), culprit the hog thread's
-/// function `crunch`, at its `re.match` line.
+/// function `crunch`, at its `re.match` line; `stack` the loop's own (in `handle_ping`),
+/// `gil_holder_stack` the hog's.
 fn gil_hog(python: &Python) {
     check_gil_hog(&run_case(python, "cause_gil.py", &[], 1), python);
 }
@@ -426,11 +428,61 @@ fn check_gil_hog(ran: &Ran, python: &Python) {
             stall.gil_holder_tid
         )
     });
+    // The stall's stack is the loop's own, where it waited; the holder's is beside it.
+    let innermost = |stack: &[blockprobe_tests::Frame]| stack.first().map(|f| f.function.clone());
+    ran.ctx.ensure(
+        innermost(&stall.stack).as_deref() == Some("handle_ping")
+            && innermost(&stall.gil_holder_stack).as_deref() == Some("crunch"),
+        || format!("expected the loop in handle_ping, the holder in crunch: {stall:#?}"),
+    );
     // The loop slept 20 ms of it and waited for the GIL for most of the rest.
     let gil = stall.causes.get("gil").copied().unwrap_or(0);
     ran.ctx.ensure(gil * 2 >= measured, || {
         format!("causes[gil] is {gil} ns, less than half the {measured} ns stall: {stall:#?}")
     });
+}
+
+/// 40 `time.sleep(0.0005)` calls from `fetch_row`, each below the evidence minimum
+/// (1 ms at the tests' 10 ms threshold): `sleep`, blamed on `fetch_row` from the calls
+/// added up, `short_calls` counting them (but the last sum below the minimum, and any
+/// call that took 1 ms or more) and their time within the stall's.
+fn many_short_sleeps(python: &Python) {
+    let ran = run_case(python, "cause_short_calls.py", &[], 1);
+    let stall = ran.only_stall();
+    check(
+        &ran,
+        &stall,
+        &Expect {
+            measured: "load_page",
+            cause: "sleep",
+            syscall: Some(python.sleep_syscall()),
+            culprit: "fetch_row",
+            culprit_line: Some(line(&ran, "BLOCK fetch_row")),
+        },
+    );
+    let short = stall.short_calls.unwrap_or_else(|| {
+        ran.ctx.fail(format!(
+            "no short_calls in a stall of short sleeps: {stall:#?}"
+        ))
+    });
+    // Each report sums calls until they reach 1 ms: less than 1 ms of them (two calls)
+    // is left at the end. A call slowed past 1 ms by a busy machine is a long one.
+    ran.ctx.ensure((10..=40).contains(&short.calls), || {
+        format!(
+            "short_calls counts {} calls, expected 10..=40: {stall:#?}",
+            short.calls
+        )
+    });
+    let sleep = stall.causes.get("sleep").copied().unwrap_or(0);
+    ran.ctx.ensure(
+        short.total_ns >= short.calls as u64 * 500_000 && short.total_ns <= stall.duration_ns,
+        || {
+            format!(
+                "short calls took {} ns (sleep {sleep} ns): {stall:#?}",
+                short.total_ns
+            )
+        },
+    );
 }
 
 /// `subprocess.run(["sleep", "0.2"])`: `wait` in `wait4`, culprit the coroutine.

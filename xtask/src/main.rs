@@ -3,9 +3,9 @@
 //! A fresh machine needs more than `cargo` to build blockprobe: the eBPF crate is compiled
 //! by aya-build with the nightly toolchain (plus `rust-src`, for `-Z build-std=core`) and
 //! linked by `bpf-linker`, which is built against Debian's LLVM 22. The integration tests
-//! also need `requests` for the test interpreters. `cargo xtask setup` checks and installs
-//! all of it; every other task runs it first. When everything is present it only looks, and
-//! takes well under a second.
+//! also need `requests` for the test interpreters, and py-spy as the stack tests' oracle.
+//! `cargo xtask setup` checks and installs all of it; every other task runs it first. When
+//! everything is present it only looks, and takes well under a second.
 //!
 //! All of xtask's own messages go to stderr, so `cargo xtask run -- … --format jsonl`
 //! leaves blockprobe's stdout untouched.
@@ -46,6 +46,8 @@ const BPF_LINKER_MIN: (u64, u64) = (0, 13);
 const BPF_LINKER_REQ: &str = "^0.13";
 /// The Python packages the integration tests import (see tests/scripts).
 const PY_DEPS: &[&str] = &["requests"];
+/// py-spy, the integration tests' outside oracle for stacks (a wheel with its binary).
+const PY_SPY: &str = "py-spy==0.4.3";
 
 #[derive(Parser)]
 #[command(
@@ -279,6 +281,9 @@ impl Workspace {
         step("LLVM 22 (apt)", setup_apt)?;
         step("bpf-linker", setup_bpf_linker)?;
         step("python test deps", || self.setup_pydeps())?;
+        step("py-spy (PyPI, the stack tests' oracle)", || {
+            self.setup_pyspy()
+        })?;
         step("test interpreters (Debian sid, private)", pythons::ensure)?;
         step("uvloop for 3.11 (PyPI)", || {
             pythons::ensure_uvloop_311(&self.target)
@@ -327,6 +332,17 @@ impl Workspace {
             PY_DEPS.join(" "),
             dir.display()
         ))
+    }
+
+    /// py-spy in `target/pyspy` (its binary in `bin/`), unless present.
+    fn setup_pyspy(&self) -> Result<String> {
+        let dir = self.target.join("pyspy");
+        let bin = dir.join("bin/py-spy");
+        if bin.is_file() {
+            return Ok(format!("present at {}", bin.display()));
+        }
+        pip_install(&pyenv_311(), &dir, &[PY_SPY], &["--only-binary=:all:"])?;
+        Ok(format!("installed {PY_SPY} into {}", dir.display()))
     }
 
     // ---------------------------------------------------------------- build

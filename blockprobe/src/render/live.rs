@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 
 use super::summary::cause_mix;
-use super::{escape, human_duration, local_clock, ms, short_path};
+use super::{culprit_label, escape, human_duration, local_clock, ms, short_path};
 use crate::hooks::PollHook;
 use crate::model::{Frame, Stall};
 
@@ -184,7 +184,17 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         .task
         .as_deref()
         .map_or(String::new(), |t| format!(" [task {}]", escape(t)));
-    head + &culprit + &task
+    head + &culprit_label(stall) + &culprit + &gil_waiter(stall) + &task
+}
+
+/// For a GIL stall, where the loop itself waited: its innermost frame.
+fn gil_waiter(stall: &Stall) -> String {
+    match stall.stack.first() {
+        Some(f) if !stall.gil_holder_stack.is_empty() => {
+            format!("; loop waiting in {}", frame_text(f))
+        }
+        _ => String::new(),
+    }
 }
 
 /// `function (dir/file.py:line)`, the file shortened to its last two components.
@@ -401,7 +411,7 @@ impl<E: Write> StallSink for QuietSink<E> {
 mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
-    use crate::model::{Cause, FdKind};
+    use crate::model::{Cause, CulpritFrom, FdKind};
 
     fn sample() -> Stall {
         let mut s = stall(4242, 1_700_000_000_123_456_789, 152_340_000, None);
@@ -436,6 +446,47 @@ mod tests {
         let line = stall_line_at(&s, "22:13:20.123");
         assert!(
             line.contains(" 152.3 sleep 100%       clock_nanosleep Client"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn text_line_of_a_gil_stall_shows_the_holder_and_the_waiting_loop() {
+        let mut s = sample();
+        s.cause = Cause::Gil;
+        s.gil_holder_tid = Some(77);
+        s.gil_holder_stack = vec![frame("crunch", "/srv/app/worker.py", 9)];
+        s.culprit = Some(frame("crunch", "/srv/app/worker.py", 9));
+        let line = stall_line_at(&s, "22:13:20.123");
+        assert!(
+            line.ends_with(
+                " GIL holder 77: crunch (app/worker.py:9); loop waiting in sleep (asyncio/x.py:3)"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn text_line_counts_short_calls() {
+        let mut s = sample();
+        s.short_calls = Some(crate::model::ShortCalls {
+            calls: 40,
+            total_ns: 20_100_000,
+        });
+        let line = stall_line_at(&s, "22:13:20.123");
+        assert!(
+            line.ends_with(" 40 short calls (20.1 ms) in Client.fetch_data (services/db.py:42)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn text_line_says_when_the_culprit_is_only_where_the_loop_was_last_seen() {
+        let mut s = sample();
+        s.culprit_from = Some(CulpritFrom::LastSeen);
+        let line = stall_line_at(&s, "22:13:20.123");
+        assert!(
+            line.ends_with(" last seen: Client.fetch_data (services/db.py:42)"),
             "{line}"
         );
     }

@@ -12,6 +12,8 @@ pub mod summary;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::model::{CulpritFrom, Stall};
+
 /// Makes a name safe to print on a terminal: backslash, C0 controls (including tab and
 /// newline), DEL, C1 controls, and invisible or direction-changing characters (zero-width
 /// spaces and joiners, bidi marks, embeddings, overrides and isolates, line/paragraph
@@ -140,6 +142,28 @@ pub fn clock_with_offset(unix_ns: u64, utc_offset_secs: i64) -> String {
     let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     format!("{h:02}:{m:02}:{:02}.{:03}", rest / 1000, rest % 1000)
+}
+
+/// What a stall's culprit is, to put before it: the GIL holder's frame, the frame of
+/// many short calls, or only where the loop was last seen (no evidence of the main
+/// cause); empty for one call or the CPU samples.
+pub fn culprit_label(stall: &Stall) -> String {
+    if let Some(short) = stall.short_calls {
+        format!(
+            "{} short calls ({} ms) in ",
+            short.calls,
+            ms(short.total_ns)
+        )
+    } else if !stall.gil_holder_stack.is_empty() {
+        let tid = stall
+            .gil_holder_tid
+            .map_or(String::new(), |t| format!(" {t}"));
+        format!("GIL holder{tid}: ")
+    } else if stall.culprit_from == Some(CulpritFrom::LastSeen) {
+        format!("{}: ", CulpritFrom::LastSeen.as_str().replace('_', " "))
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{escape, human_duration, local_clock, ms, short_path, truncate_left, truncate_right};
+use super::{
+    culprit_label, escape, human_duration, local_clock, ms, short_path, truncate_left,
+    truncate_right,
+};
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
 use crate::model::{Cause, Frame};
 use crate::report::{FunctionReport, Report};
@@ -135,8 +138,9 @@ fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
         let width = WIDTH - CULPRIT_INDENT;
         for st in stalls.iter().take(opts.top_stalls) {
             let at = |f: &Frame| format!("{}:{}", escape(short_path(&f.file)), f.line);
+            let label = culprit_label(st);
             let culprit = match (&st.culprit, st.stack.first()) {
-                (Some(f), _) => labelled("", &escape(&f.function), &at(f), width),
+                (Some(f), _) => labelled(&label, &escape(&f.function), &at(f), width),
                 (None, Some(f)) => labelled("<unknown> in ", &escape(&f.function), &at(f), width),
                 (None, None) => "<unknown>".to_owned(),
             };
@@ -155,9 +159,29 @@ fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
                 st.cause.as_str(),
                 "",
             );
+            if !st.gil_holder_stack.is_empty() {
+                for (label, stack) in [
+                    ("holder stack", &st.gil_holder_stack),
+                    ("loop stack", &st.stack),
+                ] {
+                    let _ = writeln!(
+                        s,
+                        "{:CULPRIT_INDENT$}{}",
+                        "",
+                        stack_line(label, stack, width)
+                    );
+                }
+            }
         }
     }
     s
+}
+
+/// `label: f < g < h`, a stack's functions innermost first, cut to `width` characters.
+fn stack_line(label: &str, stack: &[Frame], width: usize) -> String {
+    let functions: Vec<_> = stack.iter().map(|f| escape(&f.function)).collect();
+    let line = format!("{label}: {}", functions.join(" < "));
+    truncate_right(&line, width).into_owned()
 }
 
 /// `prefix function (location)` in at most `width` characters: whole when it fits, else
@@ -661,5 +685,35 @@ mod tests {
         let loaded = Report::load(&path).unwrap();
         let opts = SummaryOptions::default();
         assert_eq!(summary(&loaded, &opts), summary(&r, &opts));
+    }
+
+    #[test]
+    fn a_gil_stall_shows_the_holders_stack_and_the_loops() {
+        let mut a = Aggregator::default();
+        let mut st = stall(
+            1,
+            10,
+            300_000_000,
+            Some(frame("crunch", "/app/worker.py", 9)),
+        );
+        st.cause = Cause::Gil;
+        st.gil_holder_tid = Some(77);
+        st.gil_holder_stack = vec![
+            frame("crunch", "/app/worker.py", 9),
+            frame("Thread.run", "/usr/lib/python3.11/threading.py", 975),
+        ];
+        st.stack = vec![frame("handle_ping", "/app/svc.py", 30)];
+        a.record(st);
+        let text = summary(&a.report(run()), &SummaryOptions::default());
+        let longest = text.split("Longest stalls:\n\n").nth(1).unwrap();
+        assert!(
+            longest.contains("GIL holder 77: crunch (app/worker.py:9)"),
+            "{text}"
+        );
+        assert!(
+            longest.contains("holder stack: crunch < Thread.run\n"),
+            "{text}"
+        );
+        assert!(longest.contains("loop stack: handle_ping\n"), "{text}");
     }
 }

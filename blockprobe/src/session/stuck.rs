@@ -119,6 +119,7 @@ impl Session {
                     end_ns: now,
                     fd_kind: None,
                     stack: self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+                    short: None,
                 };
                 self.attributor.blocked_call(s.pid, s.tid, call);
             }
