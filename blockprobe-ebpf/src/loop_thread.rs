@@ -31,20 +31,18 @@ use crate::{
     walk::{self, CurrentUser},
 };
 
-/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`, saved registers
-/// `regs`).
+/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`); `poll_fd` reads
+/// the epoll fd it polls (only for the threads of traced processes).
 ///
 /// A thread of a traced process is flagged in [`crate::maps::LOOP_THREADS`] from its first
 /// poll call, while userspace decides what it is: its poll exits must be seen from the
 /// first one after it is found to be a loop (an idle loop's next wake-up may be the
 /// stall). A loop thread keeps the flag; any other loses it at its next poll exit.
 #[inline(always)]
-pub fn on_poll_enter(nr: u32, regs: *const u8) {
+pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32) {
     let (tgid, tid) = current_ids();
     let Some(config) = config() else { return };
     let now = now_ns();
-    // The polled epoll fd, read only for the threads of traced processes.
-    let poll_fd = || syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
     // A known loop thread (every iteration of a busy loop): one array load, the one
     // hash lookup its timing needs and the read of its fd.
     if is_loop_thread(tid)
@@ -209,13 +207,12 @@ pub fn on_poll_exit(tid: u32, ret: i64) {
 /// Loop thread `tid` closes a file descriptor: when it is its loop's poller, the loop is
 /// gone, and the thread is classified afresh at its next poll.
 #[inline(always)]
-pub fn on_close(tid: u32, regs: *const u8) {
-    let Some(config) = config() else { return };
+pub fn on_close(tid: u32, fd: u32) {
     // SAFETY: read-only lookup; the entry is removed, not written.
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
         return;
     };
-    if syscall_arg(config, regs, 0).is_some_and(|fd| fd as u32 == timing.loop_fd) {
+    if fd == timing.loop_fd {
         let _ = LOOP_TIMING.remove(tid);
         let _ = THREAD_CLASS.remove(tid);
     }
