@@ -57,23 +57,25 @@ impl Started {
 
     /// Fails, after killing them, when processes the benchmark started are still
     /// running: a member of one of its groups, or any process running one of the
-    /// benchmark's programs (`markers`: paths in their command lines), such as a
-    /// process that left its group (blocksnoop starts Austin under `setsid` in some
-    /// cases).
+    /// benchmark's programs (`markers`: path prefixes of the program or of the script
+    /// it runs), such as a process that left its group (blocksnoop starts Austin under
+    /// `setsid` in some cases). The bench and its ancestors are not counted.
     pub fn check_none_left(&self, markers: &[String]) -> Result<()> {
         let groups = self.groups.borrow();
-        let me = std::process::id() as i32;
+        // The bench itself and what started it (`cargo xtask bench --baseline PATH`)
+        // name the same paths.
+        let ancestors = ancestors();
         let mut left = Vec::new();
         for pid in all_pids() {
-            if pid == me {
+            if ancestors.contains(&pid) || is_zombie(pid) {
                 continue;
             }
-            if is_zombie(pid) {
-                continue;
-            }
-            let cmdline = cmdline(pid);
+            let argv = argv(pid);
+            let cmdline = argv.join(" ");
             let in_group = pgid(pid).is_some_and(|g| groups.contains(&g));
-            let ours = markers.iter().any(|m| cmdline.contains(m.as_str()));
+            // The program, or the script an interpreter runs.
+            let ours =
+                (argv.iter().take(2)).any(|a| markers.iter().any(|m| a.starts_with(m.as_str())));
             if in_group || ours {
                 // SAFETY: kill(2); the process is one the benchmark started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -134,15 +136,27 @@ fn pgid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(2)?.parse().ok()
 }
 
-fn cmdline(pid: i32) -> String {
+fn argv(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_owned()
+            (b.split(|&c| c == 0))
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
         })
         .unwrap_or_default()
+}
+
+/// This process and its ancestors, up to init.
+fn ancestors() -> Vec<i32> {
+    let mut chain = vec![std::process::id() as i32];
+    while let Some(parent) = stat_fields(*chain.last().expect("not empty"))
+        .and_then(|f| f.get(1)?.parse::<i32>().ok())
+        .filter(|&p| p > 0 && !chain.contains(&p))
+    {
+        chain.push(parent);
+    }
+    chain
 }
 
 #[cfg(test)]
@@ -165,6 +179,13 @@ mod tests {
         drop(group);
         started.check_none_left(&[]).unwrap();
         assert!(group_members(pgid).is_empty());
+    }
+
+    #[test]
+    fn the_bench_and_its_ancestors_are_not_left_overs() {
+        let me = std::env::current_exe().unwrap().display().to_string();
+        Started::default().check_none_left(&[me]).unwrap();
+        assert!(ancestors().len() >= 2);
     }
 
     #[test]
