@@ -16,5 +16,9 @@ pub const GIL: usize = 5;
 pub const WAIT: usize = 6;
 /// Off CPU for any other reason (page faults, untracked syscalls).
 pub const OTHER: usize = 7;
+/// Stopped from outside: a stop signal (SIGSTOP, SIGTSTP), a ptrace stop (a debugger,
+/// `strace -p`, `py-spy dump`) or the cgroup freezer (`docker pause`). Time the code did
+/// not spend, never blamed on it.
+pub const STOPPED: usize = 8;
 /// Number of causes.
-pub const COUNT: usize = 8;
+pub const COUNT: usize = 9;

@@ -30,6 +30,8 @@ pub struct GlobalConfig {
     pub pt_regs_arg0_offset: u64,
     /// Offset of `si` (a syscall's second argument) in the kernel's `struct pt_regs`.
     pub pt_regs_arg1_offset: u64,
+    /// Offset of `sp` (the user stack pointer) in the kernel's `struct pt_regs`.
+    pub pt_regs_sp_offset: u64,
     /// Re-examine a thread found not to be a loop after this long.
     pub reclassify_after_ns: u64,
     /// A [`Scope`] value.
@@ -38,13 +40,18 @@ pub struct GlobalConfig {
     pub task_pid_offset: u32,
     /// Offset of the task state in the kernel's `task_struct` (from BTF).
     pub task_state_offset: u32,
+    /// Offset of `jobctl` in the kernel's `task_struct` (from BTF): the cgroup v2 freezer
+    /// traps a task with a bit there, in an ordinary sleep state.
+    pub task_jobctl_offset: u32,
     /// 1 when the `sched_process_exit` tracepoint passes `group_dead` (its second
     /// argument); 0 on kernels without it (then a process is gone when its leader exits).
     pub exit_has_group_dead: u32,
     /// How to find the inode mode of a file descriptor of the current task.
     pub fd_path: FdPath,
+    /// Offset of `tgid` (the process id) in the kernel's `task_struct` (from BTF).
+    pub task_tgid_offset: u32,
 }
-assert_size!(GlobalConfig, 96);
+assert_size!(GlobalConfig, 112);
 
 /// Offsets (from BTF) of the chain from a task to the type of a file descriptor:
 /// `task->files->fdt`, bounded by `fdt->max_fds`, `fdt->fd[n]->f_inode->i_mode`.

@@ -99,6 +99,18 @@ pub struct ProcessGoneEvent {
 }
 assert_size!(ProcessGoneEvent, 32);
 
+/// Why a [`PollStackEvent`] was sent.
+pub mod poll_origin {
+    /// A poll call of a thread not known as a loop thread.
+    pub const THREAD: u32 = 0;
+    /// A poll call of a loop thread on another fd than its loop's: a callback's sync
+    /// selector, or a new loop replacing the old one.
+    pub const FOREIGN: u32 = 1;
+    /// A loop written in C started running (libuv's `uv_run` entered): the thread runs a
+    /// loop; its poller is the fd of its next poll call.
+    pub const LOOP_RUN: u32 = 2;
+}
+
 /// The Python stack of a thread at its poll call, for loop classification.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -107,13 +119,15 @@ pub struct PollStackEvent {
     pub header: EventHeader,
     /// The epoll fd polled (the loop's poller when the stack says it is a loop's poll).
     pub poll_fd: u32,
-    /// 1 when the thread already runs a loop polling another fd: a callback's sync
-    /// selector, or a new loop replacing the old one; 0 for a thread not known as a loop.
-    pub foreign: u32,
+    /// A [`poll_origin`] value.
+    pub origin: u32,
+    /// The thread's user stack pointer at the poll call (0 when not at a poll call): its
+    /// native stack tells whether a loop written in C called the poll.
+    pub user_sp: u64,
     /// The stack at the poll call.
     pub stack: RawStack,
 }
-assert_size!(PollStackEvent, 32 + core::mem::size_of::<RawStack>());
+assert_size!(PollStackEvent, 40 + core::mem::size_of::<RawStack>());
 
 /// A blocking syscall made by a loop thread while off-await.
 #[repr(C)]

@@ -166,6 +166,26 @@ pub const fn is_blocking(nr: u64) -> bool {
             ))
 }
 
+/// What blocking call `nr` with first arguments `args` counts as (a [`crate::cause`]
+/// index) in a process whose GIL state is at `gil_addr` (0: unknown): a select/poll on no
+/// file descriptor sleeps, a futex wait inside the GIL state waits for the GIL.
+pub const fn call_cause(nr: u32, args: [u64; 2], gil_addr: u64) -> usize {
+    if let Some(arg) = fd_count_arg(nr)
+        && args[arg] == 0
+    {
+        return crate::cause::SLEEP;
+    }
+    if is_futex(nr as u64)
+        && futex_op_waits(args[1] as u32)
+        && gil_addr != 0
+        && args[0] >= gil_addr
+        && args[0] < gil_addr + crate::config::GIL_STATE_SIZE
+    {
+        return crate::cause::GIL;
+    }
+    cause_of(nr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::futex_op_waits;

@@ -4,7 +4,9 @@ use crate::{assert_size, cause, user_pod};
 
 /// What userspace (or BPF, for `PENDING`) decided a polling thread is.
 pub mod class {
-    /// BPF sent its stack at a poll call; userspace has not answered yet.
+    /// BPF sent its stack at a poll call; userspace has not answered yet. The thread is
+    /// timed meanwhile as if it were a loop: userspace keeps what it reports once it
+    /// finds a loop, and drops it otherwise.
     pub const PENDING: u32 = 1;
     /// The thread runs an asyncio event loop: its off-await time is measured.
     pub const LOOP: u32 = 2;
@@ -50,10 +52,23 @@ pub struct LoopTiming {
     /// The other epoll fd whose poll stack was last sent for classification
     /// ([`NO_FD`]: none), so a callback polling one fd over and over sends it once.
     pub foreign_fd: u32,
+    /// 1 while the thread is timed from a poll made before its process was traced: its
+    /// stack goes to userspace at its next poll, before the interval it ends is reported.
+    pub unclassified: u32,
+    /// Padding.
+    pub _pad: u32,
     /// Off-CPU time of the current off-await interval, by [`cause`] index (CPU unused).
     pub off_cpu_ns: [u64; cause::COUNT],
 }
-assert_size!(LoopTiming, 48 + 8 * cause::COUNT);
+assert_size!(LoopTiming, 56 + 8 * cause::COUNT);
+
+impl LoopTiming {
+    /// Whether the thread is off CPU right now because it was stopped from outside
+    /// ([`cause::STOPPED`]): a stopped loop is not stuck.
+    pub fn stopped_now(&self) -> bool {
+        self.off_cpu_since_ns != 0 && self.off_cpu_cause == cause::STOPPED as u32
+    }
+}
 
 /// Value of [`crate::maps::SHORT_CALLS`], written only by BPF: a loop thread's blocking
 /// calls too short to report one by one (below the evidence minimum), summed by cause
@@ -69,7 +84,7 @@ pub struct ShortCalls {
     /// Their number, by [`cause`] index.
     pub calls: [u32; cause::COUNT],
 }
-assert_size!(ShortCalls, 8 + 12 * cause::COUNT);
+assert_size!(ShortCalls, (8 + 12 * cause::COUNT).next_multiple_of(8));
 
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use blockprobe_common::syscalls::nr::{EPOLL_PWAIT, EPOLL_PWAIT2, EPOLL_WAIT};
 
 use crate::{
-    blocking::untyped,
+    blocking::{current_regs, untyped},
     emit::current_ids,
     loop_thread::{self, syscall_arg},
     maps::{config, is_loop_thread},
@@ -64,7 +64,7 @@ fn close_enter(fd: impl Fn() -> u32) -> i32 {
 #[fentry(function = "__x64_sys_epoll_wait")]
 pub fn ep_wait_in(ctx: FEntryContext) -> i32 {
     let regs = untyped(ctx.arg(0));
-    loop_thread::on_poll_enter(EPOLL_WAIT, || fd_arg(regs));
+    loop_thread::on_poll_enter(EPOLL_WAIT, || fd_arg(regs), || regs);
     0
 }
 
@@ -72,7 +72,7 @@ pub fn ep_wait_in(ctx: FEntryContext) -> i32 {
 #[fentry(function = "__x64_sys_epoll_pwait")]
 pub fn ep_pwait_in(ctx: FEntryContext) -> i32 {
     let regs = untyped(ctx.arg(0));
-    loop_thread::on_poll_enter(EPOLL_PWAIT, || fd_arg(regs));
+    loop_thread::on_poll_enter(EPOLL_PWAIT, || fd_arg(regs), || regs);
     0
 }
 
@@ -80,7 +80,7 @@ pub fn ep_pwait_in(ctx: FEntryContext) -> i32 {
 #[fentry(function = "__x64_sys_epoll_pwait2")]
 pub fn ep_pwait2_in(ctx: FEntryContext) -> i32 {
     let regs = untyped(ctx.arg(0));
-    loop_thread::on_poll_enter(EPOLL_PWAIT2, || fd_arg(regs));
+    loop_thread::on_poll_enter(EPOLL_PWAIT2, || fd_arg(regs), || regs);
     0
 }
 
@@ -113,7 +113,8 @@ pub fn close_in(ctx: FEntryContext) -> i32 {
 #[tracepoint]
 pub fn tp_poll_in(ctx: TracePointContext) -> i32 {
     let nr: i32 = tp_field(&ctx, TP_SYSCALL_NR);
-    loop_thread::on_poll_enter(nr as u32, || tp_field::<u64>(&ctx, TP_FIRST_FIELD) as u32);
+    let fd = || tp_field::<u64>(&ctx, TP_FIRST_FIELD) as u32;
+    loop_thread::on_poll_enter(nr as u32, fd, current_regs);
     0
 }
 

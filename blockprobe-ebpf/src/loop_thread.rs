@@ -9,10 +9,11 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use blockprobe_common::{
     cause,
-    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess},
+    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess, Scope},
     counters::Counter,
     event::{
         BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
+        candidate_reason, poll_origin,
     },
     syscalls::{S_IFMT, cause_of, futex_op_waits, nr},
     thread::{LoopTiming, NO_FD, ShortCalls, ThreadClass, class},
@@ -26,31 +27,48 @@ use crate::{
         EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, SHORT_CALLS, THREAD_CLASS, config,
         count, is_loop_thread, mark_loop_thread,
     },
-    process::announce_if_in_scope,
+    process::{Announce, announce_if_in_scope},
     sched::close_period,
     walk::{self, CurrentUser},
 };
 
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`); `poll_fd` reads
-/// the epoll fd it polls (only for the threads of traced processes).
+/// the epoll fd it polls (only for the threads of traced processes), `regs` finds its
+/// saved registers (only when its stack is sent).
 ///
-/// A thread of a traced process is flagged in [`crate::maps::LOOP_THREADS`] from its first
-/// poll call, while userspace decides what it is: its poll exits must be seen from the
-/// first one after it is found to be a loop (an idle loop's next wake-up may be the
-/// stall). A loop thread keeps the flag; any other loses it at its next poll exit.
+/// A thread of a traced process is timed from its first poll call on, while userspace
+/// decides from the stack sent here what it is ([`class::PENDING`]): a loop's first
+/// iterations are often the ones that block. Userspace reads the stack before anything
+/// the thread reports later, keeps that of a loop, drops that of any other thread, and
+/// stops timing it. The first poll of a process not traced yet (host-wide tracing finds
+/// Python processes by their polls) starts the timing too, as do the polls of a `run`
+/// family member not traced yet; its stack is sent at the next poll, once userspace
+/// traces the process.
 #[inline(always)]
-pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32) {
+pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32, regs: impl Fn() -> *const u8) {
     let (tgid, tid) = current_ids();
     let Some(config) = config() else { return };
     let now = now_ns();
-    // A known loop thread (every iteration of a busy loop): one array load, the one
-    // hash lookup its timing needs and the read of its fd.
+    // A timed thread (every iteration of a busy loop): one array load, the one hash
+    // lookup its timing needs and the read of its fd.
     if is_loop_thread(tid)
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(tid)
     {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
         let fd = poll_fd();
+        if timing.loop_fd == NO_FD {
+            // Timed from the start of a loop written in C: this is its first poll.
+            timing.loop_fd = fd;
+        }
+        if timing.unclassified != 0 {
+            if !send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
+                // Still untraced (or the stack was lost, counted): examined afresh later.
+                let _ = LOOP_TIMING.remove(tid);
+                return;
+            }
+            timing.unclassified = 0;
+        }
         // Whatever blocking call it made since has returned.
         blocking::finish(config, tid, timing, now);
         if fd == timing.loop_fd {
@@ -62,7 +80,9 @@ pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32) {
             end_off_await(timing, now, u64::MAX);
         } else {
             begin_foreign_poll(timing, nr, now);
-            if timing.foreign_fd != fd && send_poll_stack(tgid, now, fd, true) {
+            if timing.foreign_fd != fd
+                && send_poll_stack(tgid, now, fd, poll_origin::FOREIGN, user_sp(config, regs()))
+            {
                 timing.foreign_fd = fd;
             }
         }
@@ -70,45 +90,85 @@ pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32) {
     }
     // SAFETY: map values are only read here; userspace writes whole values.
     if unsafe { PROCESSES.get(tgid) }.is_none() {
-        announce_if_in_scope(tgid, blockprobe_common::event::candidate_reason::POLL);
+        // A process found by this poll, or one of `run`'s family not traced yet (its
+        // interpreter was still starting up when it was announced at its exec): its
+        // loop may be in its first iterations.
+        let announce = announce_if_in_scope(tgid, candidate_reason::POLL);
+        if announce == Announce::Now
+            || (announce == Announce::Before && config.scope == Scope::Family as u32)
+        {
+            start_timing(tid, poll_fd(), 1, 0);
+        }
         return;
     }
-    let Some(thread) = THREAD_CLASS.get_ptr_mut(tid) else {
-        let fd = poll_fd();
-        let pending = ThreadClass {
-            class: class::PENDING,
-            poll_fd: fd,
-            since_ns: now,
-        };
-        if THREAD_CLASS.insert(tid, pending, 0).is_err() {
-            count(Counter::ThreadMapFull);
-            return;
-        }
-        // Unsent (the ring buffer was full, counted), the thread is examined afresh at
-        // its next poll rather than left pending for ever.
-        if send_poll_stack(tgid, now, fd, false) {
-            mark_loop_thread(tid, true);
-        } else {
-            let _ = THREAD_CLASS.remove(tid);
-        }
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let thread = unsafe { &mut *thread };
-    match thread.class {
-        class::NOT_LOOP if now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns => {
+    // SAFETY: read-only access to a value userspace writes whole.
+    match unsafe { THREAD_CLASS.get(tid) } {
+        None => {
             let fd = poll_fd();
-            if send_poll_stack(tgid, now, fd, false) {
-                thread.class = class::PENDING;
-                thread.poll_fd = fd;
-                thread.since_ns = now;
-                mark_loop_thread(tid, true);
+            if send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
+                start_timing(tid, fd, 0, 0);
             }
         }
-        class::NOT_LOOP => {}
-        // Pending, or a loop whose timing starts at this call's exit.
-        _ => mark_loop_thread(tid, true),
+        Some(thread)
+            if thread.class == class::NOT_LOOP
+                && now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns =>
+        {
+            let fd = poll_fd();
+            if send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
+                start_timing(tid, fd, 0, 0);
+            }
+        }
+        Some(thread) if thread.class == class::NOT_LOOP => {}
+        // A loop whose timing was not started (the timing map was full, counted).
+        Some(_) => mark_loop_thread(tid, true),
     }
+}
+
+/// Marks thread `tid` pending and sends its stack at a poll on epoll fd `fd` (user
+/// stack pointer `user_sp`) to userspace; whether it was sent. Unsent (the ring buffer
+/// was full, counted), the thread is examined afresh at its next poll rather than left
+/// pending for ever.
+#[inline(always)]
+fn send_pending(tgid: u32, tid: u32, now: u64, fd: u32, user_sp: u64) -> bool {
+    send_pending_as(tgid, tid, now, fd, poll_origin::THREAD, user_sp)
+}
+
+/// [`send_pending`], for a stack sent because of `origin` ([`poll_origin`]).
+#[inline(always)]
+pub fn send_pending_as(tgid: u32, tid: u32, now: u64, fd: u32, origin: u32, user_sp: u64) -> bool {
+    let pending = ThreadClass {
+        class: class::PENDING,
+        poll_fd: fd,
+        since_ns: now,
+    };
+    if THREAD_CLASS.insert(tid, pending, 0).is_err() {
+        count(Counter::ThreadMapFull);
+        return false;
+    }
+    if send_poll_stack(tgid, now, fd, origin, user_sp) {
+        return true;
+    }
+    let _ = THREAD_CLASS.remove(tid);
+    false
+}
+
+/// Starts timing thread `tid` as a loop polling epoll fd `fd` ([`NO_FD`]: its next
+/// poll's), off-await since `since_ns` (0: from the exit of the poll it enters;
+/// `unclassified`: its stack was not sent yet).
+#[inline(always)]
+pub fn start_timing(tid: u32, fd: u32, unclassified: u32, since_ns: u64) {
+    let timing = LoopTiming {
+        poll_exit_ns: since_ns,
+        loop_fd: fd,
+        foreign_fd: NO_FD,
+        unclassified,
+        ..LoopTiming::default()
+    };
+    if LOOP_TIMING.insert(tid, timing, 0).is_err() {
+        count(Counter::ThreadMapFull);
+        return;
+    }
+    mark_loop_thread(tid, true);
 }
 
 /// Whether userspace found epoll fd `fd` of loop thread `tid` to be a new loop's poller.
@@ -118,10 +178,22 @@ fn adopts(tid: u32, fd: u32) -> bool {
     unsafe { THREAD_CLASS.get(tid) }.is_some_and(|c| c.class == class::LOOP && c.poll_fd == fd)
 }
 
+/// Opens the loop thread's off-await interval at `now`.
+#[inline(always)]
+pub fn begin_off_await(timing: &mut LoopTiming, now: u64) {
+    timing.poll_exit_ns = now;
+    timing.syscall_enter_ns = 0;
+    timing.off_cpu_since_ns = 0;
+    if timing.has_off_cpu != 0 {
+        timing.off_cpu_ns = [0; cause::COUNT];
+        timing.has_off_cpu = 0;
+    }
+}
+
 /// Closes the loop thread's off-await interval at `now`, reporting it when it reached
 /// `threshold_ns`.
 #[inline(always)]
-fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
+pub fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
     close_period(timing, now);
     let left = timing.poll_exit_ns;
     timing.poll_exit_ns = 0;
@@ -139,11 +211,11 @@ fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
     }
 }
 
-/// Sends the thread's stack at a poll call on epoll fd `fd` so userspace can classify
-/// the thread (`foreign`: a loop thread polling another fd than its loop's); whether it
-/// was sent.
+/// Sends the thread's stack to userspace so it can classify the thread: at a poll call
+/// on epoll fd `fd` (user stack pointer `user_sp`), or at a loop's start; `origin` says
+/// which ([`poll_origin`]). Whether it was sent.
 #[inline(always)]
-fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) -> bool {
+fn send_poll_stack(tgid: u32, now: u64, fd: u32, origin: u32, user_sp: u64) -> bool {
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return false;
     };
@@ -154,10 +226,20 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, foreign: bool) -> bool {
     let event = unsafe { &mut *entry.as_mut_ptr() };
     event.header = header(EventKind::PollStack, now);
     event.poll_fd = fd;
-    event.foreign = u32::from(foreign);
+    event.origin = origin;
+    event.user_sp = user_sp;
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
     true
+}
+
+/// The user stack pointer saved in the current syscall's registers `regs`.
+#[inline(always)]
+fn user_sp(config: &GlobalConfig, regs: *const u8) -> u64 {
+    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
+    // read is fault-tolerant.
+    unsafe { bpf_probe_read_kernel(regs.add(config.pt_regs_sp_offset as usize) as *const u64) }
+        .unwrap_or(0)
 }
 
 /// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an
@@ -177,13 +259,7 @@ pub fn on_poll_exit(tid: u32, ret: i64) {
             }
             timing.loop_fd = timing.foreign_fd;
         }
-        timing.poll_exit_ns = now;
-        timing.syscall_enter_ns = 0;
-        timing.off_cpu_since_ns = 0;
-        if timing.has_off_cpu != 0 {
-            timing.off_cpu_ns = [0; cause::COUNT];
-            timing.has_off_cpu = 0;
-        }
+        begin_off_await(timing, now);
         return;
     }
     // SAFETY: read-only access to a value userspace writes whole.

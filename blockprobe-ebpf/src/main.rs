@@ -1,10 +1,12 @@
 //! blockprobe's kernel side.
 //!
-//! No kprobes, no uprobes: the epoll-family pollers, hooked on their own ([`hooks`]),
-//! time each asyncio loop thread's off-await intervals; the scheduler tracepoints split
-//! them by cause and learn the blocking syscalls made inside them, reported with the
-//! Python stack that made them ([`blocking`]); and process events keep the set of traced
-//! processes current. Knowledge of CPython lives in userspace, which hands
+//! No kprobes: the epoll-family pollers, hooked on their own ([`hooks`]), time each
+//! asyncio loop thread's off-await intervals; uprobes that fire once per loop run, never
+//! per iteration (libuv's `uv_run`, asyncio's `_set_running_loop`), see loops start and
+//! stop; the scheduler tracepoints split the intervals by cause and learn the blocking
+//! syscalls made inside them, reported with the Python stack that made them
+//! ([`blocking`]); and process events keep the set of traced processes current.
+//! Knowledge of CPython lives in userspace, which hands
 //! each process's stack-walk recipe to [`maps::PROCESSES`].
 #![no_std]
 #![no_main]
@@ -12,6 +14,7 @@
 mod blocking;
 mod emit;
 mod hooks;
+mod loop_run;
 mod loop_thread;
 mod maps;
 mod process;
@@ -19,8 +22,8 @@ mod sched;
 mod walk;
 
 use aya_ebpf::{
-    macros::{perf_event, raw_tracepoint},
-    programs::{PerfEventContext, RawTracePointContext},
+    macros::{perf_event, raw_tracepoint, uprobe, uretprobe},
+    programs::{PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 
 // The scheduler hooks are raw tracepoints: a classic tracepoint's program is skipped
@@ -46,6 +49,27 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
 #[perf_event]
 pub fn cpu_sample(_ctx: PerfEventContext) -> u32 {
     loop_thread::on_cpu_sample();
+    0
+}
+
+/// Uprobe on libuv's `uv_run` (uvloop): a loop written in C starts running.
+#[uprobe]
+pub fn loop_run_enter(_ctx: ProbeContext) -> u32 {
+    loop_run::on_enter();
+    0
+}
+
+/// Uretprobe on libuv's `uv_run`: the loop stopped running.
+#[uretprobe]
+pub fn loop_run_exit(_ctx: RetProbeContext) -> u32 {
+    loop_run::on_stop();
+    0
+}
+
+/// Uprobe on `_asyncio._set_running_loop`: an asyncio loop starts or stops running.
+#[uprobe]
+pub fn running_loop_set(_ctx: ProbeContext) -> u32 {
+    loop_run::on_stop();
     0
 }
 

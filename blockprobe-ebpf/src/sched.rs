@@ -20,12 +20,28 @@ use crate::{
 
 /// Mask of the task-state bits; 0 means runnable.
 const TASK_STATE_MASK: u32 = 0xff;
+/// Task states of a task stopped from outside (`include/linux/sched.h`, 6.x):
+/// `__TASK_STOPPED` (a stop signal), `__TASK_TRACED` (a ptrace stop) and `TASK_FROZEN`
+/// (the cgroup v1 and system freezer's refrigerator).
+const STOPPED_STATES: u32 = 0x4 | 0x8 | 0x8000;
+/// `JOBCTL_TRAP_FREEZE` (`include/linux/sched/jobctl.h`): the cgroup v2 freezer traps a
+/// task with this bit, in an ordinary interruptible sleep.
+const JOBCTL_TRAP_FREEZE: u64 = 1 << 23;
 
 /// The thread id of `task`, read at the offset userspace found in BTF.
 #[inline(always)]
 pub fn task_tid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
     // SAFETY: `task` is a task_struct the tracepoint passed us; the read is fault-tolerant.
     unsafe { bpf_probe_read_kernel(task.add(config.task_pid_offset as usize) as *const i32) }
+        .ok()
+        .map(|pid| pid as u32)
+}
+
+/// The process id of `task`, read at the offset userspace found in BTF.
+#[inline(always)]
+pub fn task_tgid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
+    // SAFETY: as in `task_tid`.
+    unsafe { bpf_probe_read_kernel(task.add(config.task_tgid_offset as usize) as *const i32) }
         .ok()
         .map(|pid| pid as u32)
 }
@@ -68,7 +84,11 @@ pub fn on_switch(ctx: &RawTracePointContext) {
                 bpf_probe_read_kernel(prev.add(config.task_state_offset as usize) as *const u32)
             }
             .unwrap_or(0);
-            let off_cpu_cause = if preempt & 1 != 0 || state & TASK_STATE_MASK == 0 {
+            let off_cpu_cause = if preempt & 1 != 0 {
+                cause::RUNQUEUE as u32
+            } else if stopped(config, prev, state) {
+                cause::STOPPED as u32
+            } else if state & TASK_STATE_MASK == 0 {
                 cause::RUNQUEUE as u32
             } else {
                 blocking::on_blocked(config, prev_tid, timing, now)
@@ -84,6 +104,21 @@ pub fn on_switch(ctx: &RawTracePointContext) {
         // SAFETY: as above.
         close_period(unsafe { &mut *timing }, now);
     }
+}
+
+/// Whether `task`, leaving the CPU in `state`, is stopped from outside (see
+/// [`cause::STOPPED`]) rather than blocked by its own code.
+#[inline(always)]
+fn stopped(config: &GlobalConfig, task: *const u8, state: u32) -> bool {
+    if state & STOPPED_STATES != 0 {
+        return true;
+    }
+    // SAFETY: `task` is the task being switched out; the read is fault-tolerant.
+    let jobctl = unsafe {
+        bpf_probe_read_kernel(task.add(config.task_jobctl_offset as usize) as *const u64)
+    }
+    .unwrap_or(0);
+    jobctl & JOBCTL_TRAP_FREEZE != 0
 }
 
 /// `sched_wakeup(task)`: a blocked loop thread becomes runnable; from now on it waits

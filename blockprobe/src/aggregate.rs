@@ -3,7 +3,8 @@
 //! The [`Aggregator`] is fed every [`Stall`] of a run and keeps:
 //! - one [`FunctionStats`] (a [`Log2Histogram`] of stall durations plus the time per
 //!   cause) per culprit function, keyed by [`FunctionKey`]; stalls without a culprit go
-//!   under [`UNKNOWN_FUNCTION`]. At most `max_functions` distinct keys are
+//!   under [`UNKNOWN_FUNCTION`], stalls of a stopped loop under [`STOPPED_FUNCTION`]
+//!   (never under a function of theirs). At most `max_functions` distinct keys are
 //!   kept; stalls of further functions are folded into the [`OTHER_FUNCTION`] key.
 //! - the `max_stalls` longest stalls themselves (ties keep the earlier stall), and the
 //!   number of stalls dropped to stay under that bound;
@@ -13,7 +14,7 @@
 //! [`Aggregator::report`] turns all of it into a [`Report`].
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use foldhash::HashMap;
 
@@ -22,10 +23,13 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::identity::StableFiles;
 use crate::histogram::Log2Histogram;
 use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, Report};
+use crate::report::{FunctionReport, ProcessWarning, Report};
 
 /// Function name used for stalls that have no culprit frame.
 pub const UNKNOWN_FUNCTION: &str = "<unknown>";
+/// Function name of stalls whose main cause is `stopped` (SIGSTOP, a ptrace stop, the
+/// freezer): the time is nobody's code's.
+pub const STOPPED_FUNCTION: &str = "<stopped>";
 /// Function name under which stalls of functions past `max_functions` are folded.
 pub const OTHER_FUNCTION: &str = "<other>";
 
@@ -33,7 +37,7 @@ pub const OTHER_FUNCTION: &str = "<other>";
 /// name in the stalling process.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionKey {
-    /// `co_qualname` (or [`UNKNOWN_FUNCTION`] / [`OTHER_FUNCTION`]).
+    /// `co_qualname` (or [`UNKNOWN_FUNCTION`], [`STOPPED_FUNCTION`], [`OTHER_FUNCTION`]).
     pub function: String,
     /// `co_filename` (empty for the two special keys).
     pub file: String,
@@ -54,11 +58,19 @@ impl FunctionKey {
                 file: f.file.clone(),
                 stable_file: files.get(&f.file, app_root),
             },
+            None if stall.cause == Cause::Stopped => Self::special(STOPPED_FUNCTION),
             None => Self::special(UNKNOWN_FUNCTION),
         }
     }
 
-    /// The key of [`UNKNOWN_FUNCTION`] or [`OTHER_FUNCTION`].
+    /// Whether this is the key of no function: [`UNKNOWN_FUNCTION`] or
+    /// [`STOPPED_FUNCTION`] (which never count against `max_functions`).
+    fn is_nobody(&self) -> bool {
+        self.file.is_empty()
+            && (self.function == UNKNOWN_FUNCTION || self.function == STOPPED_FUNCTION)
+    }
+
+    /// The key of [`UNKNOWN_FUNCTION`], [`STOPPED_FUNCTION`] or [`OTHER_FUNCTION`].
     pub fn special(name: &str) -> Self {
         FunctionKey {
             function: name.to_owned(),
@@ -132,6 +144,10 @@ pub struct ProcessInfo {
     /// Host the process ran on.
     #[serde(default)]
     pub host: String,
+    /// Whether a thread of it polled (epoll family) while traced; `None` in reports
+    /// of versions that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled: Option<bool>,
 }
 
 /// Memory bounds of an [`Aggregator`].
@@ -212,6 +228,8 @@ pub struct Aggregator {
     processes: BTreeMap<u32, ProcessInfo>,
     processes_dropped: u64,
     lost: BTreeMap<String, u64>,
+    /// Processes whose stalls may be missing, and why.
+    warnings: BTreeSet<(u32, String)>,
     /// Per-service and per-stack aggregates.
     tables: crate::fleet::tables::Tables,
     /// Stable file names, for function keys and stacks alike.
@@ -237,6 +255,7 @@ impl Aggregator {
             processes: BTreeMap::new(),
             processes_dropped: 0,
             lost: BTreeMap::new(),
+            warnings: BTreeSet::new(),
             tables: Default::default(),
             stable_files: StableFiles::default(),
         }
@@ -256,7 +275,7 @@ impl Aggregator {
         let key = FunctionKey::of_stall(&stall, root, &mut self.stable_files);
         self.tables
             .record(&stall, service, root, &mut self.stable_files);
-        let special = key == FunctionKey::special(UNKNOWN_FUNCTION);
+        let special = key.is_nobody();
         if let Some(stats) = self.functions.get_mut(&key) {
             stats.record(&stall);
         } else if special || self.real_function_keys() < self.limits.max_functions {
@@ -282,8 +301,36 @@ impl Aggregator {
     }
 
     fn real_function_keys(&self) -> usize {
-        let unknown = FunctionKey::special(UNKNOWN_FUNCTION);
-        self.functions.len() - usize::from(self.functions.contains_key(&unknown))
+        let nobody = [UNKNOWN_FUNCTION, STOPPED_FUNCTION]
+            .into_iter()
+            .filter(|&name| self.functions.contains_key(&FunctionKey::special(name)))
+            .count();
+        self.functions.len() - nobody
+    }
+
+    /// Whether registered process `pid` has a loop thread.
+    pub fn has_loop_thread(&self, pid: u32) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| !p.loop_threads.is_empty())
+    }
+
+    /// Notes that a thread of registered process `pid` polled.
+    pub fn mark_polled(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.polled = Some(true);
+        }
+    }
+
+    /// Records that the stalls of process `pid` may be missing, for `reason` (a
+    /// [`crate::report::warning`] code); `false` undoes it (the reason no longer holds).
+    pub fn set_warning(&mut self, pid: u32, reason: &str, holds: bool) {
+        let key = (pid, reason.to_owned());
+        if holds {
+            self.warnings.insert(key);
+        } else {
+            self.warnings.remove(&key);
+        }
     }
 
     /// Registers a process, or updates it: loop threads are merged, everything else is
@@ -306,13 +353,6 @@ impl Aggregator {
         } else {
             self.processes_dropped += 1;
         }
-    }
-
-    /// Whether thread `tid` of process `pid` is known to run an event loop.
-    pub fn is_loop_thread(&self, pid: u32, tid: u32) -> bool {
-        self.processes
-            .get(&pid)
-            .is_some_and(|p| p.loop_threads.binary_search(&tid).is_ok())
     }
 
     /// Records that thread `tid` of registered process `pid` runs an event loop.
@@ -403,6 +443,13 @@ impl Aggregator {
                     ..p.clone()
                 })
                 .collect(),
+            warnings: (self.warnings.iter())
+                .map(|(pid, reason)| ProcessWarning {
+                    pid: *pid,
+                    reason: reason.clone(),
+                    host: run.host.clone(),
+                })
+                .collect(),
             stalls,
             functions,
             services: self.tables.services(),
@@ -412,8 +459,16 @@ impl Aggregator {
     }
 }
 
+/// Loop threads listed per process in the report: a process that starts a thread and a
+/// loop per call would list thousands.
+pub const MAX_LISTED_LOOP_THREADS: usize = 256;
+
+/// Adds loop thread `x` to the sorted list `v`, unless it holds
+/// [`MAX_LISTED_LOOP_THREADS`] already.
 fn insert_sorted(v: &mut Vec<u32>, x: u32) {
-    if let Err(pos) = v.binary_search(&x) {
+    if let Err(pos) = v.binary_search(&x)
+        && v.len() < MAX_LISTED_LOOP_THREADS
+    {
         v.insert(pos, x);
     }
 }
@@ -456,6 +511,7 @@ pub(crate) mod tests {
             cpu_samples: 0,
             stack_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         }
     }
 
@@ -466,6 +522,53 @@ pub(crate) mod tests {
             duration_ns: 2,
             threshold_ns: 3,
         }
+    }
+
+    /// A stall of a loop stopped from outside (no culprit, cause `stopped`).
+    pub(crate) fn stopped_stall(pid: u32, dur: u64) -> Stall {
+        Stall {
+            cause: Cause::Stopped,
+            causes: [(Cause::Stopped, dur)].into_iter().collect(),
+            syscall: None,
+            ..stall(pid, 0, dur, None)
+        }
+    }
+
+    #[test]
+    fn stopped_loops_are_under_stopped_and_take_no_function_slot() {
+        let mut a = Aggregator::new(Limits {
+            max_functions: 1,
+            ..Limits::default()
+        });
+        a.record(stopped_stall(1, 700_000_000));
+        a.record(stall(1, 10, 5_000_000, None));
+        a.record(stall(1, 20, 1_000_000, Some(frame("f", "a.py", 1))));
+        let names: Vec<(String, u64)> = (a.report(run()).functions.iter())
+            .map(|f| (f.function.clone(), f.histogram.total_ns()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (STOPPED_FUNCTION.to_owned(), 700_000_000),
+                (UNKNOWN_FUNCTION.to_owned(), 5_000_000),
+                ("f".to_owned(), 1_000_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn loop_threads_listed_are_bounded() {
+        let mut a = Aggregator::default();
+        a.register_process(ProcessInfo {
+            pid: 7,
+            ..ProcessInfo::default()
+        });
+        for tid in (0..10_000).rev() {
+            a.add_loop_thread(7, tid);
+        }
+        let listed = &a.report(run()).processes[0].loop_threads;
+        assert_eq!(listed.len(), MAX_LISTED_LOOP_THREADS);
+        assert!(listed.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

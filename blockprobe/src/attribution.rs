@@ -4,20 +4,18 @@
 //! thread that held the GIL). A stall without such evidence shows the latest stack seen
 //! of the loop, and says so.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
 use blockprobe_common::cause;
 
 use crate::{
+    evidence::{self, Weigh, stack_bytes},
     model::{Cause, CulpritFrom, FdKind, Frame, ShortCalls, Stall},
     python::origin::{Origin, classify},
     syscalls,
 };
-
-/// Evidence remembered per thread and kind while waiting for its stall to close.
-const MAX_PENDING: usize = 256;
 
 /// A long blocking syscall made by a loop thread off-await, symbolized.
 #[derive(Clone, Debug)]
@@ -90,26 +88,29 @@ pub struct StallWindow {
 #[derive(Default)]
 struct Pending {
     pid: u32,
-    calls: VecDeque<BlockedCall>,
-    gil_waits: VecDeque<GilWait>,
-    samples: VecDeque<CpuSample>,
+    calls: evidence::Queue<BlockedCall>,
+    gil_waits: evidence::Queue<GilWait>,
+    samples: evidence::Queue<CpuSample>,
 }
 
-/// Appends to a bounded queue, dropping the oldest entry when full.
-fn push_bounded<T>(queue: &mut VecDeque<T>, item: T) {
-    if queue.len() == MAX_PENDING {
-        queue.pop_front();
+impl Weigh for BlockedCall {
+    fn bytes(&self) -> usize {
+        stack_bytes(&self.stack) + self.task.as_ref().map_or(0, String::capacity)
     }
-    queue.push_back(item);
 }
 
-/// Takes the items of `queue` that ended inside `[start, end]`; drops older ones and
-/// keeps later ones for the next stall.
-fn take_window<T>(queue: &mut VecDeque<T>, start: u64, end: u64, at: impl Fn(&T) -> u64) -> Vec<T> {
-    queue.retain(|item| at(item) >= start);
-    let (inside, later): (Vec<T>, Vec<T>) = queue.drain(..).partition(|item| at(item) <= end);
-    queue.extend(later);
-    inside
+impl Weigh for GilWait {
+    fn bytes(&self) -> usize {
+        stack_bytes(&self.holder_stack)
+            + stack_bytes(&self.own_stack)
+            + self.task.as_ref().map_or(0, String::capacity)
+    }
+}
+
+impl Weigh for CpuSample {
+    fn bytes(&self) -> usize {
+        stack_bytes(&self.stack) + self.task.as_ref().map_or(0, String::capacity)
+    }
 }
 
 /// Matches evidence to the stalls it happened in.
@@ -134,23 +135,28 @@ impl Attributor {
 
     /// Remembers a blocking call of loop thread `tid` of process `pid`.
     pub fn blocked_call(&mut self, pid: u32, tid: u32, call: BlockedCall) {
-        push_bounded(&mut self.pending(pid, tid).calls, call);
+        self.pending(pid, tid).calls.push(call);
     }
 
     /// Remembers a GIL wait of loop thread `tid` of process `pid`.
     pub fn gil_wait(&mut self, pid: u32, tid: u32, wait: GilWait) {
-        push_bounded(&mut self.pending(pid, tid).gil_waits, wait);
+        self.pending(pid, tid).gil_waits.push(wait);
     }
 
     /// Remembers a CPU sample of loop thread `tid` of process `pid`.
     pub fn cpu_sample(&mut self, pid: u32, tid: u32, sample: CpuSample) {
-        push_bounded(&mut self.pending(pid, tid).samples, sample);
+        self.pending(pid, tid).samples.push(sample);
     }
 
     /// The stack of the latest CPU sample of loop thread `tid`, if any is pending.
     pub fn latest_sample(&self, tid: u32) -> Option<&[Frame]> {
-        let sample = self.threads.get(&tid)?.samples.back()?;
+        let sample = self.threads.get(&tid)?.samples.newest()?;
         Some(&sample.stack)
+    }
+
+    /// Forgets the evidence of thread `tid` (it exited, or runs no loop).
+    pub fn forget_thread(&mut self, tid: u32) {
+        self.threads.remove(&tid);
     }
 
     /// Forgets everything about the threads of process `pid` (it exited or exec'd).
@@ -164,9 +170,9 @@ impl Attributor {
         let (start, end) = (window.start_ns, window.end_ns);
         let (calls, gil_waits, samples) = match self.threads.get_mut(&window.tid) {
             Some(p) if p.pid == window.pid => (
-                take_window(&mut p.calls, start, end, |c| c.end_ns),
-                take_window(&mut p.gil_waits, start, end, |w| w.end_ns),
-                take_window(&mut p.samples, start, end, |s| s.ts_ns),
+                p.calls.take_window(start, end, |c| c.end_ns),
+                p.gil_waits.take_window(start, end, |w| w.end_ns),
+                p.samples.take_window(start, end, |s| s.ts_ns),
             ),
             _ => Default::default(),
         };
@@ -193,15 +199,20 @@ impl Attributor {
             cpu_samples: 0,
             stack_samples: 0,
             ongoing: false,
+            started_before_tracing: false,
         };
         let blamed = match cause {
+            // Stopped from outside: no code to blame, whatever ran around the stop.
+            Cause::Stopped => false,
             Cause::Gil => blame_gil_wait(&mut stall, &gil_waits),
             Cause::Cpu | Cause::Runqueue => blame_samples(&mut stall, &samples),
             _ => blame_call(&mut stall, &calls),
         };
         if blamed {
             stall.culprit_from = Some(CulpritFrom::Evidence);
-        } else if let Some((stack, task)) = last_seen(&calls, &gil_waits, &samples) {
+        } else if cause != Cause::Stopped
+            && let Some((stack, task)) = last_seen(&calls, &gil_waits, &samples)
+        {
             stall.stack = stack.to_vec();
             stall.task = task.cloned();
             stall.culprit = culprit(&stall.stack);
@@ -342,45 +353,38 @@ struct Commonest<'a> {
 /// commonest line: where the time went, not wherever the last sample landed (e.g. the
 /// statement after a long C call).
 fn commonest_stack(samples: &[CpuSample]) -> Option<Commonest<'_>> {
-    // Sequence -> (samples, latest index).
-    let mut by_stack: HashMap<Vec<(&str, &str)>, (u32, usize)> = HashMap::default();
+    // Sequence -> its samples' indices, in order.
+    let mut by_stack: HashMap<Vec<(&str, &str)>, Vec<usize>> = HashMap::default();
     for (i, sample) in samples.iter().enumerate() {
-        let entry = by_stack.entry(sequence(&sample.stack)).or_insert((0, i));
-        entry.0 += 1;
-        entry.1 = i;
+        by_stack.entry(sequence(&sample.stack)).or_default().push(i);
     }
-    let (commonest, (count, _)) =
-        (by_stack.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
-    let same: Vec<&CpuSample> = (samples.iter())
-        .filter(|s| sequence(&s.stack) == commonest)
-        .collect();
+    let same = (by_stack.into_values()).max_by_key(|same| (same.len(), same.last().copied()))?;
     // The culprit frame's index is the same in every sample of one sequence.
-    let at = (same[0].stack.iter())
-        .position(|f| classify(&f.file) == Origin::FirstParty)
-        .unwrap_or(0);
-    let line_of = |s: &CpuSample| s.stack.get(at).map_or(0, |f| f.line);
-    // Line -> (samples, latest index into `same`).
+    let at = culprit_index(&samples[same[0]].stack);
+    // Line -> (samples, latest index).
     let mut by_line: HashMap<u32, (u32, usize)> = HashMap::default();
-    for (i, sample) in same.iter().enumerate() {
-        let entry = by_line.entry(line_of(sample)).or_insert((0, i));
-        entry.0 += 1;
-        entry.1 = i;
+    for &i in &same {
+        let line = samples[i].stack.get(at).map_or(0, |f| f.line);
+        let entry = by_line.entry(line).or_insert((0, i));
+        *entry = (entry.0 + 1, i);
     }
-    let (_, (_, latest)) =
-        (by_line.into_iter()).max_by_key(|&(_, (count, latest))| (count, latest))?;
+    let (_, latest) = by_line.into_values().max()?;
     Some(Commonest {
-        samples: count,
-        sample: same[latest],
+        samples: same.len() as u32,
+        sample: &samples[latest],
     })
 }
 
 /// The innermost first-party frame of `stack`, else its innermost frame.
 pub fn culprit(stack: &[Frame]) -> Option<Frame> {
-    stack
-        .iter()
-        .find(|f| classify(&f.file) == Origin::FirstParty)
-        .or_else(|| stack.first())
-        .cloned()
+    stack.get(culprit_index(stack)).cloned()
+}
+
+/// Where [`culprit`] is in `stack`: its innermost first-party frame, else 0.
+fn culprit_index(stack: &[Frame]) -> usize {
+    (stack.iter())
+        .position(|f| classify(&f.file) == Origin::FirstParty)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -461,6 +465,26 @@ mod tests {
         assert_eq!(stall.culprit.unwrap().function, "inner");
         assert_eq!(stall.task.as_deref(), Some("Task-7"));
         assert_eq!(stall.start_unix_ns, 500_007);
+    }
+
+    #[test]
+    fn a_stopped_loop_is_blamed_on_no_code() {
+        let mut a = Attributor::default();
+        // The stop interrupted a sleep: the call is there, but the stop is most of it.
+        a.blocked_call(1, 2, sleep_call(1_000_000, 21_000_000));
+        let w = window(
+            500_000,
+            721_000_000,
+            &[(cause::SLEEP, 20_000_000), (cause::STOPPED, 700_000_000)],
+        );
+        let stall = a.close(w, |t| t);
+        assert_eq!(stall.cause, Cause::Stopped);
+        assert_eq!(stall.causes[&Cause::Stopped], 700_000_000);
+        assert_eq!(
+            (stall.culprit, stall.syscall, stall.task),
+            (None, None, None)
+        );
+        assert!(stall.stack.is_empty());
     }
 
     #[test]

@@ -35,6 +35,39 @@ pub fn is_c_loop_poll(stack: &[Frame], native: bool, task_running: bool) -> bool
             .is_some_and(|f| path_ends_with(&f.file, "selectors.py"))
 }
 
+/// Whether a poll with Python stack `stack` (innermost first) was made by native code a
+/// Python thread called, not through `selectors` (sync code polls through it): an event
+/// loop written in C, or hand-written epoll code. A thread without Python frames is none.
+pub fn polls_natively(stack: &[Frame]) -> bool {
+    stack
+        .first()
+        .is_some_and(|f| !path_ends_with(&f.file, "selectors.py"))
+}
+
+/// Whether a thread with Python stack `stack` (innermost first), caught at any moment, is
+/// inside a running loop: asyncio's `BaseEventLoop.run_forever` or `_run_once`, or a
+/// frame that only runs a loop (`asyncio.run`, `Runner.run`, `uvloop.run`), is on it.
+pub fn runs_loop(stack: &[Frame]) -> bool {
+    stack
+        .iter()
+        .any(|f| is_run_once(f) || is_run_forever(f) || is_loop_runner(f))
+}
+
+/// `BaseEventLoop.run_forever`: a selector event loop runs (between or in iterations).
+fn is_run_forever(f: &Frame) -> bool {
+    f.function.ends_with("run_forever") && path_ends_with(&f.file, "asyncio/base_events.py")
+}
+
+/// Whether a poll with Python stack `stack`, made by a thread whose native stack runs
+/// libuv's `uv_run` (`in_uv_run`), is a uvloop loop's: `selectors` did not make it (a
+/// callback's sync selector runs under `uv_run` too).
+pub fn is_uvloop_poll(stack: &[Frame], in_uv_run: bool) -> bool {
+    in_uv_run
+        && !stack
+            .first()
+            .is_some_and(|f| path_ends_with(&f.file, "selectors.py"))
+}
+
 /// `BaseEventLoop._run_once`: the selector event loop's iteration.
 fn is_run_once(f: &Frame) -> bool {
     f.function.ends_with("_run_once") && path_ends_with(&f.file, "asyncio/base_events.py")
@@ -125,6 +158,60 @@ mod tests {
             frame("callback", "/app/main.py"),
         ];
         assert!(!is_c_loop_poll(&selector, true, false));
+    }
+
+    #[test]
+    fn native_polls_are_not_through_selectors() {
+        let hand_written = [frame("Reactor.run", "/app/reactor.py")];
+        assert!(polls_natively(&hand_written));
+        let sync = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("serve_forever", "/usr/lib/python3.11/socketserver.py"),
+        ];
+        assert!(!polls_natively(&sync));
+        assert!(!polls_natively(&[]));
+    }
+
+    #[test]
+    fn a_thread_anywhere_inside_a_loop_runs_it() {
+        let in_callback = [
+            frame("handler", "/app/handlers.py"),
+            frame("Handle._run", "/usr/lib/python3.11/asyncio/events.py"),
+            frame(
+                "BaseEventLoop._run_once",
+                "/usr/lib/python3.11/asyncio/base_events.py",
+            ),
+        ];
+        assert!(runs_loop(&in_callback));
+        // uvloop by hand has no frame of its own; under asyncio.run it has the runner's.
+        let uvloop = [
+            frame("handler", "/app/handlers.py"),
+            frame("run", "/x/lib/python3.9/asyncio/runners.py"),
+        ];
+        assert!(runs_loop(&uvloop));
+        // Sync work between two runs of one loop, and sync selectors.
+        let between = [
+            frame("work", "/app/cli.py"),
+            frame("<module>", "/app/cli.py"),
+        ];
+        assert!(!runs_loop(&between));
+        let sync = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("serve_forever", "/usr/lib/python3.11/socketserver.py"),
+        ];
+        assert!(!runs_loop(&sync));
+    }
+
+    #[test]
+    fn uvloop_polls_under_uv_run_are_loops() {
+        let by_hand = [frame("<module>", "/app/main.py")];
+        assert!(is_uvloop_poll(&by_hand, true));
+        assert!(!is_uvloop_poll(&by_hand, false));
+        let selector = [
+            frame("EpollSelector.select", "/usr/lib/python3.11/selectors.py"),
+            frame("callback", "/app/main.py"),
+        ];
+        assert!(!is_uvloop_poll(&selector, true));
     }
 
     #[test]

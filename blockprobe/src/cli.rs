@@ -10,12 +10,23 @@ use crate::render::live::LiveFormat;
 /// Find what blocks Python asyncio event loops — system-wide, on running processes,
 /// with no code change and no restart.
 #[derive(Debug, Parser)]
-#[command(name = "blockprobe", version, about, after_help = EXAMPLES)]
+#[command(name = "blockprobe", version = VERSION, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What `--version` prints after the name: the version, the git commit built and the
+/// target triple (a static `x86_64-unknown-linux-musl` binary, or a glibc one).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BLOCKPROBE_GIT_COMMIT"),
+    ", ",
+    env!("BLOCKPROBE_BUILD_TARGET"),
+    ")"
+);
 
 const EXAMPLES: &str = "\
 EXAMPLES:
@@ -27,11 +38,18 @@ EXAMPLES:
     blockprobe merge web-*.json -o fleet.json # one report for many hosts
     blockprobe diff before.json after.json --fail-on-regression 20   # deploy gate
     blockprobe report r.json --format svg -o flame.svg               # flame graph
-    blockprobe serve --listen 127.0.0.1:9464  # Prometheus metrics of the whole host";
+    blockprobe serve --listen 127.0.0.1:9464  # Prometheus metrics of the whole host
+    blockprobe check                          # what this host allows, before rolling out";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check what this host allows, one line per item (kernel, BTF, tracepoints, fentry
+    /// and lockdown, ring buffers, the perf sampler, capabilities, tracefs, pid_max, the
+    /// Python processes running now), each with what to do when it is not OK. Exits 1
+    /// when tracing is impossible. Changes nothing on the host.
+    #[command(after_help = CHECK_HELP)]
+    Check,
     /// Run a command and trace it and all its descendants until it exits.
     #[command(
         after_help = "EXAMPLES:\n    blockprobe run -- python3 app.py\n    blockprobe run -o report.json --threshold 50ms -- uvicorn app:main"
@@ -137,6 +155,17 @@ pub enum Command {
         max_services: usize,
     },
 }
+
+const CHECK_HELP: &str = "\
+Each line is `VERDICT ITEM WHAT-WAS-FOUND`, then `-> WHAT-TO-DO` unless it is ok:
+ok (as needed), note (not as it could be, not needed), warn (tracing works with less),
+FAIL (tracing is impossible until mended).
+
+EXIT STATUS: 0 this host can trace, 1 a FAIL line.
+
+EXAMPLES:
+    blockprobe check                    # as the user blockprobe will run as (root)
+    ssh web-1 ./blockprobe check        # before rolling out";
 
 const REPORT_HELP: &str = "\
 Folded stacks, the flame graph and the pprof profile weigh each stack by its total stall

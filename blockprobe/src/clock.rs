@@ -1,4 +1,8 @@
 //! Converting the kernel's monotonic timestamps to wall-clock time.
+//!
+//! The offset between the two clocks changes when the wall clock is stepped (chrony,
+//! `date -s`, a VM resumed): a long session measures it again every second
+//! ([`Clock::refresh`]), so a step shifts the timestamps of at most that second.
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -14,13 +18,20 @@ fn read_ns(id: ClockId) -> i128 {
 }
 
 impl Clock {
-    /// Measures the offset now.
+    /// Measures the offset now: the wall clock read between two monotonic readings,
+    /// against their midpoint.
     pub fn now() -> Self {
-        let mono = read_ns(ClockId::CLOCK_MONOTONIC);
+        let before = read_ns(ClockId::CLOCK_MONOTONIC);
         let real = read_ns(ClockId::CLOCK_REALTIME);
+        let after = read_ns(ClockId::CLOCK_MONOTONIC);
         Clock {
-            realtime_minus_monotonic_ns: real - mono,
+            realtime_minus_monotonic_ns: real - (before + after) / 2,
         }
+    }
+
+    /// Measures the offset again (the wall clock may have been stepped since).
+    pub fn refresh(&mut self) {
+        *self = Clock::now();
     }
 
     /// The current monotonic time in nanoseconds (the BPF clock).
@@ -45,5 +56,18 @@ mod tests {
             .unwrap()
             .as_nanos() as u64;
         assert!(unix.abs_diff(system) < 50_000_000, "{unix} vs {system}");
+    }
+
+    #[test]
+    fn a_refresh_follows_a_step_of_the_wall_clock() {
+        // A clock measured before the wall clock was stepped back an hour.
+        let now = super::Clock::now();
+        let mut stale = super::Clock {
+            realtime_minus_monotonic_ns: now.realtime_minus_monotonic_ns + 3_600_000_000_000,
+        };
+        let t = now.monotonic_ns();
+        assert_eq!(stale.to_unix_ns(t) - now.to_unix_ns(t), 3_600_000_000_000);
+        stale.refresh();
+        assert!(stale.to_unix_ns(t).abs_diff(now.to_unix_ns(t)) < 50_000_000);
     }
 }

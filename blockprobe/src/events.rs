@@ -10,10 +10,24 @@ use blockprobe_common::{
     cause,
     event::{
         BlockedCallEvent, CandidateEvent, CpuSampleEvent, EventHeader, EventKind, GilWaitEvent,
-        PollStackEvent, ProcessGoneEvent, StallEvent, gone_reason,
+        PollStackEvent, ProcessGoneEvent, StallEvent, candidate_reason, gone_reason,
     },
     stack::{MAX_FRAMES, RawStack},
 };
+
+impl Event {
+    /// The process and thread of an event a loop thread's timing produced (a stall or
+    /// evidence of what happened in one).
+    pub fn loop_evidence(&self) -> Option<(u32, u32)> {
+        match *self {
+            Event::BlockedCall { pid, tid, .. }
+            | Event::GilWait { pid, tid, .. }
+            | Event::CpuSample { pid, tid, .. }
+            | Event::Stall { pid, tid, .. } => Some((pid, tid)),
+            Event::Candidate { .. } | Event::ProcessGone { .. } | Event::PollStack { .. } => None,
+        }
+    }
+}
 
 /// One decoded event.
 pub enum Event {
@@ -21,6 +35,10 @@ pub enum Event {
     Candidate {
         /// Process id.
         pid: u32,
+        /// The thread whose system call announced it.
+        tid: u32,
+        /// Whether it was announced by a poll call (the thread may run a loop).
+        by_poll: bool,
     },
     /// A traced process exited (`exec == false`) or exec'd.
     ProcessGone {
@@ -37,8 +55,10 @@ pub enum Event {
         tid: u32,
         /// The epoll fd polled.
         poll_fd: u32,
-        /// The thread already runs a loop, which polls another fd.
-        foreign: bool,
+        /// Why it was sent: a [`blockprobe_common::event::poll_origin`] value.
+        origin: u32,
+        /// The thread's user stack pointer at the poll call (0: not at a poll call).
+        user_sp: u64,
         /// The Python stack at the poll call.
         stack: Box<RawStack>,
     },
@@ -141,8 +161,12 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
     let (pid, tid) = (header.pid, header.tid);
     Ok(match kind {
         EventKind::Candidate => {
-            read::<CandidateEvent>(bytes)?;
-            Event::Candidate { pid }
+            let e: CandidateEvent = read(bytes)?;
+            Event::Candidate {
+                pid,
+                tid,
+                by_poll: e.reason == candidate_reason::POLL,
+            }
         }
         EventKind::ProcessGone => {
             let e: ProcessGoneEvent = read(bytes)?;
@@ -157,7 +181,8 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Event> {
                 pid,
                 tid,
                 poll_fd: e.poll_fd,
-                foreign: e.foreign != 0,
+                origin: e.origin,
+                user_sp: e.user_sp,
                 stack: sane(e.stack),
             }
         }

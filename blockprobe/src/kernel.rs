@@ -5,7 +5,7 @@ use blockprobe_common::config::FdPath;
 use btf_rs::{Backend, Btf, Type};
 
 /// The kernel's own BTF.
-const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Kernel structure offsets the BPF programs read with, from the kernel's BTF.
 #[derive(Clone, Copy, Debug)]
@@ -18,36 +18,50 @@ pub struct Offsets {
     pub pt_regs_arg0: u64,
     /// Offset of `si` (a syscall's second argument) in `struct pt_regs`.
     pub pt_regs_arg1: u64,
+    /// Offset of `sp` (the user stack pointer) in `struct pt_regs`.
+    pub pt_regs_sp: u64,
     /// Offset of `pid` (the thread id) in `struct task_struct`.
     pub task_pid: u64,
+    /// Offset of `tgid` (the process id) in `struct task_struct`.
+    pub task_tgid: u64,
     /// Offset of the task state (`__state`, or `state` before 5.14) in `struct task_struct`.
     pub task_state: u64,
+    /// Offset of `jobctl` (job control flags) in `struct task_struct`.
+    pub task_jobctl: u64,
     /// The chain from a task to the type of one of its file descriptors.
     pub fd_path: FdPath,
 }
 
-/// Reads the offsets from `/sys/kernel/btf/vmlinux`.
-pub fn offsets() -> anyhow::Result<Offsets> {
+/// Opens the kernel's BTF, for a few lookups.
+pub fn open_btf() -> anyhow::Result<Btf> {
     // Mapped, not parsed whole: a few lookups need a few pages, where parsing every type
     // of the kernel would take 40 MB at start-up. Kernels that cannot map their BTF
-    // (before 6.16) get the parsed copy, freed on return.
-    let btf = (Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap))
+    // (before 6.16) get the parsed copy, freed when dropped.
+    (Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap))
         .or_else(|_| Btf::from_file(VMLINUX_BTF))
         .with_context(|| {
-        format!(
-            "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
-        )
-    })?;
+            format!(
+                "this kernel has no usable BTF ({VMLINUX_BTF}); blockprobe needs CONFIG_DEBUG_INFO_BTF"
+            )
+        })
+}
+
+/// Reads the offsets from `/sys/kernel/btf/vmlinux`.
+pub fn offsets() -> anyhow::Result<Offsets> {
+    let btf = open_btf()?;
     let regs = named_struct(&btf, "pt_regs")?;
     let task = named_struct(&btf, "task_struct")?;
     let task_state = member(&btf, &task, "__state").or_else(|_| member(&btf, &task, "state"))?;
     Ok(Offsets {
         task_pid: member(&btf, &task, "pid")?.0,
+        task_tgid: member(&btf, &task, "tgid")?.0,
         task_state: task_state.0,
+        task_jobctl: member(&btf, &task, "jobctl")?.0,
         task_fsbase: task_fsbase_offset(&btf)?,
         pt_regs_syscall_nr: member(&btf, &regs, "orig_ax")?.0,
         pt_regs_arg0: member(&btf, &regs, "di")?.0,
         pt_regs_arg1: member(&btf, &regs, "si")?.0,
+        pt_regs_sp: member(&btf, &regs, "sp")?.0,
         fd_path: fd_path(&btf, &task)?,
     })
 }
@@ -127,7 +141,14 @@ mod tests {
         assert_eq!(offsets.pt_regs_arg1, 13 * 8);
         // The state is near the start of task_struct, the pid well inside it.
         assert!(offsets.task_state < 64, "state at {}", offsets.task_state);
+        let jobctl = offsets.task_jobctl;
+        assert!(
+            jobctl > 512 && jobctl < fsbase && jobctl.is_multiple_of(8),
+            "jobctl at {jobctl}"
+        );
         assert!(offsets.task_pid > 512 && offsets.task_pid < fsbase);
+        // `tgid` follows `pid`.
+        assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
         // `i_mode` opens struct inode; `fdt` and `fd` sit early in their structs.
         let fd = offsets.fd_path;
         assert_eq!(fd.inode_mode, 0);

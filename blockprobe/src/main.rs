@@ -6,7 +6,9 @@ mod classify;
 mod cli;
 mod clock;
 mod commands;
+mod deadline;
 mod events;
+mod evidence;
 mod export;
 mod fleet;
 mod histogram;
@@ -18,12 +20,15 @@ mod model;
 mod namespaces;
 mod patience;
 mod preflight;
+mod private_mount;
 mod probes;
+mod proc_stat;
 mod python;
 mod render;
 mod report;
 mod session;
 mod syscalls;
+mod thread_now;
 mod tracefs;
 
 use clap::Parser as _;
@@ -44,6 +49,7 @@ fn main() {
 /// Runs one subcommand; returns the process exit code.
 fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Check => commands::check::run(),
         Command::Report {
             file,
             format,

@@ -36,6 +36,9 @@ pub enum Cause {
     Wait,
     /// Off CPU for another reason, or not known.
     Other,
+    /// Stopped from outside (SIGSTOP, a ptrace stop, the cgroup freezer): never blamed
+    /// on code.
+    Stopped,
 }
 
 impl Cause {
@@ -49,6 +52,7 @@ impl Cause {
         Cause::Gil,
         Cause::Wait,
         Cause::Other,
+        Cause::Stopped,
     ];
 
     /// The cause at `blockprobe_common::cause` index `index` (`Other` when out of range).
@@ -67,6 +71,7 @@ impl Cause {
             Cause::Gil => "gil",
             Cause::Wait => "wait",
             Cause::Other => "other",
+            Cause::Stopped => "stopped",
         }
     }
 }
@@ -129,16 +134,6 @@ pub enum CulpritFrom {
     /// (a blocking call or a sample of a lesser cause), where the loop was last known
     /// to be before the stall ended.
     LastSeen,
-}
-
-impl CulpritFrom {
-    /// The name used in reports and text output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CulpritFrom::Evidence => "evidence",
-            CulpritFrom::LastSeen => "last_seen",
-        }
-    }
 }
 
 /// Blocking calls of one cause, each too short to be evidence alone (below a tenth of
@@ -212,6 +207,10 @@ pub struct Stall {
     /// long, and its stack is where the loop was stuck then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ongoing: bool,
+    /// The loop was already off-await when tracing began: the stall began at least as
+    /// early as `start_unix_ns`, so `duration_ns` is a lower bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started_before_tracing: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

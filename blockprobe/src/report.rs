@@ -108,6 +108,37 @@ pub struct Report {
     /// The runs a merged report was made of (`blockprobe merge`); empty for one run.
     #[serde(default)]
     pub sources: Vec<crate::fleet::merge::Source>,
+    /// Processes whose stalls may be missing from this report, and why.
+    #[serde(default)]
+    pub warnings: Vec<ProcessWarning>,
+}
+
+/// The reasons a [`ProcessWarning`] gives.
+pub mod warning {
+    /// A Python thread of the process polls (epoll family) from native code, not
+    /// through `selectors`, and no thread of the process was found to run an asyncio
+    /// loop: an event loop blockprobe does not recognize may be running unwatched.
+    pub const POLLS_WITHOUT_LOOP: &str = "polls_without_loop";
+
+    /// What `reason` means, in a few words.
+    pub fn describe(reason: &str) -> &str {
+        match reason {
+            POLLS_WITHOUT_LOOP => "polls (epoll), no asyncio loop found: stalls not seen",
+            other => other,
+        }
+    }
+}
+
+/// A traced process whose stalls may be missing from the report.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessWarning {
+    /// Process id (host pid namespace).
+    pub pid: u32,
+    /// Why: a [`warning`] code.
+    pub reason: String,
+    /// Host the process ran on.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// One function's aggregate.
@@ -632,6 +663,7 @@ pub(crate) mod tests {
 
         // A structural byte (not one inside a string) a third of the way in.
         let mut corrupt = good.clone();
+        // A colon, never inside a string: always a syntax error.
         let third = good.len() / 3;
         let colon = third + good[third..].iter().position(|&b| b == b':').unwrap();
         corrupt[colon] = b'#';

@@ -3,12 +3,16 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::stack::{RawStack, flags as stack_flags};
+use blockprobe_common::{
+    event::poll_origin,
+    stack::{RawStack, flags as stack_flags},
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -23,11 +27,15 @@ use crate::{
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
-    python::{Inspection, PythonProcess},
+    proc_stat,
+    python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
     render::live::{DetachReason, StallSink, Status},
+    thread_now,
 };
 
+mod at_attach;
 mod stuck;
+mod unwatched;
 
 /// A Python process not traceable yet (its runtime is still initializing).
 struct Starting {
@@ -49,13 +57,23 @@ const READ_BATCH: Duration = Duration::from_millis(50);
 const BUSY_EVENTS: u64 = 50;
 /// How often the kernel-side loss counters are read.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
+/// How often traced processes are checked to still be there: their exit is normally
+/// told by the kernel side, but that event may be lost (counted) when its buffer is full.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a loop found stuck as tracing began is looked at until it is said stuck.
+const STUCK_CHECK: Duration = Duration::from_millis(100);
 
 /// A Python process being traced.
 struct Traced {
     python: PythonProcess,
+    /// When it started: a later process on its pid is another one.
+    start_time: Option<u64>,
     comm: String,
     /// Its pid in its own pid namespace, when not the host's.
     ns_pid: Option<u32>,
+    /// Where libuv's `uv_run` lies in each uvloop module it has mapped (found at attach
+    /// or at a later poll).
+    uv_runs: Vec<std::ops::Range<u64>>,
 }
 
 /// What happened when blockprobe tried to attach to a process.
@@ -93,20 +111,43 @@ pub struct Session {
     /// Whether an undecodable event was already shown with its error.
     undecodable_shown: bool,
     last_counter_read: Instant,
+    last_sweep: Instant,
     last_tick: tokio::time::Instant,
     own_pid: u32,
     /// Each loop thread's `PyThreadState` address, with its pid, by tid: to walk the
     /// stack of a loop still stuck when tracing stops.
     loop_tstates: HashMap<u32, (u32, u64)>,
+    /// The live loop threads (sampled, shown in the metrics), by tid, with their pid.
+    /// A thread leaves when it or its process is gone, or its process exec'd.
+    loop_threads: HashMap<u32, u32>,
     /// Frames of reported stalls that could not be read so far (reported with the loss
     /// counters).
     unreadable_frames: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
+    /// Loop threads found stuck as tracing of their process began, by tid: their pid
+    /// and the monotonic time their iteration is timed from (a lower bound of its start).
+    stuck_at_attach: HashMap<u32, (u32, u64)>,
+    /// Processes that poll without a loop found in them.
+    unwatched: unwatched::Unwatched,
     /// Events read since the loss counters were last read (once a second).
     events_this_interval: u64,
     /// Host tids of the threads of namespaced processes (GIL holders).
     host_tids: namespaces::HostTids,
+    /// Files (device, inode) already searched for asyncio's `_set_running_loop`.
+    asyncio_files: HashSet<(u64, u64)>,
+    /// What each polling thread was last found to be, by tid: the kernel side times a
+    /// polling thread before it is classified, and only a loop's reports are kept.
+    verdicts: HashMap<u32, Verdict>,
+}
+
+/// What a polling thread was found to be at its last classification.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// Its process.
+    pid: u32,
+    /// Whether it runs an event loop.
+    is_loop: bool,
 }
 
 impl Session {
@@ -124,12 +165,18 @@ impl Session {
             losses: Losses::default(),
             undecodable_shown: false,
             last_counter_read: Instant::now(),
+            last_sweep: Instant::now(),
             last_tick: tokio::time::Instant::now(),
             loop_tstates: HashMap::new(),
+            loop_threads: HashMap::new(),
             unreadable_frames: 0,
             notices: stuck::Notices::default(),
+            stuck_at_attach: HashMap::new(),
+            unwatched: unwatched::Unwatched::default(),
             events_this_interval: 0,
             host_tids: namespaces::HostTids::default(),
+            verdicts: HashMap::new(),
+            asyncio_files: HashSet::new(),
             own_pid: std::process::id(),
         }
     }
@@ -141,8 +188,15 @@ impl Session {
 
     /// Tries to trace `pid`: Python processes are attached (or retried while starting).
     pub fn attach(&mut self, pid: u32) -> anyhow::Result<Attach> {
-        if pid == self.own_pid || self.processes.contains_key(&pid) {
+        if pid == self.own_pid {
             return Ok(Attach::Attached);
+        }
+        if self.processes.contains_key(&pid) {
+            match self.departure(pid) {
+                None => return Ok(Attach::Attached),
+                // Its exit or exec event was lost: this is a new process or image.
+                Some(reason) => self.process_gone(pid, reason)?,
+            }
         }
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
@@ -169,29 +223,146 @@ impl Session {
     /// Traces `pid`, which `python` describes (an inspection that found it ready).
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
-        self.probes.trace_process(pid, python.walk_config())?;
+        let recipe = python.walk_config();
         let comm = comm_of(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
-        self.sink.status(&Status::Attached {
-            pid,
-            ns_pid,
-            comm: comm.clone(),
-            python_version: version.clone(),
-        })?;
         self.aggregator.register_process(ProcessInfo {
             ns_pid,
-            ..crate::fleet::identity::process_info(pid, comm.clone(), version)
+            ..crate::fleet::identity::process_info(pid, comm.clone(), version.clone())
         });
         self.processes.insert(
             pid,
             Traced {
                 python,
-                comm,
+                start_time: proc_stat::start_time(pid),
+                comm: comm.clone(),
                 ns_pid,
+                uv_runs: Vec::new(),
             },
         );
+        // The loop-run probes first: once the kernel side times the process, a loop that
+        // stops is seen stopping.
+        self.probe_running_loop_set(pid)?;
+        self.probe_importable_uvloop(pid)?;
+        self.probe_mapped_uvloop(pid)?;
+        self.probes.trace_process(pid, recipe)?;
+        self.time_parked_threads(pid)?;
+        // Said once everything is in place: what the process does from now on is seen.
+        self.sink.status(&Status::Attached {
+            pid,
+            ns_pid,
+            comm,
+            python_version: version,
+        })?;
+        self.find_running_loops(pid)
+    }
+
+    /// Times the threads of newly traced process `pid` that are parked in a poll call
+    /// (an idle loop waits there for its next iteration, which may be a stall).
+    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Ok(());
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if thread_now::polled_fd(pid, tid).is_some() {
+                self.probes.time_parked_thread(tid)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
+    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
+    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
+    /// probed is a warning: its loops' time between two runs counts until their next poll.
+    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in running_loop::candidate_files(pid, python.binary_path(), python.version()) {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
+                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
+                None => Ok(None),
+            });
+            if let Err(e) = probed {
+                self.warn(format!(
+                    "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
+    /// loop imported after tracing started is seen from its first run's start.
+    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
+            self.probe_loop_runs(pid, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` has mapped, once it has any, and
+    /// remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        if !self
+            .processes
+            .get(&pid)
+            .is_some_and(|t| t.uv_runs.is_empty())
+        {
+            return Ok(());
+        }
+        // A process that exited meanwhile has nothing to probe.
+        let Ok(modules) = uvloop::mapped(pid) else {
+            return Ok(());
+        };
+        for module in modules {
+            self.probe_loop_runs(pid, &module.path)?;
+            if let Some(traced) = self.processes.get_mut(&pid) {
+                traced.uv_runs.push(module.run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
+    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
+        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
+            self.warn(format!(
+                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
+                path.display()
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the native stack of a thread of traced process `pid` at stack pointer `sp`
+    /// runs a uvloop loop (`uv_run`).
+    fn runs_uvloop(&self, pid: u32, sp: u64) -> bool {
+        let Some(traced) = self.processes.get(&pid) else {
+            return false;
+        };
+        let memory = ProcessMemory::new(pid);
+        (traced.uv_runs.iter()).any(|run| uvloop::stack_runs(&memory, sp, run))
     }
 
     /// Attaches to every Python process already running on the host.
@@ -318,30 +489,29 @@ impl Session {
 
     /// Handles one kernel event.
     fn handle(&mut self, event: Event) -> anyhow::Result<()> {
+        if let Some((pid, tid)) = event.loop_evidence()
+            && !self.keeps_evidence(pid, tid)
+        {
+            return Ok(());
+        }
         match event {
-            Event::Candidate { pid } => self.attach_quietly(pid)?,
+            Event::Candidate { pid, tid, by_poll } => self.candidate(pid, tid, by_poll)?,
             Event::ProcessGone { pid, exec } => {
-                self.starting.remove(&pid);
-                self.loop_tstates.retain(|_, (p, _)| *p != pid);
-                self.attributor.forget_process(pid);
-                self.host_tids.forget_process(pid);
-                self.probes.forget_process(pid);
-                if self.processes.remove(&pid).is_some() {
-                    let reason = if exec {
-                        DetachReason::Exec
-                    } else {
-                        DetachReason::Exit
-                    };
-                    self.sink.status(&Status::Detached { pid, reason })?;
-                }
+                let reason = if exec {
+                    DetachReason::Exec
+                } else {
+                    DetachReason::Exit
+                };
+                self.process_gone(pid, reason)?;
             }
             Event::PollStack {
                 pid,
                 tid,
                 poll_fd,
-                foreign,
+                origin,
+                user_sp,
                 stack,
-            } => self.poll_stack(pid, tid, poll_fd, foreign, &stack)?,
+            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, &stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -418,7 +588,12 @@ impl Session {
                 end_ns,
                 off_cpu_ns,
             } => {
-                let stall = self.close_stall(StallWindow {
+                if !self.is_classified_loop(pid, tid) {
+                    // Timed while userspace decided: not a loop after all.
+                    self.attributor.forget_thread(tid);
+                    return Ok(());
+                }
+                let mut stall = self.close_stall(StallWindow {
                     pid,
                     tid,
                     comm: self.comm(pid),
@@ -426,6 +601,7 @@ impl Session {
                     end_ns,
                     off_cpu_ns,
                 });
+                stall.started_before_tracing = self.started_before_tracing(tid, start_ns);
                 self.sink.stall(&stall)?;
                 self.aggregator.record(stall);
             }
@@ -433,18 +609,93 @@ impl Session {
         Ok(())
     }
 
+    /// Forgets process `pid`, which exited or exec'd; says so when it was traced.
+    fn process_gone(&mut self, pid: u32, reason: DetachReason) -> anyhow::Result<()> {
+        self.starting.remove(&pid);
+        self.given_up.remove(&pid);
+        self.loop_tstates.retain(|_, (p, _)| *p != pid);
+        self.loop_threads.retain(|_, p| *p != pid);
+        self.verdicts.retain(|_, v| v.pid != pid);
+        self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
+        self.forget_unwatched(pid);
+        self.attributor.forget_process(pid);
+        self.host_tids.forget_process(pid);
+        self.probes.forget_process(pid);
+        if self.processes.remove(&pid).is_some() {
+            self.sink.status(&Status::Detached { pid, reason })?;
+        }
+        Ok(())
+    }
+
+    /// Whether traced process `pid` has left without the kernel side's event saying so
+    /// (lost when its buffer was full): the kernel no longer walks it, and it exited
+    /// (its pid is gone, or another process's) or exec'd.
+    fn departure(&self, pid: u32) -> Option<DetachReason> {
+        let traced = self.processes.get(&pid)?;
+        let same_process = proc_stat::start_time(pid) == traced.start_time;
+        departure(
+            same_process,
+            self.probes.is_tracing(pid),
+            // A zombie: exited, its exit event maybe still on its way.
+            !proc_stat::thread_lives(pid, pid),
+        )
+    }
+
+    /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
+    /// and thread state go, and the metrics stop counting them. Short-lived loop threads
+    /// (a thread and a loop per call, as asgiref's `async_to_sync`) leave nothing behind.
+    fn sweep_loop_threads(&mut self) -> anyhow::Result<()> {
+        let gone: Vec<(u32, u32)> = (self.loop_threads.iter())
+            .filter(|&(&tid, &pid)| !proc_stat::thread_lives(pid, tid))
+            .map(|(&tid, &pid)| (tid, pid))
+            .collect();
+        for (tid, pid) in gone {
+            self.loop_threads.remove(&tid);
+            self.loop_tstates.remove(&tid);
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
+            self.sink.status(&Status::LoopGone { pid, tid })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the traced processes that left without the kernel side saying so.
+    fn sweep_gone(&mut self) -> anyhow::Result<()> {
+        self.last_sweep = Instant::now();
+        let gone: Vec<(u32, DetachReason)> = (self.processes.keys())
+            .filter_map(|&pid| Some((pid, self.departure(pid)?)))
+            .collect();
+        for (pid, reason) in gone {
+            self.process_gone(pid, reason)?;
+        }
+        self.given_up
+            .retain(|&pid| proc_stat::start_time(pid).is_some());
+        Ok(())
+    }
+
     /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
-    /// (`foreign`: the thread runs a loop that polls another fd).
+    /// (user stack pointer `user_sp`), or at a loop's start; `origin` says which
+    /// ([`poll_origin`]).
     fn poll_stack(
         &mut self,
         pid: u32,
         tid: u32,
         poll_fd: u32,
-        foreign: bool,
+        origin: u32,
+        user_sp: u64,
         stack: &RawStack,
     ) -> anyhow::Result<()> {
+        let foreign = origin == poll_origin::FOREIGN;
+        if origin == poll_origin::THREAD {
+            self.probe_mapped_uvloop(pid)?;
+        }
         let frames = self.symbolize(pid, stack);
-        let mut is_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        let mut is_loop = origin == poll_origin::LOOP_RUN
+            || frames.as_deref().is_some_and(|frames| {
+                classify::is_asyncio_loop(frames)
+                    || (!foreign
+                        && classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp)))
+            });
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -452,6 +703,7 @@ impl Session {
             if self.refresh_asyncio(pid)? {
                 // This stack was walked without the running task: look at the thread
                 // again at its next poll, walked with it.
+                self.verdicts.remove(&tid);
                 return self.probes.reexamine_thread(tid);
             }
             is_loop = (self.processes.get(&pid))
@@ -465,9 +717,58 @@ impl Session {
         if is_loop || !foreign {
             self.probes
                 .classify_thread(tid, is_loop, poll_fd, self.clock.monotonic_ns())?;
+            self.note_poll(pid, tid, frames.as_deref().unwrap_or_default(), is_loop);
+            self.verdicts.insert(tid, Verdict { pid, is_loop });
+        }
+        if !is_loop && !foreign {
+            // What it reported while it was timed is no loop's.
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
         }
         if is_loop {
             self.loop_found(pid, tid, stack.tstate)?;
+        }
+        Ok(())
+    }
+
+    /// A process in scope that may be Python, announced by thread `tid` (`by_poll`: at a
+    /// poll call, which the kernel side times already: the thread may run a loop whose
+    /// first iteration is running now). Such a thread of a process now traced is sampled
+    /// at once, so a CPU-bound first iteration has its culprit; it stops being sampled if
+    /// it turns out not to run a loop.
+    fn candidate(&mut self, pid: u32, tid: u32, by_poll: bool) -> anyhow::Result<()> {
+        self.attach_quietly(pid)?;
+        if !by_poll {
+            return Ok(());
+        }
+        if !self.processes.contains_key(&pid) {
+            self.probes.stop_timing(tid);
+            return Ok(());
+        }
+        self.sample(pid, tid)
+    }
+
+    /// Whether the reports of thread `tid` of `pid` are kept: it was not found to be
+    /// anything but a loop.
+    fn keeps_evidence(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts
+            .get(&tid)
+            .is_none_or(|v| v.pid != pid || v.is_loop)
+    }
+
+    /// Whether thread `tid` of `pid` was found to run a loop at its last classification.
+    fn is_classified_loop(&self, pid: u32, tid: u32) -> bool {
+        self.verdicts.get(&tid) == Some(&Verdict { pid, is_loop: true })
+    }
+
+    /// Starts sampling thread `tid` of `pid`; a failure is a warning.
+    fn sample(&mut self, pid: u32, tid: u32) -> anyhow::Result<()> {
+        // Without samples, only this thread's CPU-bound stalls lose their culprit:
+        // say so, keep tracing.
+        if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
+            self.warn(format!(
+                "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
+            ))?;
         }
         Ok(())
     }
@@ -493,17 +794,12 @@ impl Session {
         if tstate != 0 {
             self.loop_tstates.insert(tid, (pid, tstate));
         }
-        if !self.aggregator.is_loop_thread(pid, tid) {
+        self.note_loop(pid);
+        if self.loop_threads.insert(tid, pid) != Some(pid) {
             // A running loop means asyncio is imported: its task offsets (3.14+) can
             // now be found.
             self.refresh_asyncio(pid)?;
-            // Without samples, only this thread's CPU-bound stalls lose their culprit:
-            // say so, keep tracing.
-            if let Err(e) = self.probes.sample_loop_thread(pid, tid) {
-                self.warn(format!(
-                    "pid {pid} thread {tid}: no CPU samples, its CPU-bound stalls will have no culprit: {e:#}"
-                ))?;
-            }
+            self.sample(pid, tid)?;
             self.aggregator.add_loop_thread(pid, tid);
         }
         self.sink.status(&Status::Loop { pid, tid })
@@ -511,7 +807,7 @@ impl Session {
 
     /// Shows a warning.
     fn warn(&mut self, message: String) -> anyhow::Result<()> {
-        self.sink.status(&Status::Warning { message })
+        self.sink.status(&Status::Warning { pid: None, message })
     }
 
     /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
@@ -541,13 +837,16 @@ impl Session {
     }
 
     /// Periodic work: retry processes that were starting up, read the loss counters.
-    /// Retries of starting processes need a fast tick; otherwise only the loss counters
-    /// are due, once a second, and an idle tracer stays asleep until then.
+    /// Retries of starting processes need a fast tick, and so, less fast, does a loop
+    /// found stuck as tracing began; otherwise only the loss counters are due, once a
+    /// second, and an idle tracer stays asleep until then.
     fn tick_interval(&self) -> Duration {
-        if self.starting.is_empty() {
-            COUNTER_INTERVAL
-        } else {
+        if !self.starting.is_empty() {
             FIRST_RETRY
+        } else if self.awaits_stuck_notice() {
+            STUCK_CHECK
+        } else {
+            COUNTER_INTERVAL
         }
     }
 
@@ -570,8 +869,16 @@ impl Session {
             self.attach_quietly(pid)?;
         }
         if now.duration_since(self.last_counter_read) >= COUNTER_INTERVAL {
+            self.clock.refresh();
             self.read_counters()?;
+            self.sweep_loop_threads()?;
             self.notice_stuck()?;
+            self.warn_unwatched()?;
+        } else if self.awaits_stuck_notice() {
+            self.notice_stuck()?;
+        }
+        if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
+            self.sweep_gone()?;
         }
         Ok(())
     }
@@ -602,6 +909,18 @@ impl Session {
     /// Ends the session: the aggregate so far and the sink, for the summary.
     pub fn into_parts(self) -> (Aggregator, Box<dyn StallSink + Send>, Clock) {
         (self.aggregator, self.sink, self.clock)
+    }
+}
+
+/// How a traced process left, if it did: `same_process` when its pid still has the
+/// start time it had when attached, `kernel_tracing` when the kernel side still walks it,
+/// `leader_dead` when its main thread is gone or a zombie.
+fn departure(same_process: bool, kernel_tracing: bool, leader_dead: bool) -> Option<DetachReason> {
+    match (same_process, kernel_tracing, leader_dead) {
+        (false, _, _) => Some(DetachReason::Exit),
+        (true, true, _) => None,
+        (true, false, true) => Some(DetachReason::Exit),
+        (true, false, false) => Some(DetachReason::Exec),
     }
 }
 
@@ -637,4 +956,23 @@ fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_whose_exit_or_exec_was_lost_is_told_apart() {
+        // Still walked: still there (its main thread may have exited before the others).
+        assert_eq!(departure(true, true, false), None);
+        assert_eq!(departure(true, true, true), None);
+        // The kernel forgot it and the process runs on: it exec'd.
+        assert_eq!(departure(true, false, false), Some(DetachReason::Exec));
+        // The kernel forgot it and it is a zombie: it exited.
+        assert_eq!(departure(true, false, true), Some(DetachReason::Exit));
+        // Another start time (or none): it exited, maybe another process has its pid.
+        assert_eq!(departure(false, true, false), Some(DetachReason::Exit));
+        assert_eq!(departure(false, false, true), Some(DetachReason::Exit));
+    }
 }

@@ -98,4 +98,23 @@ mod tests {
         assert_eq!(cause_of(libc::SYS_flock as u32), cause::LOCK);
         assert_eq!(cause_of(libc::SYS_getpid as u32), cause::OTHER);
     }
+
+    #[test]
+    fn causes_of_calls_by_their_arguments() {
+        use blockprobe_common::{cause, syscalls::call_cause};
+        let gil = 0x1000;
+        let select = libc::SYS_select as u32;
+        assert_eq!(call_cause(select, [0, 0], gil), cause::SLEEP);
+        assert_eq!(call_cause(select, [4, 0], gil), cause::IO);
+        let poll = libc::SYS_poll as u32;
+        assert_eq!(call_cause(poll, [0x7f00, 0], gil), cause::SLEEP);
+        let futex = libc::SYS_futex as u32;
+        assert_eq!(call_cause(futex, [gil + 8, 0], gil), cause::GIL);
+        assert_eq!(call_cause(futex, [gil + 4096, 0], gil), cause::LOCK);
+        assert_eq!(call_cause(futex, [gil + 8, 0], 0), cause::LOCK);
+        assert_eq!(
+            call_cause(libc::SYS_clock_nanosleep as u32, [0, 0], gil),
+            cause::SLEEP
+        );
+    }
 }

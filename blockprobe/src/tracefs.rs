@@ -1,4 +1,5 @@
-//! tracefs: mounting it when missing and reading tracepoint record formats.
+//! tracefs: mounting it when missing, telling whether it could be mounted, and reading
+//! tracepoint record formats.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,45 @@ pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
         bail!("tracefs mounted at {TRACEFS} has no events/ directory");
     }
     Ok(root)
+}
+
+/// Where tracefs stands, as found without changing the host's mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Mounted at [`TRACEFS`]; `readable` says whether this process can list its events.
+    Mounted {
+        /// Its `events/` directory can be read.
+        readable: bool,
+    },
+    /// Not mounted, and a trial mount worked; `passed` is what the test said of it.
+    Mountable {
+        /// The result of the test run on the trial mount.
+        passed: bool,
+    },
+    /// Neither mounted nor mountable: why.
+    Unavailable(String),
+}
+
+/// Finds where tracefs stands, running `test` on it (e.g. does it have the syscall
+/// tracepoints). When it is not mounted, it is tried in a child process's private mount
+/// namespace ([`crate::private_mount::look_into`]), which leaves the host's mounts as
+/// they were. Call it only while this process has a single thread (it forks).
+pub fn availability(test: fn(&Path) -> bool) -> Availability {
+    let root = Path::new(TRACEFS);
+    if crate::private_mount::is_mounted("tracefs", root) {
+        return Availability::Mounted {
+            readable: root.join("events").is_dir(),
+        };
+    }
+    let tested = crate::private_mount::look_into("tracefs", root, |root| {
+        if test(root) { "yes" } else { "no" }.to_owned()
+    });
+    match tested {
+        Ok(passed) => Availability::Mountable {
+            passed: passed == "yes",
+        },
+        Err(why) => Availability::Unavailable(why),
+    }
 }
 
 /// Whether the tracepoint `category:name` exists on this kernel.

@@ -1,14 +1,15 @@
 """The protocol between blockprobe's integration tests and the scenario scripts here.
 
-blockprobe identifies an asyncio loop thread a few milliseconds after the loop's first
-iterations, so a scenario must not block before the tracer says the loop is live. Each
-script therefore:
+A real program blocks whenever it likes, its first loop iteration included, and
+blockprobe must see it. So by default a scenario does not wait for the tracer. Each
+script:
 
 1. starts its event loop(s), each with a ticker task that keeps the loop iterating every
    5 ms, and prints ``LOOP <name> <native thread id>`` for each loop, then ``READY <pid>``;
-2. waits for the line ``GO`` on stdin, read with ``loop.add_reader`` so the loop keeps
-   running (stdin must be a pipe or a terminal); the test sends it only after blockprobe
-   reported a ``loop`` event for every listed thread;
+2. only for a test about a steady state (``BPTEST_GO=1`` in the environment, set by the
+   test): waits for the line ``GO`` on stdin, read with ``loop.add_reader`` so the loop
+   keeps running (stdin must be a pipe or a terminal); the test sends it only after
+   blockprobe reported a ``loop`` event for every listed thread;
 3. runs the scenario, timing each blocking call in-process with ``time.monotonic_ns()``
    and printing ``DONE <name> <ns>``, then ``FINISHED``; a scenario in several steps
    waits for the test's word to start each further step (``await expect("BLOCK")``);
@@ -18,6 +19,9 @@ script therefore:
    alive until then gives blockprobe the time to read this process's memory to symbolize
    the stalls it saw.
 
+``run_first`` runs a scenario as the very first thing its loop does (before any ticker
+or line), then says ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``.
+
 Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
 Plain standard library only; with ``BPTEST_UVLOOP=1`` in the environment every loop is a
 uvloop loop (``uvloop.run`` for the main one); with ``BPTEST_UVLOOP=by-hand`` the main one
@@ -26,8 +30,12 @@ is a uvloop loop run by ``run_until_complete``, as servers do (no Python frame o
 
 import argparse
 import asyncio
+import http.client
 import http.server
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +43,7 @@ import time
 TICK_S = 0.005
 UVLOOP_MODE = os.environ.get("BPTEST_UVLOOP")
 UVLOOP = UVLOOP_MODE in ("1", "by-hand")
+WAIT_FOR_GO = os.environ.get("BPTEST_GO") == "1"
 if UVLOOP:
     import uvloop
 
@@ -94,6 +103,103 @@ def start_slow_http_server(slow_s):
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     host, port = server.server_address[:2]
     return f"http://{host}:{port}"
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path):
+    """GETs ``path`` from 127.0.0.1:``port``; fails unless it answers 200. Returns how
+    long it took, in ns."""
+    start = time.monotonic_ns()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        fail(f"GET {path} answered {response.status}")
+    return time.monotonic_ns() - start
+
+
+class Server:
+    """A server command (gunicorn, an aiohttp app…) started in a process group of its
+    own, so that it and every worker it forks are stopped together: at ``stop()``, at
+    exit, and on SIGTERM/SIGINT. Its output goes to this script's stderr."""
+
+    def __init__(self, argv, port):
+        self.port = port
+        self.proc = subprocess.Popen(argv, start_new_session=True, stdout=sys.stderr)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(1))
+
+    def wait_listening(self, timeout_s=30):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                fail(f"the server exited with {self.proc.returncode} before listening")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        fail(f"nothing listens on port {self.port} after {timeout_s} s")
+
+    def children(self, count, timeout_s=30):
+        """Waits until the server's first process has ``count`` children; their pids."""
+        path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with open(path) as f:
+                pids = [int(p) for p in f.read().split()]
+            if len(pids) >= count:
+                return pids
+            time.sleep(0.05)
+        fail(f"the server has not started {count} workers after {timeout_s} s")
+
+    def stop(self):
+        """Stops the whole group: SIGTERM, then SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def serve(argv, port, workers=0):
+    """The server protocol: starts ``argv`` (listening on ``port``) as a :class:`Server`,
+    prints ``SERVING <port> <process group>`` once it listens (and, with ``workers``,
+    ``WORKERS <pid>…`` once it forked them), then runs the test's requests: each line
+    ``GET <path> <n>`` on stdin makes ``n`` requests one after the other and prints
+    ``DONE <path> <ns of each>…``. ``QUIT`` or the end of stdin stops the server."""
+    server = Server(argv, port)
+    try:
+        server.wait_listening()
+        say(f"SERVING {port} {server.proc.pid}")
+        if workers:
+            say("WORKERS " + " ".join(map(str, server.children(workers))))
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["QUIT"]:
+                break
+            if len(words) != 3 or words[0] != "GET":
+                fail(f"expected GET <path> <n> or QUIT, got {line!r}")
+            took = [http_get(port, words[1]) for _ in range(int(words[2]))]
+            done(words[1], " ".join(map(str, took)))
+    finally:
+        server.stop()
 
 
 async def ticker():
@@ -204,6 +310,20 @@ async def command():
     return await _commands.next()
 
 
+def run_main(main):
+    """Runs ``await main()`` on a new loop in this thread: asyncio's, or uvloop's as
+    ``BPTEST_UVLOOP`` says."""
+    if UVLOOP_MODE == "by-hand":
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main())
+        loop.close()
+    elif UVLOOP:
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
 def run(scenario, loops=(), setup=None):
     """Runs ``await scenario()`` under the protocol, on a loop in the main thread.
 
@@ -238,21 +358,41 @@ def run(scenario, loops=(), setup=None):
         spin_until = time.monotonic() + args.spin_after_ready
         while time.monotonic() < spin_until:
             pass
-        await commands.expect_go()
+        if WAIT_FOR_GO:
+            await commands.expect_go()
         await scenario()
         say("FINISHED")
         await commands.wait_quit()
         tick.cancel()
 
-    if UVLOOP_MODE == "by-hand":
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(main())
-        loop.close()
-    elif UVLOOP:
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_main(main)
     for extra in loops:
         extra.stop()
     sys.exit(args.exit_code)
+
+
+def finish_without_loop():
+    """For a script whose loops have all stopped: says ``LOOP`` (this thread ran them),
+    ``READY`` and ``FINISHED``, and waits for ``QUIT`` or the end of stdin."""
+    say(f"LOOP main {threading.get_native_id()}")
+    say(f"READY {os.getpid()}")
+    say("FINISHED")
+    for line in sys.stdin:
+        if line.strip() == "QUIT":
+            return
+
+
+def run_first(scenario):
+    """Runs ``await scenario()`` as the first thing the main loop does, then says
+    ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``."""
+
+    async def main():
+        global _commands
+        await scenario()
+        _commands = Commands(asyncio.get_running_loop())
+        say(f"LOOP main {threading.get_native_id()}")
+        say(f"READY {os.getpid()}")
+        say("FINISHED")
+        await _commands.wait_quit()
+
+    run_main(main)

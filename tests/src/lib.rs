@@ -9,11 +9,12 @@
 //! # How a test talks to a scenario script
 //!
 //! The scripts in `tests/scripts` follow the protocol of `tests/scripts/bptest.py`: each
-//! starts its loop(s), prints `LOOP <name> <tid>` per loop and `READY <pid>`, then waits
-//! for `GO` on stdin. blockprobe identifies a loop thread only a few milliseconds after the
-//! loop's first iterations, so the test sends `GO` only once blockprobe has reported a
-//! `loop` event for every thread the script listed: that event is the readiness signal.
-//! The script then runs its scenario, timing each blocking call itself
+//! starts its loop(s), prints `LOOP <name> <tid>` per loop and `READY <pid>`, and runs its
+//! scenario at once, as real programs block whenever they like. A test about a steady
+//! state marks it by starting the script with `BPTEST_GO=1` ([`Python::command`] and
+//! [`run_command`] do; [`run_scenario`] does not): the script then waits for `GO` on
+//! stdin, which the test sends once blockprobe has reported a `loop` event for every
+//! thread the script listed. The script runs its scenario, timing each blocking call itself
 //! (`DONE <name> <ns>`), prints `FINISHED`, and stays alive until `QUIT` or the end of its
 //! stdin. The test sends `QUIT` only after blockprobe has reported the stalls it expects:
 //! blockprobe symbolizes a stall by reading the process's memory, which needs the process.
@@ -63,6 +64,7 @@
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +128,25 @@ pub fn blockprobe_bin() -> PathBuf {
         path.is_file(),
         "blockprobe binary not found at {}: run `cargo xtask test`, or build it \
          (`cargo build -p blockprobe`) and set BLOCKPROBE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// The static build's tarball (`cargo xtask dist`): `$BLOCKPROBE_DIST_TARBALL`, else
+/// `dist/blockprobe-VERSION-x86_64-unknown-linux-musl.tar.gz` in the workspace.
+pub fn dist_tarball() -> PathBuf {
+    let path = match std::env::var_os("BLOCKPROBE_DIST_TARBALL").filter(|p| !p.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => workspace_root().join(format!(
+            "dist/blockprobe-{}-x86_64-unknown-linux-musl.tar.gz",
+            env!("CARGO_PKG_VERSION")
+        )),
+    };
+    assert!(
+        path.is_file(),
+        "the static build's tarball is not at {}: run `cargo xtask test`, or `cargo xtask dist` \
+         and set BLOCKPROBE_DIST_TARBALL",
         path.display()
     );
     path
@@ -266,25 +287,40 @@ impl Python {
     }
 
     fn with_uvloop_mode(mut self, mode: &str, label: &str) -> Python {
+        self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
+        self.label.push_str(label);
+        self.with_packages("pyuvloop", &["uvloop"], "cargo xtask pythons")
+    }
+
+    /// The same interpreter with the real servers' packages (FastAPI, uvicorn with
+    /// uvloop and httptools, gunicorn, aiohttp) from `target/pyservers/3.X`
+    /// (`cargo xtask setup`, for pyenv 3.11 and 3.13); fails the test without them.
+    pub fn with_servers(self) -> Python {
+        let modules = ["fastapi", "uvicorn", "gunicorn", "aiohttp", "uvloop"];
+        self.with_packages("pyservers", &modules, "cargo xtask setup")
+    }
+
+    /// Puts `target/<dir>/3.X` on PYTHONPATH after the pydeps, when there, and checks
+    /// that `modules` import (`how` installs them).
+    fn with_packages(mut self, dir: &str, modules: &[&str], how: &str) -> Python {
         let (major, minor) = self.major_minor();
         let dir = pydeps()
             .parent()
             .expect("pydeps has a parent")
-            .join(format!("pyuvloop/{major}.{minor}"));
+            .join(format!("{dir}/{major}.{minor}"));
         if dir.is_dir() {
             let path = format!("{}:{}", pydeps().display(), dir.display());
             self.env.push(("PYTHONPATH".into(), path));
         }
-        self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
-        self.label.push_str(label);
         let out = self
             .command(Path::new("-c"))
-            .arg("import uvloop")
+            .arg(format!("import {}", modules.join(", ")))
             .output()
             .expect("interpreter runs");
         assert!(
             out.status.success(),
-            "uvloop missing for {} (run `cargo xtask pythons`): {}",
+            "{} missing for {} (run `{how}`): {}",
+            modules.join(", "),
             self.label,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -338,8 +374,17 @@ impl Python {
     }
 
     /// A command that runs a scenario script on this interpreter, with the scripts'
-    /// environment (see [`python_env`]).
+    /// environment (see [`python_env`]), for a test about a steady state: the script
+    /// waits for `GO` before its scenario (`BPTEST_GO=1`).
     pub fn command(&self, script: &Path) -> Command {
+        let mut cmd = self.command_at_once(script);
+        cmd.env("BPTEST_GO", "1");
+        cmd
+    }
+
+    /// [`Python::command`] for a script that runs its scenario at once, without waiting
+    /// for the tracer.
+    pub fn command_at_once(&self, script: &Path) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg(script);
         python_env(&mut cmd);
@@ -467,6 +512,9 @@ pub struct Stall {
     /// The loop was still stuck when tracing stopped.
     #[serde(default)]
     pub ongoing: bool,
+    /// The loop was already stuck when tracing began (the duration is a lower bound).
+    #[serde(default)]
+    pub started_before_tracing: bool,
 }
 
 /// A stall's `short_calls`.
@@ -947,7 +995,8 @@ impl CtxRef {
 
     /// Runs sleep_in_coroutine.py (`script`, run by `py` on `python`, already READY)
     /// through the protocol while `bp` (`blockprobe trace`) traces it, lets it exit, and
-    /// checks blockprobe's view of it: attached, its one stall (see
+    /// checks blockprobe's view of it: attached, its one stall besides any under way when
+    /// blockprobe attached (see
     /// [`CtxRef::check_handler_sleep`]), detached at its exit.
     #[track_caller]
     pub fn drive_traced_sleep(&self, bp: &Proc, py: &Proc, python: &Python, script: &Path) {
@@ -968,7 +1017,11 @@ impl CtxRef {
         self.ensure(!bp.events_of("attached", pid).is_empty(), || {
             format!("no `attached` event for pid {pid}")
         });
-        let stalls = bp.stalls(pid);
+        // A stall under way when the tracer attached (the script was busy) is the
+        // caller's to check.
+        let stalls: Vec<Stall> = (bp.stalls(pid).into_iter())
+            .filter(|s| !s.started_before_tracing)
+            .collect();
         self.ensure(stalls.len() == 1, || {
             format!("expected exactly one stall for pid {pid}, got {stalls:#?}")
         });
@@ -1280,6 +1333,16 @@ impl Drop for Ctx {
     }
 }
 
+/// A process group killed (SIGKILL) when this is dropped: a server and every worker it
+/// forked go with the test, also when the test fails.
+pub struct ProcessGroup(pub u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = signal::killpg(pid_of(self.0), Signal::SIGKILL);
+    }
+}
+
 fn pid_of(pid: u32) -> Pid {
     Pid::from_raw(i32::try_from(pid).expect("pid fits i32"))
 }
@@ -1581,8 +1644,22 @@ pub fn trace_command(pids: &[u32]) -> Command {
 }
 
 /// The command line of `blockprobe run` for a scenario (with the tests' threshold unless
-/// `opts` sets one).
+/// `opts` sets one), for a test about a steady state: the script waits for `GO`
+/// (`BPTEST_GO=1`).
 pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &[&str]) -> Command {
+    let mut cmd = run_command_at_once(python, script, script_args, opts);
+    cmd.env("BPTEST_GO", "1");
+    cmd
+}
+
+/// [`run_command`] for a script that runs its scenario at once, without waiting for the
+/// tracer.
+pub fn run_command_at_once(
+    python: &Python,
+    script: &Path,
+    script_args: &[&str],
+    opts: &[&str],
+) -> Command {
     let mut cmd = Command::new(blockprobe_bin());
     cmd.args(["run", "--format", "jsonl"]);
     if !opts.contains(&"--threshold") {
@@ -1598,9 +1675,9 @@ pub fn run_command(python: &Python, script: &Path, script_args: &[&str], opts: &
     cmd
 }
 
-/// Runs a scenario under `blockprobe run`: waits for the script's READY and blockprobe's
-/// `loop` events, sends GO, waits for FINISHED and the expected stalls, sends QUIT, and
-/// waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
+/// Runs a scenario under `blockprobe run`, the script running it at once: waits for the
+/// script's READY and blockprobe's `loop` events, for FINISHED and the expected stalls,
+/// sends QUIT, and waits for blockprobe to exit. Checks [`CtxRef::check_clean`].
 #[track_caller]
 pub fn run_scenario(scenario: &Scenario<'_>) -> Ran {
     drive(scenario, Losses::Forbidden)
@@ -1639,7 +1716,7 @@ enum Losses {
 #[track_caller]
 fn drive(scenario: &Scenario<'_>, losses: Losses) -> Ran {
     require_root();
-    let mut cmd = run_command(
+    let mut cmd = run_command_at_once(
         scenario.python,
         &script(scenario.script),
         scenario.script_args,
@@ -1686,11 +1763,18 @@ fn drive_command(
 ) -> Ran {
     let ctx = Ctx::new();
     let script = script(name);
+    let go = unix_now_ns();
+    let steady = cmd.get_envs().any(|(k, v)| k == "BPTEST_GO" && v.is_some());
     let bp = ctx.spawn(&format!("blockprobe run {name} ({})", python.label), cmd);
     prelude(&ctx, &bp);
     let (_, pid) = ctx.wait_live(&bp, name);
-    let go = unix_now_ns();
-    bp.send("GO");
+    let go = if steady {
+        let go = unix_now_ns();
+        bp.send("GO");
+        go
+    } else {
+        go
+    };
     let _ = ctx.wait_finished(&bp);
     match losses {
         Losses::Forbidden => drop(ctx.wait_stalls(&bp, pid, stalls)),
@@ -1755,6 +1839,43 @@ pub fn run_blockprobe(ctx: &CtxRef, name: &str, args: &[&str]) -> (ExitStatus, S
         .collect::<Vec<_>>()
         .join("\n");
     (status, stdout, proc.stderr())
+}
+
+// ------------------------------------------------------------------ privileges
+
+/// What `setpriv` options make of blockprobe's privileges: another user (nobody) and the
+/// capabilities it keeps or loses across the exec.
+pub const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// Starts `blockprobe ARGS` through `setpriv SETPRIV… --`, from a copy of the binary any
+/// user may run (the build's directory may be private), in a temporary directory that
+/// must live as long as the process.
+pub fn spawn_privileged<'a>(
+    ctx: &CtxRef,
+    name: &str,
+    setpriv: &[&str],
+    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+) -> (tempfile::TempDir, Proc) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let bin = dir.path().join("blockprobe");
+    let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .and_then(|()| std::fs::copy(blockprobe_bin(), &bin))
+        .and_then(|_| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)));
+    if let Err(err) = copied {
+        ctx.fail(format!(
+            "cannot copy blockprobe to {}: {err}",
+            bin.display()
+        ));
+    }
+    let bp = ctx.spawn(
+        name,
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg("--")
+            .arg(&bin)
+            .args(args),
+    );
+    (dir, bp)
 }
 
 #[cfg(test)]

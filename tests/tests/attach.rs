@@ -15,20 +15,41 @@ python_matrix!(
 
 /// (f) `trace -p PID` on a script the test started itself, already running.
 fn trace_pid(python: &Python) {
-    trace_running_script(python, &[]);
+    let (ctx, bp, pid) = trace_running_script(python, &[]);
+    let before: Vec<_> = (bp.stalls(pid).into_iter())
+        .filter(|s| s.started_before_tracing)
+        .collect();
+    ctx.ensure(before.is_empty(), || {
+        format!("an idle loop has no stall under way at attach: {before:#?}")
+    });
 }
 
 /// `trace -p PID` on a single-threaded script busy in Python (holding the GIL) when the
 /// tracer starts: while one thread holds the GIL, some interpreters (3.15) keep its thread
 /// state in two thread-local variables, and blockprobe must wait for the moment that tells
-/// them apart, not give up.
+/// them apart, not give up. The spin is its loop's: when blockprobe attaches during it,
+/// a stall under way, reported as such (`started_before_tracing`), blamed on the spinning
+/// coroutine.
 fn trace_pid_while_the_gil_is_held(python: &Python) {
-    trace_running_script(python, &["--spin-after-ready", "1.5"]);
+    let (ctx, bp, pid) = trace_running_script(python, &["--spin-after-ready", "1.5"]);
+    let spins: Vec<_> = (bp.stalls(pid).into_iter())
+        .filter(|s| s.started_before_tracing)
+        .collect();
+    // Attached during the spin, or (on interpreters that keep the thread state apart
+    // only once the GIL is released) right after it.
+    ctx.ensure(
+        spins.len() <= 1
+            && spins.iter().all(|s| {
+                s.syscall.is_none()
+                    && (s.culprit.as_ref()).is_some_and(|c| c.file.ends_with("bptest.py"))
+            }),
+        || format!("at most one stall under way at attach, the spin in bptest.py: {spins:#?}"),
+    );
 }
 
 /// Starts sleep_in_coroutine.py with `args`, then `trace -p` on it once it is READY, and
-/// drives it through its stall.
-fn trace_running_script(python: &Python, args: &[&str]) {
+/// drives it through its stall; returns the test's context, blockprobe and the pid.
+fn trace_running_script(python: &Python, args: &[&str]) -> (Ctx, Proc, u32) {
     require_root();
     let ctx = Ctx::new();
     let script = script("sleep_in_coroutine.py");
@@ -47,6 +68,8 @@ fn trace_running_script(python: &Python, args: &[&str]) {
     let bp = ctx.spawn("blockprobe trace -p", &mut trace_command(&[py.pid()]));
     ctx.drive_traced_sleep(&bp, &py, python, &script);
     ctx.stop_trace(&bp);
+    let pid = py.pid();
+    (ctx, bp, pid)
 }
 
 /// `trace -p` tells a supervisor listening on `$NOTIFY_SOCKET` (systemd `Type=notify`,

@@ -2,16 +2,14 @@
 //! disk for the report, and a user without the privileges.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
-    blockprobe_bin, kind, marker_line, nanos, python_matrix, read_json, require_root,
-    run_blockprobe, run_command, run_scenario, run_sleep_scenario, script, trace_command,
-    unix_now_ns,
+    ABOVE, AS_NOBODY, BELOW, Ctx, CtxRef, ExpectStall, Frame, Line, Proc, Python, Scenario, Stall,
+    kind, marker_line, nanos, python_matrix, read_json, require_root, run_blockprobe, run_command,
+    run_scenario, run_sleep_scenario, script, spawn_privileged, trace_command, unix_now_ns,
 };
 use serde_json::Value;
 
@@ -772,10 +770,6 @@ fn marker(function: &str, file: &str) -> Frame {
 
 // ------------------------------------------------------------------ privileges
 
-/// What `setpriv` options make of blockprobe's privileges: another user (nobody) and the
-/// capabilities it keeps or loses across the exec.
-const AS_NOBODY: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
-
 /// `trace -p PID` as an unprivileged user (nobody): exit 1 before anything else, with
 /// exactly one line on stderr saying that root is needed and naming every capability it
 /// lacks, not the "permission denied" that reading the process would give.
@@ -879,37 +873,6 @@ fn refused_with_one_line(setpriv: &[&str], missing: &str) {
     target.send("GO");
     target.send("QUIT");
     ctx.ensure(target.wait_exit().success(), || "idle.py failed".into());
-}
-
-/// Starts `blockprobe ARGS` through `setpriv SETPRIV… --`, from a copy of the binary any
-/// user may run (the build's directory may be private), in a temporary directory that
-/// must live as long as the process.
-fn spawn_privileged<'a>(
-    ctx: &CtxRef,
-    name: &str,
-    setpriv: &[&str],
-    args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
-) -> (tempfile::TempDir, Proc) {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let bin = dir.path().join("blockprobe");
-    let copied = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .and_then(|()| std::fs::copy(blockprobe_bin(), &bin))
-        .and_then(|_| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)));
-    if let Err(err) = copied {
-        ctx.fail(format!(
-            "cannot copy blockprobe to {}: {err}",
-            bin.display()
-        ));
-    }
-    let bp = ctx.spawn(
-        name,
-        Command::new("setpriv")
-            .args(setpriv)
-            .arg("--")
-            .arg(&bin)
-            .args(args),
-    );
-    (dir, bp)
 }
 
 // ------------------------------------------------------------------ helpers

@@ -23,6 +23,8 @@ use clap::{Parser, Subcommand};
 
 mod apt;
 mod bench;
+mod dist;
+mod image;
 mod offsets;
 mod pythons;
 
@@ -68,13 +70,23 @@ enum Task {
     /// the tests' Python dependencies. Idempotent.
     Setup,
     /// Fetch the test interpreters the host lacks (CPython 3.14 and 3.15 from Debian sid,
-    /// unpacked into a private cache, uvloop for 3.11 from PyPI). Idempotent; part of setup.
+    /// unpacked into a private cache, uvloop for pyenv 3.11 and 3.13 from PyPI). Idempotent; part of setup.
     Pythons,
     /// Set up, then `cargo build -p blockprobe`.
     Build {
         /// Build with the release profile.
         #[arg(long)]
         release: bool,
+    },
+    /// Set up, then build the static x86_64 musl binary (stripped, BPF object embedded) and
+    /// write dist/blockprobe-VERSION-x86_64-unknown-linux-musl.tar.gz and its .sha256.
+    Dist,
+    /// `dist`, then build the container image of deploy/Containerfile with podman or
+    /// docker (whichever works here).
+    Image {
+        /// Image tag (default blockprobe:VERSION).
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// Set up, build blockprobe (release unless --debug), then run it with ARGS.
     ///
@@ -113,8 +125,8 @@ enum Task {
         #[arg(long, value_name = "BIN")]
         baseline: Option<PathBuf>,
     },
-    /// Set up, lint, unit tests, then the integration tests against the real binary and
-    /// real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
+    /// Set up, lint, unit tests, build the debug and the static (`dist`) binaries, then the
+    /// integration tests against them and real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
     /// 3.13 and Debian sid 3.15 too) runs when all its interpreters are installed; else
     /// the tests of the missing ones skip.
     Test {
@@ -144,8 +156,13 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Pythons => {
             step("test interpreters (Debian sid, private)", pythons::ensure)?;
-            step("uvloop for 3.11 (PyPI)", || {
-                pythons::ensure_uvloop_311(&ws.target)
+            for minor in pythons::UVLOOP_PYENV {
+                step(&format!("uvloop for {minor} (PyPI)"), || {
+                    pythons::ensure_uvloop(&ws.target, minor)
+                })?;
+            }
+            step("servers for 3.11 and 3.13 (PyPI)", || {
+                pythons::ensure_servers(&ws.target)
             })?;
         }
         Task::Build { release } => {
@@ -169,6 +186,14 @@ fn run(task: Task) -> Result<ExitCode> {
             // process, so signals, stdin and the exit code are its own.
             let err = cmd.exec();
             bail!("cannot run {}: {err}", bin.display());
+        }
+        Task::Dist => {
+            ws.setup()?;
+            ws.dist()?;
+        }
+        Task::Image { tag } => {
+            ws.setup()?;
+            ws.image(tag.as_deref())?;
         }
         Task::Lint => {
             ws.lint()?;
@@ -285,8 +310,13 @@ impl Workspace {
             self.setup_pyspy()
         })?;
         step("test interpreters (Debian sid, private)", pythons::ensure)?;
-        step("uvloop for 3.11 (PyPI)", || {
-            pythons::ensure_uvloop_311(&self.target)
+        for minor in pythons::UVLOOP_PYENV {
+            step(&format!("uvloop for {minor} (PyPI)"), || {
+                pythons::ensure_uvloop(&self.target, minor)
+            })?;
+        }
+        step("servers for 3.11 and 3.13 (PyPI)", || {
+            pythons::ensure_servers(&self.target)
         })?;
         step("prometheus (apt, for the metrics test)", setup_prometheus)?;
         eprintln!("setup: done in {}", fmt_duration(started.elapsed()));
@@ -407,6 +437,7 @@ impl Workspace {
             .map(|i| i.label())
             .collect();
         let (full, mode) = matrix_mode(long, &missing);
+        let mut tarball = None;
         eprintln!("test: {mode}");
         let full_env = (
             blockprobe_pythons::FULL_MATRIX_ENV,
@@ -431,6 +462,9 @@ impl Workspace {
                 )
             })
             && summary.run("build blockprobe (debug)", || plain(self.build(false)))
+            && summary.run("build the static binary (dist)", || {
+                plain(self.dist().map(|dist| tarball = Some(dist.tarball)))
+            })
             && summary.run(
                 if full {
                     "integration tests (full matrix)"
@@ -449,6 +483,10 @@ impl Workspace {
                         "--test-threads=1",
                     ]);
                     cmd.env("BLOCKPROBE_BIN", &bin)
+                        .env(
+                            "BLOCKPROBE_DIST_TARBALL",
+                            tarball.as_deref().unwrap_or(Path::new("")),
+                        )
                         .env("BLOCKPROBE_PYDEPS", &pydeps)
                         .env(full_env.0, full_env.1);
                     cargo_test(&mut cmd)
@@ -634,7 +672,11 @@ fn cargo_home() -> PathBuf {
 /// `pip install`s `packages` for `python` into `dir`: into a fresh staging directory
 /// first, moved into place when complete, so an interrupted install never looks done.
 fn pip_install(python: &Path, dir: &Path, packages: &[&str], extra: &[&str]) -> Result<()> {
-    let staging = dir.with_extension("tmp");
+    // Next to `dir`, named after all of it (`with_extension` would take `3.tmp` for both
+    // `3.11` and `3.13`).
+    let mut staging = dir.as_os_str().to_owned();
+    staging.push(".tmp");
+    let staging = PathBuf::from(staging);
     for stale in [&staging, dir] {
         if stale.exists() {
             std::fs::remove_dir_all(stale)

@@ -16,7 +16,7 @@
 //! `root/usr/bin/python3.X` in it. A stamp file lists what was unpacked: what it lists
 //! (and runs) is not downloaded again.
 //!
-//! uvloop for pyenv's 3.11 comes from PyPI into `target/pyuvloop/3.11` (add it to
+//! uvloop for pyenv's 3.11 and 3.13 comes from PyPI into `target/pyuvloop/3.X` (add it to
 //! PYTHONPATH); the tests find it there.
 
 use std::collections::BTreeSet;
@@ -267,21 +267,68 @@ fn apt(apt_dir: &Path) -> Command {
     cmd
 }
 
-/// uvloop from PyPI for pyenv's 3.11 in `target/pyuvloop/3.11`, unless present.
-pub fn ensure_uvloop_311(target: &Path) -> Result<String> {
-    let dir = target.join("pyuvloop/3.11");
-    if dir.join("uvloop/__init__.py").is_file() {
+/// The pyenv interpreters that get uvloop from PyPI (`target/pyuvloop/<minor>`): the
+/// uvloop tests run there, by `uvloop.run` and by hand.
+pub const UVLOOP_PYENV: [&str; 2] = ["3.11", "3.13"];
+
+/// uvloop from PyPI for pyenv's `minor` (one of [`UVLOOP_PYENV`]) in
+/// `target/pyuvloop/<minor>`, unless present.
+pub fn ensure_uvloop(target: &Path, minor: &str) -> Result<String> {
+    let id = format!("pyenv_{}", minor.replace('.', "_"));
+    let dir = target.join("pyuvloop").join(minor);
+    ensure_pypi(&id, &dir, &["uvloop"], &["uvloop"])
+}
+
+/// What the real-server tests run: FastAPI under gunicorn with uvicorn workers
+/// (uvicorn's `standard` extra brings uvloop and httptools), and aiohttp.
+const SERVER_PACKAGES: &[&str] = &["fastapi", "uvicorn[standard]", "gunicorn", "aiohttp"];
+/// The modules that say [`SERVER_PACKAGES`] are installed.
+const SERVER_MODULES: &[&str] = &[
+    "fastapi",
+    "uvicorn",
+    "gunicorn",
+    "aiohttp",
+    "uvloop",
+    "httptools",
+];
+/// The interpreters (matrix ids) the real-server tests run on, with their directories
+/// under `target/pyservers`.
+pub const SERVER_PYTHONS: &[(&str, &str)] = &[("pyenv_3_11", "3.11"), ("pyenv_3_13", "3.13")];
+
+/// The real-server packages from PyPI for each of [`SERVER_PYTHONS`] in
+/// `target/pyservers/3.X`, unless present.
+pub fn ensure_servers(target: &Path) -> Result<String> {
+    let mut done = Vec::new();
+    for (id, dir) in SERVER_PYTHONS {
+        let dir = target.join("pyservers").join(dir);
+        done.push(ensure_pypi(id, &dir, SERVER_PACKAGES, SERVER_MODULES)?);
+    }
+    Ok(done.join("; "))
+}
+
+/// `packages` from PyPI (binary wheels only) for matrix interpreter `id` in `dir`,
+/// unless each of `modules` is there already.
+fn ensure_pypi(id: &str, dir: &Path, packages: &[&str], modules: &[&str]) -> Result<String> {
+    if modules
+        .iter()
+        .all(|m| dir.join(m).join("__init__.py").is_file())
+    {
         return Ok(format!("present in {}", dir.display()));
     }
-    let python = crate::pyenv_311();
+    let python = blockprobe_pythons::by_id(id).path();
     if !python.is_file() {
         bail!(
-            "{} not found: it is the uvloop test interpreter",
-            python.display()
+            "{} not found: it is the interpreter of {}",
+            python.display(),
+            packages.join(", ")
         );
     }
-    crate::pip_install(&python, &dir, &["uvloop"], &["--only-binary=:all:"])?;
-    Ok(format!("installed uvloop into {}", dir.display()))
+    crate::pip_install(&python, dir, packages, &["--only-binary=:all:"])?;
+    Ok(format!(
+        "installed {} into {}",
+        packages.join(", "),
+        dir.display()
+    ))
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ pub fn prepare_with(
     })
 }
 
-/// Ends a session: writes the report file if asked and prints the summary.
+/// Ends a session: writes the report file if asked, then prints the summary.
 pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> anyhow::Result<()> {
     let poll_hook = session.poll_hook();
     let (aggregator, _sink, _clock) = session.into_parts();
@@ -92,10 +92,10 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         report.write_atomic(path)?;
     }
     if !options.quiet && options.format == LiveFormat::Text {
-        print!(
-            "{}",
-            summary::summary(&report, &summary::SummaryOptions::default())
-        );
+        // After `| head -1` nobody reads it any more: that is no error.
+        let mut out = live::UntilClosed::new(std::io::stdout());
+        summary::write_summary(&report, &summary::SummaryOptions::default(), &mut out)
+            .context("printing the summary")?;
     }
     Ok(())
 }

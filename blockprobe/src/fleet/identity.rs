@@ -92,24 +92,45 @@ pub fn describe(
         cgroup: cgroup.to_owned(),
         app_root: app_root(argv, cwd),
         host: String::new(),
+        // Traced from now on: not seen polling yet.
+        polled: Some(false),
     }
 }
 
-/// The NUL-separated argv of `pid` (empty for kernel threads or a gone process).
+/// The bytes of a command line kept (it is kept for each of up to 10,000 processes, and
+/// a process may make its own megabytes long); a longer one ends in `…`.
+const MAX_CMDLINE_BYTES: u64 = 4096;
+
+/// The NUL-separated argv of `pid` (empty for kernel threads or a gone process), its
+/// first [`MAX_CMDLINE_BYTES`].
 fn read_cmdline(pid: u32) -> Vec<String> {
-    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(format!("/proc/{pid}/cmdline"))
+        .and_then(|f| f.take(MAX_CMDLINE_BYTES + 1).read_to_end(&mut bytes));
+    if read.is_err() {
+        return Vec::new();
+    }
     split_cmdline(&bytes)
 }
 
+/// Splits NUL-separated `bytes` into arguments; more than [`MAX_CMDLINE_BYTES`] are cut,
+/// the last argument kept ending in `…`.
 fn split_cmdline(bytes: &[u8]) -> Vec<String> {
+    let cut = bytes.len() as u64 > MAX_CMDLINE_BYTES;
+    let bytes = &bytes[..bytes.len().min(MAX_CMDLINE_BYTES as usize)];
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     if bytes.is_empty() {
         return Vec::new();
     }
-    bytes
+    let mut argv: Vec<String> = bytes
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+        .collect();
+    if cut && let Some(last) = argv.last_mut() {
+        last.push('…');
+    }
+    argv
 }
 
 /// A redacted command line: argv[0] and how many arguments were dropped.
@@ -603,6 +624,15 @@ mod tests {
             ["python3", "a b.py", "", "x"]
         );
         assert!(split_cmdline(b"").is_empty());
+        // A command line of megabytes: its first 4 KiB, the cut marked.
+        let huge: Vec<u8> = [b"python3\0app.py\0".as_slice(), &[b'x'; 1 << 20]].concat();
+        let argv = split_cmdline(&huge[..=MAX_CMDLINE_BYTES as usize]);
+        assert_eq!(argv[..2], ["python3", "app.py"]);
+        assert!(
+            argv[2].ends_with('…') && argv[2].len() < 4096,
+            "{}",
+            argv[2].len()
+        );
     }
 
     #[test]

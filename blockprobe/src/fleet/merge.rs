@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Limits, ProcessInfo};
 use crate::model::{Cause, Stall};
-use crate::report::{FunctionReport, Report, SCHEMA, sort_functions};
+use crate::report::{FunctionReport, ProcessWarning, Report, SCHEMA, sort_functions};
 
 use super::tables::{ServiceReport, StackKey, StackReport, sort_services, sort_stacks};
 
@@ -125,6 +125,7 @@ pub fn merge(reports: &[(String, Report)], limits: MergeLimits) -> Result<Report
     let mut stall_total = 0u64;
     let mut processes: Vec<ProcessInfo> = Vec::new();
     let mut process_total = 0u64;
+    let mut warnings: Vec<ProcessWarning> = Vec::new();
     let mut functions: BTreeMap<(String, String), FunctionReport> = BTreeMap::new();
     let mut services: BTreeMap<String, ServiceReport> = BTreeMap::new();
     let mut stacks: BTreeMap<StackKey, (u64, u64)> = BTreeMap::new();
@@ -148,6 +149,13 @@ pub fn merge(reports: &[(String, Report)], limits: MergeLimits) -> Result<Report
                 p.host.clone_from(&r.host);
             }
             p
+        }));
+        warnings.extend(r.warnings.iter().map(|w| {
+            let mut w = w.clone();
+            if w.host.is_empty() {
+                w.host.clone_from(&r.host);
+            }
+            w
         }));
         for f in &r.functions {
             let key = f.stable_key();
@@ -191,6 +199,8 @@ pub fn merge(reports: &[(String, Report)], limits: MergeLimits) -> Result<Report
             .cmp(&b.start_unix_ns)
             .then_with(|| worst_first(a, b))
     });
+    warnings.sort_by(|a, b| (&a.host, a.pid, &a.reason).cmp(&(&b.host, b.pid, &b.reason)));
+    warnings.dedup();
     processes.sort_by(process_order);
     processes.truncate(limits.max_processes);
 
@@ -230,6 +240,7 @@ pub fn merge(reports: &[(String, Report)], limits: MergeLimits) -> Result<Report
         services,
         stacks,
         sources,
+        warnings,
     })
 }
 

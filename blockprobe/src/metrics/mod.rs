@@ -6,7 +6,8 @@
 //! # Metrics
 //!
 //! - `blockprobe_stall_duration_seconds{service,function,file}`: histogram of stall
-//!   durations per service and culprit function (`file` is the stable file name).
+//!   durations per service and culprit function (`file` is the stable file name);
+//!   stalls of a stopped loop (cause `stopped`) are left out: no code made them.
 //!   Buckets are the report's log2 buckets, `le` = (2^k - 1) ns in seconds, from the one
 //!   holding the threshold up to ~69 s.
 //! - `blockprobe_stalls_by_cause_total{service,cause}`: stalls by main cause.
@@ -50,7 +51,7 @@ use std::fmt::Write as _;
 use crate::aggregate::{FunctionKey, OTHER_FUNCTION, ProcessInfo, UNKNOWN_FUNCTION};
 use crate::fleet::identity::StableFiles;
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_index, bucket_le_ns};
-use crate::model::Stall;
+use crate::model::{Cause, Stall};
 
 /// Functions per service whose pooled stall time is tracked for promotion.
 pub const POOLED_CANDIDATES: usize = 256;
@@ -175,6 +176,14 @@ impl Metrics {
         }
     }
 
+    /// Loop thread `tid` of `pid` exited.
+    pub fn loop_gone(&mut self, pid: u32, tid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.loops.remove(&tid);
+            p.stuck.remove(&tid);
+        }
+    }
+
     /// Loop thread `tid` of `pid` is stuck, until its stall ends.
     pub fn stuck(&mut self, pid: u32, tid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {
@@ -204,12 +213,16 @@ impl Metrics {
             None => (String::new(), String::new()),
         };
         let service = self.service_label(&service);
-        let function = FunctionKey::of_stall(stall, &root, &mut self.stable_files);
-        let key = self.series_key(service.clone(), function, stall.duration_ns);
-        self.histograms
-            .entry(key)
-            .or_default()
-            .record(stall.duration_ns);
+        // A stopped loop (SIGSTOP, a debugger, `docker pause`) is no code's stall: it
+        // counts by cause only, never in the duration histograms alerts are built on.
+        if stall.cause != Cause::Stopped {
+            let function = FunctionKey::of_stall(stall, &root, &mut self.stable_files);
+            let key = self.series_key(service.clone(), function, stall.duration_ns);
+            self.histograms
+                .entry(key)
+                .or_default()
+                .record(stall.duration_ns);
+        }
         let cause = stall.cause.as_str().to_owned();
         *self
             .stalls_by_cause
@@ -712,6 +725,23 @@ mod tests {
             assert!(v.parse::<f64>().is_ok() || v == "+Inf", "{line}");
             assert!(!series.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stopped_loop_counts_by_cause_only() {
+        let mut m = metrics(50, 10);
+        m.attach(&proc(1, "api"));
+        m.stall(&crate::aggregate::tests::stopped_stall(1, 700_000_000));
+        let text = m.render(&process::SelfStats::default());
+        assert!(
+            !text.contains("blockprobe_stall_duration_seconds_count"),
+            "{text}"
+        );
+        let by_cause = "{service=\"api\",cause=\"stopped\"}";
+        let stalls = format!("blockprobe_stalls_by_cause_total{by_cause}");
+        let seconds = format!("blockprobe_blocked_seconds_total{by_cause}");
+        assert_eq!(value(&text, &stalls).as_deref(), Some("1"));
+        assert_eq!(value(&text, &seconds).as_deref(), Some("0.7"));
     }
 
     #[test]

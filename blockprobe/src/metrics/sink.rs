@@ -49,6 +49,7 @@ impl StallSink for MetricsSink {
                 self.lock().attach(&info);
             }
             Status::Loop { pid, tid } => self.lock().loop_thread(*pid, *tid),
+            Status::LoopGone { pid, tid } => self.lock().loop_gone(*pid, *tid),
             Status::Stuck { pid, tid, .. } => self.lock().stuck(*pid, *tid),
             Status::Detached { pid, .. } => self.lock().detach(*pid),
             Status::Lost { kind, count } => self.lock().lost(kind, *count),

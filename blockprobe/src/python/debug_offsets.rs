@@ -14,6 +14,11 @@ use super::version::Version;
 
 /// The cookie `_Py_DebugOffsets` starts with.
 pub const COOKIE: &[u8; 8] = b"xdebugpy";
+/// The largest size believed of a code object or an interpreter frame (a few hundred
+/// bytes in every CPython).
+const MAX_PER_FRAME_STRUCT_BYTES: u64 = 4096;
+/// The largest size believed of the runtime, interpreter or thread state.
+const MAX_STRUCT_BYTES: u64 = 1 << 24;
 /// Offset of the first size/offset field (after cookie, version and `free_threaded`).
 const FIRST_FIELD: u64 = 24;
 
@@ -229,11 +234,21 @@ fn from_bytes(
         );
     }
     let field = |i: u16| word(FIRST_FIELD as usize + 8 * usize::from(i));
+    // Code objects and frames are read for every frame of every stack: their sizes are
+    // held to what an interpreter has, so a lying process cannot make each read huge.
+    let max_size = |size: u16| {
+        if size == fields.code_size || size == fields.frame_size {
+            MAX_PER_FRAME_STRUCT_BYTES
+        } else {
+            MAX_STRUCT_BYTES
+        }
+    };
     // An offset of a field of `width` bytes inside a structure of `size` bytes.
-    let within = |what: &str, i: u16, size: u16, width: u64| -> anyhow::Result<u64> {
-        let (offset, size) = (field(i), field(size));
+    let within = |what: &str, i: u16, size_field: u16, width: u64| -> anyhow::Result<u64> {
+        let (offset, size) = (field(i), field(size_field));
         ensure!(
-            offset.checked_add(width).is_some_and(|end| end <= size) && size < 1 << 24,
+            offset.checked_add(width).is_some_and(|end| end <= size)
+                && size <= max_size(size_field),
             "_Py_DebugOffsets: {what} at {offset} does not fit in its {size}-byte structure"
         );
         Ok(offset)
@@ -436,5 +451,15 @@ mod tests {
         let mut shifted = DUMP313;
         shifted[20] = 400;
         assert!(err(bytes(0x030d_00f0, 0, &shifted)).contains("current_frame"));
+        // A code object said to be 1 MiB, its file name at its end: each frame's read
+        // would be that large.
+        let mut huge = DUMP313;
+        huge[usize::from(PY313.code_size)] = 1 << 20;
+        huge[usize::from(PY313.code_filename)] = (1 << 20) - 8;
+        assert!(err(bytes(0x030d_00f0, 0, &huge)).contains("code_object"));
+        // The runtime and interpreter states are large; up to 16 MiB is believed.
+        let mut large = DUMP313;
+        large[usize::from(PY313.runtime_size)] = (1 << 24) - 1;
+        assert!(from_bytes(&bytes(0x030d_00f0, 0, &large), V3130, &TABLE313, &PY313).is_ok());
     }
 }

@@ -2,15 +2,52 @@
 //! `libpython3.X.so`), its symbols and where it is loaded.
 
 use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use object::read::ReadCache;
 use object::read::elf::ElfFile64;
+use object::read::{ReadCache, ReadRef};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
+
+use super::mapped_file;
 
 /// Size of a page: the granularity of file mappings.
 const PAGE_MASK: u64 = !0xfff;
+/// The largest read of a file: symbol and string tables and `.rodata` of the largest
+/// interpreters take a few MiB; a file claiming a larger section (a sparse file of
+/// several GB) is refused, not read.
+const MAX_READ_BYTES: u64 = 64 << 20;
+
+/// A file read through a cache, refusing any single read over [`MAX_READ_BYTES`]
+/// (the cache would allocate all of it first).
+pub struct BoundedCache(ReadCache<File>);
+
+impl BoundedCache {
+    /// Reads `file` through a cache.
+    pub fn new(file: File) -> Self {
+        BoundedCache(ReadCache::new(file))
+    }
+}
+
+impl<'a> ReadRef<'a> for &'a BoundedCache {
+    fn len(self) -> Result<u64, ()> {
+        (&self.0).len()
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> Result<&'a [u8], ()> {
+        if size > MAX_READ_BYTES {
+            return Err(());
+        }
+        (&self.0).read_bytes_at(offset, size)
+    }
+
+    fn read_bytes_at_until(self, range: Range<u64>, delimiter: u8) -> Result<&'a [u8], ()> {
+        // Bounded by the cache itself (4 KiB).
+        (&self.0).read_bytes_at_until(range, delimiter)
+    }
+}
 
 /// One line of `/proc/PID/maps` that maps a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +58,10 @@ pub struct Mapping {
     pub end: u64,
     /// Offset in the file of the byte mapped at `start`.
     pub offset: u64,
+    /// Major and minor number of the device holding the file.
+    pub dev: (u64, u64),
+    /// Inode number of the file.
+    pub inode: u64,
     /// Path of the file as the process sees it (may end in ` (deleted)`).
     pub path: String,
 }
@@ -38,8 +79,8 @@ fn parse_mapping(line: &str) -> Option<Mapping> {
     let (start, end) = fields.next()?.split_once('-')?;
     let _perms = fields.next()?;
     let offset = fields.next()?;
-    let _dev = fields.next()?;
-    let _inode = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?;
     let path = fields.next()?.trim_start();
     if !path.starts_with('/') {
         return None;
@@ -48,6 +89,11 @@ fn parse_mapping(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: (
+            u64::from_str_radix(major, 16).ok()?,
+            u64::from_str_radix(minor, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
         path: path.to_owned(),
     })
 }
@@ -80,8 +126,8 @@ pub enum Discovery {
 
 /// Looks for the interpreter among the files mapped by process `pid`.
 ///
-/// Only files named `python*` or `libpython*` are considered; each is opened through
-/// `/proc/PID/root` so processes in containers work.
+/// Only files named `python*` or `libpython*` are considered; each is opened as
+/// [`mapped_file::open`] does: the very file mapped, in containers too.
 pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
     let maps = mappings(pid)?;
     let mut candidates: Vec<&Mapping> = Vec::new();
@@ -95,8 +141,8 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
     }
     let mut loading = false;
     for candidate in candidates {
-        let file = open_mapped(pid, candidate)?;
-        let cache = ReadCache::new(file);
+        let file = mapped_file::open(pid, candidate)?;
+        let cache = BoundedCache::new(file);
         let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
             .with_context(|| format!("cannot parse ELF file {}", candidate.path))?;
         let symbols = find_symbols(&elf, &["_PyRuntime", "Py_Version", "PyCode_Type"]);
@@ -175,8 +221,7 @@ pub fn file_name(path: &str) -> &str {
 /// The contents of section `name` of the ELF file behind a mapping, if it has one
 /// (read through a cache: only the headers and that section are read).
 pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    use object::{Object as _, ObjectSection as _};
-    let cache = ReadCache::new(open_mapped(pid, m)?);
+    let cache = BoundedCache::new(mapped_file::open(pid, m)?);
     let file = object::File::parse(&cache)?;
     let Some(section) = file.section_by_name(name) else {
         return Ok(None);
@@ -184,17 +229,59 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
     Ok(Some(section.data()?.to_vec()))
 }
 
-/// Opens the file behind a mapping: through `/proc/PID/root`, or for a file deleted since
-/// (an upgraded package) through `/proc/PID/map_files`.
-fn open_mapped(pid: u32, m: &Mapping) -> anyhow::Result<File> {
-    let path: PathBuf = match m.path.strip_suffix(" (deleted)") {
-        Some(_) => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
-        None => Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
+/// Where exported function `name` of the ELF file behind mapping `m` lies in process
+/// `pid`'s memory (`maps`: its mappings), if the file exports it.
+pub fn mapped_function(
+    pid: u32,
+    maps: &[Mapping],
+    m: &Mapping,
+    name: &str,
+) -> anyhow::Result<Option<std::ops::Range<u64>>> {
+    let cache = BoundedCache::new(mapped_file::open(pid, m)?);
+    let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
+        .with_context(|| format!("cannot parse ELF file {}", m.path))?;
+    let Some(sym) = elf
+        .dynamic_symbols()
+        .find(|s| !s.is_undefined() && s.name() == Ok(name))
+    else {
+        return Ok(None);
     };
-    File::open(&path).with_context(|| format!("cannot open {}", path.display()))
+    let start = sym.address().wrapping_add(load_bias(&elf, maps, &m.path)?);
+    Ok(Some(start..start.wrapping_add(sym.size().max(1))))
 }
 
-type Elf<'a> = ElfFile64<'a, object::Endianness, &'a ReadCache<File>>;
+/// Whether ELF file `path` defines and exports function `name`. Opened non-blocking and
+/// read only when it is a regular file (a FIFO or device there is no library).
+pub fn defines_function(path: &Path, name: &str) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let cache = BoundedCache::new(file);
+    ElfFile64::<object::Endianness, _>::parse(&cache).is_ok_and(|elf| {
+        elf.dynamic_symbols()
+            .any(|s| !s.is_undefined() && s.name() == Ok(name))
+    })
+}
+
+/// The file `path` of process `pid`'s mount namespace, seen from the host.
+pub fn host_path(pid: u32, path: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'))
+}
+
+/// The installation prefix of the interpreter in file `binary`
+/// (`<prefix>/bin/python3.X` or `<prefix>/lib/libpython3.X.so`).
+pub fn install_prefix(binary: &str) -> Option<&Path> {
+    Path::new(binary).parent().and_then(Path::parent)
+}
+
+type Elf<'a> = ElfFile64<'a, object::Endianness, &'a BoundedCache>;
 
 /// Link-time addresses of `names`, in the same order: from `.dynsym` (small, and where
 /// the exported C API lives), or from `.symtab` when `.dynsym` has none of them.
@@ -264,6 +351,8 @@ mod tests {
                 start: 0x7f0e_2c40_0000,
                 end: 0x7f0e_2c4a_6000,
                 offset: 0x1000,
+                dev: (0xfe, 0x01),
+                inode: 1_312_321,
                 path: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
             })
         );
@@ -288,6 +377,36 @@ mod tests {
         assert_eq!(patch_in_strings(data, 3, 9), Some(18));
         assert_eq!(patch_in_strings(b"3.9.1\0 3.9.2\0", 3, 9), None);
         assert_eq!(patch_in_strings(b"nothing", 3, 9), None);
+    }
+
+    #[test]
+    fn oversized_symbol_tables_are_not_read() {
+        // Debian's static python: its `.dynsym` exports Py_Version.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("python3.11");
+        std::fs::copy("/usr/bin/python3.11", &copy).unwrap();
+        let (header_at, table_at) = {
+            let cache = BoundedCache::new(File::open(&copy).unwrap());
+            let elf = Elf::parse(&cache).unwrap();
+            assert!(find_symbols(&elf, &["Py_Version"])[0].is_some());
+            use object::read::elf::{FileHeader as _, SectionHeader as _};
+            let endian = elf.endian();
+            let shoff = elf.elf_header().e_shoff(endian);
+            let (index, dynsym) = (elf.elf_section_table().iter().enumerate())
+                .find(|(_, s)| s.sh_type(endian) == object::elf::SHT_DYNSYM)
+                .unwrap();
+            (shoff + 64 * index as u64, dynsym.sh_offset(endian))
+        };
+        // The table now claims 8 GiB, and the file (sparse) has them.
+        let huge: u64 = 8 << 30;
+        let file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &huge.to_le_bytes(), header_at + 32)
+            .unwrap();
+        file.set_len(table_at + huge).unwrap();
+        let since = std::time::Instant::now();
+        let cache = BoundedCache::new(File::open(&copy).unwrap());
+        assert!(Elf::parse(&cache).is_err());
+        assert!(since.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

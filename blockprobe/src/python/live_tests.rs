@@ -177,16 +177,26 @@ fn check_interpreter(id: &str) {
         threads.iter().any(|t| t.tstate == holder),
         "GIL last holder {holder:#x} is no thread"
     );
+    let tids: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
     if minor >= 11 {
-        let tids: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-            .collect();
         let native: BTreeSet<u32> = threads.iter().map(|t| t.native_id.unwrap()).collect();
         assert_eq!(native, tids);
     } else {
         assert!(threads.iter().all(|t| t.native_id.is_none()));
     }
+    // Each thread's tid, also before 3.11 (from glibc's `struct pthread`), with its own
+    // thread state.
+    let states = process.thread_states().unwrap();
+    let state_tids: BTreeSet<u32> = states.iter().map(|&(tid, _)| tid).collect();
+    assert_eq!(state_tids, tids, "{states:?}");
+    assert!(
+        states
+            .iter()
+            .all(|&(_, tstate)| threads.iter().any(|t| t.tstate == tstate))
+    );
 
     let mem = ProcessMemory::new(pid);
     let mut stacks = BTreeMap::new();

@@ -8,6 +8,7 @@
 //! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
 //! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
 //! - `origin::classify(file) -> origin::Origin`
+//! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
 mod asyncio_debug;
 mod debug_offsets;
@@ -15,10 +16,14 @@ mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
+mod mapped_file;
 pub mod memory;
 pub mod origin;
 mod process;
+pub mod running_loop;
+pub mod survey;
 mod symbolize;
+pub mod uvloop;
 pub mod version;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! BPF finds each thread's `PyThreadState`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::config::PyProcess;
@@ -9,18 +10,26 @@ use blockprobe_common::stack::RawStack;
 
 use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
-use super::elf::{self, Discovery};
+use super::elf::{self, Discovery, PythonBinary};
 use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
+use crate::deadline;
 use crate::model::Frame;
 
+/// The longest an inspection may take: reading a few headers and pages of a local file
+/// and of memory takes milliseconds of CPU time, seconds only on a host whose CPUs are
+/// shared by hundreds of busy processes.
+const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
 /// Most thread states followed in an interpreter's list (guards against cycles).
 const MAX_THREADS: usize = 4096;
 /// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
 /// (`specific_1stblock`, 32 entries of `{seq, data}`).
 const GLIBC_SPECIFIC: u64 = 0x310;
+/// Offset of `tid` in glibc's x86_64 `struct pthread` (after its 0x2c0-byte TCB header
+/// and its list links).
+const GLIBC_PTHREAD_TID: u64 = 0x2d0;
 /// Keys below this live in `specific_1stblock`, at a fixed offset from the thread pointer.
 const GLIBC_FIRST_BLOCK_KEYS: u32 = 32;
 /// How far from the thread pointer the slot is searched for when glibc's layout fails.
@@ -55,10 +64,10 @@ pub struct PyThread {
 pub struct PythonProcess {
     pid: u32,
     version: Version,
+    /// Path (in the process's mount namespace) of the file holding the interpreter.
+    binary_path: String,
     layout: Box<Layout>,
-    #[cfg(test)]
     memory: ProcessMemory,
-    #[cfg(test)]
     interp: u64,
     tstate_slot_offset: u64,
     gil_addr: u64,
@@ -69,8 +78,15 @@ pub struct PythonProcess {
 
 impl PythonProcess {
     /// Examines process `pid`: is it Python, is its interpreter supported and running,
-    /// and where does each thread keep its thread state?
+    /// and where does each thread keep its thread state? Its files and memory are read
+    /// within [`INSPECT_DEADLINE`]: a process cannot hang the tracer (see [`deadline`]).
     pub fn inspect(pid: u32) -> anyhow::Result<Inspection> {
+        let what = format!("inspecting pid {pid}");
+        deadline::run(&what, INSPECT_DEADLINE, move || Self::inspect_now(pid))
+    }
+
+    /// [`PythonProcess::inspect`], on this thread, however long it takes.
+    pub(super) fn inspect_now(pid: u32) -> anyhow::Result<Inspection> {
         let binary = match elf::discover(pid)? {
             Discovery::Absent => return Ok(Inspection::NotPython),
             Discovery::Loading => {
@@ -78,8 +94,18 @@ impl PythonProcess {
             }
             Discovery::Found(binary) => binary,
         };
+        let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
+        Self::inspect_found(pid, &binary, version)
+    }
+
+    /// Examines process `pid` whose interpreter, `version` in `binary`, was found: is it
+    /// supported and running, and where does each thread keep its thread state?
+    pub(super) fn inspect_found(
+        pid: u32,
+        binary: &PythonBinary,
+        version: Version,
+    ) -> anyhow::Result<Inspection> {
         let memory = ProcessMemory::new(pid);
-        let version = Version::detect(&memory, &binary)?;
         let layout = match layout::layout(version)? {
             Recipe::Table(table) => *table,
             Recipe::DebugOffsets { base, fields } => {
@@ -87,7 +113,7 @@ impl PythonProcess {
                     .with_context(|| format!("Python {version} in {}", binary.path))?
             }
         };
-        check_layout(&memory, &layout, &binary).with_context(|| {
+        check_layout(&memory, &layout, binary).with_context(|| {
             format!(
                 "Python {version} in {} has an unexpected layout",
                 binary.path
@@ -124,17 +150,21 @@ impl PythonProcess {
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
         Ok(Inspection::Ready(PythonProcess {
             pid,
+            binary_path: binary.path.clone(),
             asyncio: None,
             version,
-            #[cfg(test)]
             memory,
-            #[cfg(test)]
             interp,
             tstate_slot_offset,
             gil_addr,
             symbolizer: Symbolizer::new(memory, layout, binary.code_type),
             layout: Box::new(layout),
         }))
+    }
+
+    /// Path (in the process's mount namespace) of the python executable or libpython.
+    pub fn binary_path(&self) -> &str {
+        &self.binary_path
     }
 
     /// The interpreter's version.
@@ -164,9 +194,26 @@ impl PythonProcess {
     }
 
     /// The threads of the main interpreter, as they are now.
-    #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
         list_threads(&self.memory, &self.layout, self.interp)
+    }
+
+    /// Each started thread of the main interpreter now: its tid in the process's pid
+    /// namespace, with its thread state. The tid is the interpreter's `native_thread_id`
+    /// (3.11+), else glibc's own record of it in the thread's `struct pthread`.
+    pub fn thread_states(&self) -> anyhow::Result<Vec<(u32, u64)>> {
+        Ok((self.threads()?.into_iter())
+            .filter(|t| t.thread_id != 0)
+            .filter_map(|t| {
+                let tid = match t.native_id {
+                    Some(id) if id != 0 => id,
+                    _ => (self.memory)
+                        .read_u32(t.thread_id.wrapping_add(GLIBC_PTHREAD_TID))
+                        .ok()?,
+                };
+                Some((tid, t.tstate))
+            })
+            .collect())
     }
 
     /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet; true when
@@ -175,7 +222,13 @@ impl PythonProcess {
         if self.asyncio.is_some() || (self.version.major, self.version.minor) < (3, 14) {
             return false;
         }
-        self.asyncio = asyncio_debug::find(self.pid);
+        let pid = self.pid;
+        let what = format!("reading the asyncio offsets of pid {pid}");
+        self.asyncio = deadline::run(&what, INSPECT_DEADLINE, move || {
+            Ok(asyncio_debug::find(pid))
+        })
+        .ok()
+        .flatten();
         self.asyncio.is_some()
     }
 

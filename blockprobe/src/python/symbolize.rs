@@ -19,6 +19,11 @@ const MAX_STRING_BYTES: usize = 4096;
 const MAX_LINETABLE_BYTES: usize = 64 * 1024;
 /// Code objects remembered per process before the cache starts over.
 const MAX_CACHED_CODES: usize = 16 * 1024;
+/// Bytes the cache of one process may hold (names, line tables, lines looked up) before
+/// it starts over: a process of long names and line tables cannot make it grow past it.
+const MAX_CACHE_BYTES: usize = 8 << 20;
+/// What one remembered line costs (a hash map entry).
+const LINE_ENTRY_BYTES: usize = 32;
 /// Lines remembered per code object (one per instruction seen) before its cache starts
 /// over: a hostile frame can claim any instruction.
 const MAX_CACHED_LINES: usize = 256;
@@ -30,6 +35,8 @@ pub struct Symbolizer {
     layout: Box<Layout>,
     code_type: u64,
     codes: HashMap<u64, CodeInfo>,
+    /// Bytes `codes` holds, about ([`CodeInfo::bytes`] of each).
+    cached_bytes: usize,
 }
 
 /// The fields of a code object's header that identify it: they are compared on every
@@ -42,6 +49,17 @@ struct Header {
     filename: u64,
     name: u64,
     linetable: u64,
+}
+
+impl CodeInfo {
+    /// The bytes this entry holds, about.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.function.capacity()
+            + self.file.capacity()
+            + self.linetable.capacity()
+            + self.lines.len() * LINE_ENTRY_BYTES
+    }
 }
 
 /// What the symbolizer learnt about a code object.
@@ -63,7 +81,14 @@ impl Symbolizer {
             layout: Box::new(layout),
             code_type,
             codes: HashMap::default(),
+            cached_bytes: 0,
         }
+    }
+
+    /// The number of code objects cached and the bytes they hold (for tests).
+    #[cfg(test)]
+    pub fn cache_size(&self) -> (usize, usize) {
+        (self.codes.len(), self.cached_bytes)
     }
 
     /// The frames of `stack`, innermost first; a frame that cannot be read becomes
@@ -102,10 +127,17 @@ impl Symbolizer {
             .is_none_or(|info| info.header != header)
         {
             let info = self.load(header)?;
-            if self.codes.len() >= MAX_CACHED_CODES {
+            let bytes = info.bytes();
+            if self.codes.len() >= MAX_CACHED_CODES
+                || self.cached_bytes.saturating_add(bytes) > MAX_CACHE_BYTES
+            {
                 self.codes.clear();
+                self.cached_bytes = 0;
             }
-            self.codes.insert(raw.code, info);
+            if let Some(old) = self.codes.insert(raw.code, info) {
+                self.cached_bytes = self.cached_bytes.saturating_sub(old.bytes());
+            }
+            self.cached_bytes += bytes;
         }
         let info = self
             .codes
@@ -121,11 +153,15 @@ impl Symbolizer {
         };
         let format = self.layout.linetable;
         if info.lines.len() >= MAX_CACHED_LINES {
+            self.cached_bytes =
+                (self.cached_bytes).saturating_sub(info.lines.len() * LINE_ENTRY_BYTES);
             info.lines.clear();
         }
+        let known = info.lines.len();
         let line = *info.lines.entry(offset).or_insert_with(|| {
             linetable::line_at(format, &info.linetable, info.header.first_line, offset)
         });
+        self.cached_bytes += (info.lines.len() - known) * LINE_ENTRY_BYTES;
         Ok(Frame {
             function: info.function.clone(),
             file: info.file.clone(),
@@ -289,6 +325,26 @@ mod tests {
         obj[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
     }
 
+    /// A 3.11 symbolizer of this process's memory, whose `PyCode_Type` is `code_type`.
+    fn symbolizer_311(code_type: u64) -> Symbolizer {
+        let layout = match layout(PY311).unwrap() {
+            Recipe::Table(table) => *table,
+            other => panic!("{other:?}"),
+        };
+        Symbolizer::new(ProcessMemory::new(std::process::id()), layout, code_type)
+    }
+
+    /// A stack of one (empty) frame.
+    fn one_frame_stack() -> RawStack {
+        RawStack {
+            len: 1,
+            flags: 0,
+            tstate: 0,
+            task_name: 0,
+            frames: [RawFrame::default(); MAX_FRAMES],
+        }
+    }
+
     #[test]
     fn symbolizes_fake_code_objects() {
         let code_type = 0x1234_5678;
@@ -318,21 +374,8 @@ mod tests {
         set(&mut code, 128, addr(&name));
         set(&mut code, 136, addr(&table));
 
-        let mut symbolizer = Symbolizer::new(
-            ProcessMemory::new(std::process::id()),
-            match layout(PY311).unwrap() {
-                Recipe::Table(table) => *table,
-                other => panic!("{other:?}"),
-            },
-            code_type,
-        );
-        let mut stack = RawStack {
-            len: 1,
-            flags: 0,
-            tstate: 0,
-            task_name: 0,
-            frames: [RawFrame::default(); MAX_FRAMES],
-        };
+        let mut symbolizer = symbolizer_311(code_type);
+        let mut stack = one_frame_stack();
         let mut at = |code: &[u8], unit: u64| {
             stack.frames[0] = RawFrame {
                 code: addr(code),
@@ -361,5 +404,40 @@ mod tests {
         set(&mut code, 128, addr(&name));
         set(&mut code, 8, code_type + 1);
         assert_eq!(at(&code, 0), unreadable);
+    }
+
+    #[test]
+    fn the_code_cache_is_bounded_by_bytes() {
+        // 400 code objects of 4 KiB names and 64 KiB line tables: 28 MiB if all kept.
+        let code_type = 0x1234_5678;
+        let name = string(1, true, 4000, &[b'n'; 4000]);
+        let file = string(1, true, 4000, &[b'f'; 4000]);
+        let mut table = vec![0u8; 32 + MAX_LINETABLE_BYTES];
+        set(&mut table, 16, MAX_LINETABLE_BYTES as u64);
+        let codes: Vec<Vec<u8>> = (0..400)
+            .map(|_| {
+                let mut code = vec![0u8; 256];
+                set(&mut code, 8, code_type);
+                set(&mut code, 112, addr(&file));
+                set(&mut code, 128, addr(&name));
+                set(&mut code, 136, addr(&table));
+                code
+            })
+            .collect();
+        let mut symbolizer = symbolizer_311(code_type);
+        let mut stack = one_frame_stack();
+        let mut most = 0;
+        for code in &codes {
+            stack.frames[0] = RawFrame {
+                code: addr(code),
+                instr: addr(code) + 184,
+            };
+            assert_eq!(symbolizer.symbolize(&stack)[0].function.len(), 4000);
+            let (entries, bytes) = symbolizer.cache_size();
+            assert!(bytes <= MAX_CACHE_BYTES, "{entries} codes, {bytes} bytes");
+            most = most.max(entries);
+        }
+        // About 110 fit at a time.
+        assert!((50..400).contains(&most), "{most}");
     }
 }

@@ -9,14 +9,17 @@
 //! - [`QuietSink`]: no stalls; only warnings and losses, on stderr.
 //!
 //! Every sink flushes after each event, so a pipe reader sees events as they happen.
-//! Write errors (such as a closed pipe, see [`is_broken_pipe`]) are returned.
+//! The sinks of [`sink_for`] and [`quiet_sink`] write through [`UntilClosed`]: a reader
+//! that goes away (`| head -1`) silences that stream and nothing else. Other write
+//! errors are returned.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
 use super::summary::cause_mix;
-use super::{culprit_label, escape, human_duration, local_clock, ms, short_path};
+use super::{culprit_label, escape, human_duration, local_clock, ms, no_culprit, short_path};
 use crate::hooks::PollHook;
 use crate::model::{Frame, Stall};
 
@@ -45,12 +48,12 @@ pub enum DetachReason {
 
 /// A status event of the tracer. In JSON lines:
 /// `{"event":"attached","pid":..,"comm":..,"python_version":".."}`,
-/// `{"event":"loop","pid":..,"tid":..}`,
+/// `{"event":"loop","pid":..,"tid":..}`, `{"event":"loop_gone","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","message":..}`,
+/// `{"event":"warning","pid":..,"message":..}` (`pid` when about one process),
 /// `{"event":"ready","poll_hook":"fentry"|"tracepoint","fentry_refused":..}`,
-/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"syscall":..,"culprit":{..}}`.
+/// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"at_least":true,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Status {
@@ -65,13 +68,21 @@ pub enum Status {
     },
     /// A thread of a traced process runs an asyncio event loop.
     Loop { pid: u32, tid: u32 },
+    /// A loop thread exited (JSON lines only: a text line each would flood the terminal
+    /// of a program that starts a thread and a loop per call).
+    #[serde(rename = "loop_gone")]
+    LoopGone { pid: u32, tid: u32 },
     /// A process is no longer traced.
     Detached { pid: u32, reason: DetachReason },
     /// Events were lost: `kind` is a loss counter name (`Counter::name()`), `count` the
     /// number newly lost since the previous `lost` event of that kind.
     Lost { kind: String, count: u64 },
-    /// Something the user should know.
-    Warning { message: String },
+    /// Something the user should know; `pid` names the process it is about, if one.
+    Warning {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        message: String,
+    },
     /// A loop has been stuck off-await this long and still is (a hang: its stall is only
     /// reported once it ends, or when tracing stops); said after a second, then each
     /// time the time doubles.
@@ -79,6 +90,10 @@ pub enum Status {
         pid: u32,
         tid: u32,
         stuck_ns: u64,
+        /// `stuck_ns` is a lower bound: the loop was already stuck when tracing began,
+        /// and is timed from then.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_least: bool,
         /// The syscall it is in, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         syscall: Option<String>,
@@ -118,14 +133,62 @@ impl<S: StallSink + ?Sized> StallSink for Box<S> {
 /// The sink for `format`, writing to this process's stdout and stderr.
 pub fn sink_for(format: LiveFormat) -> Box<dyn StallSink + Send> {
     match format {
-        LiveFormat::Text => Box::new(TextSink::new(io::stdout(), io::stderr())),
-        LiveFormat::Json | LiveFormat::Jsonl => Box::new(JsonlSink::new(io::stdout())),
+        LiveFormat::Text => Box::new(TextSink::new(
+            UntilClosed::new(io::stdout()),
+            UntilClosed::new(io::stderr()),
+        )),
+        LiveFormat::Json | LiveFormat::Jsonl => {
+            Box::new(JsonlSink::new(UntilClosed::new(io::stdout())))
+        }
     }
 }
 
 /// A sink that shows nothing but warnings and losses (on stderr).
 pub fn quiet_sink() -> Box<dyn StallSink + Send> {
-    Box::new(QuietSink::new(io::stderr()))
+    Box::new(QuietSink::new(UntilClosed::new(io::stderr())))
+}
+
+/// A writer that stops writing, quietly, once its reader has gone away: the first
+/// broken pipe closes it, and every later write is accepted and dropped. Tracing, the
+/// report file and the other stream go on (Rust ignores SIGPIPE, so the closed pipe is
+/// only ever this error).
+pub struct UntilClosed<W: Write> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> UntilClosed<W> {
+    /// `inner`, open.
+    pub fn new(inner: W) -> Self {
+        UntilClosed {
+            inner,
+            closed: false,
+        }
+    }
+
+    /// Runs `op` on the writer unless closed; a broken pipe closes it.
+    fn guard<T>(&mut self, done: T, op: impl FnOnce(&mut W) -> io::Result<T>) -> io::Result<T> {
+        if self.closed {
+            return Ok(done);
+        }
+        match op(&mut self.inner) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(done)
+            }
+            result => result,
+        }
+    }
+}
+
+impl<W: Write> Write for UntilClosed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.guard(buf.len(), |w| w.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.guard((), Write::flush)
+    }
 }
 
 /// Whether an error returned by a sink is a closed pipe (the reader went away): the
@@ -164,8 +227,13 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
         (Some(name), None) => escape(name),
         (Some(name), Some(fd)) => format!("{}({})", escape(name), fd.as_str()).into(),
     };
-    // A loop still stuck when tracing stopped: it lasted at least this long.
-    let at_least = if stall.ongoing { ">" } else { "" };
+    // A loop still stuck when tracing stopped, or already stuck when it began: it
+    // lasted at least this long.
+    let at_least = if stall.ongoing || stall.started_before_tracing {
+        ">"
+    } else {
+        ""
+    };
     let head = format!(
         "{clock:<12} {:>7} {comm:<15} {:>7} {:>8} {:<CAUSES$} {:<15} ",
         stall.pid,
@@ -177,7 +245,7 @@ fn stall_line_at(stall: &Stall, clock: &str) -> String {
     // The culprit is never cut: a line that wraps beats a name that misleads.
     let culprit = match (&stall.culprit, stall.stack.first()) {
         (Some(f), _) => frame_text(f),
-        (None, None) => "<unknown>".to_owned(),
+        (None, None) => no_culprit(stall).to_owned(),
         (None, Some(innermost)) => format!("<unknown> in {}", frame_text(innermost)),
     };
     let task = stall
@@ -222,6 +290,7 @@ pub fn status_line(status: &Status) -> String {
             ns_pid.map_or(String::new(), |ns| format!(", pid {ns} in its namespace"))
         ),
         Status::Loop { pid, tid } => format!("event loop in pid {pid}, thread {tid}"),
+        Status::LoopGone { pid, tid } => format!("loop thread {tid} of pid {pid} exited"),
         Status::Detached { pid, reason } => format!(
             "detached from pid {pid} ({})",
             match reason {
@@ -233,15 +302,21 @@ pub fn status_line(status: &Status) -> String {
             let s = if *count == 1 { "" } else { "s" };
             format!("lost {count} event{s} ({})", escape(kind))
         }
-        Status::Warning { message } => format!("warning: {}", escape(message)),
+        Status::Warning { message, .. } => format!("warning: {}", escape(message)),
         Status::Stuck {
             pid,
             tid,
             stuck_ns,
+            at_least,
             syscall,
             culprit,
         } => format!(
-            "loop of pid {pid} thread {tid} stuck for {} so far{}{}",
+            "loop of pid {pid} thread {tid} stuck {}{} so far{}{}",
+            if *at_least {
+                "since before tracing began, for at least "
+            } else {
+                "for "
+            },
             human_duration(*stuck_ns),
             syscall
                 .as_deref()
@@ -297,11 +372,17 @@ fn write_line(w: &mut dyn Write, line: &str) -> io::Result<()> {
     w.flush()
 }
 
+/// Event loop lines shown per process: a program that starts a thread and a loop per
+/// call (asgiref's `async_to_sync`) would print one per call.
+const LOOP_LINES_PER_PROCESS: u32 = 8;
+
 /// Text: stalls on `out` (after a header), status on `err`.
 pub struct TextSink<O: Write, E: Write> {
     out: O,
     err: E,
     header: bool,
+    /// Event loop lines shown so far, by pid.
+    loop_lines: HashMap<u32, u32>,
 }
 
 #[allow(dead_code)] // Options and accessors for callers that need them, and tests.
@@ -312,6 +393,7 @@ impl<O: Write, E: Write> TextSink<O, E> {
             out,
             err,
             header: true,
+            loop_lines: HashMap::new(),
         }
     }
 
@@ -337,6 +419,24 @@ impl<O: Write, E: Write> StallSink for TextSink<O, E> {
     }
 
     fn status(&mut self, status: &Status) -> anyhow::Result<()> {
+        match status {
+            Status::LoopGone { .. } => return Ok(()),
+            Status::Detached { pid, .. } => drop(self.loop_lines.remove(pid)),
+            Status::Loop { pid, .. } => {
+                let shown = self.loop_lines.entry(*pid).or_default();
+                *shown = shown.saturating_add(1);
+                if *shown == LOOP_LINES_PER_PROCESS + 1 {
+                    let line = format!(
+                        "blockprobe: pid {pid} keeps starting event loops: the next ones are not shown"
+                    );
+                    write_line(&mut self.err, &line)?;
+                }
+                if *shown > LOOP_LINES_PER_PROCESS {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         write_line(&mut self.err, &status_line(status))?;
         Ok(())
     }
@@ -528,6 +628,36 @@ mod tests {
     }
 
     #[test]
+    fn short_lived_loops_are_not_shown_one_by_one() {
+        let mut sink = TextSink::new(Vec::new(), Vec::new());
+        for tid in 0..100 {
+            sink.status(&Status::Loop { pid: 7, tid }).unwrap();
+            sink.status(&Status::LoopGone { pid: 7, tid }).unwrap();
+        }
+        sink.status(&Status::Loop { pid: 8, tid: 8 }).unwrap();
+        let (_, err) = sink.into_inner();
+        let err = String::from_utf8(err).unwrap();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 8 + 1 + 1, "{err}");
+        assert_eq!(lines[7], "blockprobe: event loop in pid 7, thread 7");
+        assert_eq!(
+            lines[8],
+            "blockprobe: pid 7 keeps starting event loops: the next ones are not shown"
+        );
+        assert_eq!(lines[9], "blockprobe: event loop in pid 8, thread 8");
+    }
+
+    #[test]
+    fn text_line_of_a_stopped_loop() {
+        let s = crate::aggregate::tests::stopped_stall(4242, 702_000_000);
+        let line = stall_line_at(&s, "x");
+        assert!(
+            line.ends_with(" stopped 100%     -               <stopped>"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn text_escapes_names_but_json_keeps_them() {
         let mut s = sample();
         s.comm = "py\u{1b}[2J".into();
@@ -555,6 +685,33 @@ mod tests {
         assert_eq!(stall_json_value(&s)["ongoing"], true);
         s.ongoing = false;
         assert!(stall_json_value(&s).get("ongoing").is_none());
+        s.started_before_tracing = true;
+        assert!(stall_line(&s).contains(" >"), "{}", stall_line(&s));
+        assert_eq!(stall_json_value(&s)["started_before_tracing"], true);
+    }
+
+    #[test]
+    fn a_loop_stuck_before_tracing_is_stuck_at_least() {
+        let stuck = |at_least| Status::Stuck {
+            pid: 7,
+            tid: 8,
+            stuck_ns: 2_000_000_000,
+            at_least,
+            syscall: Some("futex".into()),
+            culprit: None,
+        };
+        let line = status_line(&stuck(true));
+        assert!(
+            line.contains("stuck since before tracing began, for at least 2.00 s so far, in futex"),
+            "{line}"
+        );
+        assert_eq!(serde_json::to_value(stuck(true)).unwrap()["at_least"], true);
+        assert!(
+            serde_json::to_value(stuck(false))
+                .unwrap()
+                .get("at_least")
+                .is_none()
+        );
     }
 
     fn stall_json_value(s: &Stall) -> serde_json::Value {
@@ -641,15 +798,24 @@ mod tests {
             ),
             (
                 Status::Warning {
+                    pid: None,
                     message: "m\n".into(),
                 },
                 r#"{"event":"warning","message":"m\n"}"#,
+            ),
+            (
+                Status::Warning {
+                    pid: Some(7),
+                    message: "m".into(),
+                },
+                r#"{"event":"warning","pid":7,"message":"m"}"#,
             ),
             (
                 Status::Stuck {
                     pid: 1,
                     tid: 2,
                     stuck_ns: 3,
+                    at_least: false,
                     syscall: None,
                     culprit: None,
                 },
@@ -682,6 +848,7 @@ mod tests {
                 pid: 7,
                 tid: 9,
                 stuck_ns: 4_000_000_000,
+                at_least: false,
                 syscall: Some("futex".into()),
                 culprit: Some(frame("update", "/srv/app/cache.py", 12)),
             }),
@@ -704,6 +871,7 @@ mod tests {
         );
         assert_eq!(
             status_line(&Status::Warning {
+                pid: None,
                 message: "line1\nline2".into()
             }),
             "blockprobe: warning: line1\\nline2"
@@ -759,6 +927,7 @@ mod tests {
         sink.stall(&sample()).unwrap();
         sink.status(&Status::Loop { pid: 1, tid: 2 }).unwrap();
         sink.status(&Status::Warning {
+            pid: None,
             message: "w".into(),
         })
         .unwrap();
@@ -782,6 +951,52 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A pipe whose reader goes away after `open` writes; counts the writes it got.
+    struct ClosingPipe {
+        open: usize,
+        written: Vec<u8>,
+    }
+    impl Write for ClosingPipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.open == 0 {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.open -= 1;
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_silences_its_stream_only() {
+        let out = UntilClosed::new(ClosingPipe {
+            open: 1,
+            written: Vec::new(),
+        });
+        let mut sink = TextSink::new(out, Vec::new());
+        for _ in 0..3 {
+            sink.stall(&sample()).unwrap();
+            sink.status(&Status::Ready {
+                poll_hook: PollHook::Tracepoint,
+                fentry_refused: None,
+            })
+            .unwrap();
+        }
+        let (out, err) = sink.into_inner();
+        assert_eq!(
+            out.inner.written,
+            format!("{}\n", text_header()).into_bytes()
+        );
+        assert!(out.closed);
+        assert_eq!(String::from_utf8(err).unwrap().lines().count(), 3);
+        // Errors other than a closed pipe still surface.
+        let mut other = UntilClosed::new(io::Cursor::new([0u8; 0]));
+        assert!(other.write_all(b"x").is_err());
     }
 
     #[test]

@@ -14,6 +14,16 @@ use std::fmt::Write as _;
 
 use crate::model::{CulpritFrom, Stall};
 
+/// What a stall with neither culprit nor stack is shown as: `<stopped>` when its loop
+/// was stopped from outside (no code to blame), else `<unknown>`.
+pub fn no_culprit(stall: &crate::model::Stall) -> &'static str {
+    if stall.cause == crate::model::Cause::Stopped {
+        crate::aggregate::STOPPED_FUNCTION
+    } else {
+        crate::aggregate::UNKNOWN_FUNCTION
+    }
+}
+
 /// Makes a name safe to print on a terminal: backslash, C0 controls (including tab and
 /// newline), DEL, C1 controls, and invisible or direction-changing characters (zero-width
 /// spaces and joiners, bidi marks, embeddings, overrides and isolates, line/paragraph
@@ -121,6 +131,9 @@ pub fn truncate_right(s: &str, max: usize) -> Cow<'_, str> {
 
 /// Wall-clock time of day, `HH:MM:SS.mmm`, of `unix_ns` in the local time zone.
 pub fn local_clock(unix_ns: u64) -> String {
+    // The libc crate deprecates its `time_t` alias on musl for 32-bit targets (musl made
+    // it 64-bit in 1.2.0); on x86_64 it is a 64-bit `long` in both.
+    #[allow(deprecated)]
     let secs = (unix_ns / 1_000_000_000) as libc::time_t;
     // SAFETY: `tm` is plain old data; localtime_r only writes into it and returns null
     // on failure.
@@ -160,7 +173,7 @@ pub fn culprit_label(stall: &Stall) -> String {
             .map_or(String::new(), |t| format!(" {t}"));
         format!("GIL holder{tid}: ")
     } else if stall.culprit_from == Some(CulpritFrom::LastSeen) {
-        format!("{}: ", CulpritFrom::LastSeen.as_str().replace('_', " "))
+        "last seen: ".to_owned()
     } else {
         String::new()
     }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! blockprobe: 36 stalls >= 10.0 ms in 1m 0s on web-1
-//!   processes: 1, loop threads: 1
+//!   processes: 1, loop threads watched: 1
 //!     pid 4242 python3 (Python 3.11.7)
 //!       loop threads: 4242
 //!   lost events: 3 (ringbuf_stall 3); counts below may be low
@@ -37,12 +37,12 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::{
-    culprit_label, escape, human_duration, local_clock, ms, short_path, truncate_left,
+    culprit_label, escape, human_duration, local_clock, ms, no_culprit, short_path, truncate_left,
     truncate_right,
 };
 use crate::histogram::{BUCKETS, Log2Histogram, bucket_lower_ns};
 use crate::model::{Cause, Frame};
-use crate::report::{FunctionReport, Report};
+use crate::report::{FunctionReport, Report, warning};
 
 /// What the summary shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +142,7 @@ fn unfitted(report: &Report, opts: &SummaryOptions) -> String {
             let culprit = match (&st.culprit, st.stack.first()) {
                 (Some(f), _) => labelled(&label, &escape(&f.function), &at(f), width),
                 (None, Some(f)) => labelled("<unknown> in ", &escape(&f.function), &at(f), width),
-                (None, None) => "<unknown>".to_owned(),
+                (None, None) => no_culprit(st).to_owned(),
             };
             let syscall = st
                 .syscall
@@ -201,6 +201,15 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// ` on HOST` when `host` is named and is not the report's own `report_host`.
+fn elsewhere(host: &str, report_host: &str) -> String {
+    if host.is_empty() || host == report_host {
+        String::new()
+    } else {
+        format!(" on {}", escape(host))
+    }
+}
+
 fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     let stalls = r.stall_count();
     let _ = write!(
@@ -218,7 +227,7 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     let threads = r.loop_thread_count() as u64;
     let _ = writeln!(
         s,
-        "  processes: {procs}, loop threads: {threads}{}",
+        "  processes: {procs}, loop threads watched: {threads}{}",
         if r.processes_dropped > 0 {
             " (or more)"
         } else {
@@ -227,21 +236,25 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
     );
     for p in r.processes.iter().take(opts.max_processes) {
         let threads: Vec<String> = p.loop_threads.iter().map(u32::to_string).collect();
-        let threads = if threads.is_empty() {
-            "none seen".to_owned()
-        } else {
-            threads.join(", ")
+        let warned = r
+            .warnings
+            .iter()
+            .any(|w| w.pid == p.pid && w.host == p.host);
+        let threads = match (threads.is_empty(), p.polled) {
+            (false, _) => threads.join(", "),
+            (true, _) if warned => "none found (see the warning below)".to_owned(),
+            (true, Some(true)) => {
+                "none (it polls, but through selectors: no asyncio loop)".to_owned()
+            }
+            (true, Some(false)) => "none (it never polled while traced: no loop ran)".to_owned(),
+            (true, None) => "none seen".to_owned(),
         };
         let service = if p.service.is_empty() {
             String::new()
         } else {
             format!(", service {}", escape(&p.service))
         };
-        let host = if p.host.is_empty() || p.host == r.host {
-            String::new()
-        } else {
-            format!(" on {}", escape(&p.host))
-        };
+        let host = elsewhere(&p.host, &r.host);
         let _ = writeln!(
             s,
             "    pid {} {} (Python {}{service}){host}",
@@ -257,6 +270,15 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         r.processes.len().saturating_sub(opts.max_processes) as u64 + r.processes_dropped;
     if unlisted > 0 {
         let _ = writeln!(s, "    ... and {unlisted} more");
+    }
+    for w in &r.warnings {
+        let host = elsewhere(&w.host, &r.host);
+        let line = format!(
+            "  warning: pid {}{host} {}",
+            w.pid,
+            escape(warning::describe(&w.reason))
+        );
+        let _ = writeln!(s, "{}", truncate_right(&line, WIDTH));
     }
     if r.lost_events > 0 {
         let kinds: Vec<String> = r
@@ -284,7 +306,12 @@ fn header(s: &mut String, r: &Report, opts: &SummaryOptions) {
         );
     }
     if stalls == 0 {
-        let _ = writeln!(s, "\nNo stalls at or above the threshold.");
+        let caveat = match (threads, r.warnings.is_empty()) {
+            (0, _) => " (no loop was watched)",
+            (_, false) => " (in the loops watched; see the warnings)",
+            _ => "",
+        };
+        let _ = writeln!(s, "\nNo stalls at or above the threshold{caveat}.");
     }
 }
 
@@ -437,7 +464,10 @@ mod tests {
             text.starts_with("blockprobe: 36 stalls >= 10.0 ms in 1m 0s on web-1\n"),
             "{text}"
         );
-        assert!(text.contains("  processes: 1, loop threads: 1\n"), "{text}");
+        assert!(
+            text.contains("  processes: 1, loop threads watched: 1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("    pid 4242 python3 (Python 3.11.7)\n      loop threads: 4242\n"),
             "{text}"
@@ -626,7 +656,7 @@ mod tests {
         let text = summary(&r, &SummaryOptions::default());
         assert_eq!(
             text,
-            "blockprobe: 0 stalls >= 1.0 ms in 1.50 s\n  processes: 0, loop threads: 0\n\nNo stalls at or above the threshold.\n"
+            "blockprobe: 0 stalls >= 1.0 ms in 1.50 s\n  processes: 0, loop threads watched: 0\n\nNo stalls at or above the threshold (no loop was watched).\n"
         );
     }
 

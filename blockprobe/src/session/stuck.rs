@@ -1,9 +1,11 @@
 //! Loops stuck off-await right now. A hang never returns to its poller, so the kernel
 //! side never reports its stall: the session looks at each loop's current iteration
 //! itself, says live that a loop is stuck (after a second, then each time the time
-//! doubles), and reports the stall so far, marked ongoing, when tracing stops.
+//! doubles), and reports the stall so far, marked ongoing, when tracing stops. A loop
+//! found stuck as tracing began is timed from then (a lower bound, said so), and is said
+//! stuck as soon as that reaches a second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use blockprobe_common::{stack::RawStack, thread::LoopTiming, walk::walk_thread};
 
@@ -13,7 +15,7 @@ use crate::{
     model::{Cause, Frame},
     python::memory::ProcessMemory,
     render::live::Status,
-    syscalls,
+    syscalls, thread_now,
 };
 
 /// How long a loop is stuck before it is said live (unless the threshold is longer).
@@ -24,6 +26,8 @@ const FIRST_NOTICE_NS: u64 = 1_000_000_000;
 pub(super) struct Notices {
     /// By tid: when the iteration began, and how long stuck it is said next.
     next: HashMap<u32, (u64, u64)>,
+    /// Loop threads found stuck as tracing began, not said stuck yet.
+    awaited: HashSet<u32>,
 }
 
 /// A loop thread off-await for a while now.
@@ -59,8 +63,20 @@ impl Session {
     pub(super) fn notice_stuck(&mut self) -> anyhow::Result<()> {
         let now = self.clock.monotonic_ns();
         let first = FIRST_NOTICE_NS.max(self.probes.threshold_ns());
-        let stuck = self.stuck_loops(now, first);
+        let mut stuck = self.stuck_loops(now, first);
+        // A stopped loop (SIGSTOP, a debugger, the freezer) is not hung: nothing to say.
+        stuck.retain(|s| !s.timing.stopped_now());
         (self.notices.next).retain(|tid, _| stuck.iter().any(|s| s.tid == *tid));
+        // Awaited until said, or until it is clear it will not be: back to its poller,
+        // or gone.
+        let awaited = std::mem::take(&mut self.notices.awaited);
+        self.notices.awaited = (awaited.into_iter())
+            .filter(|&tid| {
+                let timing = self.probes.loop_timing(tid);
+                let start = timing.map_or(0, |t| t.poll_exit_ns);
+                self.started_before_tracing(tid, start) && now.saturating_sub(start) < 2 * first
+            })
+            .collect();
         for s in stuck {
             let start = s.timing.poll_exit_ns;
             let stuck_ns = now.saturating_sub(start);
@@ -74,27 +90,54 @@ impl Session {
             while due.1 <= stuck_ns {
                 due.1 = due.1.saturating_mul(2);
             }
-            let in_syscall = s.timing.blocked_in_call();
-            // A blocked thread's frames hold still; a running one's are read from its
-            // latest sample, not raced.
-            let stack = if in_syscall {
-                self.walk_now(s.pid, s.tstate).unwrap_or_default()
-            } else {
-                (self.attributor.latest_sample(s.tid))
-                    .map(<[Frame]>::to_vec)
-                    .unwrap_or_default()
-            };
-            self.sink.status(&Status::Stuck {
-                pid: s.pid,
-                tid: s.tid,
-                stuck_ns,
-                syscall: in_syscall
-                    .then(|| syscalls::name(s.timing.syscall_nr).map(str::to_owned))
-                    .flatten(),
-                culprit: culprit(&stack),
-            })?;
+            self.notices.awaited.remove(&s.tid);
+            self.say_stuck(&s, stuck_ns)?;
         }
         Ok(())
+    }
+
+    /// Says that loop `s` has been stuck for `stuck_ns`, where and in which call.
+    fn say_stuck(&mut self, s: &StuckLoop, stuck_ns: u64) -> anyhow::Result<()> {
+        let in_syscall = s.timing.blocked_in_call();
+        // A blocked thread's frames hold still; a running one's are read from its
+        // latest sample, not raced (walked now only before its first sample).
+        let sample = (!in_syscall)
+            .then(|| self.attributor.latest_sample(s.tid).map(<[Frame]>::to_vec))
+            .flatten();
+        let stack = match sample {
+            Some(stack) => stack,
+            None => self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+        };
+        let at_least = self.started_before_tracing(s.tid, s.timing.poll_exit_ns);
+        self.sink.status(&Status::Stuck {
+            pid: s.pid,
+            tid: s.tid,
+            stuck_ns,
+            at_least,
+            syscall: in_syscall
+                .then(|| syscalls::name(s.timing.syscall_nr).map(str::to_owned))
+                .flatten(),
+            culprit: culprit(&stack),
+        })
+    }
+
+    /// Loop thread `tid`, found stuck as tracing began, is to be said stuck as soon as it
+    /// has been for a second: until then the session looks more often than once a second.
+    pub(super) fn await_stuck_notice(&mut self, tid: u32) {
+        self.notices.awaited.insert(tid);
+    }
+
+    /// Whether a loop found stuck as tracing began may be due to be said stuck soon.
+    pub(super) fn awaits_stuck_notice(&self) -> bool {
+        !self.notices.awaited.is_empty()
+    }
+
+    /// Whether the iteration of loop thread `tid` that began at `start_ns` (monotonic)
+    /// was already under way when tracing began (it is timed from then).
+    pub(super) fn started_before_tracing(&self, tid: u32, start_ns: u64) -> bool {
+        self.stuck_at_attach
+            .get(&tid)
+            .is_some_and(|&(_, start)| start == start_ns)
     }
 
     /// Reports the loops still stuck now that tracing stops (a hang is the stall that
@@ -132,6 +175,7 @@ impl Session {
                 off_cpu_ns,
             });
             stall.ongoing = true;
+            stall.started_before_tracing = self.started_before_tracing(s.tid, timing.poll_exit_ns);
             self.sink.stall(&stall)?;
             self.aggregator.record(stall);
         }
@@ -139,7 +183,7 @@ impl Session {
     }
 
     /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
-    fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
+    pub(super) fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
         let recipe = self.processes.get(&pid)?.python.walk_config();
         // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
         let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
@@ -150,12 +194,7 @@ impl Session {
 
 /// Whether thread `tid` of process `pid` still runs (exists, and is no zombie).
 fn alive(pid: u32, tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name, which is in parentheses and may hold any.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+    thread_now::state(pid, tid).is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 #[cfg(test)]

@@ -1,40 +1,6 @@
-//! Checks that this host can run blockprobe, with one clear line when it cannot.
+//! The capabilities blockprobe needs, and which of them the calling thread lacks.
 
-use std::path::Path;
-
-use anyhow::bail;
-
-/// Everything a tracing command needs before loading BPF: privileges, BTF, tracefs
-/// and the locked-memory limit (older kernels charge BPF maps to RLIMIT_MEMLOCK).
-pub fn check() -> anyhow::Result<std::path::PathBuf> {
-    require_privileges()?;
-    let btf = Path::new("/sys/kernel/btf/vmlinux");
-    if !btf.exists() {
-        bail!(no_btf(btf));
-    }
-    let tracefs = crate::tracefs::ensure_mounted()?;
-    check_tracepoints(&tracefs)?;
-    raise_memlock_limit();
-    Ok(tracefs)
-}
-
-/// The one line for a kernel without BTF at `btf`.
-fn no_btf(btf: &Path) -> String {
-    format!(
-        "this kernel has no BTF ({} is missing): blockprobe needs CONFIG_DEBUG_INFO_BTF=y",
-        btf.display()
-    )
-}
-
-/// Fails with one line unless tracefs at `tracefs` has the syscall tracepoints.
-fn check_tracepoints(tracefs: &Path) -> anyhow::Result<()> {
-    if !crate::tracefs::has_tracepoint(tracefs, "syscalls", "sys_enter_epoll_wait") {
-        bail!(
-            "this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): blockprobe cannot see event loops"
-        );
-    }
-    Ok(())
-}
+use super::{Finding, Verdict};
 
 /// A Linux capability (`include/uapi/linux/capability.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,17 +55,34 @@ const TRACEFS_NEED: Need = Need {
 /// every step that needs them, such as reading a `-p` process's memory map, so that a
 /// user without them is told so rather than that access was denied.
 pub fn require_privileges() -> anyhow::Result<()> {
+    finding()?.required()
+}
+
+/// The capabilities item of `blockprobe check`: the needed capabilities held, or the one
+/// line naming those missing.
+pub fn finding() -> anyhow::Result<Finding> {
     let effective = effective_capabilities()?;
     let tracefs_readable = std::fs::read_dir(crate::tracefs::TRACEFS).is_ok();
     let missing = missing_capabilities(effective, tracefs_readable);
-    if !missing.is_empty() {
-        let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
-        bail!(
+    if missing.is_empty() {
+        let root = nix::unistd::geteuid().is_root();
+        let detail = if root {
+            "root, with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (or CAP_SYS_ADMIN)"
+        } else {
+            "not root, but holding CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (or CAP_SYS_ADMIN)"
+        };
+        return Ok(Finding::ok("capabilities", detail));
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+    Ok(Finding::new(
+        "capabilities",
+        Verdict::Fail,
+        format!(
             "blockprobe needs root, or capabilities it lacks: {} (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN, for its BPF programs; CAP_SYS_PTRACE to read Python memory; CAP_DAC_READ_SEARCH to read tracefs unless run as root)",
             names.join(", ")
-        );
-    }
-    Ok(())
+        ),
+        "run it as root, or grant these capabilities (e.g. setpriv --ambient-caps, or a systemd unit's AmbientCapabilities=)",
+    ))
 }
 
 /// The capabilities missing from the `effective` set (a bit mask) for blockprobe's
@@ -190,17 +173,6 @@ impl ThreadCapabilities {
     }
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones use memory cgroups
-/// and may forbid raising the limit, which is then harmless to skip.
-fn raise_memlock_limit() {
-    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
-    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_err()
-        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK)
-    {
-        let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,24 +224,6 @@ mod tests {
         );
         let overriding = granted | set(&[CAP_DAC_OVERRIDE]);
         assert!(missing_capabilities(overriding, false).is_empty());
-    }
-
-    #[test]
-    fn a_kernel_without_btf_or_syscall_tracepoints_is_one_line() {
-        let message = no_btf(Path::new("/nonexistent/vmlinux"));
-        assert!(
-            !message.contains('\n') && message.contains("no BTF (/nonexistent/vmlinux"),
-            "{message}"
-        );
-        let tracefs = tempfile::tempdir().unwrap();
-        let err = check_tracepoints(tracefs.path()).unwrap_err().to_string();
-        assert!(
-            !err.contains('\n') && err.contains("no syscall tracepoints"),
-            "{err}"
-        );
-        let event = tracefs.path().join("events/syscalls/sys_enter_epoll_wait");
-        std::fs::create_dir_all(event).unwrap();
-        check_tracepoints(tracefs.path()).unwrap();
     }
 
     #[test]
