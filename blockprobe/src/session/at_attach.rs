@@ -20,8 +20,9 @@ use blockprobe_common::{
 
 use super::{Session, Verdict};
 use crate::{
+    attribution::BlockedCall,
     classify,
-    model::Frame,
+    model::{Cause, Frame},
     thread_now::{self, Activity},
 };
 
@@ -69,6 +70,7 @@ impl Session {
                         .unwrap_or(timing.loop_fd);
                     self.probes.classify_thread(thread.tid, true, fd, now)?;
                     self.adopted(pid, thread)?;
+                    self.blocked_before_tracing(pid, thread, &timing, now);
                 }
             } else if loop_poll {
                 let fd = thread.polled_fd().unwrap_or(NO_FD);
@@ -86,6 +88,33 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A loop `thread` of `pid`, timed by the kernel side since before its process was
+    /// traced, may be blocked in a call it entered then: the kernel side learned the call
+    /// without a walk recipe, so it cannot report it. Its stack, walked now while it
+    /// blocks, is the call's; the call counts as evidence up to `now` (a lower bound).
+    fn blocked_before_tracing(
+        &mut self,
+        pid: u32,
+        thread: &Examined,
+        timing: &LoopTiming,
+        now: u64,
+    ) {
+        if !timing.blocked_in_call() || is_poller(u64::from(timing.syscall_nr)) {
+            return;
+        }
+        let call = BlockedCall {
+            nr: timing.syscall_nr,
+            cause: Cause::from_index(timing.syscall_cause as usize),
+            start_ns: timing.syscall_enter_ns,
+            end_ns: now,
+            fd_kind: None,
+            stack: thread.stack.clone(),
+            task: None,
+            short: None,
+        };
+        self.attributor.blocked_call(pid, thread.tid, call);
     }
 
     /// `thread` of `pid` was made a loop thread: its reports are a loop's.
