@@ -84,16 +84,18 @@ impl Session {
                 self.probes.adopt_stuck_loop(thread.tid, timing)?;
                 (self.stuck_at_attach).insert(thread.tid, (pid, timing.poll_exit_ns));
                 self.adopted(pid, thread)?;
+                self.blocked_before_tracing(pid, thread, &timing, timing.poll_exit_ns);
                 self.await_stuck_notice(thread.tid);
             }
         }
         Ok(())
     }
 
-    /// A loop `thread` of `pid`, timed by the kernel side since before its process was
-    /// traced, may be blocked in a call it entered then: the kernel side learned the call
-    /// without a walk recipe, so it cannot report it. Its stack, walked now while it
-    /// blocks, is the call's; the call counts as evidence up to `now` (a lower bound).
+    /// A loop `thread` of `pid` found at attach may be blocked in a call it entered before
+    /// its process was traced: the kernel side learned the call without a walk recipe (or,
+    /// for a loop found stuck, never saw it begin), so it cannot report it. Its stack,
+    /// walked now while it blocks, is the call's; the call counts as evidence up to `now`
+    /// (a lower bound).
     fn blocked_before_tracing(
         &mut self,
         pid: u32,
