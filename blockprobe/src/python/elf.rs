@@ -12,6 +12,7 @@ use object::read::{ReadCache, ReadRef};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
 
 use super::mapped_file;
+use super::tls;
 
 /// Size of a page: the granularity of file mappings.
 const PAGE_MASK: u64 = !0xfff;
@@ -111,6 +112,9 @@ pub struct PythonBinary {
     pub patch_in_strings: Option<u8>,
     /// Address of `PyCode_Type`.
     pub code_type: u64,
+    /// Offset from the thread pointer of the static-TLS variable that holds each thread's
+    /// bound thread state, when the file's code reads it at a fixed offset (see [`tls`]).
+    pub gilstate_tls: Option<u64>,
 }
 
 /// What the mappings of a process say about Python.
@@ -145,8 +149,16 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
         let cache = BoundedCache::new(file);
         let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
             .with_context(|| format!("cannot parse ELF file {}", candidate.path))?;
-        let symbols = find_symbols(&elf, &["_PyRuntime", "Py_Version", "PyCode_Type"]);
-        let [Some(runtime), py_version, code_type] = symbols else {
+        let symbols = find_symbols(
+            &elf,
+            &[
+                "_PyRuntime",
+                "Py_Version",
+                "PyCode_Type",
+                tls::GILSTATE_GETTER,
+            ],
+        );
+        let [Some(runtime), py_version, code_type, gilstate_getter] = symbols else {
             loading |= needs_libpython(&elf)?;
             continue;
         };
@@ -167,6 +179,9 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
             py_version: py_version.map(|a| a.wrapping_add(bias)),
             patch_in_strings,
             code_type: code_type.wrapping_add(bias),
+            gilstate_tls: gilstate_getter
+                .and_then(|getter| code_at(&elf, &cache, getter, tls::GETTER_PREFIX_BYTES))
+                .and_then(tls::local_exec_load),
         }));
     }
     Ok(if loading {
@@ -313,6 +328,23 @@ fn lookup<'a, const N: usize>(
         }
     }
     found
+}
+
+/// The `len` bytes of the file at link-time address `address` (in a loadable segment),
+/// or fewer where the segment's file contents end.
+fn code_at<'a>(
+    elf: &Elf<'a>,
+    cache: &'a BoundedCache,
+    address: u64,
+    len: usize,
+) -> Option<&'a [u8]> {
+    let seg = elf
+        .segments()
+        .find(|seg| (seg.address()..seg.address().saturating_add(seg.size())).contains(&address))?;
+    let (file_offset, file_size) = seg.file_range();
+    let within = address - seg.address();
+    let len = (len as u64).min(file_size.checked_sub(within)?);
+    cache.read_bytes_at(file_offset + within, len).ok()
 }
 
 /// Whether the file lists a `libpython*` in its `DT_NEEDED` entries.

@@ -326,6 +326,31 @@ fn debian_3_15() {
     check_interpreter("debian_3_15");
 }
 
+/// A process whose only thread holds the GIL from its start (it spins in Python) is
+/// ready: on 3.15, where the attached and the bound thread state are two TLS variables
+/// that both hold the state then, the bound one is told by the interpreter's code.
+#[test]
+fn gil_held_from_the_start() {
+    for id in ["debian_3_11", "pyenv_3_13", "debian_3_14", "debian_3_15"] {
+        let Some(python) = blockprobe_pythons::require(blockprobe_pythons::by_id(id)) else {
+            continue;
+        };
+        let mut child = Guard::spawn(
+            Command::new(&python)
+                .args(["-c", "print('ready', flush=True)\nwhile True: pass"])
+                .stdout(Stdio::piped()),
+        );
+        assert_eq!(child.first_line(), "ready");
+        let process = inspect_ready(child.pid());
+        let mem = ProcessMemory::new(child.pid());
+        let threads = process.threads().unwrap();
+        assert_eq!(threads.len(), 1, "{id}: {threads:?}");
+        let cfg = process.walk_config();
+        let slot = threads[0].thread_id.wrapping_add(cfg.tstate_slot_offset);
+        assert_eq!(mem.read_u64(slot).unwrap(), threads[0].tstate, "{id}");
+    }
+}
+
 #[test]
 fn not_python() {
     let child = Guard::spawn(Command::new("sleep").arg("60"));

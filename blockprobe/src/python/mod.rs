@@ -23,6 +23,7 @@ mod process;
 pub mod running_loop;
 pub mod survey;
 mod symbolize;
+mod tls;
 pub mod uvloop;
 pub mod version;
 

@@ -141,7 +141,7 @@ impl PythonProcess {
                 &threads,
                 memory.read_u32(tss.wrapping_add(TSS_KEY))?,
             )?,
-            None => locate_tls(&memory, &threads)?,
+            None => locate_tls(&memory, &threads, binary.gilstate_tls)?,
         };
         let tstate_slot_offset = match slot {
             Slot::Found(offset) => offset,
@@ -361,9 +361,15 @@ fn thread_pointers(threads: &[PyThread]) -> Option<BTreeSet<u64>> {
 
 /// Finds the static-TLS variable, below the thread pointer, that holds each thread's
 /// bound thread state (3.15's `_Py_tss_gilstate`; the offset is returned two's-complement,
-/// BPF adds it with wrap-around). `_Py_tss_tstate` next to it holds the state only while
-/// the thread holds the GIL: when every candidate thread holds it, the slot is unsettled.
-fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Slot> {
+/// BPF adds it with wrap-around). `_Py_tss_tstate` next to it holds the same state while
+/// the thread holds the GIL: the two are told apart by `gilstate`, the bound state's
+/// offset read from the interpreter's code, when known; else, when every candidate
+/// thread holds the GIL, the slot is unsettled.
+fn locate_tls(
+    memory: &ProcessMemory,
+    threads: &[PyThread],
+    gilstate: Option<u64>,
+) -> anyhow::Result<Slot> {
     let Some(thread_ids) = thread_pointers(threads) else {
         return Ok(Slot::Unsettled("no Python thread is running yet".into()));
     };
@@ -381,6 +387,9 @@ fn locate_tls(memory: &ProcessMemory, threads: &[PyThread]) -> anyhow::Result<Sl
         });
     }
     let common = common.unwrap_or_default();
+    if let Some(g) = gilstate.filter(|g| common.contains(g)) {
+        return Ok(Slot::Found(g));
+    }
     match common.len() {
         1 => Ok(Slot::Found(*common.first().unwrap_or(&0))),
         0 => bail!("cannot locate the thread-state variable in static TLS (non-glibc libc?)"),
@@ -495,5 +504,34 @@ mod tests {
             native_id: None,
         }];
         assert!(matches!(locate(&unborn, 0).unwrap(), Slot::Unsettled(_)));
+    }
+
+    #[test]
+    fn tls_calibration() {
+        let mut b = Blocks::new(1);
+        // The thread pointer is at the block's end: the variables lie below it.
+        let tp = b.base(0) + SLOT_SEARCH_BYTES as u64;
+        let threads = [PyThread {
+            tstate: 0xa000,
+            thread_id: tp,
+            native_id: None,
+        }];
+        let word = |offset: i64| (SLOT_SEARCH_BYTES as i64 + offset) as usize / 8;
+        let locate = |gilstate: Option<i64>| {
+            let memory = ProcessMemory::new(std::process::id());
+            locate_tls(&memory, &threads, gilstate.map(|g| g as u64)).unwrap()
+        };
+        // The thread holds the GIL: the attached state (-0x20) and the bound one (-0x28)
+        // both hold it.
+        b.0[0][word(-0x28)] = 0xa000;
+        b.0[0][word(-0x20)] = 0xa000;
+        assert!(matches!(locate(None), Slot::Unsettled(_)));
+        assert_eq!(locate(Some(-0x28)), Slot::Found((-0x28i64) as u64));
+        // The code names a variable that does not hold the state: not trusted.
+        assert!(matches!(locate(Some(-0x30)), Slot::Unsettled(_)));
+        // The GIL released: one candidate, with or without the code's word.
+        b.0[0][word(-0x20)] = 0;
+        assert_eq!(locate(None), Slot::Found((-0x28i64) as u64));
+        assert_eq!(locate(Some(-0x28)), Slot::Found((-0x28i64) as u64));
     }
 }
