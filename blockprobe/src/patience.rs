@@ -9,10 +9,25 @@ use crate::proc_stat::cpu_time;
 /// gives up on it. CPU time, not wall time: on a loaded host (two hundred interpreters
 /// starting on two CPUs) a start-up can take many seconds of waiting for a CPU.
 pub const ATTACH_PATIENCE: Duration = Duration::from_secs(5);
-/// The first interval between two tries; it doubles with each try up to [`MAX_RETRY`].
+/// The first interval between two tries; it doubles with each try up to [`max_retry`].
 pub const FIRST_RETRY: Duration = Duration::from_millis(5);
-/// The longest interval between two tries.
+/// The longest interval between two tries while few processes are starting: a start-up
+/// that becomes traceable is traced within it, before the program's first steps (a
+/// coroutine that blocks at once, a loop whose first run has no poll before its first
+/// callback).
+const FEW_RETRY: Duration = Duration::from_millis(20);
+/// The longest interval between two tries when many processes are starting at once.
 const MAX_RETRY: Duration = Duration::from_millis(200);
+/// The interval added to the longest one per process starting: tries of all of them
+/// together stay at about one per this interval.
+const RETRY_PER_PROCESS: Duration = Duration::from_millis(5);
+
+/// The longest interval between two tries of a process while `starting` processes are
+/// not traceable yet: [`FEW_RETRY`] for a few, growing with their number up to
+/// [`MAX_RETRY`], so that the tracer's work on them stays bounded.
+pub fn max_retry(starting: usize) -> Duration {
+    (RETRY_PER_PROCESS * u32::try_from(starting).unwrap_or(u32::MAX)).clamp(FEW_RETRY, MAX_RETRY)
+}
 
 /// The retry state of one process.
 pub struct Patience {
@@ -26,22 +41,25 @@ pub struct Patience {
 }
 
 impl Patience {
-    /// Starts counting for `pid`, whose first try just failed.
-    pub fn new(pid: u32) -> Self {
+    /// Starts counting for `pid`, whose first try just failed, while `starting`
+    /// processes (it too) are not traceable yet.
+    pub fn new(pid: u32, starting: usize) -> Self {
         let mut patience = Patience {
             pid,
             cpu_at_first_try: cpu_time(pid).unwrap_or_default(),
             next_try: Instant::now(),
             backoff: FIRST_RETRY,
         };
-        patience.failed_again();
+        patience.failed_again(starting);
         patience
     }
 
-    /// Records one more failed try: the next one is due after a longer interval.
-    pub fn failed_again(&mut self) {
+    /// Records one more failed try while `starting` processes (it too) are not
+    /// traceable yet: the next one is due after a longer interval, up to
+    /// [`max_retry`]`(starting)`.
+    pub fn failed_again(&mut self, starting: usize) {
         self.next_try = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_RETRY);
+        self.backoff = (self.backoff * 2).min(max_retry(starting));
     }
 
     /// Whether the next try is due at `now`.
@@ -66,20 +84,36 @@ impl Patience {
 mod tests {
     use super::*;
 
-    /// Tries are retried after 5 ms, the interval doubling up to 200 ms.
+    /// Tries are retried after 5 ms, the interval doubling up to 200 ms with many
+    /// processes starting.
     #[test]
     fn backs_off_from_5_ms_to_200_ms() {
-        let mut patience = Patience::new(std::process::id());
+        let many = 100;
+        let mut patience = Patience::new(std::process::id(), many);
         assert!(patience.until_next_try() <= FIRST_RETRY);
         assert!(!patience.due(Instant::now() - Duration::from_millis(1)));
         assert!(patience.due(Instant::now() + FIRST_RETRY));
         let mut intervals = vec![patience.backoff];
         for _ in 0..6 {
-            patience.failed_again();
+            patience.failed_again(many);
             intervals.push(patience.backoff);
         }
         let ms: Vec<u128> = intervals.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, [10, 20, 40, 80, 160, 200, 200]);
+    }
+
+    /// With one process starting, tries stay 20 ms apart at most; the cap grows with the
+    /// number of processes starting.
+    #[test]
+    fn few_starting_are_retried_often() {
+        let mut patience = Patience::new(std::process::id(), 1);
+        for _ in 0..6 {
+            patience.failed_again(1);
+        }
+        assert_eq!(patience.backoff, Duration::from_millis(20));
+        assert_eq!(max_retry(0), Duration::from_millis(20));
+        assert_eq!(max_retry(10), Duration::from_millis(50));
+        assert_eq!(max_retry(usize::MAX), MAX_RETRY);
     }
 
     /// Patience runs out on the process's own CPU time, not on wall time: a process that
@@ -90,7 +124,7 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("sleep runs");
-        let mut patience = Patience::new(idle.id());
+        let mut patience = Patience::new(idle.id(), 1);
         patience.cpu_at_first_try = Duration::ZERO;
         assert!(!patience.exhausted());
         patience.pid = u32::MAX;

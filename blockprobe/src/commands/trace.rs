@@ -72,12 +72,12 @@ async fn wait_until_traceable(pid: u32) -> anyhow::Result<PythonProcess> {
             Inspection::NotReady(why) => why,
         };
         match &mut patience {
-            None => patience = Some(Patience::new(pid)),
+            None => patience = Some(Patience::new(pid, 1)),
             Some(p) if p.exhausted() || since.elapsed() > WALL_PATIENCE => bail!(
                 "pid {pid} is a Python process that is still not traceable after {:.1} s ({why})",
                 since.elapsed().as_secs_f64()
             ),
-            Some(p) => p.failed_again(),
+            Some(p) => p.failed_again(1),
         }
         let next = patience
             .as_ref()

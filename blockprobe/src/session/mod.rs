@@ -217,16 +217,17 @@ impl Session {
         match PythonProcess::inspect(pid)? {
             Inspection::NotPython => Ok(Attach::NotPython),
             Inspection::NotReady(why) => {
+                let count = self.starting.len() + usize::from(!self.starting.contains_key(&pid));
                 match self.starting.entry(pid) {
                     Entry::Occupied(mut starting) => {
                         let starting = starting.get_mut();
                         starting.why = why;
-                        starting.patience.failed_again();
+                        starting.patience.failed_again(count);
                     }
                     Entry::Vacant(vacant) => {
                         vacant.insert(Starting {
                             why,
-                            patience: Patience::new(pid),
+                            patience: Patience::new(pid, count),
                         });
                     }
                 }
