@@ -74,7 +74,7 @@ impl Blockprobe {
     /// For a test about a steady state: the script waits for `GO` before its scenario
     /// (`BPTEST_GO=1`).
     pub fn steady(mut self) -> Blockprobe {
-        self.env("BPTEST_GO", "1");
+        crate::python::wait_for_go(&mut self);
         self
     }
 

@@ -171,7 +171,7 @@ impl Python {
     /// waits for `GO` before its scenario (`BPTEST_GO=1`).
     pub fn command(&self, script: &Path) -> Command {
         let mut cmd = self.command_at_once(script);
-        cmd.env("BPTEST_GO", "1");
+        wait_for_go(&mut cmd);
         cmd
     }
 
@@ -244,6 +244,13 @@ macro_rules! matrix_id_strings {
 
 /// The ids `python_matrix!` generates tests for, in order.
 pub const MATRIX_TEST_IDS: &[&str] = with_matrix_ids!(matrix_id_strings!());
+
+/// Makes the scenario script `cmd` starts wait for `GO` on stdin before its scenario
+/// (`BPTEST_GO=1`): for a test about a steady state, which says `GO` once the tracer is
+/// ready.
+pub fn wait_for_go(cmd: &mut Command) {
+    cmd.env("BPTEST_GO", "1");
+}
 
 #[cfg(test)]
 mod tests {

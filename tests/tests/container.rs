@@ -76,7 +76,8 @@ fn run_in_namespaces(ctx: &Ctx, script: &Path) -> (Proc, u32) {
     let dir = tempfile::tempdir().unwrap();
     let inside = dir.path().join("python3.11");
     std::fs::write(&inside, b"").unwrap();
-    let mut cmd = Blockprobe::new(["run", "--format", "jsonl", "--threshold", THRESHOLD, "--"]);
+    let mut cmd =
+        Blockprobe::new(["run", "--format", "jsonl", "--threshold", THRESHOLD, "--"]).steady();
     cmd.args(["unshare", "-fpm", "--mount-proc", "sh", "-c"])
         .arg(r#"mount --bind /usr/bin/python3.11 "$1" && exec "$1" "$2""#)
         .arg("sh")

@@ -159,7 +159,8 @@ fn a_stall_flood_is_reported_or_counted() {
     let python = Python::pyenv("3.11.7");
     let dir = tempfile::tempdir().expect("temporary directory");
     let report = dir.path().join("report.json");
-    let mut cmd = Blockprobe::new(["run", "--format", "jsonl", "--threshold", "100us", "-o"]);
+    let mut cmd =
+        Blockprobe::new(["run", "--format", "jsonl", "--threshold", "100us", "-o"]).steady();
     cmd.arg(&report)
         .arg("--")
         .arg(&python.path)
