@@ -273,7 +273,9 @@ fn check_handler_function(ctx: &CtxRef, report: &Value, script: &Path, measured:
             ))
         });
     let total = entry["total_ns"].as_u64().unwrap_or(0);
-    let high = measured + nanos(ABOVE) + ctx.stolen_ns();
+    // As for any stall, its run-queue time may come on top (a loaded host).
+    let runqueue = entry["causes"]["runqueue"].as_u64().unwrap_or(0);
+    let high = measured + nanos(ABOVE) + runqueue + ctx.stolen_ns();
     let (low, high) = (measured - nanos(BELOW), high);
     ctx.ensure(
         entry["count"] == 1 && (low..=high).contains(&total) && entry["max_ns"] == total,
