@@ -12,7 +12,6 @@ mod evidence;
 mod export;
 mod fleet;
 mod histogram;
-mod hooks;
 mod host;
 mod identity;
 mod kernel;

@@ -234,19 +234,7 @@ pub fn status_line(status: &Status) -> String {
                 .as_ref()
                 .map_or(String::new(), |f| format!(", at {}", frame_text(f)))
         ),
-        Status::Ready {
-            poll_hook,
-            fentry_refused,
-        } => format!(
-            "probes attached (epoll hooked by {}{}), tracing",
-            poll_hook.name(),
-            fentry_refused
-                .as_deref()
-                .map_or(String::new(), |why| format!(
-                    "; fentry refused: {}",
-                    escape(why)
-                ))
-        ),
+        Status::Ready => "probes attached, tracing".to_owned(),
     };
     format!("blockprobe: {text}")
 }
@@ -421,7 +409,6 @@ impl<E: Write> StallSink for QuietSink<E> {
 mod tests {
     use super::*;
     use crate::aggregate::tests::{frame, stall};
-    use crate::hooks::PollHook;
     use crate::model::{Cause, CulpritFrom, FdKind};
 
     fn sample() -> Stall {
@@ -892,11 +879,7 @@ mod tests {
         let mut sink = TextSink::new(out, Vec::new());
         for _ in 0..3 {
             sink.stall(&sample()).unwrap();
-            sink.status(&Status::Ready {
-                poll_hook: PollHook::Tracepoint,
-                fentry_refused: None,
-            })
-            .unwrap();
+            sink.status(&Status::Ready).unwrap();
         }
         let (out, err) = sink.into_inner();
         assert_eq!(
