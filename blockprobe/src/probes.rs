@@ -25,7 +25,7 @@ use blockprobe_common::{
     thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
-use crate::tracefs;
+use crate::{proc_stat, tracefs};
 
 /// `bpf_map_update_elem` flag: update an existing entry only.
 const BPF_EXIST: u64 = 2;
@@ -186,7 +186,7 @@ impl Probes {
         if self.samplers.contains_key(&tid) {
             return Ok(());
         }
-        self.stop_sampling(|p, t| p == pid && !Path::new(&format!("/proc/{p}/task/{t}")).exists());
+        self.stop_sampling(|p, t| p == pid && !proc_stat::thread_lives(p, t));
         let sampler: &mut PerfEvent = program_mut(&mut self._ebpf, "cpu_sample")?.try_into()?;
         let attached = sampler.attach(
             PerfEventConfig::Software(SoftwareEvent::TaskClock),
@@ -204,7 +204,7 @@ impl Probes {
             }
             // Exited (ESRCH also for a zombie whose parent has not reaped it yet).
             Err(e) if no_such_thread(&e) => Ok(()),
-            Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => Ok(()),
+            Err(_) if !proc_stat::thread_lives(pid, tid) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("attaching the CPU sampler to thread {tid}")),
         }
     }
