@@ -89,4 +89,16 @@ assert_size!(ShortCalls, (8 + 12 * cause::COUNT).next_multiple_of(8));
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;
 
+impl LoopTiming {
+    /// Whether the thread is blocked in its current syscall right now. The kernel side
+    /// learns a call when the thread leaves the CPU in it and lets it go only at the
+    /// thread's next switch-out or poll: the call is still on, not merely remembered,
+    /// while the thread is off CPU for it.
+    pub fn blocked_in_call(&self) -> bool {
+        self.syscall_enter_ns != 0
+            && self.off_cpu_since_ns != 0
+            && self.off_cpu_cause == self.syscall_cause
+    }
+}
+
 user_pod!(ThreadClass, LoopTiming);

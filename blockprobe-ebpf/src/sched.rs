@@ -6,13 +6,14 @@
 //!
 //! The kernel does not always report a switch-in (this kernel was seen to resume a
 //! sleeping thread from a hard interrupt with neither `sched_wakeup` nor `sched_switch`
-//! reaching BPF or tracefs). So the syscall programs that run on a loop thread also close
-//! a period left open: a running thread is not off CPU, and its sleep is not lost.
+//! reaching BPF or tracefs). So the poll programs and the next switch-out of a loop
+//! thread also close a period left open: its sleep is not lost.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use blockprobe_common::{cause, config::GlobalConfig};
 
 use crate::{
+    blocking,
     emit::now_ns,
     maps::{LOOP_TIMING, config, is_loop_thread},
 };
@@ -83,18 +84,17 @@ pub fn on_switch(ctx: &RawTracePointContext) {
                 bpf_probe_read_kernel(prev.add(config.task_state_offset as usize) as *const u32)
             }
             .unwrap_or(0);
-            timing.off_cpu_since_ns = now;
-            timing.off_cpu_cause = if preempt & 1 != 0 {
+            let off_cpu_cause = if preempt & 1 != 0 {
                 cause::RUNQUEUE as u32
             } else if stopped(config, prev, state) {
                 cause::STOPPED as u32
             } else if state & TASK_STATE_MASK == 0 {
                 cause::RUNQUEUE as u32
-            } else if timing.syscall_enter_ns != 0 {
-                timing.syscall_cause
             } else {
-                cause::OTHER as u32
+                blocking::on_blocked(config, prev_tid, timing, now)
             };
+            timing.off_cpu_since_ns = now;
+            timing.off_cpu_cause = off_cpu_cause;
         }
     }
     if let Some(next_tid) = task_tid(config, next)

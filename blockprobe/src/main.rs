@@ -12,6 +12,7 @@ mod evidence;
 mod export;
 mod fleet;
 mod histogram;
+mod hooks;
 mod host;
 mod identity;
 mod kernel;

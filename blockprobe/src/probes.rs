@@ -25,7 +25,10 @@ use blockprobe_common::{
     thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
-use crate::{proc_stat, tracefs};
+use crate::{
+    hooks::{self, HookChoice, PollHook},
+    proc_stat, tracefs,
+};
 
 /// `bpf_map_update_elem` flag: update an existing entry only.
 const BPF_EXIST: u64 = 2;
@@ -39,8 +42,6 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The BPF programs attached to raw tracepoints, each with its tracepoint.
 pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[
-    ("sys_enter", "sys_enter"),
-    ("sys_exit", "sys_exit"),
     ("sched_switch", "sched_switch"),
     ("sched_wakeup", "sched_wakeup"),
     ("process_fork", "sched_process_fork"),
@@ -75,6 +76,8 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
+    /// How the pollers are hooked.
+    poll_hook: HookChoice,
     /// Files (device, inode) probed, with the first program probing each.
     probed_files: HashSet<(u64, u64, &'static str)>,
 }
@@ -140,6 +143,10 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
+            poll_hook: HookChoice {
+                hook: PollHook::Tracepoint,
+                fentry_refused: None,
+            },
             probed_files: HashSet::new(),
             _ebpf: ebpf,
         };
@@ -150,11 +157,9 @@ impl Probes {
 
     fn attach_all(&mut self) -> anyhow::Result<()> {
         let ebpf = &mut self._ebpf;
-        // Two raw syscall tracepoints see every syscall (one cheap switch on its number)
-        // instead of one classic tracepoint per syscall: cheaper per call, and quick to
-        // attach and detach.
-        // Raw tracepoints only: cheaper per event than classic ones, and never skipped
-        // while a BPF map syscall holds the CPU (classic tracepoint programs are).
+        self.poll_hook = hooks::attach(ebpf)?;
+        // Raw tracepoints: cheaper per event than classic ones, and never skipped while a
+        // BPF map syscall holds the CPU (classic tracepoint programs are).
         for &(program, tracepoint) in RAW_TRACEPOINTS {
             let tp: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
             tp.load()
@@ -453,6 +458,16 @@ impl Probes {
         Ok(())
     }
 
+    /// How the pollers are hooked, chosen at attach.
+    pub fn poll_hook(&self) -> &HookChoice {
+        &self.poll_hook
+    }
+
+    /// How many program runs the kernel skipped so far (see [`hooks::skipped_runs`]).
+    pub fn skipped_runs(&self) -> anyhow::Result<u64> {
+        hooks::skipped_runs(&self._ebpf)
+    }
+
     /// Current totals of the kernel side's loss counters (summed over CPUs).
     pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
         Counter::ALL
@@ -494,7 +509,7 @@ pub fn loop_thread_words(pid_max: u32) -> u32 {
 }
 
 /// The program `name` of the loaded object.
-fn program_mut<'a>(
+pub fn program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &str,
 ) -> anyhow::Result<&'a mut aya::programs::Program> {

@@ -20,8 +20,9 @@ use blockprobe_common::{
 
 use super::{Session, Verdict};
 use crate::{
+    attribution::BlockedCall,
     classify,
-    model::Frame,
+    model::{Cause, Frame},
     proc_stat,
     thread_now::{self, Activity},
 };
@@ -70,6 +71,7 @@ impl Session {
                         .unwrap_or(timing.loop_fd);
                     self.probes.classify_thread(thread.tid, true, fd, now)?;
                     self.adopted(pid, thread)?;
+                    self.blocked_before_tracing(pid, thread, &timing, now);
                 }
             } else if loop_poll {
                 let fd = thread.polled_fd().unwrap_or(NO_FD);
@@ -83,10 +85,39 @@ impl Session {
                 self.probes.adopt_stuck_loop(thread.tid, timing)?;
                 (self.stuck_at_attach).insert(thread.tid, (pid, timing.poll_exit_ns));
                 self.adopted(pid, thread)?;
+                self.blocked_before_tracing(pid, thread, &timing, timing.poll_exit_ns);
                 self.await_stuck_notice(thread.tid);
             }
         }
         Ok(())
+    }
+
+    /// A loop `thread` of `pid` found at attach may be blocked in a call it entered before
+    /// its process was traced: the kernel side learned the call without a walk recipe (or,
+    /// for a loop found stuck, never saw it begin), so it cannot report it. Its stack,
+    /// walked now while it blocks, is the call's; the call counts as evidence up to `now`
+    /// (a lower bound).
+    fn blocked_before_tracing(
+        &mut self,
+        pid: u32,
+        thread: &Examined,
+        timing: &LoopTiming,
+        now: u64,
+    ) {
+        if !timing.blocked_in_call() || is_poller(u64::from(timing.syscall_nr)) {
+            return;
+        }
+        let call = BlockedCall {
+            nr: timing.syscall_nr,
+            cause: Cause::from_index(timing.syscall_cause as usize),
+            start_ns: timing.syscall_enter_ns,
+            end_ns: now,
+            fd_kind: None,
+            stack: thread.stack.clone(),
+            task: None,
+            short: None,
+        };
+        self.attributor.blocked_call(pid, thread.tid, call);
     }
 
     /// `thread` of `pid` was made a loop thread: its reports are a loop's.

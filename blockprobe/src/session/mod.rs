@@ -19,7 +19,7 @@ use blockprobe_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use self::losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME};
+use self::losses::{Losses, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
@@ -907,6 +907,8 @@ impl Session {
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
+        let skipped = self.probes.skipped_runs()?;
+        (self.losses).total(SKIPPED_RUN, skipped, &mut self.aggregator, &mut self.sink)?;
         let unreadable = self.unreadable_frames;
         (self.losses).total(
             UNREADABLE_FRAME,
@@ -914,6 +916,11 @@ impl Session {
             &mut self.aggregator,
             &mut self.sink,
         )
+    }
+
+    /// How the kernel side hooks the epoll syscalls.
+    pub fn poll_hook(&self) -> crate::hooks::PollHook {
+        self.probes.poll_hook().hook
     }
 
     /// Ends the session: the aggregate so far and the sink, for the summary.
