@@ -19,6 +19,7 @@ use blockprobe_common::{
     config::GlobalConfig,
     counters::Counter,
     event::{BlockedCallEvent, EventKind},
+    stack::flags as stack_flags,
     syscalls::{cause_of, fd_count_arg, is_blocking, is_futex, is_poller, takes_fd},
     thread::LoopTiming,
 };
@@ -114,12 +115,8 @@ fn begin(
     let call = unsafe { &mut *call };
     call.off_cpu_at_start_ns = off_cpu_total(timing);
     let event = &mut call.event;
-    // Kind 0: nothing to report (a GIL wait is reported with its holder's stack, a
-    // process not traced yet has no walk recipe).
+    // Kind 0: nothing to report (a GIL wait is reported with its holder's stack).
     event.header.kind = 0;
-    let Some(process) = process else {
-        return syscall_cause;
-    };
     if syscall_cause == cause::GIL as u32 {
         return syscall_cause;
     }
@@ -136,7 +133,19 @@ fn begin(
         event.fd = fd as i32;
         event.fd_mode = fd_mode(config, fd as u32).unwrap_or(0);
     }
-    walk::capture(config, process, &mut event.stack);
+    match process {
+        Some(process) => walk::capture(config, process, &mut event.stack),
+        None => {
+            // Its process is being inspected: no walk recipe yet. The call is still
+            // reported, without a stack; userspace walks the threads it finds blocked
+            // once it traces the process, and gives the call that stack.
+            let stack = &mut event.stack;
+            stack.len = 0;
+            stack.flags = stack_flags::NO_PROCESS;
+            stack.tstate = 0;
+            stack.task_name = 0;
+        }
+    }
     syscall_cause
 }
 

@@ -78,9 +78,10 @@ const TRACEPOINTS: [(&str, &[&str]); 3] = [
     ("tp_close_in", &["sys_enter_close"]),
 ];
 
-/// Attaches the poll hooks: fentry where the kernel allows it, else the tracepoints.
-pub fn attach(ebpf: &mut Ebpf) -> anyhow::Result<HookChoice> {
-    choose(ebpf, attach_fentry, attach_tracepoints)
+/// Attaches the poll hooks: fentry where the kernel allows it (`btf` is the kernel's,
+/// which fentry needs), else the tracepoints.
+pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>) -> anyhow::Result<HookChoice> {
+    choose(ebpf, |ebpf| attach_fentry(ebpf, btf), attach_tracepoints)
 }
 
 /// The choice: `fentry` when it works on `target`, else `tracepoints`, keeping why
@@ -113,8 +114,10 @@ fn choose<T>(
 
 /// Loads and attaches every fentry/fexit program; on the first refusal, unloads what
 /// was loaded (detaching it) and says why.
-fn attach_fentry(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let attached = try_fentry(ebpf);
+fn attach_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>) -> anyhow::Result<()> {
+    let attached = btf
+        .context("the kernel has no BTF")
+        .and_then(|btf| try_fentry(ebpf, btf));
     if attached.is_err() {
         // Not loaded (the refusal came first) is not an error worth reporting.
         for (program, _) in FENTRY {
@@ -132,18 +135,17 @@ fn attach_fentry(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     attached
 }
 
-fn try_fentry(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+fn try_fentry(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<()> {
     for (program, function) in FENTRY {
         let p: &mut FEntry = program_mut(ebpf, program)?.try_into()?;
-        p.load(function, &btf)
+        p.load(function, btf)
             .with_context(|| format!("loading fentry on {function}"))?;
         p.attach()
             .with_context(|| format!("attaching fentry to {function}"))?;
     }
     for (program, function) in FEXIT {
         let p: &mut FExit = program_mut(ebpf, program)?.try_into()?;
-        p.load(function, &btf)
+        p.load(function, btf)
             .with_context(|| format!("loading fexit on {function}"))?;
         p.attach()
             .with_context(|| format!("attaching fexit to {function}"))?;

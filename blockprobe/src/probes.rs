@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, RawTracePoint, UProbe,
@@ -26,7 +26,7 @@ use blockprobe_common::{
 };
 
 use crate::{
-    hooks::{self, HookChoice, PollHook},
+    hooks::{self, HookChoice},
     proc_stat, tracefs,
 };
 
@@ -120,13 +120,26 @@ impl Probes {
                     .is_some(),
             ),
         };
-        let mut ebpf = EbpfLoader::new()
+        // One parse of the kernel's BTF (~18 MiB while it lives) serves the loader's
+        // relocations and the fentry hooks. `EbpfLoader::new` parses its own: it is
+        // dropped, and its memory returned, before this one is made.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        release_freed_heap();
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = loader
+            .btf(btf.as_ref())
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::LOOP_THREADS, loop_thread_words(pid_max().0))
             .load(BPF_OBJECT)
             .context(
                 "loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)",
             )?;
+        // Before the ring buffer is mapped, the BTF dropped and its memory returned
+        // before that: the start-up peak holds one BTF or the ring, not both.
+        let poll_hook = hooks::attach(&mut ebpf, btf.as_ref())?;
+        drop(btf);
+        release_freed_heap();
         let mut config_map: Array<_, GlobalConfig> =
             Array::try_from(take(&mut ebpf, maps::CONFIG)?)?;
         config_map
@@ -143,10 +156,7 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
-            poll_hook: HookChoice {
-                hook: PollHook::Tracepoint,
-                fentry_refused: None,
-            },
+            poll_hook,
             probed_files: HashSet::new(),
             _ebpf: ebpf,
         };
@@ -157,7 +167,6 @@ impl Probes {
 
     fn attach_all(&mut self) -> anyhow::Result<()> {
         let ebpf = &mut self._ebpf;
-        self.poll_hook = hooks::attach(ebpf)?;
         // Raw tracepoints: cheaper per event than classic ones, and never skipped while a
         // BPF map syscall holds the CPU (classic tracepoint programs are).
         for &(program, tracepoint) in RAW_TRACEPOINTS {

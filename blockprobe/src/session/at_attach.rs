@@ -33,6 +33,8 @@ struct Examined {
     tstate: u64,
     activity: Activity,
     stack: Vec<Frame>,
+    /// When its stack was walked (monotonic ns, just before).
+    walked_ns: u64,
 }
 
 impl Examined {
@@ -63,7 +65,8 @@ impl Session {
             let in_loop = classify::runs_loop(&thread.stack) || native.is_some();
             if let Some(timing) = self.probes.loop_timing(thread.tid) {
                 // Timed since its first poll, which announced its process: a loop, timed
-                // exactly, if it is inside one.
+                // exactly, if it is inside one (a stack deeper than the walk does not
+                // show it: its next poll tells).
                 if loop_poll || in_loop {
                     let now = self.clock.monotonic_ns();
                     let fd = (thread.polled_fd())
@@ -71,8 +74,8 @@ impl Session {
                         .unwrap_or(timing.loop_fd);
                     self.probes.classify_thread(thread.tid, true, fd, now)?;
                     self.adopted(pid, thread)?;
-                    self.blocked_before_tracing(pid, thread, &timing, now);
                 }
+                self.walked_in_call(pid, thread, &timing);
             } else if loop_poll {
                 let fd = thread.polled_fd().unwrap_or(NO_FD);
                 let now = self.clock.monotonic_ns();
@@ -92,9 +95,21 @@ impl Session {
         Ok(())
     }
 
-    /// A loop `thread` of `pid` found at attach may be blocked in a call it entered before
-    /// its process was traced: the kernel side learned the call without a walk recipe (or,
-    /// for a loop found stuck, never saw it begin), so it cannot report it. Its stack,
+    /// A timed `thread` of `pid` may be blocked in a call it entered before its process
+    /// was traced: the kernel side learned the call without a walk recipe and reports it,
+    /// when it ends, without a stack. Its stack, walked while it blocks, is the call's.
+    fn walked_in_call(&mut self, pid: u32, thread: &Examined, timing: &LoopTiming) {
+        if timing.syscall_enter_ns != 0
+            && !is_poller(u64::from(timing.syscall_nr))
+            && timing.syscall_enter_ns < thread.walked_ns
+        {
+            let (start, stack) = (timing.syscall_enter_ns, thread.stack.clone());
+            self.attributor.walked_call(pid, thread.tid, start, stack);
+        }
+    }
+
+    /// A loop `thread` of `pid` found stuck at attach may be blocked in a call it entered
+    /// before its process was traced, which the kernel side never saw begin. Its stack,
     /// walked now while it blocks, is the call's; the call counts as evidence up to `now`
     /// (a lower bound).
     fn blocked_before_tracing(
@@ -144,6 +159,7 @@ impl Session {
             let Some(activity) = thread_now::activity(pid, tid) else {
                 continue;
             };
+            let walked_ns = self.clock.monotonic_ns();
             let Some(stack) = self.walk_now(pid, tstate) else {
                 continue;
             };
@@ -152,6 +168,7 @@ impl Session {
                 tstate,
                 activity,
                 stack,
+                walked_ns,
             });
         }
         examined
