@@ -2,7 +2,7 @@
 //! `.AsyncioDebug` section of offsets (no cookie, no symbol) that say where a thread
 //! state keeps its running task and where a task keeps its name.
 
-use super::{elf, memory::ProcessMemory};
+use super::{elf, maps, memory::ProcessMemory};
 
 /// Longest task name read, in bytes.
 const MAX_NAME_BYTES: usize = 256;
@@ -38,8 +38,8 @@ const SECTION: &str = ".AsyncioDebug";
 /// The offsets in process `pid`: from the `_asyncio` extension module once it is loaded,
 /// or from the interpreter's own file when `_asyncio` is built in (Debian's 3.15).
 pub fn find(pid: u32) -> Option<AsyncioOffsets> {
-    let mappings = elf::mappings(pid).ok()?;
-    let is = |m: &&elf::Mapping, prefix: &str| elf::file_name(&m.path).starts_with(prefix);
+    let mappings = maps::mappings(pid).ok()?;
+    let is = |m: &&maps::Mapping, prefix: &str| maps::file_name(&m.path).starts_with(prefix);
     let mut seen = std::collections::HashSet::new();
     mappings
         .iter()
@@ -141,7 +141,7 @@ mod tests {
         let Some(module) = std::fs::read_dir(&dynload).ok().and_then(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .find(|p| elf::file_name(&p.to_string_lossy()).starts_with("_asyncio."))
+                .find(|p| maps::file_name(&p.to_string_lossy()).starts_with("_asyncio."))
         }) else {
             panic!(
                 "no _asyncio module under {} (run `cargo xtask pythons`)",

@@ -11,12 +11,14 @@
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
 mod asyncio_debug;
+mod debug_fields;
 mod debug_offsets;
 mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
 mod mapped_file;
+mod maps;
 pub mod memory;
 pub mod origin;
 mod process;

@@ -12,6 +12,7 @@ use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
 use super::elf::{self, Discovery, PythonBinary};
 use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
+use super::maps;
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
@@ -94,7 +95,7 @@ impl PythonProcess {
             }
             Discovery::Found(binary) => binary,
         };
-        let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
+        let version = detect_version(&ProcessMemory::new(pid), &binary)?;
         Self::inspect_found(pid, &binary, version)
     }
 
@@ -256,6 +257,30 @@ impl PythonProcess {
     pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
         self.symbolizer.symbolize(stack)
     }
+}
+
+/// The version of the interpreter in `binary`, mapped in the process behind `memory`:
+/// the `Py_Version` constant (3.11+), else the file name with the patch level found in
+/// the file's strings.
+pub(super) fn detect_version(
+    memory: &ProcessMemory,
+    binary: &PythonBinary,
+) -> anyhow::Result<Version> {
+    if let Some(addr) = binary.py_version {
+        let hex = memory.read_u32(addr).context("cannot read Py_Version")?;
+        let version = Version::from_hex(hex);
+        if version.major != 3 {
+            bail!(
+                "Py_Version in {} holds {hex:#x}, not a Python 3 version",
+                binary.path
+            );
+        }
+        return Ok(version);
+    }
+    let mut version = Version::from_file_name(maps::file_name(&binary.path))
+        .with_context(|| format!("cannot tell the Python version of {}", binary.path))?;
+    version.patch = binary.patch_in_strings;
+    Ok(version)
 }
 
 /// The address of the main interpreter's GIL state, or 0 when it does not look right

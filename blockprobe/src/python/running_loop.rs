@@ -20,7 +20,7 @@ use object::{
     read::elf::ElfFile64,
 };
 
-use super::{elf, version::Version};
+use super::{elf, maps, version::Version};
 
 /// The method's name in the table, NUL-terminated.
 const NAME: &[u8] = b"_set_running_loop\0";
@@ -43,9 +43,9 @@ pub fn candidate_files(pid: u32, binary: &str, version: Version) -> Vec<PathBuf>
             }
         }
     }
-    for m in elf::mappings(pid).unwrap_or_default() {
+    for m in maps::mappings(pid).unwrap_or_default() {
         let path = elf::host_path(pid, &m.path);
-        if is_module(elf::file_name(&m.path)) && !files.contains(&path) {
+        if is_module(maps::file_name(&m.path)) && !files.contains(&path) {
             files.push(path);
         }
     }

@@ -3,7 +3,7 @@
 
 use super::elf::{self, Discovery};
 use super::memory::ProcessMemory;
-use super::process::{Inspection, PythonProcess};
+use super::process::{Inspection, PythonProcess, detect_version};
 use super::version::Version;
 
 /// A process as a survey of the host sees it.
@@ -44,7 +44,7 @@ pub fn survey(pid: u32) -> anyhow::Result<Survey> {
         Discovery::Loading => return Ok(Survey::Starting),
         Discovery::Found(binary) => binary,
     };
-    let version = match Version::detect(&ProcessMemory::new(pid), &binary) {
+    let version = match detect_version(&ProcessMemory::new(pid), &binary) {
         Ok(version) => version,
         Err(e) => return Ok(Survey::VersionUnreadable(e)),
     };

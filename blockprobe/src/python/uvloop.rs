@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{elf, memory::ProcessMemory, version::Version};
+use super::{elf, maps, memory::ProcessMemory, version::Version};
 
 /// libuv's function that runs a loop.
 pub const RUN_FUNCTION: &str = "uv_run";
@@ -34,7 +34,7 @@ pub struct MappedModule {
 
 /// Whether `path` (a mapped file) is a uvloop extension module.
 fn is_loop_module(path: &str) -> bool {
-    let name = elf::file_name(path);
+    let name = maps::file_name(path);
     name.starts_with("loop.")
         && name.ends_with(".so")
         && Path::new(path)
@@ -46,12 +46,12 @@ fn is_loop_module(path: &str) -> bool {
 /// Whether `path` (a mapped file) is a shared libuv, which a uvloop built against the
 /// system's libuv (Debian's `python3-uvloop`) runs its loops in.
 fn is_libuv(path: &str) -> bool {
-    elf::file_name(path).starts_with("libuv.so")
+    maps::file_name(path).starts_with("libuv.so")
 }
 
 /// The uvloop modules (or shared libuv) process `pid` has mapped that define `uv_run`.
 pub fn mapped(pid: u32) -> anyhow::Result<Vec<MappedModule>> {
-    let maps = elf::mappings(pid)?;
+    let maps = maps::mappings(pid)?;
     let mut found: Vec<MappedModule> = Vec::new();
     for m in (maps.iter()).filter(|m| is_loop_module(&m.path) || is_libuv(&m.path)) {
         let path = elf::host_path(pid, &m.path);
