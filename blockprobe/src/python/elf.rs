@@ -12,7 +12,7 @@ use object::read::{ReadCache, ReadRef};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
 
 use super::mapped_file;
-use super::maps::{Mapping, file_name, mappings};
+use super::maps::{Mapping, Maps, file_name};
 use super::tls;
 use super::version::Version;
 
@@ -81,21 +81,15 @@ pub enum Discovery {
     Found(PythonBinary),
 }
 
-/// Looks for the interpreter among the files mapped by process `pid`.
+/// Looks for the interpreter among the files process `pid` maps (`maps`).
 ///
 /// Only files named `python*` or `libpython*` are considered; each is opened as
 /// [`mapped_file::open`] does: the very file mapped, in containers too.
-pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
-    let maps = mappings(pid)?;
-    let mut candidates: Vec<&Mapping> = Vec::new();
-    for m in &maps {
+pub fn discover(pid: u32, maps: &Maps) -> anyhow::Result<Discovery> {
+    let candidates = maps.files().filter(|m| {
         let name = file_name(&m.path);
-        if (name.starts_with("python") || name.starts_with("libpython"))
-            && !candidates.iter().any(|c| c.path == m.path)
-        {
-            candidates.push(m);
-        }
-    }
+        name.starts_with("python") || name.starts_with("libpython")
+    });
     let mut loading = false;
     for candidate in candidates {
         let file = mapped_file::open(pid, candidate)?;
@@ -118,7 +112,7 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
         let code_type = code_type.with_context(|| {
             format!("{} defines _PyRuntime but not PyCode_Type", candidate.path)
         })?;
-        let bias = load_bias(&elf, &maps, &candidate.path)?;
+        let bias = load_bias(&elf, maps, &candidate.path)?;
         let patch_in_strings = match (py_version, version_from_name(&candidate.path)) {
             (None, Some((major, minor))) => elf
                 .section_by_name(".rodata")
@@ -195,7 +189,7 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
 /// `pid`'s memory (`maps`: its mappings), if the file exports it.
 pub fn mapped_function(
     pid: u32,
-    maps: &[Mapping],
+    maps: &Maps,
     m: &Mapping,
     name: &str,
 ) -> anyhow::Result<Option<std::ops::Range<u64>>> {
@@ -305,7 +299,7 @@ fn needs_libpython(elf: &Elf<'_>) -> anyhow::Result<bool> {
 }
 
 /// Difference between run-time and link-time addresses of the file mapped at `path`.
-fn load_bias(elf: &Elf<'_>, maps: &[Mapping], path: &str) -> anyhow::Result<u64> {
+fn load_bias(elf: &Elf<'_>, maps: &Maps, path: &str) -> anyhow::Result<u64> {
     for m in maps.iter().filter(|m| m.path == path) {
         for seg in elf.segments() {
             let (file_offset, _) = seg.file_range();
@@ -362,8 +356,9 @@ mod tests {
 
     #[test]
     fn non_python_process_has_no_runtime() {
+        let pid = std::process::id();
         assert!(matches!(
-            discover(std::process::id()).unwrap(),
+            discover(pid, &Maps::read(pid).unwrap()).unwrap(),
             Discovery::Absent
         ));
     }

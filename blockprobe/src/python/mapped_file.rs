@@ -158,7 +158,7 @@ mod tests {
         // This test's own executable, through map_files.
         let pid = std::process::id();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let maps = super::super::maps::mappings(pid).unwrap();
+        let maps = super::super::maps::Maps::read(pid).unwrap();
         let m = maps
             .iter()
             .find(|m| Path::new(&m.path) == exe)

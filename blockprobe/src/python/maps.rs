@@ -1,4 +1,7 @@
-//! A process's memory map, `/proc/PID/maps`: the files it maps, and where.
+//! A process's memory map, `/proc/PID/maps`: the files it maps, and where. Read once per
+//! look at a process and handed to each finder that searches its files.
+
+use std::collections::HashSet;
 
 use anyhow::Context as _;
 
@@ -19,15 +22,39 @@ pub struct Mapping {
     pub path: String,
 }
 
-/// Reads the file-backed mappings of process `pid`.
-pub fn mappings(pid: u32) -> anyhow::Result<Vec<Mapping>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
-    Ok(maps.lines().filter_map(parse_mapping).collect())
+/// The file-backed mappings of a process, in address order, as one read of its
+/// `/proc/PID/maps` found them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maps(Vec<Mapping>);
+
+impl Maps {
+    /// Reads the mappings of process `pid`.
+    pub fn read(pid: u32) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// The file-backed mappings listed in `text`, the contents of a `/proc/PID/maps`;
+    /// anonymous and pseudo (`[heap]`) mappings are left out.
+    pub fn parse(text: &str) -> Self {
+        Maps(text.lines().filter_map(parse_line).collect())
+    }
+
+    /// Every mapping.
+    pub fn iter(&self) -> impl Iterator<Item = &Mapping> {
+        self.0.iter()
+    }
+
+    /// Each mapped file once: its first mapping.
+    pub fn files(&self) -> impl Iterator<Item = &Mapping> {
+        let mut seen = HashSet::new();
+        self.0.iter().filter(move |m| seen.insert(m.path.as_str()))
+    }
 }
 
-/// Parses a `/proc/PID/maps` line; `None` for anonymous and pseudo (`[heap]`) mappings.
-fn parse_mapping(line: &str) -> Option<Mapping> {
+/// Parses a `/proc/PID/maps` line; `None` for anonymous and pseudo mappings.
+fn parse_line(line: &str) -> Option<Mapping> {
     let mut fields = line.splitn(6, ' ');
     let (start, end) = fields.next()?.split_once('-')?;
     let _perms = fields.next()?;
@@ -61,31 +88,75 @@ pub fn file_name(path: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// A `/proc/PID/maps` of a python whose libpython was replaced on disk, with a module
+    /// under a directory with spaces, the heap, an anonymous mapping and the stack.
+    const MAPS: &str = "\
+55d0c8a00000-55d0c8a01000 r--p 00000000 fe:01 1311000                    /root/.pyenv/versions/3.11.7/bin/python3.11
+55d0c9e3b000-55d0ca0f6000 rw-p 00000000 00:00 0                          [heap]
+7f0e2c400000-7f0e2c4a6000 r--p 00000000 fe:01 1312321                    /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0 (deleted)
+7f0e2c4a6000-7f0e2c6c4000 r-xp 000a6000 fe:01 1312321                    /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0 (deleted)
+7f0e2d000000-7f0e2d100000 rw-p 00000000 00:00 0 
+7f0e2e000000-7f0e2e001000 r-xp 00002000 08:01 42                         /opt/my app/uvloop/loop.cpython-311-x86_64-linux-gnu.so
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0                                  [stack]
+";
+
     #[test]
-    fn parses_maps_lines() {
-        let line = "7f0e2c400000-7f0e2c4a6000 r--p 00001000 fe:01 1312321                    /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0";
+    fn parses_file_mappings_only() {
+        let maps = Maps::parse(MAPS);
+        let paths: Vec<&str> = maps.iter().map(|m| m.path.as_str()).collect();
         assert_eq!(
-            parse_mapping(line),
-            Some(Mapping {
-                start: 0x7f0e_2c40_0000,
-                end: 0x7f0e_2c4a_6000,
-                offset: 0x1000,
+            paths,
+            [
+                "/root/.pyenv/versions/3.11.7/bin/python3.11",
+                "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0 (deleted)",
+                "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0 (deleted)",
+                "/opt/my app/uvloop/loop.cpython-311-x86_64-linux-gnu.so",
+            ]
+        );
+        assert_eq!(
+            maps.iter().nth(2),
+            Some(&Mapping {
+                start: 0x7f0e_2c4a_6000,
+                end: 0x7f0e_2c6c_4000,
+                offset: 0xa_6000,
                 dev: (0xfe, 0x01),
                 inode: 1_312_321,
-                path: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
+                path: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0 (deleted)".into(),
             })
         );
-        let spaced = "00400000-00401000 r-xp 00000000 08:01 42 /opt/my app/python3 (deleted)";
-        let m = parse_mapping(spaced).unwrap();
-        assert_eq!(m.path, "/opt/my app/python3 (deleted)");
-        assert_eq!(file_name(&m.path), "python3");
+        let spaced = maps.iter().last().unwrap();
         assert_eq!(
-            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]"),
-            None
+            (spaced.dev, spaced.inode, spaced.offset),
+            ((8, 1), 42, 0x2000)
         );
+    }
+
+    #[test]
+    fn each_file_once() {
+        let maps = Maps::parse(MAPS);
+        let names: Vec<&str> = maps.files().map(|m| file_name(&m.path)).collect();
         assert_eq!(
-            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0"),
-            None
+            names,
+            [
+                "python3.11",
+                "libpython3.11.so.1.0",
+                "loop.cpython-311-x86_64-linux-gnu.so"
+            ]
         );
+        // The first mapping of a file stands for it.
+        assert_eq!(maps.files().nth(1).map(|m| m.offset), Some(0));
+    }
+
+    #[test]
+    fn malformed_lines_are_left_out() {
+        let maps = Maps::parse("not a mapping\nzz-10 r--p 0 fe:01 1 /x\n10-20 r--p 0 fe01 1 /x\n");
+        assert_eq!(maps, Maps::default());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = Maps::read(std::process::id()).unwrap();
+        assert!(maps.files().any(|m| std::path::Path::new(&m.path) == exe));
     }
 }

@@ -2,6 +2,7 @@
 //! can blockprobe trace it.
 
 use super::elf::{self, Discovery};
+use super::maps::Maps;
 use super::memory::ProcessMemory;
 use super::process::{Inspection, PythonProcess, detect_version};
 use super::version::Version;
@@ -39,7 +40,8 @@ pub enum Support {
 /// Surveys process `pid`. Fails when its memory map, or the interpreter file it maps,
 /// cannot be read.
 pub fn survey(pid: u32) -> anyhow::Result<Survey> {
-    let binary = match elf::discover(pid)? {
+    let maps = Maps::read(pid)?;
+    let binary = match elf::discover(pid, &maps)? {
         Discovery::Absent => return Ok(Survey::NotPython),
         Discovery::Loading => return Ok(Survey::Starting),
         Discovery::Found(binary) => binary,
@@ -48,7 +50,7 @@ pub fn survey(pid: u32) -> anyhow::Result<Survey> {
         Ok(version) => version,
         Err(e) => return Ok(Survey::VersionUnreadable(e)),
     };
-    let support = match PythonProcess::inspect_found(pid, &binary, version) {
+    let support = match PythonProcess::inspect_found(pid, maps, &binary, version) {
         Ok(Inspection::Ready(_)) => Support::Supported,
         Ok(Inspection::NotReady(why)) => Support::NotReady(why),
         Ok(Inspection::NotPython) => return Ok(Survey::NotPython),
