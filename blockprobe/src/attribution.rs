@@ -199,28 +199,15 @@ impl Attributor {
         let duration_ns = end.saturating_sub(start);
         let causes = causes(duration_ns, &window.off_cpu_ns);
         let cause = main_cause(&causes);
-        let mut stall = Stall {
-            pid: window.pid,
-            tid: window.tid,
-            comm: window.comm,
-            start_unix_ns: to_unix_ns(start),
+        let mut stall = Stall::unblamed(
+            window.pid,
+            window.tid,
+            window.comm,
+            to_unix_ns(start),
             duration_ns,
             cause,
-            syscall: None,
-            fd_kind: None,
             causes,
-            stack: Vec::new(),
-            culprit: None,
-            short_calls: None,
-            culprit_from: None,
-            gil_holder_tid: None,
-            gil_holder_stack: Vec::new(),
-            task: None,
-            cpu_samples: 0,
-            stack_samples: 0,
-            ongoing: false,
-            started_before_tracing: false,
-        };
+        );
         let blamed = match cause {
             // Stopped from outside: no code to blame, whatever ran around the stop.
             Cause::Stopped => false,
@@ -410,13 +397,11 @@ fn culprit_index(stack: &[Frame]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures;
 
+    /// Frame `function` of `file`, at line 3.
     fn frame(function: &str, file: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line: 3,
-        }
+        fixtures::frame(function, file, 3)
     }
 
     fn window(start_ns: u64, end_ns: u64, off: &[(usize, u64)]) -> StallWindow {
@@ -457,10 +442,7 @@ mod tests {
     fn sample_at(ts_ns: u64, function: &str, line: u32) -> CpuSample {
         CpuSample {
             ts_ns,
-            stack: vec![Frame {
-                line,
-                ..frame(function, "/app/svc.py")
-            }],
+            stack: vec![fixtures::frame(function, "/app/svc.py", line)],
             task: None,
         }
     }
@@ -612,10 +594,7 @@ mod tests {
         CpuSample {
             ts_ns,
             stack: (stack.iter())
-                .map(|&(function, line)| Frame {
-                    line,
-                    ..frame(function, "/app/svc.py")
-                })
+                .map(|&(function, line)| fixtures::frame(function, "/app/svc.py", line))
                 .collect(),
             task: None,
         }

@@ -89,13 +89,11 @@ fn path_ends_with(file: &str, suffix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures;
 
+    /// Frame `function` of `file`, at line 1.
     fn frame(function: &str, file: &str) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line: 1,
-        }
+        fixtures::frame(function, file, 1)
     }
 
     #[test]

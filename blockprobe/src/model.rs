@@ -267,8 +267,92 @@ pub struct Stall {
     pub started_before_tracing: bool,
 }
 
+impl Stall {
+    /// A stall of loop thread `tid` of `pid` (`comm`), from `start_unix_ns` for
+    /// `duration_ns`, split by cause as `causes` (`cause` the main one), with nothing
+    /// blamed yet: no syscall, stack, culprit, GIL holder, task or samples.
+    pub fn unblamed(
+        pid: u32,
+        tid: u32,
+        comm: String,
+        start_unix_ns: u64,
+        duration_ns: u64,
+        cause: Cause,
+        causes: BTreeMap<Cause, u64>,
+    ) -> Self {
+        Stall {
+            pid,
+            tid,
+            comm,
+            start_unix_ns,
+            duration_ns,
+            cause,
+            syscall: None,
+            fd_kind: None,
+            causes,
+            stack: Vec::new(),
+            culprit: None,
+            short_calls: None,
+            culprit_from: None,
+            gil_holder_tid: None,
+            gil_holder_stack: Vec::new(),
+            task: None,
+            cpu_samples: 0,
+            stack_samples: 0,
+            ongoing: false,
+            started_before_tracing: false,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// The frames and stalls the tests of every module build on.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Cause, CulpritFrom, Frame, Stall};
+
+    /// Frame `function` at `file:line`.
+    pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: function.into(),
+            file: file.into(),
+            line,
+        }
+    }
+
+    /// A mostly sleeping stall of `dur` from `start` in `pid` (thread `pid + 1`), blamed on
+    /// `culprit` from evidence when given.
+    pub(crate) fn stall(pid: u32, start: u64, dur: u64, culprit: Option<Frame>) -> Stall {
+        let causes = [(Cause::Sleep, dur / 4 * 3), (Cause::Io, dur / 8)];
+        Stall {
+            syscall: Some("clock_nanosleep".into()),
+            stack: culprit.iter().cloned().collect(),
+            culprit_from: culprit.is_some().then_some(CulpritFrom::Evidence),
+            culprit,
+            ..Stall::unblamed(
+                pid,
+                pid.wrapping_add(1),
+                "python3".into(),
+                start,
+                dur,
+                Cause::Sleep,
+                causes.into_iter().collect(),
+            )
+        }
+    }
+
+    /// A stall of a loop stopped from outside (no culprit, cause `stopped`).
+    pub(crate) fn stopped_stall(pid: u32, dur: u64) -> Stall {
+        Stall {
+            cause: Cause::Stopped,
+            causes: [(Cause::Stopped, dur)].into_iter().collect(),
+            syscall: None,
+            ..stall(pid, 0, dur, None)
+        }
+    }
 }
 
 #[cfg(test)]

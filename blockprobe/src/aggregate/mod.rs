@@ -345,4 +345,4 @@ fn insert_sorted(v: &mut Vec<u32>, x: u32) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

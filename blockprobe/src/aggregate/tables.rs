@@ -116,7 +116,7 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
+    use crate::model::fixtures::{frame, stall};
 
     #[test]
     fn services_and_stacks() {

@@ -1,44 +1,9 @@
-//! Tests of the aggregator, and the stall fixtures the other modules' tests share.
+//! Tests of the aggregator.
 
 use super::*;
-use crate::model::{Cause, CulpritFrom, Frame};
+use crate::model::Cause;
+use crate::model::fixtures::{frame, stall, stopped_stall};
 use blockprobe_common::counters::Counter;
-
-pub(crate) fn frame(function: &str, file: &str, line: u32) -> Frame {
-    Frame {
-        function: function.into(),
-        file: file.into(),
-        line,
-    }
-}
-
-pub(crate) fn stall(pid: u32, start: u64, dur: u64, culprit: Option<Frame>) -> Stall {
-    let mut causes = BTreeMap::new();
-    causes.insert(Cause::Sleep, dur / 4 * 3);
-    causes.insert(Cause::Io, dur / 8);
-    Stall {
-        pid,
-        tid: pid.wrapping_add(1),
-        comm: "python3".into(),
-        start_unix_ns: start,
-        duration_ns: dur,
-        cause: Cause::Sleep,
-        syscall: Some("clock_nanosleep".into()),
-        fd_kind: None,
-        causes,
-        stack: culprit.iter().cloned().collect(),
-        short_calls: None,
-        culprit_from: culprit.is_some().then_some(CulpritFrom::Evidence),
-        culprit,
-        gil_holder_tid: None,
-        gil_holder_stack: Vec::new(),
-        task: None,
-        cpu_samples: 0,
-        stack_samples: 0,
-        ongoing: false,
-        started_before_tracing: false,
-    }
-}
 
 fn run() -> RunInfo {
     RunInfo {
@@ -46,16 +11,6 @@ fn run() -> RunInfo {
         started_unix_ns: 1,
         duration_ns: 2,
         threshold_ns: 3,
-    }
-}
-
-/// A stall of a loop stopped from outside (no culprit, cause `stopped`).
-pub(crate) fn stopped_stall(pid: u32, dur: u64) -> Stall {
-    Stall {
-        cause: Cause::Stopped,
-        causes: [(Cause::Stopped, dur)].into_iter().collect(),
-        syscall: None,
-        ..stall(pid, 0, dur, None)
     }
 }
 

@@ -413,8 +413,8 @@ fn cause_shares(total_ns: u64, causes: &BTreeMap<Cause, u64>) -> BTreeMap<String
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
+    use crate::model::fixtures::{frame, stall};
     use crate::render::diff::render_text;
     use crate::report::ProcessInfo;
 

@@ -265,11 +265,11 @@ fn content<T: Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
     use crate::histogram::Log2Histogram;
     use crate::model::Cause;
     use crate::model::Frame;
+    use crate::model::fixtures::{frame, stall};
     use proptest::prelude::*;
 
     /// One synthetic stall: (pid, start, duration, function index or none, cause).

@@ -574,7 +574,7 @@ pub fn seconds(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
+    use crate::model::fixtures::{frame, stall};
 
     fn metrics(max_functions: usize, max_services: usize) -> Metrics {
         Metrics::new(MetricsConfig {
@@ -735,7 +735,7 @@ mod tests {
     fn a_stopped_loop_counts_by_cause_only() {
         let mut m = metrics(50, 10);
         m.attach(&proc(1, "api"));
-        m.stall(&crate::aggregate::tests::stopped_stall(1, 700_000_000));
+        m.stall(&crate::model::fixtures::stopped_stall(1, 700_000_000));
         let text = m.render(&process::SelfStats::default());
         assert!(
             !text.contains("blockprobe_stall_duration_seconds_count"),

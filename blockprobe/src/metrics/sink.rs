@@ -74,9 +74,9 @@ impl StallSink for MetricsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::metrics::MetricsConfig;
     use crate::metrics::process::SelfStats;
+    use crate::model::fixtures::{frame, stall};
     use crate::render::live::JsonlSink;
 
     #[test]

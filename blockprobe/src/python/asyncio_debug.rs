@@ -2,7 +2,9 @@
 //! `.AsyncioDebug` section of offsets (no cookie, no symbol) that say where a thread
 //! state keeps its running task and where a task keeps its name.
 
-use super::{elf, memory::ProcessMemory};
+use super::elf;
+use super::maps::{Maps, file_name};
+use super::memory::ProcessMemory;
 
 /// Longest task name read, in bytes.
 const MAX_NAME_BYTES: usize = 256;
@@ -35,16 +37,17 @@ const SECTION_U64S: usize = 13;
 /// The section holding the offsets.
 const SECTION: &str = ".AsyncioDebug";
 
-/// The offsets in process `pid`: from the `_asyncio` extension module once it is loaded,
-/// or from the interpreter's own file when `_asyncio` is built in (Debian's 3.15).
-pub fn find(pid: u32) -> Option<AsyncioOffsets> {
-    let mappings = elf::mappings(pid).ok()?;
-    let is = |m: &&elf::Mapping, prefix: &str| elf::file_name(&m.path).starts_with(prefix);
-    let mut seen = std::collections::HashSet::new();
-    mappings
-        .iter()
-        .filter(|m| is(m, "_asyncio.") || is(m, "python") || is(m, "libpython"))
-        .filter(|m| seen.insert(m.path.clone()))
+/// The offsets in process `pid` (mappings `maps`): from the `_asyncio` extension module
+/// once it is loaded, or from the interpreter's own file when `_asyncio` is built in
+/// (Debian's 3.15).
+pub fn find(pid: u32, maps: &Maps) -> Option<AsyncioOffsets> {
+    let may_hold = |name: &str| {
+        ["_asyncio.", "python", "libpython"]
+            .iter()
+            .any(|p| name.starts_with(p))
+    };
+    maps.files()
+        .filter(|m| may_hold(file_name(&m.path)))
         .find_map(|m| parse_section(&elf::mapped_section(pid, m, SECTION).ok()??))
 }
 
@@ -141,7 +144,7 @@ mod tests {
         let Some(module) = std::fs::read_dir(&dynload).ok().and_then(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .find(|p| elf::file_name(&p.to_string_lossy()).starts_with("_asyncio."))
+                .find(|p| file_name(&p.to_string_lossy()).starts_with("_asyncio."))
         }) else {
             panic!(
                 "no _asyncio module under {} (run `cargo xtask pythons`)",

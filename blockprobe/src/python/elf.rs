@@ -12,7 +12,9 @@ use object::read::{ReadCache, ReadRef};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
 
 use super::mapped_file;
+use super::maps::{Mapping, Maps, file_name};
 use super::tls;
+use super::version::Version;
 
 /// Size of a page: the granularity of file mappings.
 const PAGE_MASK: u64 = !0xfff;
@@ -50,55 +52,6 @@ impl<'a> ReadRef<'a> for &'a BoundedCache {
     }
 }
 
-/// One line of `/proc/PID/maps` that maps a file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// First address of the mapping.
-    pub start: u64,
-    /// One past the last address of the mapping.
-    pub end: u64,
-    /// Offset in the file of the byte mapped at `start`.
-    pub offset: u64,
-    /// Major and minor number of the device holding the file.
-    pub dev: (u64, u64),
-    /// Inode number of the file.
-    pub inode: u64,
-    /// Path of the file as the process sees it (may end in ` (deleted)`).
-    pub path: String,
-}
-
-/// Reads the file-backed mappings of process `pid`.
-pub fn mappings(pid: u32) -> anyhow::Result<Vec<Mapping>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("cannot read /proc/{pid}/maps"))?;
-    Ok(maps.lines().filter_map(parse_mapping).collect())
-}
-
-/// Parses a `/proc/PID/maps` line; `None` for anonymous and pseudo (`[heap]`) mappings.
-fn parse_mapping(line: &str) -> Option<Mapping> {
-    let mut fields = line.splitn(6, ' ');
-    let (start, end) = fields.next()?.split_once('-')?;
-    let _perms = fields.next()?;
-    let offset = fields.next()?;
-    let (major, minor) = fields.next()?.split_once(':')?;
-    let inode = fields.next()?;
-    let path = fields.next()?.trim_start();
-    if !path.starts_with('/') {
-        return None;
-    }
-    Some(Mapping {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        dev: (
-            u64::from_str_radix(major, 16).ok()?,
-            u64::from_str_radix(minor, 16).ok()?,
-        ),
-        inode: inode.parse().ok()?,
-        path: path.to_owned(),
-    })
-}
-
 /// The ELF file holding the interpreter, with run-time addresses of its symbols.
 #[derive(Clone, Debug)]
 pub struct PythonBinary {
@@ -128,21 +81,15 @@ pub enum Discovery {
     Found(PythonBinary),
 }
 
-/// Looks for the interpreter among the files mapped by process `pid`.
+/// Looks for the interpreter among the files process `pid` maps (`maps`).
 ///
 /// Only files named `python*` or `libpython*` are considered; each is opened as
 /// [`mapped_file::open`] does: the very file mapped, in containers too.
-pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
-    let maps = mappings(pid)?;
-    let mut candidates: Vec<&Mapping> = Vec::new();
-    for m in &maps {
+pub fn discover(pid: u32, maps: &Maps) -> anyhow::Result<Discovery> {
+    let candidates = maps.files().filter(|m| {
         let name = file_name(&m.path);
-        if (name.starts_with("python") || name.starts_with("libpython"))
-            && !candidates.iter().any(|c| c.path == m.path)
-        {
-            candidates.push(m);
-        }
-    }
+        name.starts_with("python") || name.starts_with("libpython")
+    });
     let mut loading = false;
     for candidate in candidates {
         let file = mapped_file::open(pid, candidate)?;
@@ -165,7 +112,7 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
         let code_type = code_type.with_context(|| {
             format!("{} defines _PyRuntime but not PyCode_Type", candidate.path)
         })?;
-        let bias = load_bias(&elf, &maps, &candidate.path)?;
+        let bias = load_bias(&elf, maps, &candidate.path)?;
         let patch_in_strings = match (py_version, version_from_name(&candidate.path)) {
             (None, Some((major, minor))) => elf
                 .section_by_name(".rodata")
@@ -193,7 +140,7 @@ pub fn discover(pid: u32) -> anyhow::Result<Discovery> {
 
 /// `(major, minor)` from the file name of `path`.
 fn version_from_name(path: &str) -> Option<(u8, u8)> {
-    super::version::Version::from_file_name(file_name(path)).map(|v| (v.major, v.minor))
+    Version::from_file_name(file_name(path)).map(|v| (v.major, v.minor))
 }
 
 /// The patch level of `major.minor` in a file's read-only strings: every NUL-terminated
@@ -227,12 +174,6 @@ fn patch_in_strings(data: &[u8], major: u8, minor: u8) -> Option<u8> {
     found
 }
 
-/// The last component of a mapped path, without a ` (deleted)` suffix.
-pub fn file_name(path: &str) -> &str {
-    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 /// The contents of section `name` of the ELF file behind a mapping, if it has one
 /// (read through a cache: only the headers and that section are read).
 pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
@@ -248,7 +189,7 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
 /// `pid`'s memory (`maps`: its mappings), if the file exports it.
 pub fn mapped_function(
     pid: u32,
-    maps: &[Mapping],
+    maps: &Maps,
     m: &Mapping,
     name: &str,
 ) -> anyhow::Result<Option<std::ops::Range<u64>>> {
@@ -358,7 +299,7 @@ fn needs_libpython(elf: &Elf<'_>) -> anyhow::Result<bool> {
 }
 
 /// Difference between run-time and link-time addresses of the file mapped at `path`.
-fn load_bias(elf: &Elf<'_>, maps: &[Mapping], path: &str) -> anyhow::Result<u64> {
+fn load_bias(elf: &Elf<'_>, maps: &Maps, path: &str) -> anyhow::Result<u64> {
     for m in maps.iter().filter(|m| m.path == path) {
         for seg in elf.segments() {
             let (file_offset, _) = seg.file_range();
@@ -373,34 +314,6 @@ fn load_bias(elf: &Elf<'_>, maps: &[Mapping], path: &str) -> anyhow::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_maps_lines() {
-        let line = "7f0e2c400000-7f0e2c4a6000 r--p 00001000 fe:01 1312321                    /root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0";
-        assert_eq!(
-            parse_mapping(line),
-            Some(Mapping {
-                start: 0x7f0e_2c40_0000,
-                end: 0x7f0e_2c4a_6000,
-                offset: 0x1000,
-                dev: (0xfe, 0x01),
-                inode: 1_312_321,
-                path: "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0".into(),
-            })
-        );
-        let spaced = "00400000-00401000 r-xp 00000000 08:01 42 /opt/my app/python3 (deleted)";
-        let m = parse_mapping(spaced).unwrap();
-        assert_eq!(m.path, "/opt/my app/python3 (deleted)");
-        assert_eq!(file_name(&m.path), "python3");
-        assert_eq!(
-            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]"),
-            None
-        );
-        assert_eq!(
-            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0"),
-            None
-        );
-    }
 
     #[test]
     fn finds_the_patch_level_in_strings() {
@@ -443,8 +356,9 @@ mod tests {
 
     #[test]
     fn non_python_process_has_no_runtime() {
+        let pid = std::process::id();
         assert!(matches!(
-            discover(std::process::id()).unwrap(),
+            discover(pid, &Maps::read(pid).unwrap()).unwrap(),
             Discovery::Absent
         ));
     }

@@ -1,11 +1,12 @@
 //! Offsets of the CPython structures blockprobe reads, per minor version (x86_64, GIL
 //! builds). 3.9–3.12: tables; 3.13+: read at run time from the target's
-//! `_Py_DebugOffsets` (see `debug_offsets`), with a table for what it does not describe.
+//! `_Py_DebugOffsets` (where each offset sits: `debug_fields`; read by `debug_offsets`),
+//! with a table for what it does not describe.
 //! Every version listed here is checked live by `live_tests`.
 
 use anyhow::bail;
 
-use super::debug_offsets::{self, DebugFields};
+use super::debug_fields::{self, DebugFields};
 use super::header_offsets::{self, HeaderOffsets};
 use super::version::Version;
 
@@ -140,15 +141,15 @@ pub fn layout(version: Version) -> anyhow::Result<Recipe> {
         (3, 12) => Recipe::Table(&PY312),
         (3, 13) => Recipe::DebugOffsets {
             base: &PY313,
-            fields: &debug_offsets::PY313,
+            fields: &debug_fields::PY313,
         },
         (3, 14) => Recipe::DebugOffsets {
             base: &PY314,
-            fields: &debug_offsets::PY314,
+            fields: &debug_fields::PY314,
         },
         (3, 15) => Recipe::DebugOffsets {
             base: &PY315,
-            fields: &debug_offsets::PY315,
+            fields: &debug_fields::PY315,
         },
         _ => bail!("Python {version} is not supported (blockprobe supports 3.9 to 3.15)"),
     })

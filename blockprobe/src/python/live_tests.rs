@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use super::memory::ProcessMemory;
 use super::origin::{Origin, classify};
 use super::{Inspection, PythonProcess};
-use crate::model::Frame;
+use crate::model::fixtures::frame;
 
 /// A child process killed and reaped when the test ends, even by a panic.
 struct Guard(Child);
@@ -107,14 +107,6 @@ fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
         .unwrap();
     walk_thread(mem, cfg, tstate, &mut stack);
     stack
-}
-
-fn frame(function: &str, file: &str, line: u32) -> Frame {
-    Frame {
-        function: function.into(),
-        file: file.into(),
-        line,
-    }
 }
 
 fn inspect_ready(pid: u32) -> PythonProcess {

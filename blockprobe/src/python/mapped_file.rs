@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{self, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, major, minor};
 
-use super::elf::Mapping;
+use super::maps::Mapping;
 
 /// Flags of every open: read-only, and never blocking on a FIFO or a device.
 const FLAGS: OFlag = OFlag::O_RDONLY
@@ -158,7 +158,7 @@ mod tests {
         // This test's own executable, through map_files.
         let pid = std::process::id();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let maps = super::super::elf::mappings(pid).unwrap();
+        let maps = super::super::maps::Maps::read(pid).unwrap();
         let m = maps
             .iter()
             .find(|m| Path::new(&m.path) == exe)

@@ -6,17 +6,21 @@
 //! - `PythonProcess::walk_config(&self) -> blockprobe_common::config::PyProcess`
 //! - `PythonProcess::threads(&self) -> anyhow::Result<Vec<PyThread>>` (pthread ids, native tids)
 //! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
+//! - `PythonProcess::maps(&self) -> &maps::Maps`: the mappings its inspection read, which the
+//!   finders of `running_loop` and `uvloop` look through at attach
 //! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
 //! - `origin::classify(file) -> origin::Origin`
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
 mod asyncio_debug;
+mod debug_fields;
 mod debug_offsets;
 mod elf;
 mod header_offsets;
 mod layout;
 mod linetable;
 mod mapped_file;
+pub mod maps;
 pub mod memory;
 pub mod origin;
 mod process;

@@ -12,6 +12,7 @@ use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
 use super::elf::{self, Discovery, PythonBinary};
 use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
+use super::maps::{self, Maps};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
 use super::version::Version;
@@ -73,6 +74,9 @@ pub struct PythonProcess {
     gil_addr: u64,
     /// asyncio task offsets (3.14+), once the `_asyncio` module is loaded.
     asyncio: Option<AsyncioOffsets>,
+    /// Its file mappings as last read: by its inspection, or anew when looking for a
+    /// module it may have loaded since.
+    maps: Maps,
     symbolizer: Symbolizer,
 }
 
@@ -87,21 +91,24 @@ impl PythonProcess {
 
     /// [`PythonProcess::inspect`], on this thread, however long it takes.
     pub(super) fn inspect_now(pid: u32) -> anyhow::Result<Inspection> {
-        let binary = match elf::discover(pid)? {
+        let maps = Maps::read(pid)?;
+        let binary = match elf::discover(pid, &maps)? {
             Discovery::Absent => return Ok(Inspection::NotPython),
             Discovery::Loading => {
                 return Ok(Inspection::NotReady("libpython is not loaded yet".into()));
             }
             Discovery::Found(binary) => binary,
         };
-        let version = Version::detect(&ProcessMemory::new(pid), &binary)?;
-        Self::inspect_found(pid, &binary, version)
+        let version = detect_version(&ProcessMemory::new(pid), &binary)?;
+        Self::inspect_found(pid, maps, &binary, version)
     }
 
-    /// Examines process `pid` whose interpreter, `version` in `binary`, was found: is it
-    /// supported and running, and where does each thread keep its thread state?
+    /// Examines process `pid` (mappings `maps`) whose interpreter, `version` in `binary`,
+    /// was found: is it supported and running, and where does each thread keep its
+    /// thread state?
     pub(super) fn inspect_found(
         pid: u32,
+        maps: Maps,
         binary: &PythonBinary,
         version: Version,
     ) -> anyhow::Result<Inspection> {
@@ -148,10 +155,14 @@ impl PythonProcess {
             Slot::Unsettled(why) => return Ok(Inspection::NotReady(why)),
         };
         let gil_addr = locate_gil(&memory, &layout, runtime, interp);
+        let asyncio = has_asyncio_offsets(version)
+            .then(|| asyncio_debug::find(pid, &maps))
+            .flatten();
         Ok(Inspection::Ready(PythonProcess {
             pid,
             binary_path: binary.path.clone(),
-            asyncio: None,
+            asyncio,
+            maps,
             version,
             memory,
             interp,
@@ -170,6 +181,18 @@ impl PythonProcess {
     /// The interpreter's version.
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// The process's file mappings as last read: by its inspection (what attaching to it
+    /// looks through), or by [`Self::reread_maps`] or [`Self::refresh_asyncio`].
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// Reads the process's mappings anew: it may have loaded a module since.
+    pub fn reread_maps(&mut self) -> anyhow::Result<()> {
+        self.maps = Maps::read(self.pid)?;
+        Ok(())
     }
 
     /// How BPF finds and walks this process's Python stacks.
@@ -216,19 +239,24 @@ impl PythonProcess {
             .collect())
     }
 
-    /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet; true when
+    /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet, in the
+    /// process's mappings read anew (the inspection looked in the ones it read); true when
     /// they were just found (the walk configuration then changed).
     pub fn refresh_asyncio(&mut self) -> bool {
-        if self.asyncio.is_some() || (self.version.major, self.version.minor) < (3, 14) {
+        if self.asyncio.is_some() || !has_asyncio_offsets(self.version) {
             return false;
         }
         let pid = self.pid;
         let what = format!("reading the asyncio offsets of pid {pid}");
-        self.asyncio = deadline::run(&what, INSPECT_DEADLINE, move || {
-            Ok(asyncio_debug::find(pid))
-        })
-        .ok()
-        .flatten();
+        let Ok((maps, asyncio)) = deadline::run(&what, INSPECT_DEADLINE, move || {
+            let maps = Maps::read(pid)?;
+            let asyncio = asyncio_debug::find(pid, &maps);
+            Ok((maps, asyncio))
+        }) else {
+            return false;
+        };
+        self.maps = maps;
+        self.asyncio = asyncio;
         self.asyncio.is_some()
     }
 
@@ -256,6 +284,35 @@ impl PythonProcess {
     pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
         self.symbolizer.symbolize(stack)
     }
+}
+
+/// Whether interpreters of `version` describe their asyncio tasks (`.AsyncioDebug`, 3.14+).
+fn has_asyncio_offsets(version: Version) -> bool {
+    (version.major, version.minor) >= (3, 14)
+}
+
+/// The version of the interpreter in `binary`, mapped in the process behind `memory`:
+/// the `Py_Version` constant (3.11+), else the file name with the patch level found in
+/// the file's strings.
+pub(super) fn detect_version(
+    memory: &ProcessMemory,
+    binary: &PythonBinary,
+) -> anyhow::Result<Version> {
+    if let Some(addr) = binary.py_version {
+        let hex = memory.read_u32(addr).context("cannot read Py_Version")?;
+        let version = Version::from_hex(hex);
+        if version.major != 3 {
+            bail!(
+                "Py_Version in {} holds {hex:#x}, not a Python 3 version",
+                binary.path
+            );
+        }
+        return Ok(version);
+    }
+    let mut version = Version::from_file_name(maps::file_name(&binary.path))
+        .with_context(|| format!("cannot tell the Python version of {}", binary.path))?;
+    version.patch = binary.patch_in_strings;
+    Ok(version)
 }
 
 /// The address of the main interpreter's GIL state, or 0 when it does not look right

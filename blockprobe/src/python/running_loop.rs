@@ -20,15 +20,18 @@ use object::{
     read::elf::ElfFile64,
 };
 
-use super::{elf, version::Version};
+use super::elf;
+use super::maps::{Maps, file_name};
+use super::version::Version;
 
 /// The method's name in the table, NUL-terminated.
 const NAME: &[u8] = b"_set_running_loop\0";
 
-/// The files of process `pid` (Python `version`, interpreter in `binary`) that may hold
-/// the `_asyncio` module, seen from the host: its `lib-dynload/_asyncio.*.so` and any
-/// `_asyncio.*.so` the process has mapped, or else the interpreter itself (built in).
-pub fn candidate_files(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
+/// The files of process `pid` (Python `version`, interpreter in `binary`, mappings
+/// `maps`) that may hold the `_asyncio` module, seen from the host: its
+/// `lib-dynload/_asyncio.*.so` and any `_asyncio.*.so` the process has mapped, or else the
+/// interpreter itself (built in).
+pub fn candidate_files(pid: u32, maps: &Maps, binary: &str, version: Version) -> Vec<PathBuf> {
     let is_module = |name: &str| name.starts_with("_asyncio.") && name.ends_with(".so");
     let mut files = Vec::new();
     if let Some(prefix) = elf::install_prefix(binary) {
@@ -43,9 +46,9 @@ pub fn candidate_files(pid: u32, binary: &str, version: Version) -> Vec<PathBuf>
             }
         }
     }
-    for m in elf::mappings(pid).unwrap_or_default() {
+    for m in maps.files().filter(|m| is_module(file_name(&m.path))) {
         let path = elf::host_path(pid, &m.path);
-        if is_module(elf::file_name(&m.path)) && !files.contains(&path) {
+        if !files.contains(&path) {
             files.push(path);
         }
     }

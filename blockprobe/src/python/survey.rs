@@ -2,8 +2,9 @@
 //! can blockprobe trace it.
 
 use super::elf::{self, Discovery};
+use super::maps::Maps;
 use super::memory::ProcessMemory;
-use super::process::{Inspection, PythonProcess};
+use super::process::{Inspection, PythonProcess, detect_version};
 use super::version::Version;
 
 /// A process as a survey of the host sees it.
@@ -39,16 +40,17 @@ pub enum Support {
 /// Surveys process `pid`. Fails when its memory map, or the interpreter file it maps,
 /// cannot be read.
 pub fn survey(pid: u32) -> anyhow::Result<Survey> {
-    let binary = match elf::discover(pid)? {
+    let maps = Maps::read(pid)?;
+    let binary = match elf::discover(pid, &maps)? {
         Discovery::Absent => return Ok(Survey::NotPython),
         Discovery::Loading => return Ok(Survey::Starting),
         Discovery::Found(binary) => binary,
     };
-    let version = match Version::detect(&ProcessMemory::new(pid), &binary) {
+    let version = match detect_version(&ProcessMemory::new(pid), &binary) {
         Ok(version) => version,
         Err(e) => return Ok(Survey::VersionUnreadable(e)),
     };
-    let support = match PythonProcess::inspect_found(pid, &binary, version) {
+    let support = match PythonProcess::inspect_found(pid, maps, &binary, version) {
         Ok(Inspection::Ready(_)) => Support::Supported,
         Ok(Inspection::NotReady(why)) => Support::NotReady(why),
         Ok(Inspection::NotPython) => return Ok(Survey::NotPython),

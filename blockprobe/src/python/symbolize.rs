@@ -297,6 +297,7 @@ fn field<const N: usize>(buf: &[u8], offset: u64) -> anyhow::Result<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::frame;
     use crate::python::layout::{Recipe, layout};
     use crate::python::version::Version;
 
@@ -382,11 +383,6 @@ mod tests {
                 instr: addr(code) + 184 + 2 * unit,
             };
             symbolizer.symbolize(&stack).remove(0)
-        };
-        let frame = |function: &str, file: &str, line| Frame {
-            function: function.into(),
-            file: file.into(),
-            line,
         };
         assert_eq!(at(&code, 0), frame("wörk_待つ", "/x/😴.py", 11));
         assert_eq!(at(&code, 2), frame("wörk_待つ", "/x/😴.py", 11));

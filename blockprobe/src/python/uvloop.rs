@@ -14,7 +14,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{elf, memory::ProcessMemory, version::Version};
+use super::elf;
+use super::maps::{Maps, file_name};
+use super::memory::ProcessMemory;
+use super::version::Version;
 
 /// libuv's function that runs a loop.
 pub const RUN_FUNCTION: &str = "uv_run";
@@ -34,7 +37,7 @@ pub struct MappedModule {
 
 /// Whether `path` (a mapped file) is a uvloop extension module.
 fn is_loop_module(path: &str) -> bool {
-    let name = elf::file_name(path);
+    let name = file_name(path);
     name.starts_with("loop.")
         && name.ends_with(".so")
         && Path::new(path)
@@ -46,19 +49,16 @@ fn is_loop_module(path: &str) -> bool {
 /// Whether `path` (a mapped file) is a shared libuv, which a uvloop built against the
 /// system's libuv (Debian's `python3-uvloop`) runs its loops in.
 fn is_libuv(path: &str) -> bool {
-    elf::file_name(path).starts_with("libuv.so")
+    file_name(path).starts_with("libuv.so")
 }
 
-/// The uvloop modules (or shared libuv) process `pid` has mapped that define `uv_run`.
-pub fn mapped(pid: u32) -> anyhow::Result<Vec<MappedModule>> {
-    let maps = elf::mappings(pid)?;
+/// The uvloop modules (or shared libuv) among the files process `pid` maps (`maps`) that
+/// define `uv_run`.
+pub fn mapped(pid: u32, maps: &Maps) -> anyhow::Result<Vec<MappedModule>> {
     let mut found: Vec<MappedModule> = Vec::new();
-    for m in (maps.iter()).filter(|m| is_loop_module(&m.path) || is_libuv(&m.path)) {
-        let path = elf::host_path(pid, &m.path);
-        if found.iter().any(|f| f.path == path) {
-            continue;
-        }
-        if let Some(run) = elf::mapped_function(pid, &maps, m, RUN_FUNCTION)? {
+    for m in (maps.files()).filter(|m| is_loop_module(&m.path) || is_libuv(&m.path)) {
+        if let Some(run) = elf::mapped_function(pid, maps, m, RUN_FUNCTION)? {
+            let path = elf::host_path(pid, &m.path);
             found.push(MappedModule { path, run });
         }
     }

@@ -1,11 +1,6 @@
-//! Which CPython version a process runs.
+//! A CPython version, as `PY_VERSION_HEX` or an interpreter's file name tells it.
 
 use std::fmt;
-
-use anyhow::{Context as _, bail};
-
-use super::elf::{self, PythonBinary};
-use super::memory::ProcessMemory;
 
 /// A CPython version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,27 +38,6 @@ impl Version {
             minor: rest[..digits].parse().ok()?,
             patch: None,
         })
-    }
-
-    /// The version of the interpreter in `binary`, mapped in the process behind `memory`:
-    /// the `Py_Version` constant (3.11+), else the file name with the patch level found
-    /// in the file's strings.
-    pub fn detect(memory: &ProcessMemory, binary: &PythonBinary) -> anyhow::Result<Self> {
-        if let Some(addr) = binary.py_version {
-            let hex = memory.read_u32(addr).context("cannot read Py_Version")?;
-            let version = Self::from_hex(hex);
-            if version.major != 3 {
-                bail!(
-                    "Py_Version in {} holds {hex:#x}, not a Python 3 version",
-                    binary.path
-                );
-            }
-            return Ok(version);
-        }
-        let mut version = Self::from_file_name(elf::file_name(&binary.path))
-            .with_context(|| format!("cannot tell the Python version of {}", binary.path))?;
-        version.patch = binary.patch_in_strings;
-        Ok(version)
     }
 }
 

@@ -420,8 +420,8 @@ impl<E: Write> StallSink for QuietSink<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::hooks::PollHook;
+    use crate::model::fixtures::{frame, stall};
     use crate::model::{Cause, CulpritFrom, FdKind};
 
     fn sample() -> Stall {
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn text_line_of_a_stopped_loop() {
-        let s = crate::aggregate::tests::stopped_stall(4242, 702_000_000);
+        let s = crate::model::fixtures::stopped_stall(4242, 702_000_000);
         let line = stall_line_at(&s, "x");
         assert!(
             line.ends_with(" stopped 100%     -               <stopped>"),

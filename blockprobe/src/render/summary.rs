@@ -407,9 +407,9 @@ fn bound(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, Limits, RunInfo};
     use crate::model::Cause;
+    use crate::model::fixtures::{frame, stall};
     use crate::report::tests::sample_report;
 
     #[test]

@@ -141,9 +141,9 @@ impl Report {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::aggregate::tests::{frame, stall};
     use crate::aggregate::{Aggregator, RunInfo};
     use crate::model::Cause;
+    use crate::model::fixtures::{frame, stall};
     use blockprobe_common::counters::Counter;
 
     /// A report with a bit of everything, including names that need escaping.

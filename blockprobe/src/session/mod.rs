@@ -305,7 +305,13 @@ impl Session {
             return Ok(());
         };
         let python = &traced.python;
-        for path in running_loop::candidate_files(pid, python.binary_path(), python.version()) {
+        let files = running_loop::candidate_files(
+            pid,
+            python.maps(),
+            python.binary_path(),
+            python.version(),
+        );
+        for path in files {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -338,18 +344,26 @@ impl Session {
         Ok(())
     }
 
-    /// Probes the uvloop modules traced process `pid` has mapped, once it has any, and
-    /// remembers where their `uv_run` lies.
-    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        if !self
-            .processes
-            .get(&pid)
-            .is_some_and(|t| t.uv_runs.is_empty())
-        {
+    /// Probes the uvloop modules traced process `pid` maps now, while it has none: its
+    /// mappings are read anew (it may have imported uvloop since).
+    fn probe_newly_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get_mut(&pid) else {
             return Ok(());
-        }
+        };
         // A process that exited meanwhile has nothing to probe.
-        let Ok(modules) = uvloop::mapped(pid) else {
+        if traced.uv_runs.is_empty() && traced.python.reread_maps().is_ok() {
+            self.probe_mapped_uvloop(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` has mapped (as its mappings were
+    /// last read), once it has any, and remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = (self.processes.get(&pid)).filter(|t| t.uv_runs.is_empty()) else {
+            return Ok(());
+        };
+        let Ok(modules) = uvloop::mapped(pid, traced.python.maps()) else {
             return Ok(());
         };
         for module in modules {
@@ -704,7 +718,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let foreign = origin == poll_origin::FOREIGN;
         if origin == poll_origin::THREAD {
-            self.probe_mapped_uvloop(pid)?;
+            self.probe_newly_mapped_uvloop(pid)?;
         }
         let frames = self.symbolize(pid, stack);
         let mut is_loop = origin == poll_origin::LOOP_RUN
