@@ -6,7 +6,9 @@
 //! - `PythonProcess::walk_config(&self) -> blockprobe_common::config::PyProcess`
 //! - `PythonProcess::threads(&self) -> anyhow::Result<Vec<PyThread>>` (pthread ids, native tids)
 //! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
-//! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
+//! - `PythonProcess::symbolize(&mut self, Vec<Box<RawStack>>) -> Result<Symbolized, NoAnswer>`,
+//!   `walk_now`, `threads_now`, `stack_runs`: reads of its memory, off the caller's
+//!   thread within `READ_DEADLINE`
 //! - `origin::classify(file) -> origin::Origin`
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
@@ -30,4 +32,4 @@ pub mod version;
 #[cfg(test)]
 mod live_tests;
 
-pub use process::{Inspection, PythonProcess};
+pub use process::{Inspection, PythonProcess, READ_DEADLINE, Symbolized};

@@ -13,13 +13,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::{
-    event::poll_origin,
-    stack::{RawStack, flags as stack_flags},
-};
+use blockprobe_common::{event::poll_origin, stack::RawStack};
 use tokio::io::unix::AsyncFd;
 
-use self::losses::{Losses, UNDECODABLE_EVENT, UNREADABLE_FRAME};
+use self::losses::{Losses, MEMORY_TIMEOUT, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
@@ -27,12 +24,12 @@ use crate::{
     clock::Clock,
     events::{self, Event},
     host::{self, IdentityOptions},
-    model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
+    model::{Cause, FdKind, ShortCalls, Stall, UNREADABLE},
     namespaces,
     patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
     probes::Probes,
     proc_stat,
-    python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
+    python::{Inspection, PythonProcess, running_loop, uvloop},
     report::ProcessInfo,
     session::sink::{DetachReason, StallSink, Status},
     thread_now,
@@ -42,6 +39,7 @@ mod at_attach;
 mod losses;
 pub mod sink;
 mod stuck;
+mod target_memory;
 mod unwatched;
 
 /// A Python process not traceable yet (its runtime is still initializing).
@@ -132,6 +130,9 @@ pub struct Session {
     /// Frames of reported stalls that could not be read so far (reported with the loss
     /// counters).
     unreadable_frames: u64,
+    /// Stacks left unread so far because their process's memory did not answer in time
+    /// (reported with the loss counters).
+    unanswered_stacks: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
     /// Loop threads found stuck as tracing of their process began, by tid: their pid
@@ -186,6 +187,7 @@ impl Session {
             loop_tstates: HashMap::new(),
             loop_threads: HashMap::new(),
             unreadable_frames: 0,
+            unanswered_stacks: 0,
             notices: stuck::Notices::default(),
             stuck_at_attach: HashMap::new(),
             unwatched: unwatched::Unwatched::default(),
@@ -373,13 +375,15 @@ impl Session {
     }
 
     /// Whether the native stack of a thread of traced process `pid` at stack pointer `sp`
-    /// runs a uvloop loop (`uv_run`).
-    fn runs_uvloop(&self, pid: u32, sp: u64) -> bool {
-        let Some(traced) = self.processes.get(&pid) else {
-            return false;
+    /// runs a uvloop loop (`uv_run`); `None` when its memory did not answer in time.
+    fn runs_uvloop(&mut self, pid: u32, sp: u64) -> anyhow::Result<Option<bool>> {
+        let Some(runs) = self.processes.get(&pid).map(|t| t.uv_runs.clone()) else {
+            return Ok(Some(false));
         };
-        let memory = ProcessMemory::new(pid);
-        (traced.uv_runs.iter()).any(|run| uvloop::stack_runs(&memory, sp, run))
+        if runs.is_empty() {
+            return Ok(Some(false));
+        }
+        self.read_memory(pid, 1, |python| python.stack_runs(sp, runs))
     }
 
     /// Attaches to every Python process already running on the host.
@@ -528,7 +532,7 @@ impl Session {
                 origin,
                 user_sp,
                 stack,
-            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, &stack)?,
+            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -541,8 +545,7 @@ impl Session {
                 short_ns,
                 stack,
             } => {
-                let task = self.task_name(pid, &stack);
-                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let (stack, task) = self.symbolize_one(pid, stack)?;
                 let call = BlockedCall {
                     task,
                     nr,
@@ -567,9 +570,10 @@ impl Session {
                 holder_stack,
                 own_stack,
             } => {
-                let task = self.task_name(pid, &own_stack);
-                let holder_stack = self.symbolize(pid, &holder_stack).unwrap_or_default();
-                let own_stack = self.symbolize(pid, &own_stack).unwrap_or_default();
+                let symbolized = self.symbolize(pid, vec![*own_stack, *holder_stack])?;
+                let task = symbolized.task;
+                let [own_stack, holder_stack] = <[_; 2]>::try_from(symbolized.stacks)
+                    .unwrap_or_else(|_| [Vec::new(), Vec::new()]);
                 // The interpreter records the holder's id in the process's namespace.
                 let namespaced = self.processes.get(&pid).is_some_and(|p| p.ns_pid.is_some());
                 let holder_tid = match holder_tid {
@@ -593,8 +597,7 @@ impl Session {
                 ts_ns,
                 stack,
             } => {
-                let task = self.task_name(pid, &stack);
-                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let (stack, task) = self.symbolize_one(pid, stack)?;
                 let sample = CpuSample { ts_ns, stack, task };
                 self.attributor.cpu_sample(pid, tid, sample);
             }
@@ -700,19 +703,28 @@ impl Session {
         poll_fd: u32,
         origin: u32,
         user_sp: u64,
-        stack: &RawStack,
+        stack: Box<RawStack>,
     ) -> anyhow::Result<()> {
         let foreign = origin == poll_origin::FOREIGN;
         if origin == poll_origin::THREAD {
             self.probe_mapped_uvloop(pid)?;
         }
-        let frames = self.symbolize(pid, stack);
-        let mut is_loop = origin == poll_origin::LOOP_RUN
-            || frames.as_deref().is_some_and(|frames| {
-                classify::is_asyncio_loop(frames)
-                    || (!foreign
-                        && classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp)))
-            });
+        let (tstate, has_task) = (stack.tstate, stack.task_name != 0);
+        let loop_run = origin == poll_origin::LOOP_RUN;
+        let traced = self.processes.contains_key(&pid);
+        let frames = (self.try_symbolize(pid, vec![*stack])?).and_then(|mut s| s.stacks.pop());
+        if traced && frames.is_none() && !loop_run {
+            // Its memory did not answer: the thread stays as it was found last.
+            return Ok(());
+        }
+        let asyncio_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        let uvloop_poll = match &frames {
+            Some(frames) if !asyncio_loop && !foreign && classify::is_uvloop_poll(frames, true) => {
+                self.runs_uvloop(pid, user_sp)?.unwrap_or(false)
+            }
+            _ => false,
+        };
+        let mut is_loop = loop_run || asyncio_loop || uvloop_poll;
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -723,11 +735,13 @@ impl Session {
                 self.verdicts.remove(&tid);
                 return self.probes.reexamine_thread(tid);
             }
-            is_loop = (self.processes.get(&pid))
-                .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
-                .is_some_and(|selector_loop| {
-                    classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
-                });
+            let selector_loop = (self.read_memory(pid, 1, |python| {
+                python.running_loop_is_selector_loop(tstate)
+            })?)
+            .flatten();
+            is_loop = selector_loop.is_some_and(|selector_loop| {
+                classify::is_c_loop_poll(frames, !selector_loop, has_task)
+            });
         }
         // A loop thread polling another fd: a new loop it now runs is adopted; a
         // callback's own selector leaves the thread a loop.
@@ -743,7 +757,7 @@ impl Session {
             self.probes.stop_sampling_thread(tid);
         }
         if is_loop {
-            self.loop_found(pid, tid, stack.tstate)?;
+            self.loop_found(pid, tid, tstate)?;
         }
         Ok(())
     }
@@ -827,32 +841,6 @@ impl Session {
         self.sink.status(&Status::Warning { pid: None, message })
     }
 
-    /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
-    /// The name of the asyncio task a stack was captured in (3.14+), if known.
-    fn task_name(&self, pid: u32, stack: &RawStack) -> Option<String> {
-        self.processes.get(&pid)?.python.task_name(stack.task_name)
-    }
-
-    /// An incomplete walk ends in a marker frame, so a cut stack is never taken for a
-    /// whole one: `<truncated>` (deeper than the kernel side walks) or `<unreadable>`
-    /// (a frame pointer could not be read: the process changed or corrupted it).
-    fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
-        let mut frames = self.processes.get_mut(&pid)?.python.symbolize(stack);
-        let marker = if stack.flags & stack_flags::TRUNCATED != 0 {
-            Some("<truncated>")
-        } else if stack.flags & stack_flags::UNREADABLE_FRAME != 0 {
-            Some(UNREADABLE)
-        } else {
-            None
-        };
-        frames.extend(marker.map(|m| Frame {
-            function: m.to_owned(),
-            file: String::new(),
-            line: 0,
-        }));
-        Some(frames)
-    }
-
     /// Periodic work: retry processes that were starting up, read the loss counters.
     /// Retries of starting processes need a fast tick, and so, less fast, does a loop
     /// found stuck as tracing began; otherwise only the loss counters are due, once a
@@ -907,13 +895,13 @@ impl Session {
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
-        let unreadable = self.unreadable_frames;
-        (self.losses).total(
-            UNREADABLE_FRAME,
-            unreadable,
-            &mut self.aggregator,
-            &mut self.sink,
-        )
+        for (name, total) in [
+            (UNREADABLE_FRAME, self.unreadable_frames),
+            (MEMORY_TIMEOUT, self.unanswered_stacks),
+        ] {
+            (self.losses).total(name, total, &mut self.aggregator, &mut self.sink)?;
+        }
+        Ok(())
     }
 
     /// Ends the session: the aggregate so far and the sink, for the summary.
