@@ -9,6 +9,10 @@ Four 300 ms ``time.sleep`` calls, each in its own loop iteration:
   sends ``RESTORE``: the name blockprobe reads to symbolize the stall never comes;
 - ``steady`` three times, with every pointer intact.
 
+With ``--stuck``, the loop's first iteration is stuck instead, long before any tracer
+looks: ``Slow.stuck`` prints ``STUCK <native thread id>``, points its name into the page
+and sleeps 30 s (no handshake with the tracer, started later).
+
 The name's field is found by its value (the name object's address) in the code object,
 so the scenario holds on every interpreter's layout. The process never reads the page
 itself, and exits when blockprobe's ``run`` forwards it SIGTERM.
@@ -19,6 +23,7 @@ import ctypes
 import os
 import struct
 import sys
+import threading
 import time
 
 import bptest
@@ -70,17 +75,28 @@ def name_field(code, name):
     bptest.fail(f"no field of {code!r} points to its name")
 
 
+def point_name_to(code, page):
+    """Points the name blockprobe reads of code object ``code`` into ``page``; returns
+    the field and its value, to restore it."""
+    name = code.co_qualname if sys.version_info >= (3, 11) else code.co_name
+    field = name_field(code, name)
+    saved, field.value = field.value, page
+    return field, saved
+
+
 class Slow:
     def poisoned(self, page):
         """Points its own name into ``page``, blocks, and returns how to restore it."""
-        code = Slow.poisoned.__code__
-        name = code.co_qualname if sys.version_info >= (3, 11) else code.co_name
-        field = name_field(code, name)
-        saved, field.value = field.value, page
+        field, saved = point_name_to(Slow.poisoned.__code__, page)
         started = time.monotonic_ns()
         time.sleep(BLOCK_S)  # BLOCK poisoned
         bptest.done("poisoned", time.monotonic_ns() - started)
         return field, saved
+
+    def stuck(self, page):
+        bptest.say(f"STUCK {threading.get_native_id()}")
+        point_name_to(Slow.stuck.__code__, page)
+        time.sleep(30)  # BLOCK stuck
 
 
 def steady(n):
@@ -99,5 +115,12 @@ async def scenario():
         steady(n)
 
 
+async def stuck():
+    Slow().stuck(unanswered_page())
+
+
 if __name__ == "__main__":
-    bptest.run(scenario)
+    if sys.argv[1:] == ["--stuck"]:
+        bptest.run_main(stuck)
+    else:
+        bptest.run(scenario)

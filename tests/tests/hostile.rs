@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, Frame, Python, Scenario, marker_line, nanos, python_matrix,
-    read_json, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, Frame, Proc, Python, Scenario, marker_line, nanos,
+    python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
 python_matrix!(
     deep_recursion_is_truncated_and_marked,
-    memory_that_never_answers_freezes_nothing
+    memory_that_never_answers_freezes_nothing,
+    memory_that_never_answers_at_attach_freezes_nothing
 );
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
@@ -230,26 +231,13 @@ fn memory_that_never_answers_freezes_nothing(python: &Python) {
             },
         );
     }
-    let warnings = bp.events_of("warning", pid);
-    let warned = (warnings.iter())
-        .filter_map(|w| w["message"].as_str())
-        .any(|m| m.contains("did not answer"));
-    ctx.ensure(warned, || {
+    ctx.ensure(said_memory_did_not_answer(&bp, pid), || {
         format!(
-            "a warning about pid {pid} should say that its memory did not answer: {warnings:#?}"
+            "a warning about pid {pid} should say that its memory did not answer: {:#?}",
+            bp.events_of("warning", pid)
         )
     });
-
-    bp.may_exit();
-    let signalled = Instant::now();
-    bp.signal(Signal::SIGTERM);
-    let status = bp.wait_exit();
-    let took = signalled.elapsed();
-    ctx.check_whole(&bp);
-    ctx.ensure(
-        status.code() == Some(0) && took < Duration::from_secs(5),
-        || format!("blockprobe took {took:?} to end after SIGTERM, with {status}; expected 0"),
-    );
+    stop_at_once(&ctx, &bp);
     let timed_out = bp.lost("memory_timeout");
     let unreadable = bp.lost("unreadable_frame");
     let all_lost = bp.lost_total();
@@ -273,6 +261,79 @@ fn memory_that_never_answers_freezes_nothing(python: &Python) {
     );
     // The process, whose page blockprobe's read still waits for, lives on.
     ctx.quit_script(&target);
+}
+
+/// unanswered_memory.py --stuck: the loop is stuck from its first iteration, 30 s in a
+/// function whose name points into a page nobody serves, when `trace -p` starts. The
+/// look at its threads at attach (their stacks walked and named from userspace) gives up
+/// within its deadline: a `warning` names the pid and says its memory did not answer,
+/// the read left undone is counted (`memory_timeout`), and SIGTERM ends tracing at once,
+/// exit code 0, the report written with the process in it.
+fn memory_that_never_answers_at_attach_freezes_nothing(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let target = ctx.spawn(
+        &format!("unanswered_memory.py --stuck ({})", python.label),
+        python
+            .command_at_once(&script("unanswered_memory.py"))
+            .arg("--stuck"),
+    );
+    let pid = target.pid();
+    ctx.wait_for("the script's STUCK line", || {
+        (target.texts().iter())
+            .any(|t| t.starts_with("STUCK "))
+            .then_some(())
+    });
+    let bp = ctx.spawn(
+        "blockprobe trace -p -o",
+        Blockprobe::trace(&[pid]).arg("-o").arg(&report_path),
+    );
+    ctx.wait_event(&bp, "attached", pid);
+    ctx.wait_for("a warning that its memory did not answer", || {
+        said_memory_did_not_answer(&bp, pid).then_some(())
+    });
+    stop_at_once(&ctx, &bp);
+    let timed_out = bp.lost("memory_timeout");
+    let report = read_json(&ctx, &report_path);
+    let listed = (report["processes"].as_array().into_iter().flatten())
+        .any(|p| p["pid"].as_u64() == Some(u64::from(pid)));
+    ctx.ensure(
+        timed_out >= 1 && report["lost"]["memory_timeout"].as_u64() == Some(timed_out) && listed,
+        || {
+            format!(
+                "the read left undone should be counted as memory_timeout ({timed_out} live), \
+                 and the report list pid {pid} and the same count: {report:#}"
+            )
+        },
+    );
+    ctx.ensure(target.exited().is_none(), || {
+        "the stuck process should live on".into()
+    });
+}
+
+/// Whether blockprobe warned that the memory of `pid` did not answer in time.
+fn said_memory_did_not_answer(bp: &Proc, pid: u32) -> bool {
+    (bp.events_of("warning", pid).iter())
+        .filter_map(|w| w["message"].as_str())
+        .any(|m| m.contains("did not answer"))
+}
+
+/// Stops `blockprobe trace` with SIGTERM and fails unless it exits 0 within a few
+/// seconds with whole output (it may have counted losses).
+#[track_caller]
+fn stop_at_once(ctx: &Ctx, bp: &Proc) {
+    bp.may_exit();
+    let signalled = Instant::now();
+    bp.signal(Signal::SIGTERM);
+    let status = bp.wait_exit();
+    let took = signalled.elapsed();
+    ctx.check_whole(bp);
+    ctx.ensure(
+        status.code() == Some(0) && took < Duration::from_secs(5),
+        || format!("blockprobe took {took:?} to end after SIGTERM, with {status}; expected 0"),
+    );
 }
 
 /// A marker frame blockprobe puts in a stack for what it could not walk or name
