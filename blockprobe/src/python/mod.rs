@@ -4,11 +4,11 @@
 //! Public surface (used by the rest of blockprobe):
 //! - `PythonProcess::inspect(pid) -> anyhow::Result<Inspection>`
 //! - `PythonProcess::walk_config(&self) -> blockprobe_common::config::PyProcess`
-//! - `PythonProcess::threads(&self) -> anyhow::Result<Vec<PyThread>>` (pthread ids, native tids)
-//! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
-//! - `PythonProcess::symbolize(&mut self, Vec<Box<RawStack>>) -> Result<Symbolized, NoAnswer>`,
-//!   `walk_now`, `threads_now`, `stack_runs`: reads of its memory, off the caller's
-//!   thread within `READ_DEADLINE`
+//! - `PythonProcess::version(&self) -> version::Version`
+//! - `PythonProcess::symbolize(&mut self, Vec<RawStack>) -> Result<Symbolized, NoAnswer>`,
+//!   `walk_now`, `threads_now` (tids, thread states, stacks now), `stack_runs`,
+//!   `running_loop_is_selector_loop`: reads of its memory, on its reader thread within
+//!   `READ_DEADLINE`
 //! - `origin::classify(file) -> origin::Origin`
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
