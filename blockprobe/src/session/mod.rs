@@ -14,7 +14,10 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use blockprobe_common::{event::poll_origin, stack::RawStack};
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 use self::losses::{Losses, MEMORY_TIMEOUT, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
@@ -146,12 +149,32 @@ pub struct Session {
     host_tids: namespaces::HostTids,
     /// Files (device, inode) already searched for asyncio's `_set_running_loop`.
     asyncio_files: HashSet<(u64, u64)>,
+    /// SIGINT and SIGTERM, caught since the session began, until it runs.
+    stop_signals: Option<StopSignals>,
     /// What each polling thread was last found to be, by tid: the kernel side times a
     /// polling thread before it is classified, and only a loop's reports are kept.
     verdicts: HashMap<u32, Verdict>,
 }
 
 /// What a polling thread was found to be at its last classification.
+/// SIGINT and SIGTERM, caught from the moment the session exists: one that comes while
+/// processes are still being attached (a slow inspection, a process whose memory does not
+/// answer) ends tracing cleanly, report written, as soon as the event pump runs.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Catches both signals (inside the tokio runtime).
+    fn catch() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Verdict {
     /// Its process.
@@ -162,14 +185,16 @@ struct Verdict {
 
 impl Session {
     /// A session over attached probes, reporting to `sink` and aggregating into
-    /// `aggregator`, labelling the processes it traces as `identity` says.
+    /// `aggregator`, labelling the processes it traces as `identity` says. From now on,
+    /// SIGINT and SIGTERM end it (see [`Session::run`]).
     pub fn new(
         probes: Probes,
         sink: Box<dyn StallSink + Send>,
         aggregator: Aggregator,
         identity: IdentityOptions,
-    ) -> Self {
-        Session {
+    ) -> anyhow::Result<Self> {
+        Ok(Session {
+            stop_signals: Some(StopSignals::catch()?),
             probes,
             identity,
             processes: HashMap::new(),
@@ -196,7 +221,7 @@ impl Session {
             verdicts: HashMap::new(),
             asyncio_files: HashSet::new(),
             own_pid: std::process::id(),
-        }
+        })
     }
 
     /// The probes, e.g. to add the `run` command to the family.
@@ -421,9 +446,13 @@ impl Session {
         duration: Option<Duration>,
         mut child: Option<&mut tokio::process::Child>,
     ) -> anyhow::Result<StopReason> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let StopSignals {
+            interrupt: mut sigint,
+            terminate: mut sigterm,
+        } = match self.stop_signals.take() {
+            Some(signals) => signals,
+            None => StopSignals::catch()?,
+        };
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }
