@@ -66,7 +66,7 @@ pub fn prepare_with(
             sink,
             Aggregator::new(Limits::default()),
             options.identity(),
-        ),
+        )?,
         ring,
         started: SystemTime::now(),
     })
