@@ -18,6 +18,17 @@ pub struct Frame {
     pub line: u32,
 }
 
+impl Frame {
+    /// A frame whose code object could not be read: `<unreadable>` in `<unknown>`.
+    pub fn unreadable() -> Frame {
+        Frame {
+            function: UNREADABLE.into(),
+            file: "<unknown>".into(),
+            line: 0,
+        }
+    }
+}
+
 /// Why a loop was stuck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,18 +1,19 @@
 //! A target that corrupts its own frames and code objects, or recurses deeper than the
 //! walk: blockprobe survives it, counts what it could not read, and marks what it cut.
 
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Frame, Python, Scenario, Stall, marker_line, nanos,
-    python_matrix, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Frame, Proc, Python, Scenario, Stall, marker_line,
+    nanos, python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
 };
+use nix::sys::signal::Signal;
 
 python_matrix!(
     deep_recursion_is_truncated_and_marked,
     deep_recursion_blocking_before_its_process_is_traced,
+    memory_that_never_answers_freezes_nothing,
+    memory_that_never_answers_at_attach_freezes_nothing,
 );
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
@@ -219,6 +220,171 @@ fn check_truncated(ctx: &CtxRef, script: &std::path::Path, stall: &Stall) {
                 stall.stack.len()
             )
         },
+    );
+}
+
+/// unanswered_memory.py points a code object's name into a page registered with
+/// userfaultfd whose faults nobody serves (a read of it waits until the process exits),
+/// and blocks in that function; then it blocks three times in an intact one. Traced by
+/// `trace -p`, blockprobe gives up reading within its deadline and goes on: every stall
+/// is reported live, with its duration, cause and syscall, its stack `<unreadable>`
+/// frames (the process is slow: its memory is not read again while the read hangs); a
+/// `warning` names the pid and says its memory did not answer in time; the stacks left
+/// unread are counted as lost (`memory_timeout`). SIGTERM, with that read still hung
+/// (the process lives on), ends tracing at once with exit code 0 and the report written.
+fn memory_that_never_answers_freezes_nothing(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let script_path = script("unanswered_memory.py");
+    let target = ctx.spawn(
+        &format!("unanswered_memory.py ({})", python.label),
+        &mut python.command(&script_path),
+    );
+    let ready = ctx.wait_ready(&target);
+    let pid = target.pid();
+    let bp = ctx.spawn(
+        "blockprobe trace -p -o",
+        Blockprobe::trace(&[pid]).arg("-o").arg(&report_path),
+    );
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    target.send("GO");
+    // The name stays unreadable until blockprobe has reported the stall.
+    ctx.wait_for("the stall of `poisoned`, reported live", || {
+        let measured = target.script_state().measured("poisoned").is_some();
+        (measured && !bp.stalls(pid).is_empty()).then_some(())
+    });
+    target.send("RESTORE");
+    let state = ctx.wait_finished(&target);
+    let stalls = ctx.wait_stalls(&bp, pid, 4);
+    let unread = marker("<unreadable>", "<unknown>");
+    for (stall, function) in stalls
+        .iter()
+        .zip(["poisoned", "steady0", "steady1", "steady2"])
+    {
+        let measured = ctx.measured(&state, function);
+        let low = measured - nanos(BELOW);
+        let high = measured + nanos(ABOVE) + stall.runqueue_ns() + ctx.stolen_ns();
+        ctx.ensure(
+            (low..=high).contains(&stall.duration_ns)
+                && stall.cause == "sleep"
+                && stall.syscall.as_deref() == Some(python.sleep_syscall())
+                && !stall.stack.is_empty()
+                && stall.stack.iter().all(|f| *f == unread)
+                && stall.culprit.as_ref() == Some(&unread),
+            || {
+                format!(
+                    "the stall of `{function}` should last [{low}, {high}] ns, be a `sleep` in \
+                     {}, and its stack be <unreadable> frames only: {stall:#?}",
+                    python.sleep_syscall()
+                )
+            },
+        );
+    }
+    ctx.ensure(said_memory_did_not_answer(&bp, pid), || {
+        format!(
+            "a warning about pid {pid} should say that its memory did not answer: {:#?}",
+            bp.events_of("warning", pid)
+        )
+    });
+    stop_at_once(&ctx, &bp);
+    let timed_out = bp.lost("memory_timeout");
+    let unreadable = bp.lost("unreadable_frame");
+    let all_lost = bp.lost_total();
+    ctx.ensure(timed_out >= 4 && all_lost == timed_out + unreadable, || {
+        format!(
+            "the four stacks left unread should be counted as memory_timeout ({timed_out}), \
+             their frames as unreadable_frame ({unreadable}), and be all that is lost ({all_lost})"
+        )
+    });
+    let report = read_json(&ctx, &report_path);
+    let reported = (report["stalls"].as_array().into_iter().flatten())
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .count();
+    ctx.ensure(
+        reported == 4 && report["lost"]["memory_timeout"].as_u64() >= Some(4),
+        || {
+            format!(
+                "the report should hold the four stalls and the memory_timeout losses: {report:#}"
+            )
+        },
+    );
+    // The process, whose page blockprobe's read still waits for, lives on.
+    ctx.quit_script(&target);
+}
+
+/// unanswered_memory.py --stuck: the loop is stuck from its first iteration, 30 s in a
+/// function whose name points into a page nobody serves, when `trace -p` starts. The
+/// look at its threads at attach (their stacks walked and named from userspace) gives up
+/// within its deadline: a `warning` names the pid and says its memory did not answer,
+/// the read left undone is counted (`memory_timeout`), and SIGTERM ends tracing at once,
+/// exit code 0, the report written with the process in it.
+fn memory_that_never_answers_at_attach_freezes_nothing(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let target = ctx.spawn(
+        &format!("unanswered_memory.py --stuck ({})", python.label),
+        python
+            .command_at_once(&script("unanswered_memory.py"))
+            .arg("--stuck"),
+    );
+    let pid = target.pid();
+    ctx.wait_for("the script's STUCK line", || {
+        (target.texts().iter())
+            .any(|t| t.starts_with("STUCK "))
+            .then_some(())
+    });
+    let bp = ctx.spawn(
+        "blockprobe trace -p -o",
+        Blockprobe::trace(&[pid]).arg("-o").arg(&report_path),
+    );
+    ctx.wait_event(&bp, "attached", pid);
+    ctx.wait_for("a warning that its memory did not answer", || {
+        said_memory_did_not_answer(&bp, pid).then_some(())
+    });
+    stop_at_once(&ctx, &bp);
+    let timed_out = bp.lost("memory_timeout");
+    let report = read_json(&ctx, &report_path);
+    let listed = (report["processes"].as_array().into_iter().flatten())
+        .any(|p| p["pid"].as_u64() == Some(u64::from(pid)));
+    ctx.ensure(
+        timed_out >= 1 && report["lost"]["memory_timeout"].as_u64() == Some(timed_out) && listed,
+        || {
+            format!(
+                "the read left undone should be counted as memory_timeout ({timed_out} live), \
+                 and the report list pid {pid} and the same count: {report:#}"
+            )
+        },
+    );
+    ctx.ensure(target.exited().is_none(), || {
+        "the stuck process should live on".into()
+    });
+}
+
+/// Whether blockprobe warned that the memory of `pid` did not answer in time.
+fn said_memory_did_not_answer(bp: &Proc, pid: u32) -> bool {
+    (bp.events_of("warning", pid).iter())
+        .filter_map(|w| w["message"].as_str())
+        .any(|m| m.contains("did not answer"))
+}
+
+/// Stops `blockprobe trace` with SIGTERM and fails unless it exits 0 within a few
+/// seconds with whole output (it may have counted losses).
+#[track_caller]
+fn stop_at_once(ctx: &Ctx, bp: &Proc) {
+    bp.may_exit();
+    let signalled = Instant::now();
+    bp.signal(Signal::SIGTERM);
+    let status = bp.wait_exit();
+    let took = signalled.elapsed();
+    ctx.check_whole(bp);
+    ctx.ensure(
+        status.code() == Some(0) && took < Duration::from_secs(5),
+        || format!("blockprobe took {took:?} to end after SIGTERM, with {status}; expected 0"),
     );
 }
 

@@ -69,7 +69,7 @@ pub fn prepare_with(
             sink,
             Aggregator::new(Limits::default()),
             options.identity(),
-        ),
+        )?,
         ring,
         started: SystemTime::now(),
     })

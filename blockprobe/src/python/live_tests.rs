@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use super::memory::ProcessMemory;
 use super::origin::{Origin, classify};
 use super::{Inspection, PythonProcess};
+use crate::model::Frame;
 use crate::model::fixtures::frame;
 
 /// A child process killed and reaped when the test ends, even by a panic.
@@ -94,6 +95,12 @@ fn line_of(marker: &str) -> u32 {
 }
 
 /// Walks one thread's stack with the BPF program's walk, from its thread pointer.
+/// The frames of `stack`, symbolized by `process`'s reader.
+fn symbolize(process: &mut PythonProcess, stack: &RawStack) -> Vec<Frame> {
+    let mut symbolized = process.symbolize(vec![*stack]).unwrap();
+    symbolized.stacks.remove(0)
+}
+
 fn bpf_walk(mem: &ProcessMemory, cfg: &PyProcess, fsbase: u64) -> RawStack {
     let mut stack = RawStack {
         len: 0,
@@ -180,14 +187,14 @@ fn check_interpreter(id: &str) {
         assert!(threads.iter().all(|t| t.native_id.is_none()));
     }
     // Each thread's tid, also before 3.11 (from glibc's `struct pthread`), with its own
-    // thread state.
-    let states = process.thread_states().unwrap();
-    let state_tids: BTreeSet<u32> = states.iter().map(|&(tid, _)| tid).collect();
+    // thread state and its stack walked now.
+    let states = process.threads_now().unwrap();
+    let state_tids: BTreeSet<u32> = states.iter().map(|t| t.tid).collect();
     assert_eq!(state_tids, tids, "{states:?}");
     assert!(
         states
             .iter()
-            .all(|&(_, tstate)| threads.iter().any(|t| t.tstate == tstate))
+            .all(|t| { threads.iter().any(|s| s.tstate == t.tstate) && !t.frames.is_empty() })
     );
 
     let mem = ProcessMemory::new(pid);
@@ -198,8 +205,12 @@ fn check_interpreter(id: &str) {
             raw.tstate, t.tstate,
             "the slot holds the thread's own state"
         );
-        let frames = process.symbolize(&raw);
-        assert_eq!(process.symbolize(&raw), frames, "cached lookups agree");
+        let frames = symbolize(&mut process, &raw);
+        assert_eq!(
+            symbolize(&mut process, &raw),
+            frames,
+            "cached lookups agree"
+        );
         stacks.insert(frames[0].function.clone(), frames);
     }
     assert_eq!(
@@ -253,7 +264,7 @@ fn check_interpreter(id: &str) {
             instr: 0x7fff_0000_0000,
         },
     ]);
-    let frames = process.symbolize(&raw);
+    let frames = symbolize(&mut process, &raw);
     for f in &frames[..3] {
         assert_eq!(*f, frame("<unreadable>", "<unknown>", 0));
     }

@@ -4,11 +4,13 @@
 //! Public surface (used by the rest of blockprobe):
 //! - `PythonProcess::inspect(pid) -> anyhow::Result<Inspection>`
 //! - `PythonProcess::walk_config(&self) -> blockprobe_common::config::PyProcess`
-//! - `PythonProcess::threads(&self) -> anyhow::Result<Vec<PyThread>>` (pthread ids, native tids)
 //! - `PythonProcess::pid(&self)`, `PythonProcess::version(&self) -> version::Version`
 //! - `PythonProcess::maps(&self) -> &maps::Maps`: the mappings its inspection read, which the
 //!   finders of `running_loop` and `uvloop` look through at attach
-//! - `PythonProcess::symbolize(&mut self, &RawStack) -> Vec<crate::model::Frame>`
+//! - `PythonProcess::symbolize(&mut self, Vec<RawStack>) -> Result<Symbolized, NoAnswer>`,
+//!   `walk_now`, `threads_now` (tids, thread states, stacks now), `stack_runs`,
+//!   `running_loop_is_selector_loop`: reads of its memory, on its reader thread within
+//!   `READ_DEADLINE`
 //! - `origin::classify(file) -> origin::Origin`
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
@@ -34,4 +36,4 @@ pub mod version;
 #[cfg(test)]
 mod live_tests;
 
-pub use process::{Inspection, PythonProcess};
+pub use process::{Inspection, PythonProcess, READ_DEADLINE, Symbolized};

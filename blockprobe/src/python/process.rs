@@ -2,11 +2,13 @@
 //! BPF finds each thread's `PyThreadState`.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use blockprobe_common::config::PyProcess;
 use blockprobe_common::stack::RawStack;
+use blockprobe_common::walk::walk_thread;
 
 use super::asyncio_debug::{self, AsyncioOffsets};
 use super::debug_offsets;
@@ -15,14 +17,22 @@ use super::layout::{self, GilLocation, Layout, Recipe, TYPE_BASICSIZE};
 use super::maps::{self, Maps};
 use super::memory::ProcessMemory;
 use super::symbolize::Symbolizer;
+use super::uvloop;
 use super::version::Version;
-use crate::deadline;
+use crate::deadline::{self, NoAnswer, Worker};
 use crate::model::Frame;
 
 /// The longest an inspection may take: reading a few headers and pages of a local file
 /// and of memory takes milliseconds of CPU time, seconds only on a host whose CPUs are
 /// shared by hundreds of busy processes.
 const INSPECT_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest a read of a traced process's memory (its stacks, its threads now) may
+/// take; past it, the process is slow: see [`PythonProcess::symbolize`].
+pub const READ_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a slow process's memory is not read after a read missed
+/// [`READ_DEADLINE`], even once that read came back: a process that answers slowly,
+/// not never, holds the tracer up once per pause.
+const SLOW_PAUSE: Duration = Duration::from_secs(10);
 /// Most thread states followed in an interpreter's list (guards against cycles).
 const MAX_THREADS: usize = 4096;
 /// Offset of the pthread-specific data array in glibc's x86_64 `struct pthread`
@@ -60,6 +70,31 @@ pub struct PyThread {
     pub native_id: Option<u32>,
 }
 
+/// The frames of stacks symbolized together, and the asyncio task of the first.
+#[derive(Debug, Default)]
+pub struct Symbolized {
+    /// Each stack's frames, innermost first.
+    pub stacks: Vec<Vec<Frame>>,
+    /// The name of the asyncio task the first stack was captured in (3.14+), if known.
+    pub task: Option<String>,
+}
+
+/// A Python thread of a process as it is now, its stack walked from userspace.
+#[derive(Debug)]
+pub struct ThreadNow {
+    /// Its tid in the process's pid namespace.
+    pub tid: u32,
+    /// Address of its `PyThreadState`.
+    pub tstate: u64,
+    /// Its stack's [`RawStack::flags`] (whether the walk was cut).
+    pub flags: u32,
+    /// The stack's frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// On 3.14+, whether the loop it runs is one of asyncio's selector loops; `None`
+    /// when none runs or it cannot be told.
+    pub selector_loop: Option<bool>,
+}
+
 /// A running Python process whose stacks blockprobe can walk and symbolize.
 #[derive(Debug)]
 pub struct PythonProcess {
@@ -68,7 +103,6 @@ pub struct PythonProcess {
     /// Path (in the process's mount namespace) of the file holding the interpreter.
     binary_path: String,
     layout: Box<Layout>,
-    memory: ProcessMemory,
     interp: u64,
     tstate_slot_offset: u64,
     gil_addr: u64,
@@ -77,7 +111,9 @@ pub struct PythonProcess {
     /// Its file mappings as last read: by its inspection, or anew when looking for a
     /// module it may have loaded since.
     maps: Maps,
-    symbolizer: Symbolizer,
+    /// Reads the process's memory to walk and name its stacks, off the caller's thread
+    /// (the memory may never answer), keeping what it learnt (the code cache).
+    reader: Worker<Symbolizer>,
 }
 
 impl PythonProcess {
@@ -164,11 +200,14 @@ impl PythonProcess {
             asyncio,
             maps,
             version,
-            memory,
             interp,
             tstate_slot_offset,
             gil_addr,
-            symbolizer: Symbolizer::new(memory, layout, binary.code_type),
+            reader: Worker::new(
+                Symbolizer::new(memory, layout, binary.code_type),
+                READ_DEADLINE,
+                SLOW_PAUSE,
+            )?,
             layout: Box::new(layout),
         }))
     }
@@ -216,27 +255,63 @@ impl PythonProcess {
         }
     }
 
-    /// The threads of the main interpreter, as they are now.
+    /// The threads of the main interpreter, as they are now (read on this thread).
+    #[cfg(test)]
     pub fn threads(&self) -> anyhow::Result<Vec<PyThread>> {
-        list_threads(&self.memory, &self.layout, self.interp)
+        list_threads(&ProcessMemory::new(self.pid), &self.layout, self.interp)
     }
 
-    /// Each started thread of the main interpreter now: its tid in the process's pid
-    /// namespace, with its thread state. The tid is the interpreter's `native_thread_id`
-    /// (3.11+), else glibc's own record of it in the thread's `struct pthread`.
-    pub fn thread_states(&self) -> anyhow::Result<Vec<(u32, u64)>> {
-        Ok((self.threads()?.into_iter())
-            .filter(|t| t.thread_id != 0)
-            .filter_map(|t| {
-                let tid = match t.native_id {
-                    Some(id) if id != 0 => id,
-                    _ => (self.memory)
-                        .read_u32(t.thread_id.wrapping_add(GLIBC_PTHREAD_TID))
-                        .ok()?,
-                };
-                Some((tid, t.tstate))
-            })
-            .collect())
+    /// Each started thread of the main interpreter now, its stack walked and
+    /// symbolized, read as [`PythonProcess::symbolize`] reads (empty when the thread
+    /// list cannot be read). The tid is the interpreter's `native_thread_id` (3.11+),
+    /// else glibc's own record of it in the thread's `struct pthread`.
+    pub fn threads_now(&mut self) -> Result<Vec<ThreadNow>, NoAnswer> {
+        let (layout, interp, asyncio) = (*self.layout, self.interp, self.asyncio);
+        let recipe = self.walk_config();
+        self.reader.run(move |symbolizer| {
+            let memory = *symbolizer.memory();
+            let threads = list_threads(&memory, &layout, interp).unwrap_or_default();
+            (threads.into_iter())
+                .filter(|t| t.thread_id != 0)
+                .filter_map(|t| {
+                    let tid = match t.native_id {
+                        Some(id) if id != 0 => id,
+                        _ => memory
+                            .read_u32(t.thread_id.wrapping_add(GLIBC_PTHREAD_TID))
+                            .ok()?,
+                    };
+                    let stack = walk(&memory, &recipe, t.tstate);
+                    Some(ThreadNow {
+                        tid,
+                        tstate: t.tstate,
+                        frames: symbolizer.symbolize(&stack),
+                        flags: stack.flags,
+                        selector_loop: selector_loop(&memory, asyncio, t.tstate),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The stack of thread state `tstate` now, walked from userspace as the kernel
+    /// side walks it, and symbolized: its [`RawStack::flags`] (whether the walk was cut)
+    /// and frames. Read as [`PythonProcess::symbolize`] reads.
+    pub fn walk_now(&mut self, tstate: u64) -> Result<(u32, Vec<Frame>), NoAnswer> {
+        let recipe = self.walk_config();
+        self.reader.run(move |symbolizer| {
+            let stack = walk(symbolizer.memory(), &recipe, tstate);
+            (stack.flags, symbolizer.symbolize(&stack))
+        })
+    }
+
+    /// Whether the native stack of a thread at stack pointer `sp` returns into one of
+    /// `runs` (where `uv_run` lies in each uvloop module), read as
+    /// [`PythonProcess::symbolize`] reads.
+    pub fn stack_runs(&mut self, sp: u64, runs: Vec<Range<u64>>) -> Result<bool, NoAnswer> {
+        self.reader.run(move |symbolizer| {
+            let memory = symbolizer.memory();
+            runs.iter().any(|run| uvloop::stack_runs(memory, sp, run))
+        })
     }
 
     /// Looks for the `_asyncio` module's task offsets (3.14+) if not known yet, in the
@@ -261,29 +336,56 @@ impl PythonProcess {
     }
 
     /// Whether the asyncio loop thread state `tstate` is running is one of asyncio's
-    /// selector loops (not uvloop); `None` when no loop runs or it cannot be told (before
-    /// 3.14, or before the `_asyncio` offsets are known).
-    pub fn running_loop_is_selector_loop(&self, tstate: u64) -> Option<bool> {
-        let offsets = self.asyncio?;
-        let memory = ProcessMemory::new(self.pid);
-        let running = memory
-            .read_u64(tstate.checked_add(offsets.running_loop)?)
-            .ok()
-            .filter(|&l| l != 0)?;
-        asyncio_debug::is_selector_loop(&memory, running)
+    /// selector loops (not uvloop); `Ok(None)` when no loop runs or it cannot be told
+    /// (before 3.14, or before the `_asyncio` offsets are known). Read as
+    /// [`PythonProcess::symbolize`] reads.
+    pub fn running_loop_is_selector_loop(&mut self, tstate: u64) -> Result<Option<bool>, NoAnswer> {
+        let Some(offsets) = self.asyncio else {
+            return Ok(None);
+        };
+        self.reader
+            .run(move |symbolizer| selector_loop(symbolizer.memory(), Some(offsets), tstate))
     }
 
-    /// The asyncio task name behind a stack's `task_name` object, if known.
-    pub fn task_name(&self, name: u64) -> Option<String> {
-        self.asyncio
-            .filter(|_| name != 0)
-            .and_then(|_| self.symbolizer.task_name(name))
+    /// Function, file and line of each frame of each of `stacks` (innermost first), and
+    /// the asyncio task the first was captured in (3.14+). The process's memory is read
+    /// on a thread of its own, waited for at most [`READ_DEADLINE`]: a read that misses
+    /// it (a page that never answers: userfaultfd, a hung file system) makes the process
+    /// slow, and its memory is not read again, the reads refused at once, while that
+    /// read hangs and for [`SLOW_PAUSE`] after the miss.
+    pub fn symbolize(&mut self, stacks: Vec<RawStack>) -> Result<Symbolized, NoAnswer> {
+        let task_name = (stacks.first())
+            .map(|s| s.task_name)
+            .filter(|&name| name != 0 && self.asyncio.is_some());
+        self.reader.run(move |symbolizer| Symbolized {
+            task: task_name.and_then(|name| symbolizer.task_name(name)),
+            stacks: stacks.iter().map(|s| symbolizer.symbolize(s)).collect(),
+        })
     }
+}
 
-    /// Function, file and line of each frame of `stack` (innermost first).
-    pub fn symbolize(&mut self, stack: &RawStack) -> Vec<Frame> {
-        self.symbolizer.symbolize(stack)
-    }
+/// The stack of thread state `tstate`, walked from userspace with `recipe`.
+fn walk(memory: &ProcessMemory, recipe: &PyProcess, tstate: u64) -> Box<RawStack> {
+    // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
+    let mut stack: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
+    walk_thread(memory, recipe, tstate, &mut stack);
+    stack
+}
+
+/// Whether the asyncio loop thread state `tstate` is running is one of asyncio's
+/// selector loops, with the `_asyncio` offsets `asyncio` (3.14+); `None` when no loop
+/// runs or it cannot be told.
+fn selector_loop(
+    memory: &ProcessMemory,
+    asyncio: Option<AsyncioOffsets>,
+    tstate: u64,
+) -> Option<bool> {
+    let offsets = asyncio?;
+    let running = memory
+        .read_u64(tstate.checked_add(offsets.running_loop)?)
+        .ok()
+        .filter(|&l| l != 0)?;
+    asyncio_debug::is_selector_loop(memory, running)
 }
 
 /// Whether interpreters of `version` describe their asyncio tasks (`.AsyncioDebug`, 3.14+).

@@ -11,7 +11,7 @@ use super::layout::{
 };
 use super::linetable;
 use super::memory::ProcessMemory;
-use crate::model::{Frame, UNREADABLE};
+use crate::model::Frame;
 
 /// Longest string read, in bytes of character data; longer strings are truncated.
 const MAX_STRING_BYTES: usize = 4096;
@@ -85,6 +85,11 @@ impl Symbolizer {
         }
     }
 
+    /// The memory of the process it symbolizes.
+    pub fn memory(&self) -> &ProcessMemory {
+        &self.memory
+    }
+
     /// The number of code objects cached and the bytes they hold (for tests).
     #[cfg(test)]
     pub fn cache_size(&self) -> (usize, usize) {
@@ -106,11 +111,7 @@ impl Symbolizer {
             .map(|(raw, header)| {
                 header
                     .and_then(|header| self.frame(raw, header))
-                    .unwrap_or_else(|_| Frame {
-                        function: UNREADABLE.into(),
-                        file: "<unknown>".into(),
-                        line: 0,
-                    })
+                    .unwrap_or_else(|_| Frame::unreadable())
             })
             .collect()
     }

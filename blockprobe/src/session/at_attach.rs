@@ -18,12 +18,13 @@ use blockprobe_common::{
     thread::{LoopTiming, NO_FD},
 };
 
-use super::{Session, Verdict};
+use super::{Session, Verdict, target_memory::marker};
 use crate::{
     attribution::BlockedCall,
     classify,
     model::{Cause, Frame},
     proc_stat,
+    python::PythonProcess,
     thread_now::{self, Activity},
 };
 
@@ -35,6 +36,9 @@ struct Examined {
     stack: Vec<Frame>,
     /// When its stack was walked (monotonic ns, just before).
     walked_ns: u64,
+    /// On 3.14+, whether the loop it runs is one of asyncio's selector loops (`None`:
+    /// none runs, or it cannot be told).
+    selector_loop: Option<bool>,
 }
 
 impl Examined {
@@ -50,13 +54,13 @@ impl Session {
     /// began, are left to the kernel side.
     pub(super) fn find_running_loops(&mut self, pid: u32) -> anyhow::Result<()> {
         self.refresh_asyncio(pid)?;
-        let examined = self.examine_threads(pid);
+        let examined = self.examine_threads(pid)?;
         for thread in &examined {
             if self.probes.classified(thread.tid) {
                 // It polled since tracing began, and was classified then.
                 continue;
             }
-            let native = self.running_loop_is_native(pid, thread.tstate);
+            let native = thread.selector_loop.map(|selector| !selector);
             let loop_poll = thread.polled_fd().is_some()
                 && (classify::is_asyncio_loop(&thread.stack)
                     || native.is_some_and(|native| {
@@ -141,44 +145,37 @@ impl Session {
         self.loop_found(pid, thread.tid, thread.tstate)
     }
 
-    /// Each Python thread of `pid` now: its host tid, activity and stack.
-    fn examine_threads(&mut self, pid: u32) -> Vec<Examined> {
-        let Some(traced) = self.processes.get(&pid) else {
-            return Vec::new();
+    /// Each Python thread of `pid` now: its host tid, activity and stack (none when its
+    /// memory did not answer in time).
+    fn examine_threads(&mut self, pid: u32) -> anyhow::Result<Vec<Examined>> {
+        let Some(namespaced) = self.processes.get(&pid).map(|t| t.ns_pid.is_some()) else {
+            return Ok(Vec::new());
         };
-        let namespaced = traced.ns_pid.is_some();
-        let threads = traced.python.thread_states().unwrap_or_default();
+        let walked_ns = self.clock.monotonic_ns();
+        let threads = (self.read_memory(pid, 1, PythonProcess::threads_now)?).unwrap_or_default();
         let mut examined = Vec::with_capacity(threads.len());
-        for (ns_tid, tstate) in threads {
+        for thread in threads {
             let tid = if namespaced {
-                self.host_tids.get(pid, ns_tid)
+                self.host_tids.get(pid, thread.tid)
             } else {
-                Some(ns_tid)
+                Some(thread.tid)
             };
             let Some(tid) = tid else { continue };
             let Some(activity) = thread_now::activity(pid, tid) else {
                 continue;
             };
-            let walked_ns = self.clock.monotonic_ns();
-            let Some(stack) = self.walk_now(pid, tstate) else {
-                continue;
-            };
+            let mut stack = thread.frames;
+            stack.extend(marker(thread.flags));
             examined.push(Examined {
                 tid,
-                tstate,
+                tstate: thread.tstate,
                 activity,
                 stack,
                 walked_ns,
+                selector_loop: thread.selector_loop,
             });
         }
-        examined
-    }
-
-    /// On 3.14+, whether the loop running in thread state `tstate` is native (polls from
-    /// C, as uvloop's); `None` when none runs or it cannot be told.
-    fn running_loop_is_native(&self, pid: u32, tstate: u64) -> Option<bool> {
-        let python = &self.processes.get(&pid)?.python;
-        python.running_loop_is_selector_loop(tstate).map(|s| !s)
+        Ok(examined)
     }
 
     /// The kernel-side timing of `thread`, stuck now: off-await since now, in the

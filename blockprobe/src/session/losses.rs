@@ -19,6 +19,11 @@ pub const SKIPPED_RUN: &str = "skipped_run";
 /// walk, or a code object when symbolizing): the stack keeps an `<unreadable>` frame.
 pub const UNREADABLE_FRAME: &str = "unreadable_frame";
 
+/// Loss name of stacks left unread because their process's memory did not answer in
+/// time (or was not read: it had not answered an earlier read): the stack keeps
+/// `<unreadable>` frames.
+pub const MEMORY_TIMEOUT: &str = "memory_timeout";
+
 /// What has been reported of the kernel's cumulative loss counters.
 #[derive(Debug, Default)]
 pub struct Losses {

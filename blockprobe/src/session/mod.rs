@@ -1,56 +1,44 @@
 //! A tracing session: attaches to Python processes, turns kernel events into stalls,
 //! and feeds them to the live output and the aggregate report.
-//!
-//! Its length: every handler of the event pump reads and writes the one [`Session`]
-//! state, so they stand together; attaching to a process (from `attach` to
-//! `attach_quietly`) is the part that could stand in a module of its own.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
-    os::unix::fs::MetadataExt as _,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use blockprobe_common::{
-    event::poll_origin,
-    stack::{RawStack, flags as stack_flags},
+use blockprobe_common::{event::poll_origin, stack::RawStack};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
 };
-use tokio::io::unix::AsyncFd;
 
-use self::losses::{Losses, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME};
+use self::losses::{Losses, MEMORY_TIMEOUT, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
     events::{self, Event},
-    host::{self, IdentityOptions},
-    model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
+    host::IdentityOptions,
+    model::{Cause, FdKind, ShortCalls, Stall, UNREADABLE},
     namespaces,
-    patience::{ATTACH_PATIENCE, FIRST_RETRY, Patience},
+    patience::{ATTACH_PATIENCE, FIRST_RETRY},
     probes::Probes,
-    proc_stat,
-    python::{Inspection, PythonProcess, memory::ProcessMemory, running_loop, uvloop},
-    report::ProcessInfo,
+    python::PythonProcess,
     session::sink::{DetachReason, StallSink, Status},
-    thread_now,
 };
 
 mod at_attach;
 mod losses;
+mod processes;
 pub mod sink;
 mod stuck;
+mod target_memory;
 mod unwatched;
 
-/// A Python process not traceable yet (its runtime is still initializing).
-struct Starting {
-    /// Why it is not traceable yet.
-    why: String,
-    /// When to try again, and when to give up.
-    patience: Patience,
-}
+use processes::Starting;
 
 /// Under load, how long events gather in the ring buffer after a read before the next
 /// one: the tracer wakes up at most once per interval, not once per event (a wake-up
@@ -81,16 +69,6 @@ struct Traced {
     /// Where libuv's `uv_run` lies in each uvloop module it has mapped (found at attach
     /// or at a later poll).
     uv_runs: Vec<std::ops::Range<u64>>,
-}
-
-/// What happened when blockprobe tried to attach to a process.
-pub enum Attach {
-    /// Now traced.
-    Attached,
-    /// Not a Python process.
-    NotPython,
-    /// Python, but not ready to be traced yet; retried on ticks.
-    Waiting,
 }
 
 /// Why the event loop of a session ended.
@@ -132,6 +110,9 @@ pub struct Session {
     /// Frames of reported stalls that could not be read so far (reported with the loss
     /// counters).
     unreadable_frames: u64,
+    /// Stacks left unread so far because their process's memory did not answer in time
+    /// (reported with the loss counters).
+    unanswered_stacks: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
     /// Loop threads found stuck as tracing of their process began, by tid: their pid
@@ -145,12 +126,32 @@ pub struct Session {
     host_tids: namespaces::HostTids,
     /// Files (device, inode) already searched for asyncio's `_set_running_loop`.
     asyncio_files: HashSet<(u64, u64)>,
+    /// SIGINT and SIGTERM, caught since the session began, until it runs.
+    stop_signals: Option<StopSignals>,
     /// What each polling thread was last found to be, by tid: the kernel side times a
     /// polling thread before it is classified, and only a loop's reports are kept.
     verdicts: HashMap<u32, Verdict>,
 }
 
 /// What a polling thread was found to be at its last classification.
+/// SIGINT and SIGTERM, caught from the moment the session exists: one that comes while
+/// processes are still being attached (a slow inspection, a process whose memory does not
+/// answer) ends tracing cleanly, report written, as soon as the event pump runs.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Catches both signals (inside the tokio runtime).
+    fn catch() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Verdict {
     /// Its process.
@@ -161,14 +162,16 @@ struct Verdict {
 
 impl Session {
     /// A session over attached probes, reporting to `sink` and aggregating into
-    /// `aggregator`, labelling the processes it traces as `identity` says.
+    /// `aggregator`, labelling the processes it traces as `identity` says. From now on,
+    /// SIGINT and SIGTERM end it (see [`Session::run`]).
     pub fn new(
         probes: Probes,
         sink: Box<dyn StallSink + Send>,
         aggregator: Aggregator,
         identity: IdentityOptions,
-    ) -> Self {
-        Session {
+    ) -> anyhow::Result<Self> {
+        Ok(Session {
+            stop_signals: Some(StopSignals::catch()?),
             probes,
             identity,
             processes: HashMap::new(),
@@ -186,6 +189,7 @@ impl Session {
             loop_tstates: HashMap::new(),
             loop_threads: HashMap::new(),
             unreadable_frames: 0,
+            unanswered_stacks: 0,
             notices: stuck::Notices::default(),
             stuck_at_attach: HashMap::new(),
             unwatched: unwatched::Unwatched::default(),
@@ -194,7 +198,7 @@ impl Session {
             verdicts: HashMap::new(),
             asyncio_files: HashSet::new(),
             own_pid: std::process::id(),
-        }
+        })
     }
 
     /// The probes, e.g. to add the `run` command to the family.
@@ -202,226 +206,16 @@ impl Session {
         &mut self.probes
     }
 
-    /// Tries to trace `pid`: Python processes are attached (or retried while starting).
-    pub fn attach(&mut self, pid: u32) -> anyhow::Result<Attach> {
-        if pid == self.own_pid {
-            return Ok(Attach::Attached);
-        }
-        if self.processes.contains_key(&pid) {
-            match self.departure(pid) {
-                None => return Ok(Attach::Attached),
-                // Its exit or exec event was lost: this is a new process or image.
-                Some(reason) => self.process_gone(pid, reason)?,
-            }
-        }
-        match PythonProcess::inspect(pid)? {
-            Inspection::NotPython => Ok(Attach::NotPython),
-            Inspection::NotReady(why) => {
-                let count = self.starting.len() + usize::from(!self.starting.contains_key(&pid));
-                match self.starting.entry(pid) {
-                    Entry::Occupied(mut starting) => {
-                        let starting = starting.get_mut();
-                        starting.why = why;
-                        starting.patience.failed_again(count);
-                    }
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(Starting {
-                            why,
-                            patience: Patience::new(pid, count),
-                        });
-                    }
-                }
-                Ok(Attach::Waiting)
-            }
-            Inspection::Ready(python) => self.trace_ready(pid, python).map(|()| Attach::Attached),
-        }
-    }
-
-    /// Traces `pid`, which `python` describes (an inspection that found it ready).
-    pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
-        self.starting.remove(&pid);
-        let recipe = python.walk_config();
-        let comm = host::comm(pid);
-        let version = python.version().to_string();
-        let ns_pid = namespaces::ns_pid(pid);
-        self.aggregator.register_process(ProcessInfo {
-            ns_pid,
-            ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
-        });
-        self.processes.insert(
-            pid,
-            Traced {
-                python,
-                start_time: proc_stat::start_time(pid),
-                comm: comm.clone(),
-                ns_pid,
-                uv_runs: Vec::new(),
-            },
-        );
-        // The loop-run probes first: once the kernel side times the process, a loop that
-        // stops is seen stopping.
-        self.probe_running_loop_set(pid)?;
-        self.probe_importable_uvloop(pid)?;
-        self.probe_mapped_uvloop(pid)?;
-        self.probes.trace_process(pid, recipe)?;
-        self.time_parked_threads(pid)?;
-        // Said once everything is in place: what the process does from now on is seen.
-        self.sink.status(&Status::Attached {
-            pid,
-            ns_pid,
-            comm,
-            python_version: version,
-        })?;
-        self.find_running_loops(pid)
-    }
-
-    /// Times the threads of newly traced process `pid` that are parked in a poll call
-    /// (an idle loop waits there for its next iteration, which may be a stall).
-    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return Ok(());
-        };
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if thread_now::polled_fd(pid, tid).is_some() {
-                self.probes.time_parked_thread(tid)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
-    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
-    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
-    /// probed is a warning: its loops' time between two runs counts until their next poll.
-    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get(&pid) else {
-            return Ok(());
-        };
-        let python = &traced.python;
-        let files = running_loop::candidate_files(
-            pid,
-            python.maps(),
-            python.binary_path(),
-            python.version(),
-        );
-        for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
-                continue;
-            }
-            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
-                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
-                None => Ok(None),
-            });
-            if let Err(e) = probed {
-                self.warn(format!(
-                    "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
-                ))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
-    /// loop imported after tracing started is seen from its first run's start.
-    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get(&pid) else {
-            return Ok(());
-        };
-        let python = &traced.python;
-        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
-            self.probe_loop_runs(pid, &path)?;
-        }
-        Ok(())
-    }
-
-    /// Probes the uvloop modules traced process `pid` maps now, while it has none: its
-    /// mappings are read anew (it may have imported uvloop since).
-    fn probe_newly_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        // A process that exited meanwhile has nothing to probe.
-        if traced.uv_runs.is_empty() && traced.python.reread_maps().is_ok() {
-            self.probe_mapped_uvloop(pid)?;
-        }
-        Ok(())
-    }
-
-    /// Probes the uvloop modules traced process `pid` has mapped (as its mappings were
-    /// last read), once it has any, and remembers where their `uv_run` lies.
-    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = (self.processes.get(&pid)).filter(|t| t.uv_runs.is_empty()) else {
-            return Ok(());
-        };
-        let Ok(modules) = uvloop::mapped(pid, traced.python.maps()) else {
-            return Ok(());
-        };
-        for module in modules {
-            self.probe_loop_runs(pid, &module.path)?;
-            if let Some(traced) = self.processes.get_mut(&pid) {
-                traced.uv_runs.push(module.run);
-            }
-        }
-        Ok(())
-    }
-
-    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
-    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
-        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
-            self.warn(format!(
-                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
-                path.display()
-            ))?;
-        }
-        Ok(())
-    }
-
     /// Whether the native stack of a thread of traced process `pid` at stack pointer `sp`
-    /// runs a uvloop loop (`uv_run`).
-    fn runs_uvloop(&self, pid: u32, sp: u64) -> bool {
-        let Some(traced) = self.processes.get(&pid) else {
-            return false;
+    /// runs a uvloop loop (`uv_run`); `None` when its memory did not answer in time.
+    fn runs_uvloop(&mut self, pid: u32, sp: u64) -> anyhow::Result<Option<bool>> {
+        let Some(runs) = self.processes.get(&pid).map(|t| t.uv_runs.clone()) else {
+            return Ok(Some(false));
         };
-        let memory = ProcessMemory::new(pid);
-        (traced.uv_runs.iter()).any(|run| uvloop::stack_runs(&memory, sp, run))
-    }
-
-    /// Attaches to every Python process already running on the host.
-    pub fn attach_existing(&mut self) -> anyhow::Result<()> {
-        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
-            let Some(pid) = entry?
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            self.attach_quietly(pid)?;
+        if runs.is_empty() {
+            return Ok(Some(false));
         }
-        Ok(())
-    }
-
-    /// Attaches to `pid` if it is Python; an error becomes one warning, not a failure.
-    fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
-        if let Err(e) = self.attach(pid) {
-            self.starting.remove(&pid);
-            // A process that exited meanwhile (a pyenv shim) or that does not even look
-            // like Python (an init we may not read) is no news.
-            if looks_like_python(pid) && self.given_up.insert(pid) {
-                self.warn(format!("not tracing pid {pid}: {e:#}"))?;
-            }
-        }
-        Ok(())
+        self.read_memory(pid, 1, |python| python.stack_runs(sp, runs))
     }
 
     /// Runs until `stop` says so, reading events as they come.
@@ -431,9 +225,13 @@ impl Session {
         duration: Option<Duration>,
         mut child: Option<&mut tokio::process::Child>,
     ) -> anyhow::Result<StopReason> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let StopSignals {
+            interrupt: mut sigint,
+            terminate: mut sigterm,
+        } = match self.stop_signals.take() {
+            Some(signals) => signals,
+            None => StopSignals::catch()?,
+        };
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open while registered.
         let mut ring = unsafe { AsyncFd::register(ring) }
@@ -542,7 +340,7 @@ impl Session {
                 origin,
                 user_sp,
                 stack,
-            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, &stack)?,
+            } => self.poll_stack(pid, tid, poll_fd, origin, user_sp, stack)?,
             Event::BlockedCall {
                 pid,
                 tid,
@@ -555,8 +353,7 @@ impl Session {
                 short_ns,
                 stack,
             } => {
-                let task = self.task_name(pid, &stack);
-                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let (stack, task) = self.symbolize_one(pid, stack)?;
                 let call = BlockedCall {
                     task,
                     nr,
@@ -581,9 +378,10 @@ impl Session {
                 holder_stack,
                 own_stack,
             } => {
-                let task = self.task_name(pid, &own_stack);
-                let holder_stack = self.symbolize(pid, &holder_stack).unwrap_or_default();
-                let own_stack = self.symbolize(pid, &own_stack).unwrap_or_default();
+                let symbolized = self.symbolize(pid, vec![*own_stack, *holder_stack])?;
+                let task = symbolized.task;
+                let [own_stack, holder_stack] = <[_; 2]>::try_from(symbolized.stacks)
+                    .unwrap_or_else(|_| [Vec::new(), Vec::new()]);
                 // The interpreter records the holder's id in the process's namespace.
                 let namespaced = self.processes.get(&pid).is_some_and(|p| p.ns_pid.is_some());
                 let holder_tid = match holder_tid {
@@ -607,8 +405,7 @@ impl Session {
                 ts_ns,
                 stack,
             } => {
-                let task = self.task_name(pid, &stack);
-                let stack = self.symbolize(pid, &stack).unwrap_or_default();
+                let (stack, task) = self.symbolize_one(pid, stack)?;
                 let sample = CpuSample { ts_ns, stack, task };
                 self.attributor.cpu_sample(pid, tid, sample);
             }
@@ -640,70 +437,6 @@ impl Session {
         Ok(())
     }
 
-    /// Forgets process `pid`, which exited or exec'd; says so when it was traced.
-    fn process_gone(&mut self, pid: u32, reason: DetachReason) -> anyhow::Result<()> {
-        self.starting.remove(&pid);
-        self.given_up.remove(&pid);
-        self.loop_tstates.retain(|_, (p, _)| *p != pid);
-        self.loop_threads.retain(|_, p| *p != pid);
-        self.verdicts.retain(|_, v| v.pid != pid);
-        self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
-        self.forget_unwatched(pid);
-        self.attributor.forget_process(pid);
-        self.host_tids.forget_process(pid);
-        self.probes.forget_process(pid);
-        if self.processes.remove(&pid).is_some() {
-            self.sink.status(&Status::Detached { pid, reason })?;
-        }
-        Ok(())
-    }
-
-    /// Whether traced process `pid` has left without the kernel side's event saying so
-    /// (lost when its buffer was full): the kernel no longer walks it, and it exited
-    /// (its pid is gone, or another process's) or exec'd.
-    fn departure(&self, pid: u32) -> Option<DetachReason> {
-        let traced = self.processes.get(&pid)?;
-        let same_process = proc_stat::start_time(pid) == traced.start_time;
-        departure(
-            same_process,
-            self.probes.is_tracing(pid),
-            // A zombie: exited, its exit event maybe still on its way.
-            !proc_stat::thread_lives(pid, pid),
-        )
-    }
-
-    /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
-    /// and thread state go, and the metrics stop counting them. Short-lived loop threads
-    /// (a thread and a loop per call, as asgiref's `async_to_sync`) leave nothing behind.
-    fn sweep_loop_threads(&mut self) -> anyhow::Result<()> {
-        let gone: Vec<(u32, u32)> = (self.loop_threads.iter())
-            .filter(|&(&tid, &pid)| !proc_stat::thread_lives(pid, tid))
-            .map(|(&tid, &pid)| (tid, pid))
-            .collect();
-        for (tid, pid) in gone {
-            self.loop_threads.remove(&tid);
-            self.loop_tstates.remove(&tid);
-            self.attributor.forget_thread(tid);
-            self.probes.stop_sampling_thread(tid);
-            self.sink.status(&Status::LoopGone { pid, tid })?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the traced processes that left without the kernel side saying so.
-    fn sweep_gone(&mut self) -> anyhow::Result<()> {
-        self.last_sweep = Instant::now();
-        let gone: Vec<(u32, DetachReason)> = (self.processes.keys())
-            .filter_map(|&pid| Some((pid, self.departure(pid)?)))
-            .collect();
-        for (pid, reason) in gone {
-            self.process_gone(pid, reason)?;
-        }
-        self.given_up
-            .retain(|&pid| proc_stat::start_time(pid).is_some());
-        Ok(())
-    }
-
     /// Classifies thread `tid` of `pid` from its stack at a poll on epoll fd `poll_fd`
     /// (user stack pointer `user_sp`), or at a loop's start; `origin` says which
     /// ([`poll_origin`]).
@@ -714,19 +447,28 @@ impl Session {
         poll_fd: u32,
         origin: u32,
         user_sp: u64,
-        stack: &RawStack,
+        stack: Box<RawStack>,
     ) -> anyhow::Result<()> {
         let foreign = origin == poll_origin::FOREIGN;
         if origin == poll_origin::THREAD {
             self.probe_newly_mapped_uvloop(pid)?;
         }
-        let frames = self.symbolize(pid, stack);
-        let mut is_loop = origin == poll_origin::LOOP_RUN
-            || frames.as_deref().is_some_and(|frames| {
-                classify::is_asyncio_loop(frames)
-                    || (!foreign
-                        && classify::is_uvloop_poll(frames, self.runs_uvloop(pid, user_sp)))
-            });
+        let (tstate, has_task) = (stack.tstate, stack.task_name != 0);
+        let loop_run = origin == poll_origin::LOOP_RUN;
+        let traced = self.processes.contains_key(&pid);
+        let frames = (self.try_symbolize(pid, vec![*stack])?).and_then(|mut s| s.stacks.pop());
+        if traced && frames.is_none() && !loop_run {
+            // Its memory did not answer: the thread stays as it was found last.
+            return Ok(());
+        }
+        let asyncio_loop = frames.as_deref().is_some_and(classify::is_asyncio_loop);
+        let uvloop_poll = match &frames {
+            Some(frames) if !asyncio_loop && !foreign && classify::is_uvloop_poll(frames, true) => {
+                self.runs_uvloop(pid, user_sp)?.unwrap_or(false)
+            }
+            _ => false,
+        };
+        let mut is_loop = loop_run || asyncio_loop || uvloop_poll;
         if !is_loop
             && !foreign
             && let Some(frames) = &frames
@@ -737,11 +479,13 @@ impl Session {
                 self.verdicts.remove(&tid);
                 return self.probes.reexamine_thread(tid);
             }
-            is_loop = (self.processes.get(&pid))
-                .and_then(|t| t.python.running_loop_is_selector_loop(stack.tstate))
-                .is_some_and(|selector_loop| {
-                    classify::is_c_loop_poll(frames, !selector_loop, stack.task_name != 0)
-                });
+            let selector_loop = (self.read_memory(pid, 1, |python| {
+                python.running_loop_is_selector_loop(tstate)
+            })?)
+            .flatten();
+            is_loop = selector_loop.is_some_and(|selector_loop| {
+                classify::is_c_loop_poll(frames, !selector_loop, has_task)
+            });
         }
         // A loop thread polling another fd: a new loop it now runs is adopted; a
         // callback's own selector leaves the thread a loop.
@@ -757,7 +501,7 @@ impl Session {
             self.probes.stop_sampling_thread(tid);
         }
         if is_loop {
-            self.loop_found(pid, tid, stack.tstate)?;
+            self.loop_found(pid, tid, tstate)?;
         }
         Ok(())
     }
@@ -841,32 +585,6 @@ impl Session {
         self.sink.status(&Status::Warning { pid: None, message })
     }
 
-    /// Symbolizes a raw stack of process `pid`; `None` when the process is not traced.
-    /// The name of the asyncio task a stack was captured in (3.14+), if known.
-    fn task_name(&self, pid: u32, stack: &RawStack) -> Option<String> {
-        self.processes.get(&pid)?.python.task_name(stack.task_name)
-    }
-
-    /// An incomplete walk ends in a marker frame, so a cut stack is never taken for a
-    /// whole one: `<truncated>` (deeper than the kernel side walks) or `<unreadable>`
-    /// (a frame pointer could not be read: the process changed or corrupted it).
-    fn symbolize(&mut self, pid: u32, stack: &RawStack) -> Option<Vec<Frame>> {
-        let mut frames = self.processes.get_mut(&pid)?.python.symbolize(stack);
-        let marker = if stack.flags & stack_flags::TRUNCATED != 0 {
-            Some("<truncated>")
-        } else if stack.flags & stack_flags::UNREADABLE_FRAME != 0 {
-            Some(UNREADABLE)
-        } else {
-            None
-        };
-        frames.extend(marker.map(|m| Frame {
-            function: m.to_owned(),
-            file: String::new(),
-            line: 0,
-        }));
-        Some(frames)
-    }
-
     /// Periodic work: retry processes that were starting up, read the loss counters.
     /// Retries of starting processes need a fast tick, and so, less fast, does a loop
     /// found stuck as tracing began; otherwise only the loss counters are due, once a
@@ -921,15 +639,14 @@ impl Session {
         for (counter, total) in self.probes.counters()? {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
-        let skipped = self.probes.skipped_runs()?;
-        (self.losses).total(SKIPPED_RUN, skipped, &mut self.aggregator, &mut self.sink)?;
-        let unreadable = self.unreadable_frames;
-        (self.losses).total(
-            UNREADABLE_FRAME,
-            unreadable,
-            &mut self.aggregator,
-            &mut self.sink,
-        )
+        for (name, total) in [
+            (SKIPPED_RUN, self.probes.skipped_runs()?),
+            (UNREADABLE_FRAME, self.unreadable_frames),
+            (MEMORY_TIMEOUT, self.unanswered_stacks),
+        ] {
+            (self.losses).total(name, total, &mut self.aggregator, &mut self.sink)?;
+        }
+        Ok(())
     }
 
     /// How the kernel side hooks the epoll syscalls.
@@ -940,18 +657,6 @@ impl Session {
     /// Ends the session: the aggregate so far and the sink, for the summary.
     pub fn into_parts(self) -> (Aggregator, Box<dyn StallSink + Send>, Clock) {
         (self.aggregator, self.sink, self.clock)
-    }
-}
-
-/// How a traced process left, if it did: `same_process` when its pid still has the
-/// start time it had when attached, `kernel_tracing` when the kernel side still walks it,
-/// `leader_dead` when its main thread is gone or a zombie.
-fn departure(same_process: bool, kernel_tracing: bool, leader_dead: bool) -> Option<DetachReason> {
-    match (same_process, kernel_tracing, leader_dead) {
-        (false, _, _) => Some(DetachReason::Exit),
-        (true, true, _) => None,
-        (true, false, true) => Some(DetachReason::Exit),
-        (true, false, false) => Some(DetachReason::Exec),
     }
 }
 
@@ -970,33 +675,5 @@ async fn wait_child(
     match child {
         Some(c) => c.wait().await.context("waiting for the traced command"),
         None => std::future::pending().await,
-    }
-}
-
-/// Whether `pid` still runs an executable whose name says Python (`python3.11`,
-/// `python`, `pypy3`…): inspection failures of other processes are not worth a warning.
-fn looks_like_python(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().to_lowercase()))
-        .is_some_and(|name| name.contains("py"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_process_whose_exit_or_exec_was_lost_is_told_apart() {
-        // Still walked: still there (its main thread may have exited before the others).
-        assert_eq!(departure(true, true, false), None);
-        assert_eq!(departure(true, true, true), None);
-        // The kernel forgot it and the process runs on: it exec'd.
-        assert_eq!(departure(true, false, false), Some(DetachReason::Exec));
-        // The kernel forgot it and it is a zombie: it exited.
-        assert_eq!(departure(true, false, true), Some(DetachReason::Exit));
-        // Another start time (or none): it exited, maybe another process has its pid.
-        assert_eq!(departure(false, true, false), Some(DetachReason::Exit));
-        assert_eq!(departure(false, false, true), Some(DetachReason::Exit));
     }
 }

@@ -7,14 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use blockprobe_common::{stack::RawStack, thread::LoopTiming, walk::walk_thread};
+use blockprobe_common::thread::LoopTiming;
 
 use super::Session;
 use crate::{
     attribution::{BlockedCall, StallWindow, culprit},
     model::{Cause, Frame},
     proc_stat,
-    python::memory::ProcessMemory,
     session::sink::Status,
     syscalls,
 };
@@ -109,7 +108,7 @@ impl Session {
             .flatten();
         let stack = match sample {
             Some(stack) => stack,
-            None => self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+            None => self.walk_now(s.pid, s.tstate)?.unwrap_or_default(),
         };
         let at_least = self.started_before_tracing(s.tid, s.timing.poll_exit_ns);
         self.sink.status(&Status::Stuck {
@@ -164,7 +163,7 @@ impl Session {
                     start_ns: timing.syscall_enter_ns,
                     end_ns: now,
                     fd_kind: None,
-                    stack: self.walk_now(s.pid, s.tstate).unwrap_or_default(),
+                    stack: self.walk_now(s.pid, s.tstate)?.unwrap_or_default(),
                     short: None,
                 };
                 self.attributor.blocked_call(s.pid, s.tid, call);
@@ -183,14 +182,5 @@ impl Session {
             self.aggregator.record(stall);
         }
         Ok(())
-    }
-
-    /// The Python stack of thread state `tstate` of `pid`, walked from userspace now.
-    pub(super) fn walk_now(&mut self, pid: u32, tstate: u64) -> Option<Vec<Frame>> {
-        let recipe = self.processes.get(&pid)?.python.walk_config();
-        // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
-        let mut raw: Box<RawStack> = Box::new(unsafe { std::mem::zeroed() });
-        walk_thread(&ProcessMemory::new(pid), &recipe, tstate, &mut raw);
-        self.symbolize(pid, &raw)
     }
 }

@@ -1,0 +1,355 @@
+//! The traced processes' comings and goings: attaching to a Python process (inspecting
+//! it, waiting while it starts, probing the files its loops run from, timing its threads
+//! parked in a poll) and noticing that it, or one of its loop threads, left (its exit or
+//! exec, also when the kernel side's event about it was lost).
+
+use std::{collections::hash_map::Entry, os::unix::fs::MetadataExt as _, time::Instant};
+
+use anyhow::Context as _;
+
+use super::{Session, Traced};
+use crate::{
+    host, namespaces,
+    patience::Patience,
+    proc_stat,
+    python::{Inspection, PythonProcess, running_loop, uvloop},
+    report::ProcessInfo,
+    session::sink::{DetachReason, Status},
+    thread_now,
+};
+
+/// A Python process not traceable yet (its runtime is still initializing).
+pub(super) struct Starting {
+    /// Why it is not traceable yet.
+    pub(super) why: String,
+    /// When to try again, and when to give up.
+    pub(super) patience: Patience,
+}
+
+/// What happened when blockprobe tried to attach to a process.
+pub enum Attach {
+    /// Now traced.
+    Attached,
+    /// Not a Python process.
+    NotPython,
+    /// Python, but not ready to be traced yet; retried on ticks.
+    Waiting,
+}
+
+impl Session {
+    /// Tries to trace `pid`: Python processes are attached (or retried while starting).
+    pub fn attach(&mut self, pid: u32) -> anyhow::Result<Attach> {
+        if pid == self.own_pid {
+            return Ok(Attach::Attached);
+        }
+        if self.processes.contains_key(&pid) {
+            match self.departure(pid) {
+                None => return Ok(Attach::Attached),
+                // Its exit or exec event was lost: this is a new process or image.
+                Some(reason) => self.process_gone(pid, reason)?,
+            }
+        }
+        match PythonProcess::inspect(pid)? {
+            Inspection::NotPython => Ok(Attach::NotPython),
+            Inspection::NotReady(why) => {
+                let count = self.starting.len() + usize::from(!self.starting.contains_key(&pid));
+                match self.starting.entry(pid) {
+                    Entry::Occupied(mut starting) => {
+                        let starting = starting.get_mut();
+                        starting.why = why;
+                        starting.patience.failed_again(count);
+                    }
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(Starting {
+                            why,
+                            patience: Patience::new(pid, count),
+                        });
+                    }
+                }
+                Ok(Attach::Waiting)
+            }
+            Inspection::Ready(python) => self.trace_ready(pid, python).map(|()| Attach::Attached),
+        }
+    }
+
+    /// Traces `pid`, which `python` describes (an inspection that found it ready).
+    pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
+        self.starting.remove(&pid);
+        let recipe = python.walk_config();
+        let comm = host::comm(pid);
+        let version = python.version().to_string();
+        let ns_pid = namespaces::ns_pid(pid);
+        self.aggregator.register_process(ProcessInfo {
+            ns_pid,
+            ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
+        });
+        self.processes.insert(
+            pid,
+            Traced {
+                python,
+                start_time: proc_stat::start_time(pid),
+                comm: comm.clone(),
+                ns_pid,
+                uv_runs: Vec::new(),
+            },
+        );
+        // The loop-run probes first: once the kernel side times the process, a loop that
+        // stops is seen stopping.
+        self.probe_running_loop_set(pid)?;
+        self.probe_importable_uvloop(pid)?;
+        self.probe_mapped_uvloop(pid)?;
+        self.probes.trace_process(pid, recipe)?;
+        self.time_parked_threads(pid)?;
+        // Said once everything is in place: what the process does from now on is seen.
+        self.sink.status(&Status::Attached {
+            pid,
+            ns_pid,
+            comm,
+            python_version: version,
+        })?;
+        self.find_running_loops(pid)
+    }
+
+    /// Times the threads of newly traced process `pid` that are parked in a poll call
+    /// (an idle loop waits there for its next iteration, which may be a stall).
+    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Ok(());
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if thread_now::polled_fd(pid, tid).is_some() {
+                self.probes.time_parked_thread(tid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
+    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
+    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
+    /// probed is a warning: its loops' time between two runs counts until their next poll.
+    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        let files = running_loop::candidate_files(
+            pid,
+            python.maps(),
+            python.binary_path(),
+            python.version(),
+        );
+        for path in files {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
+                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
+                None => Ok(None),
+            });
+            if let Err(e) = probed {
+                self.warn(format!(
+                    "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
+    /// loop imported after tracing started is seen from its first run's start.
+    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        let python = &traced.python;
+        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
+            self.probe_loop_runs(pid, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` maps now, while it has none: its
+    /// mappings are read anew (it may have imported uvloop since).
+    pub(super) fn probe_newly_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        // A process that exited meanwhile has nothing to probe.
+        if traced.uv_runs.is_empty() && traced.python.reread_maps().is_ok() {
+            self.probe_mapped_uvloop(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Probes the uvloop modules traced process `pid` has mapped (as its mappings were
+    /// last read), once it has any, and remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
+        let Some(traced) = (self.processes.get(&pid)).filter(|t| t.uv_runs.is_empty()) else {
+            return Ok(());
+        };
+        let Ok(modules) = uvloop::mapped(pid, traced.python.maps()) else {
+            return Ok(());
+        };
+        for module in modules {
+            self.probe_loop_runs(pid, &module.path)?;
+            if let Some(traced) = self.processes.get_mut(&pid) {
+                traced.uv_runs.push(module.run);
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
+    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
+        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
+            self.warn(format!(
+                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
+                path.display()
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to every Python process already running on the host.
+    pub fn attach_existing(&mut self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+            let Some(pid) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            self.attach_quietly(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `pid` if it is Python; an error becomes one warning, not a failure.
+    pub(super) fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
+        if let Err(e) = self.attach(pid) {
+            self.starting.remove(&pid);
+            // A process that exited meanwhile (a pyenv shim) or that does not even look
+            // like Python (an init we may not read) is no news.
+            if looks_like_python(pid) && self.given_up.insert(pid) {
+                self.warn(format!("not tracing pid {pid}: {e:#}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets process `pid`, which exited or exec'd; says so when it was traced.
+    pub(super) fn process_gone(&mut self, pid: u32, reason: DetachReason) -> anyhow::Result<()> {
+        self.starting.remove(&pid);
+        self.given_up.remove(&pid);
+        self.loop_tstates.retain(|_, (p, _)| *p != pid);
+        self.loop_threads.retain(|_, p| *p != pid);
+        self.verdicts.retain(|_, v| v.pid != pid);
+        self.stuck_at_attach.retain(|_, (p, _)| *p != pid);
+        self.forget_unwatched(pid);
+        self.attributor.forget_process(pid);
+        self.host_tids.forget_process(pid);
+        self.probes.forget_process(pid);
+        if self.processes.remove(&pid).is_some() {
+            self.sink.status(&Status::Detached { pid, reason })?;
+        }
+        Ok(())
+    }
+
+    /// Whether traced process `pid` has left without the kernel side's event saying so
+    /// (lost when its buffer was full): the kernel no longer walks it, and it exited
+    /// (its pid is gone, or another process's) or exec'd.
+    fn departure(&self, pid: u32) -> Option<DetachReason> {
+        let traced = self.processes.get(&pid)?;
+        let same_process = proc_stat::start_time(pid) == traced.start_time;
+        departure(
+            same_process,
+            self.probes.is_tracing(pid),
+            // A zombie: exited, its exit event maybe still on its way.
+            !proc_stat::thread_lives(pid, pid),
+        )
+    }
+
+    /// Forgets the loop threads that exited (or are zombies): their sampler, evidence
+    /// and thread state go, and the metrics stop counting them. Short-lived loop threads
+    /// (a thread and a loop per call, as asgiref's `async_to_sync`) leave nothing behind.
+    pub(super) fn sweep_loop_threads(&mut self) -> anyhow::Result<()> {
+        let gone: Vec<(u32, u32)> = (self.loop_threads.iter())
+            .filter(|&(&tid, &pid)| !proc_stat::thread_lives(pid, tid))
+            .map(|(&tid, &pid)| (tid, pid))
+            .collect();
+        for (tid, pid) in gone {
+            self.loop_threads.remove(&tid);
+            self.loop_tstates.remove(&tid);
+            self.attributor.forget_thread(tid);
+            self.probes.stop_sampling_thread(tid);
+            self.sink.status(&Status::LoopGone { pid, tid })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the traced processes that left without the kernel side saying so.
+    pub(super) fn sweep_gone(&mut self) -> anyhow::Result<()> {
+        self.last_sweep = Instant::now();
+        let gone: Vec<(u32, DetachReason)> = (self.processes.keys())
+            .filter_map(|&pid| Some((pid, self.departure(pid)?)))
+            .collect();
+        for (pid, reason) in gone {
+            self.process_gone(pid, reason)?;
+        }
+        self.given_up
+            .retain(|&pid| proc_stat::start_time(pid).is_some());
+        Ok(())
+    }
+}
+
+/// How a traced process left, if it did: `same_process` when its pid still has the
+/// start time it had when attached, `kernel_tracing` when the kernel side still walks it,
+/// `leader_dead` when its main thread is gone or a zombie.
+fn departure(same_process: bool, kernel_tracing: bool, leader_dead: bool) -> Option<DetachReason> {
+    match (same_process, kernel_tracing, leader_dead) {
+        (false, _, _) => Some(DetachReason::Exit),
+        (true, true, _) => None,
+        (true, false, true) => Some(DetachReason::Exit),
+        (true, false, false) => Some(DetachReason::Exec),
+    }
+}
+
+/// Whether `pid` still runs an executable whose name says Python (`python3.11`,
+/// `python`, `pypy3`…): inspection failures of other processes are not worth a warning.
+fn looks_like_python(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+        .is_some_and(|name| name.contains("py"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_whose_exit_or_exec_was_lost_is_told_apart() {
+        // Still walked: still there (its main thread may have exited before the others).
+        assert_eq!(departure(true, true, false), None);
+        assert_eq!(departure(true, true, true), None);
+        // The kernel forgot it and the process runs on: it exec'd.
+        assert_eq!(departure(true, false, false), Some(DetachReason::Exec));
+        // The kernel forgot it and it is a zombie: it exited.
+        assert_eq!(departure(true, false, true), Some(DetachReason::Exit));
+        // Another start time (or none): it exited, maybe another process has its pid.
+        assert_eq!(departure(false, true, false), Some(DetachReason::Exit));
+        assert_eq!(departure(false, false, true), Some(DetachReason::Exit));
+    }
+}
