@@ -12,7 +12,7 @@
 //! `time.sleep` in a loop) from one call that blocked twice, so the rare call that
 //! blocks more than once (a spurious wake-up, a page fault inside it) counts as several.
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use blockprobe_common::{
     blocking::BlockingCall,
     cause,
@@ -26,30 +26,13 @@ use blockprobe_common::{
 
 use crate::{
     emit::{current_ids, header},
-    loop_thread::{
-        evidence, fd_mode, remember_gil_holder, send_gil_wait, syscall_arg, waits_for_gil,
-    },
+    evidence::evidence,
+    gil::{remember_gil_holder, send_gil_wait, waits_for_gil},
     maps::{BLOCKING_CALLS, BLOCKING_SCRATCH, EVENTS, GIL_WAITS, PROCESSES, count},
-    sched::close_period,
+    regs::{current_regs, syscall_arg},
+    task::fd_mode,
     walk,
 };
-
-/// The saved user registers of the current task (at its kernel entry).
-#[inline(always)]
-pub fn current_regs() -> *const u8 {
-    // SAFETY: helpers without preconditions; the current task is valid while we run.
-    untyped(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8)
-}
-
-/// `ptr` as a plain number to the verifier: a typed kernel pointer (from a helper or an
-/// fentry argument) may not be offset by a value it cannot bound, such as an offset
-/// userspace found in BTF; every read through it is a fault-tolerant helper call anyway.
-#[inline(always)]
-pub fn untyped(ptr: *const u8) -> *const u8 {
-    let value = ptr as u64;
-    // SAFETY: reads a local; the copy is what the verifier sees as a plain number.
-    unsafe { bpf_probe_read_kernel(&value) }.unwrap_or(0) as *const u8
-}
 
 /// Loop thread `tid` (the current task), off-await, leaves the CPU blocked at `now`: the
 /// cause its off-CPU period counts as, from the syscall it is in.
@@ -173,7 +156,7 @@ pub fn finish(config: &GlobalConfig, tid: u32, timing: &mut LoopTiming, now: u64
     if start == 0 || is_poller(u64::from(timing.syscall_nr)) {
         return;
     }
-    close_period(timing, now);
+    timing.close_period(now);
     timing.syscall_enter_ns = 0;
     if timing.syscall_cause == cause::GIL as u32 {
         // The interpreter waits for the GIL in slices of its switch interval (5 ms),

@@ -11,10 +11,10 @@ use aya_ebpf::{
 use blockprobe_common::syscalls::nr::{EPOLL_PWAIT, EPOLL_PWAIT2, EPOLL_WAIT};
 
 use crate::{
-    blocking::{current_regs, untyped},
     emit::current_ids,
-    loop_thread::{self, syscall_arg},
+    loop_thread,
     maps::{config, is_loop_thread},
+    regs::{current_regs, syscall_arg, untyped},
 };
 
 /// Offset of `__syscall_nr` in a `syscalls:sys_enter_*`/`sys_exit_*` record.

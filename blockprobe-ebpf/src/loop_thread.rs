@@ -1,35 +1,32 @@
-//! Loop threads: classification at poll calls, off-await timing, blocking calls.
+//! Loop threads: classification at poll calls, off-await timing, CPU samples.
 //!
 //! A thread of a traced process that polls (epoll family) is first `PENDING`: its stack at
 //! the poll call goes to userspace, which decides from the Python frames whether it runs
 //! an asyncio loop. Loop threads then get a [`LoopTiming`] entry: leaving the poller
 //! starts an off-await interval, coming back ends it (a stall when it reached the
-//! threshold), and blocking syscalls inside it are reported with their Python stack.
+//! threshold); the blocking syscalls inside it are learned at `sched_switch`
+//! ([`crate::blocking`]), except a poll of another epoll fd, timed here.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use blockprobe_common::{
     cause,
-    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess, Scope},
+    config::Scope,
     counters::Counter,
     event::{
-        BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
-        candidate_reason, poll_origin,
+        BlockedCallEvent, CpuSampleEvent, EventKind, PollStackEvent, StallEvent, candidate_reason,
+        poll_origin,
     },
-    syscalls::{S_IFMT, cause_of, futex_op_waits, nr},
-    thread::{LoopTiming, NO_FD, ShortCalls, ThreadClass, class},
-    walk::{UserMemory, walk_thread},
+    syscalls::cause_of,
+    thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
 use crate::{
     blocking,
     emit::{current_ids, header, now_ns, reserve},
-    maps::{
-        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, SHORT_CALLS, THREAD_CLASS, config,
-        count, is_loop_thread, mark_loop_thread,
-    },
+    evidence::evidence,
+    maps::{LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count, is_loop_thread, mark_loop_thread},
     process::{Announce, announce_if_in_scope},
-    sched::close_period,
-    walk::{self, CurrentUser},
+    regs::user_sp,
+    walk,
 };
 
 /// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`); `poll_fd` reads
@@ -203,7 +200,7 @@ pub fn begin_off_await(timing: &mut LoopTiming, now: u64) {
 /// `threshold_ns`.
 #[inline(always)]
 pub fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
-    close_period(timing, now);
+    timing.close_period(now);
     let left = timing.poll_exit_ns;
     timing.poll_exit_ns = 0;
     timing.syscall_enter_ns = 0;
@@ -240,15 +237,6 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, origin: u32, user_sp: u64) -> b
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
     true
-}
-
-/// The user stack pointer saved in the current syscall's registers `regs`.
-#[inline(always)]
-fn user_sp(config: &GlobalConfig, regs: *const u8) -> u64 {
-    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
-    // read is fault-tolerant.
-    unsafe { bpf_probe_read_kernel(regs.add(config.pt_regs_sp_offset as usize) as *const u64) }
-        .unwrap_or(0)
 }
 
 /// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an
@@ -311,67 +299,10 @@ fn begin_foreign_poll(timing: &mut LoopTiming, nr: u32, now: u64) {
     if timing.poll_exit_ns == 0 {
         return;
     }
-    close_period(timing, now);
+    timing.close_period(now);
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
     timing.syscall_cause = cause_of(nr) as u32;
-}
-
-/// Argument `index` (0 or 1) of the current syscall, from its saved registers.
-#[inline(always)]
-pub fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u64> {
-    let offset = match index {
-        0 => config.pt_regs_arg0_offset,
-        _ => config.pt_regs_arg1_offset,
-    };
-    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
-    // read is fault-tolerant.
-    unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) }.ok()
-}
-
-/// Whether the current futex syscall `nr` waits on a futex inside the process's GIL
-/// state (a wake on it does not wait).
-#[inline(always)]
-pub fn waits_for_gil(nr: u32, config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
-    if process.gil_addr == 0 {
-        return false;
-    }
-    let on_gil = matches!(syscall_arg(config, regs, 0),
-        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE);
-    // futex_wait(2) only waits; futex(2) says what it does in its operation.
-    on_gil
-        && (nr != nr::FUTEX
-            || syscall_arg(config, regs, 1).is_some_and(|op| futex_op_waits(op as u32)))
-}
-
-/// Captures the GIL holder's stack for the GIL wait the current thread `tid` begins
-/// now, and the thread's own stack, where it waits (unchanged while it waits).
-#[inline(always)]
-pub fn remember_gil_holder(config: &GlobalConfig, process: &PyProcess, tid: u32, now: u64) {
-    let Some(scratch) = GIL_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch entry, ours for the duration of this program.
-    let wait = unsafe { &mut *scratch };
-    let holder = CurrentUser
-        .read_u64(process.gil_addr + GIL_LAST_HOLDER)
-        .unwrap_or(0);
-    wait.start_ns = now;
-    wait.holder_tid = if holder != 0 && process.tstate_native_tid != 0 {
-        CurrentUser
-            .read_u64(holder + process.tstate_native_tid as u64)
-            .unwrap_or(0) as u32
-    } else {
-        0
-    };
-    wait._pad = 0;
-    walk_thread(&CurrentUser, process, holder, &mut wait.holder_stack);
-    walk::capture(config, process, &mut wait.own_stack);
-    // By reference: the 4 KiB value does not fit the 512-byte BPF stack.
-    let wait: &GilWaitEvent = wait;
-    if GIL_WAITS.insert(tid, wait, 0).is_err() {
-        count(Counter::LostGilWait);
-    }
 }
 
 /// The loop thread's poll of another epoll fd returns `ret`: reported when long, with
@@ -380,7 +311,7 @@ pub fn remember_gil_holder(config: &GlobalConfig, process: &PyProcess, tid: u32,
 fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     let start = timing.syscall_enter_ns;
     timing.syscall_enter_ns = 0;
-    close_period(timing, now);
+    timing.close_period(now);
     let (tgid, tid) = current_ids();
     let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
@@ -407,106 +338,6 @@ fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     event.short_ns = short_ns;
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
-}
-
-/// Whether loop thread `tid`'s call that just ended, after `took` ns, is evidence to
-/// report now: `(0, 0)` when it lasted `min_ns` on its own; the sums (calls, ns) of the
-/// short calls of its cause when it made them reach `min_ns`; `None` otherwise.
-#[inline(always)]
-pub fn evidence(tid: u32, timing: &LoopTiming, took: u64, min_ns: u64) -> Option<(u32, u64)> {
-    if took >= min_ns {
-        return Some((0, 0));
-    }
-    let cause = timing.syscall_cause as usize;
-    add_short_call(tid, timing.poll_exit_ns, cause, took, min_ns)
-}
-
-/// Adds a short call (`took` ns, of cause index `cause`) of loop thread `tid` in its
-/// off-await interval `interval_ns` to the thread's sums. When the cause's sum reaches
-/// `min_ns`, returns it (calls, ns) to be reported with this call's stack, and starts
-/// it afresh.
-#[inline(always)]
-fn add_short_call(
-    tid: u32,
-    interval_ns: u64,
-    cause: usize,
-    took: u64,
-    min_ns: u64,
-) -> Option<(u32, u64)> {
-    if cause >= cause::COUNT {
-        return None;
-    }
-    let sums = match SHORT_CALLS.get_ptr_mut(tid) {
-        Some(sums) => sums,
-        None => {
-            let fresh = ShortCalls {
-                interval_ns,
-                ..ShortCalls::default()
-            };
-            let _ = SHORT_CALLS.insert(tid, fresh, 0);
-            SHORT_CALLS.get_ptr_mut(tid)?
-        }
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let sums = unsafe { &mut *sums };
-    if sums.interval_ns != interval_ns {
-        *sums = ShortCalls {
-            interval_ns,
-            ..ShortCalls::default()
-        };
-    }
-    sums.blocked_ns[cause] += took;
-    sums.calls[cause] += 1;
-    if sums.blocked_ns[cause] < min_ns {
-        return None;
-    }
-    let reported = (sums.calls[cause], sums.blocked_ns[cause]);
-    sums.blocked_ns[cause] = 0;
-    sums.calls[cause] = 0;
-    Some(reported)
-}
-
-/// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.
-#[inline(always)]
-pub fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
-    let path = &config.fd_path;
-    // SAFETY: every read is fault-tolerant; the offsets come from the kernel's BTF and
-    // the index is bounded by the table's own size.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let files: *const u8 =
-            bpf_probe_read_kernel(task.add(path.task_files as usize) as _).ok()?;
-        let fdt: *const u8 = bpf_probe_read_kernel(files.add(path.files_fdt as usize) as _).ok()?;
-        let max_fds: u32 = bpf_probe_read_kernel(fdt.add(path.fdt_max_fds as usize) as _).ok()?;
-        if fd >= max_fds {
-            return None;
-        }
-        let table: *const *const u8 =
-            bpf_probe_read_kernel(fdt.add(path.fdt_fd as usize) as _).ok()?;
-        let file = bpf_probe_read_kernel(table.add(fd as usize)).ok()?;
-        if file.is_null() {
-            return None;
-        }
-        let inode: *const u8 =
-            bpf_probe_read_kernel(file.add(path.file_inode as usize) as _).ok()?;
-        let mode: u16 = bpf_probe_read_kernel(inode.add(path.inode_mode as usize) as _).ok()?;
-        Some(u32::from(mode) & S_IFMT)
-    }
-}
-
-/// Sends the GIL wait of thread `tid` that ended by `now`.
-#[inline(always)]
-pub fn send_gil_wait(tid: u32, now: u64) {
-    let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {
-        count(Counter::LostGilWait);
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let wait = unsafe { &mut *wait };
-    wait.header = header(EventKind::GilWait, now);
-    if EVENTS.output::<GilWaitEvent>(&*wait, 0).is_err() {
-        count(Counter::LostGilWait);
-    }
 }
 
 /// The sampling timer fired: a loop thread running long off-await sends its stack.

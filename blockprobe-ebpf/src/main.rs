@@ -13,12 +13,16 @@
 
 mod blocking;
 mod emit;
+mod evidence;
+mod gil;
 mod hooks;
 mod loop_run;
 mod loop_thread;
 mod maps;
 mod process;
+mod regs;
 mod sched;
+mod task;
 mod walk;
 
 use aya_ebpf::{

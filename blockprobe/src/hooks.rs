@@ -11,7 +11,7 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::probes::program_mut;
+use crate::bpf_object::program_mut;
 
 /// How the epoll syscalls (and `close`) are hooked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod attribution;
+mod bpf_object;
 mod classify;
 mod cli;
 mod clock;

@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -26,6 +26,7 @@ use blockprobe_common::{
 };
 
 use crate::{
+    bpf_object::{program_mut, take},
     hooks::{self, HookChoice},
     proc_stat, tracefs,
 };
@@ -515,21 +516,6 @@ pub fn pid_max() -> (u32, bool) {
 /// `pid_max` (a tid beyond it, after `pid_max` is raised, is counted, not traced).
 pub fn loop_thread_words(pid_max: u32) -> u32 {
     pid_max.div_ceil(8).max(1)
-}
-
-/// The program `name` of the loaded object.
-pub fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("BPF program {name} missing from the object"))
-}
-
-/// Takes the map `name` out of the loaded object.
-fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("BPF map {name} missing from the object"))
 }
 
 /// Whether `err` (or an error it wraps) is the kernel's "no such process".
