@@ -5,6 +5,7 @@
 //! loader and the kernel side can never disagree.
 #![no_std]
 
+pub mod blocking;
 pub mod cause;
 pub mod config;
 pub mod counters;

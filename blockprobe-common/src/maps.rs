@@ -21,6 +21,11 @@ pub const LOOP_TIMING: &str = "LOOP_TIMING";
 /// `HashMap<u32 tid, GilWaitEvent>`: a loop thread's GIL wait in progress, with the
 /// holder's stack captured when it began.
 pub const GIL_WAITS: &str = "GIL_WAITS";
+/// `LruHashMap<u32 tid, BlockingCall>`: the blocking syscall each loop thread is in (or
+/// was last in), learned at `sched_switch`; rewritten whole at each new call.
+pub const BLOCKING_CALLS: &str = "BLOCKING_CALLS";
+/// `PerCpuArray<BlockingCall>` with one entry: scratch space to create a thread's entry.
+pub const BLOCKING_SCRATCH: &str = "BLOCKING_SCRATCH";
 /// `PerCpuArray<GilWaitEvent>` with one entry: scratch space to build a GIL wait.
 pub const GIL_SCRATCH: &str = "GIL_SCRATCH";
 /// `LruHashMap<u32 tid, ShortCalls>`: a loop thread's short blocking calls not reported
@@ -44,6 +49,9 @@ pub const DEFAULT_LOOP_THREAD_WORDS: u32 = 32768 / 8;
 pub const MAX_THREADS: u32 = 65536;
 /// Capacity of [`GIL_WAITS`]: loop threads waiting for the GIL at the same time.
 pub const MAX_GIL_WAITS: u32 = 1024;
+/// Capacity of [`BLOCKING_CALLS`]: loop threads blocked at the same time (the least
+/// recently used entry, a thread long gone, makes room).
+pub const MAX_BLOCKING_CALLS: u32 = 4096;
 /// Capacity of [`SHORT_CALLS`]: loop threads with short calls not reported yet.
 pub const MAX_SHORT_CALLS: u32 = 4096;
 /// Default size of [`EVENTS`] in bytes (a power of two multiple of the page size).

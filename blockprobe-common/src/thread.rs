@@ -89,4 +89,51 @@ assert_size!(ShortCalls, (8 + 12 * cause::COUNT).next_multiple_of(8));
 /// No file descriptor (in [`LoopTiming::foreign_fd`]).
 pub const NO_FD: u32 = u32::MAX;
 
+impl LoopTiming {
+    /// Whether the thread is blocked in its current syscall right now. The kernel side
+    /// learns a call when the thread leaves the CPU in it and lets it go only at the
+    /// thread's next switch-out or poll: the call is still on, not merely remembered,
+    /// while the thread is off CPU for it.
+    pub fn blocked_in_call(&self) -> bool {
+        self.syscall_enter_ns != 0
+            && self.off_cpu_since_ns != 0
+            && self.off_cpu_cause == self.syscall_cause
+    }
+
+    /// Adds the open off-CPU period to its cause, as of `now`. The kernel side calls it
+    /// when it sees the thread running: at switch-in, switch-out and in its own poll and
+    /// blocking-call programs.
+    #[inline(always)]
+    pub fn close_period(&mut self, now: u64) {
+        let since = self.off_cpu_since_ns;
+        if since == 0 {
+            return;
+        }
+        if let Some(slot) = self.off_cpu_ns.get_mut(self.off_cpu_cause as usize) {
+            *slot += now.saturating_sub(since);
+            self.has_off_cpu = 1;
+        }
+        self.off_cpu_since_ns = 0;
+    }
+}
+
 user_pod!(ThreadClass, LoopTiming);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_a_period_adds_it_to_its_cause_once() {
+        let mut timing = LoopTiming {
+            off_cpu_since_ns: 100,
+            off_cpu_cause: cause::SLEEP as u32,
+            ..LoopTiming::default()
+        };
+        timing.close_period(350);
+        timing.close_period(900);
+        assert_eq!(timing.off_cpu_ns[cause::SLEEP], 250);
+        assert_eq!(timing.has_off_cpu, 1);
+        assert_eq!(timing.off_cpu_since_ns, 0);
+    }
+}

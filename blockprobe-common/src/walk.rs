@@ -19,9 +19,9 @@ pub trait UserMemory {
 /// The innermost frame pointer of `tstate`.
 #[inline(always)]
 fn innermost_frame(mem: &impl UserMemory, process: &PyProcess, tstate: u64) -> Option<u64> {
-    let mut frame = mem.read_u64(tstate + process.frame_path[0] as u64)?;
+    let mut frame = mem.read_u64(tstate.wrapping_add(process.frame_path[0] as u64))?;
     if process.frame_path_len == 2 && frame != 0 {
-        frame = mem.read_u64(frame + process.frame_path[1] as u64)?;
+        frame = mem.read_u64(frame.wrapping_add(process.frame_path[1] as u64))?;
     }
     Some(frame)
 }
@@ -41,11 +41,11 @@ pub fn walk_thread(mem: &impl UserMemory, process: &PyProcess, tstate: u64, out:
     out.tstate = tstate;
     if process.running_task_offset != 0 {
         let task = mem
-            .read_u64(tstate + process.running_task_offset as u64)
+            .read_u64(tstate.wrapping_add(process.running_task_offset as u64))
             .unwrap_or(0);
         if task != 0 {
             out.task_name = mem
-                .read_u64(task + process.task_name_offset as u64)
+                .read_u64(task.wrapping_add(process.task_name_offset as u64))
                 .unwrap_or(0);
         }
     }
@@ -62,16 +62,16 @@ pub fn walk_thread(mem: &impl UserMemory, process: &PyProcess, tstate: u64, out:
             break;
         }
         let (Some(code), Some(instr), Some(previous)) = (
-            mem.read_u64(frame + process.frame_code as u64),
-            mem.read_u64(frame + process.frame_instr as u64),
-            mem.read_u64(frame + process.frame_previous as u64),
+            mem.read_u64(frame.wrapping_add(process.frame_code as u64)),
+            mem.read_u64(frame.wrapping_add(process.frame_instr as u64)),
+            mem.read_u64(frame.wrapping_add(process.frame_previous as u64)),
         ) else {
             out.flags |= flags::UNREADABLE_FRAME;
             break;
         };
         let shim = process.owner_skip_min != 0
             && mem
-                .read_u8(frame + process.frame_owner as u64)
+                .read_u8(frame.wrapping_add(process.frame_owner as u64))
                 .is_none_or(|owner| owner as u32 >= process.owner_skip_min);
         *slot = RawFrame {
             code: if shim { 0 } else { code & process.code_mask },
@@ -84,4 +84,51 @@ pub fn walk_thread(mem: &impl UserMemory, process: &PyProcess, tstate: u64, out:
         out.flags = flags::TRUNCATED;
     }
     out.len = len as u32;
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{boxed::Box, collections::BTreeMap};
+
+    use super::*;
+
+    /// Target memory: u64 values at addresses; anything else unreadable.
+    struct Memory(BTreeMap<u64, u64>);
+
+    impl UserMemory for Memory {
+        fn read_u64(&self, addr: u64) -> Option<u64> {
+            self.0.get(&addr).copied()
+        }
+        fn read_u8(&self, addr: u64) -> Option<u8> {
+            self.read_u64(addr).map(|v| v as u8)
+        }
+    }
+
+    #[test]
+    fn a_frame_pointer_at_the_top_of_the_address_space_ends_the_walk() {
+        let process = PyProcess {
+            code_mask: u64::MAX,
+            frame_path: [0x10, 0],
+            frame_path_len: 1,
+            frame_code: 0x20,
+            frame_instr: 0x38,
+            frame_previous: 0x8,
+            ..PyProcess::default()
+        };
+        // The thread state's frame is readable; its caller link points just below 2^64,
+        // where adding a field offset would overflow.
+        let memory = Memory(BTreeMap::from([
+            (0x1010, 0x2000),
+            (0x2020, 0xc0de),
+            (0x2038, 7),
+            (0x2008, u64::MAX - 4),
+        ]));
+        // SAFETY: RawStack is plain old data: all zeroes is a valid empty stack.
+        let mut stack: Box<RawStack> = Box::new(unsafe { core::mem::zeroed() });
+        walk_thread(&memory, &process, 0x1000, &mut stack);
+        assert_eq!(stack.len, 1);
+        assert_eq!(stack.frames[0].code, 0xc0de);
+        assert_eq!(stack.flags, flags::UNREADABLE_FRAME);
+    }
 }

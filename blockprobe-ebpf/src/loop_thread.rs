@@ -1,38 +1,37 @@
-//! Loop threads: classification at poll calls, off-await timing, blocking calls.
+//! Loop threads: classification at poll calls, off-await timing, CPU samples.
 //!
 //! A thread of a traced process that polls (epoll family) is first `PENDING`: its stack at
 //! the poll call goes to userspace, which decides from the Python frames whether it runs
 //! an asyncio loop. Loop threads then get a [`LoopTiming`] entry: leaving the poller
 //! starts an off-await interval, coming back ends it (a stall when it reached the
-//! threshold), and blocking syscalls inside it are reported with their Python stack.
+//! threshold); the blocking syscalls inside it are learned at `sched_switch`
+//! ([`crate::blocking`]), except a poll of another epoll fd, timed here.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use blockprobe_common::{
     cause,
-    config::{GIL_LAST_HOLDER, GIL_STATE_SIZE, GlobalConfig, PyProcess, Scope},
+    config::Scope,
     counters::Counter,
     event::{
-        BlockedCallEvent, CpuSampleEvent, EventKind, GilWaitEvent, PollStackEvent, StallEvent,
-        candidate_reason, poll_origin,
+        BlockedCallEvent, CpuSampleEvent, EventKind, PollStackEvent, StallEvent, candidate_reason,
+        poll_origin,
     },
-    syscalls::{S_IFMT, cause_of, fd_count_arg, futex_op_waits, is_futex, nr, takes_fd},
-    thread::{LoopTiming, NO_FD, ShortCalls, ThreadClass, class},
-    walk::{UserMemory, walk_thread},
+    syscalls::cause_of,
+    thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
 use crate::{
+    blocking,
     emit::{current_ids, header, now_ns, reserve},
-    maps::{
-        EVENTS, GIL_SCRATCH, GIL_WAITS, LOOP_TIMING, PROCESSES, SHORT_CALLS, THREAD_CLASS, config,
-        count, is_loop_thread, mark_loop_thread,
-    },
+    evidence::evidence,
+    maps::{LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count, is_loop_thread, mark_loop_thread},
     process::{Announce, announce_if_in_scope},
-    sched::close_period,
-    walk::{self, CurrentUser},
+    regs::user_sp,
+    walk,
 };
 
-/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`, saved registers
-/// `regs`).
+/// A thread enters epoll_wait/epoll_pwait/epoll_pwait2 (syscall `nr`); `poll_fd` reads
+/// the epoll fd it polls (only for the threads of traced processes), `regs` finds its
+/// saved registers (only when its stack is sent).
 ///
 /// A thread of a traced process is timed from its first poll call on, while userspace
 /// decides from the stack sent here what it is ([`class::PENDING`]): a loop's first
@@ -43,12 +42,10 @@ use crate::{
 /// family member not traced yet; its stack is sent at the next poll, once userspace
 /// traces the process.
 #[inline(always)]
-pub fn on_poll_enter(nr: u32, regs: *const u8) {
+pub fn on_poll_enter(nr: u32, poll_fd: impl Fn() -> u32, regs: impl Fn() -> *const u8) {
     let (tgid, tid) = current_ids();
     let Some(config) = config() else { return };
     let now = now_ns();
-    // The polled epoll fd, read only for the threads of traced processes.
-    let poll_fd = || syscall_arg(config, regs, 0).unwrap_or(u64::MAX) as u32;
     // A timed thread (every iteration of a busy loop): one array load, the one hash
     // lookup its timing needs and the read of its fd.
     if is_loop_thread(tid)
@@ -71,13 +68,15 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
                 timing.syscall_enter_ns = 0;
                 return;
             }
-            if !send_pending(tgid, tid, now, fd, user_sp(config, regs)) {
+            if !send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
                 // The stack was lost (counted): examined afresh at the next poll.
                 let _ = LOOP_TIMING.remove(tid);
                 return;
             }
             timing.unclassified = 0;
         }
+        // Whatever blocking call it made since has returned.
+        blocking::finish(config, tid, timing, now);
         if fd == timing.loop_fd {
             end_off_await(timing, now, config.threshold_ns);
         } else if adopts(tid, fd) {
@@ -86,9 +85,9 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
             timing.loop_fd = fd;
             end_off_await(timing, now, u64::MAX);
         } else {
-            on_block_enter(nr, regs);
+            begin_foreign_poll(timing, nr, now);
             if timing.foreign_fd != fd
-                && send_poll_stack(tgid, now, fd, poll_origin::FOREIGN, user_sp(config, regs))
+                && send_poll_stack(tgid, now, fd, poll_origin::FOREIGN, user_sp(config, regs()))
             {
                 timing.foreign_fd = fd;
             }
@@ -112,7 +111,7 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
     match unsafe { THREAD_CLASS.get(tid) } {
         None => {
             let fd = poll_fd();
-            if send_pending(tgid, tid, now, fd, user_sp(config, regs)) {
+            if send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
                 start_timing(tid, fd, 0, 0);
             }
         }
@@ -121,7 +120,7 @@ pub fn on_poll_enter(nr: u32, regs: *const u8) {
                 && now.saturating_sub(thread.since_ns) >= config.reclassify_after_ns =>
         {
             let fd = poll_fd();
-            if send_pending(tgid, tid, now, fd, user_sp(config, regs)) {
+            if send_pending(tgid, tid, now, fd, user_sp(config, regs())) {
                 start_timing(tid, fd, 0, 0);
             }
         }
@@ -201,7 +200,7 @@ pub fn begin_off_await(timing: &mut LoopTiming, now: u64) {
 /// `threshold_ns`.
 #[inline(always)]
 pub fn end_off_await(timing: &mut LoopTiming, now: u64, threshold_ns: u64) {
-    close_period(timing, now);
+    timing.close_period(now);
     let left = timing.poll_exit_ns;
     timing.poll_exit_ns = 0;
     timing.syscall_enter_ns = 0;
@@ -240,19 +239,10 @@ fn send_poll_stack(tgid: u32, now: u64, fd: u32, origin: u32, user_sp: u64) -> b
     true
 }
 
-/// The user stack pointer saved in the current syscall's registers `regs`.
+/// Flagged thread `tid` leaves a poller (return value `ret`): a loop starts an
+/// off-await interval; a thread found not to be a loop loses its flag.
 #[inline(always)]
-fn user_sp(config: &GlobalConfig, regs: *const u8) -> u64 {
-    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
-    // read is fault-tolerant.
-    unsafe { bpf_probe_read_kernel(regs.add(config.pt_regs_sp_offset as usize) as *const u64) }
-        .unwrap_or(0)
-}
-
-/// Flagged thread `tid` leaves a poller (return value `ret`, registers `regs`): a loop
-/// starts an off-await interval; a thread found not to be a loop loses its flag.
-#[inline(always)]
-pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
+pub fn on_poll_exit(tid: u32, ret: i64) {
     let now = now_ns();
     if let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
@@ -261,7 +251,7 @@ pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
         // unless userspace meanwhile found it to be a new loop's.
         if timing.syscall_enter_ns != 0 {
             if !adopts(tid, timing.foreign_fd) {
-                on_block_exit(ret, regs);
+                end_foreign_poll(timing, ret, now);
                 return;
             }
             timing.loop_fd = timing.foreign_fd;
@@ -290,151 +280,46 @@ pub fn on_poll_exit(tid: u32, ret: i64, regs: *const u8) {
 /// Loop thread `tid` closes a file descriptor: when it is its loop's poller, the loop is
 /// gone, and the thread is classified afresh at its next poll.
 #[inline(always)]
-pub fn on_close(tid: u32, regs: *const u8) {
-    let Some(config) = config() else { return };
+pub fn on_close(tid: u32, fd: u32) {
     // SAFETY: read-only lookup; the entry is removed, not written.
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
         return;
     };
-    if syscall_arg(config, regs, 0).is_some_and(|fd| fd as u32 == timing.loop_fd) {
+    if fd == timing.loop_fd {
         let _ = LOOP_TIMING.remove(tid);
         let _ = THREAD_CLASS.remove(tid);
     }
 }
 
-/// A thread enters a blocking syscall: remembered when it is a loop thread off-await.
-/// A futex wait inside the interpreter's GIL state is a GIL wait: the stack of the
-/// thread holding the GIL is captured now, while it still holds it.
+/// A loop thread polls another epoll fd than its loop's (sync `selectors` code run by
+/// a callback) with syscall `nr`: while off-await, a blocking call inside the interval,
+/// timed by the poll hooks themselves.
 #[inline(always)]
-pub fn on_block_enter(nr: u32, regs: *const u8) {
-    let (tgid, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let timing = unsafe { &mut *timing };
+fn begin_foreign_poll(timing: &mut LoopTiming, nr: u32, now: u64) {
     if timing.poll_exit_ns == 0 {
         return;
     }
-    let now = now_ns();
-    close_period(timing, now);
+    timing.close_period(now);
     timing.syscall_enter_ns = now;
     timing.syscall_nr = nr;
     timing.syscall_cause = cause_of(nr) as u32;
-    if let (Some(arg), Some(config)) = (fd_count_arg(nr), config())
-        && syscall_arg(config, regs, arg) == Some(0)
-    {
-        timing.syscall_cause = cause::SLEEP as u32;
-    }
-    if is_futex(nr as u64)
-        && let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) })
-        && waits_for_gil(nr, config, process, regs)
-    {
-        timing.syscall_cause = cause::GIL as u32;
-        remember_gil_holder(process, tid, now);
-    }
 }
 
-/// Argument `index` (0 or 1) of the current syscall, from its saved registers.
+/// The loop thread's poll of another epoll fd returns `ret`: reported when long, with
+/// its stack (the frames cannot change while the thread is inside the call).
 #[inline(always)]
-fn syscall_arg(config: &GlobalConfig, regs: *const u8, index: usize) -> Option<u64> {
-    let offset = match index {
-        0 => config.pt_regs_arg0_offset,
-        _ => config.pt_regs_arg1_offset,
-    };
-    // SAFETY: `regs` is the current syscall's pt_regs; the offset comes from BTF; the
-    // read is fault-tolerant.
-    unsafe { bpf_probe_read_kernel(regs.add(offset as usize) as *const u64) }.ok()
-}
-
-/// Whether the current futex syscall `nr` waits on a futex inside the process's GIL
-/// state (a wake on it does not wait).
-#[inline(always)]
-fn waits_for_gil(nr: u32, config: &GlobalConfig, process: &PyProcess, regs: *const u8) -> bool {
-    if process.gil_addr == 0 {
-        return false;
-    }
-    let on_gil = matches!(syscall_arg(config, regs, 0),
-        Some(a) if a >= process.gil_addr && a < process.gil_addr + GIL_STATE_SIZE);
-    // futex_wait(2) only waits; futex(2) says what it does in its operation.
-    on_gil
-        && (nr != nr::FUTEX
-            || syscall_arg(config, regs, 1).is_some_and(|op| futex_op_waits(op as u32)))
-}
-
-/// Captures the GIL holder's stack for the GIL wait thread `tid` begins now.
-#[inline(always)]
-fn remember_gil_holder(process: &PyProcess, tid: u32, now: u64) {
-    let Some(scratch) = GIL_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch entry, ours for the duration of this program.
-    let wait = unsafe { &mut *scratch };
-    let holder = CurrentUser
-        .read_u64(process.gil_addr + GIL_LAST_HOLDER)
-        .unwrap_or(0);
-    wait.start_ns = now;
-    wait.holder_tid = if holder != 0 && process.tstate_native_tid != 0 {
-        CurrentUser
-            .read_u64(holder + process.tstate_native_tid as u64)
-            .unwrap_or(0) as u32
-    } else {
-        0
-    };
-    wait._pad = 0;
-    walk_thread(&CurrentUser, process, holder, &mut wait.holder_stack);
-    // By reference: the 4 KiB value does not fit the 512-byte BPF stack.
-    let wait: &GilWaitEvent = wait;
-    if GIL_WAITS.insert(tid, wait, 0).is_err() {
-        count(Counter::LostGilWait);
-    }
-}
-
-/// A thread returns from a blocking syscall (return value `ret`, saved registers
-/// `regs`): long ones are reported with their stack and the type of the file descriptor
-/// they waited on. The Python frames cannot change while the thread is inside the
-/// syscall, so the stack walked at return is the stack that made the call.
-#[inline(always)]
-pub fn on_block_exit(ret: i64, regs: *const u8) {
-    let (tgid, tid) = current_ids();
-    let Some(timing) = LOOP_TIMING.get_ptr_mut(tid) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let timing = unsafe { &mut *timing };
+fn end_foreign_poll(timing: &mut LoopTiming, ret: i64, now: u64) {
     let start = timing.syscall_enter_ns;
-    if start == 0 {
-        return;
-    }
     timing.syscall_enter_ns = 0;
-    let now = now_ns();
-    close_period(timing, now);
-    let Some(config) = config() else { return };
-    let long = now.saturating_sub(start) >= config.min_block_ns;
-    if timing.syscall_cause == cause::GIL as u32 {
-        // The interpreter waits for the GIL in slices of its switch interval (5 ms),
-        // each shorter than `min_block_ns` at high thresholds: what counts is how long
-        // the loop has been away.
-        if now.saturating_sub(timing.poll_exit_ns) >= config.min_block_ns
-            && let Some(process) = unsafe { PROCESSES.get(tgid) }
-        {
-            send_gil_wait(config, process, tid, now);
-        }
-        let _ = GIL_WAITS.remove(tid);
-        return;
-    }
-    let Some(process) = (unsafe { PROCESSES.get(tgid) }) else {
+    timing.close_period(now);
+    let (tgid, tid) = current_ids();
+    let (Some(config), Some(process)) = (config(), unsafe { PROCESSES.get(tgid) }) else {
         return;
     };
-    let (short_calls, short_ns) = if long {
-        (0, 0)
-    } else {
-        let cause = timing.syscall_cause as usize;
-        let took = now.saturating_sub(start);
-        match add_short_call(tid, timing.poll_exit_ns, cause, took, config.min_block_ns) {
-            Some(sums) => sums,
-            None => return,
-        }
+    let Some((short_calls, short_ns)) =
+        evidence(tid, timing, now.saturating_sub(start), config.min_block_ns)
+    else {
+        return;
     };
     let Some(mut entry) = reserve::<BlockedCallEvent>(Counter::LostBlockedCall) else {
         return;
@@ -451,104 +336,8 @@ pub fn on_block_exit(ret: i64, regs: *const u8) {
     event.short_calls = short_calls;
     event._pad = 0;
     event.short_ns = short_ns;
-    if takes_fd(timing.syscall_nr)
-        && let Some(fd) = syscall_arg(config, regs, 0)
-    {
-        event.fd = fd as i32;
-        event.fd_mode = fd_mode(config, fd as u32).unwrap_or(0);
-    }
     walk::capture(config, process, &mut event.stack);
     entry.submit(0);
-}
-
-/// Adds a short call (`took` ns, of cause index `cause`) of loop thread `tid` in its
-/// off-await interval `interval_ns` to the thread's sums. When the cause's sum reaches
-/// `min_ns`, returns it (calls, ns) to be reported with this call's stack, and starts
-/// it afresh.
-#[inline(always)]
-fn add_short_call(
-    tid: u32,
-    interval_ns: u64,
-    cause: usize,
-    took: u64,
-    min_ns: u64,
-) -> Option<(u32, u64)> {
-    if cause >= cause::COUNT {
-        return None;
-    }
-    let sums = match SHORT_CALLS.get_ptr_mut(tid) {
-        Some(sums) => sums,
-        None => {
-            let fresh = ShortCalls {
-                interval_ns,
-                ..ShortCalls::default()
-            };
-            let _ = SHORT_CALLS.insert(tid, fresh, 0);
-            SHORT_CALLS.get_ptr_mut(tid)?
-        }
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let sums = unsafe { &mut *sums };
-    if sums.interval_ns != interval_ns {
-        *sums = ShortCalls {
-            interval_ns,
-            ..ShortCalls::default()
-        };
-    }
-    sums.blocked_ns[cause] += took;
-    sums.calls[cause] += 1;
-    if sums.blocked_ns[cause] < min_ns {
-        return None;
-    }
-    let reported = (sums.calls[cause], sums.blocked_ns[cause]);
-    sums.blocked_ns[cause] = 0;
-    sums.calls[cause] = 0;
-    Some(reported)
-}
-
-/// The file type bits (`S_IFMT`) of the current task's file descriptor `fd`.
-#[inline(always)]
-fn fd_mode(config: &GlobalConfig, fd: u32) -> Option<u32> {
-    let path = &config.fd_path;
-    // SAFETY: every read is fault-tolerant; the offsets come from the kernel's BTF and
-    // the index is bounded by the table's own size.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let files: *const u8 =
-            bpf_probe_read_kernel(task.add(path.task_files as usize) as _).ok()?;
-        let fdt: *const u8 = bpf_probe_read_kernel(files.add(path.files_fdt as usize) as _).ok()?;
-        let max_fds: u32 = bpf_probe_read_kernel(fdt.add(path.fdt_max_fds as usize) as _).ok()?;
-        if fd >= max_fds {
-            return None;
-        }
-        let table: *const *const u8 =
-            bpf_probe_read_kernel(fdt.add(path.fdt_fd as usize) as _).ok()?;
-        let file = bpf_probe_read_kernel(table.add(fd as usize)).ok()?;
-        if file.is_null() {
-            return None;
-        }
-        let inode: *const u8 =
-            bpf_probe_read_kernel(file.add(path.file_inode as usize) as _).ok()?;
-        let mode: u16 = bpf_probe_read_kernel(inode.add(path.inode_mode as usize) as _).ok()?;
-        Some(u32::from(mode) & S_IFMT)
-    }
-}
-
-/// Sends the GIL wait of the current thread `tid` that just ended, with its own stack:
-/// the frames where it waited, which cannot change while it waits.
-#[inline(always)]
-fn send_gil_wait(config: &GlobalConfig, process: &PyProcess, tid: u32, now: u64) {
-    let Some(wait) = GIL_WAITS.get_ptr_mut(tid) else {
-        count(Counter::LostGilWait);
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup in a map we own.
-    let wait = unsafe { &mut *wait };
-    wait.header = header(EventKind::GilWait, now);
-    walk::capture(config, process, &mut wait.own_stack);
-    if EVENTS.output::<GilWaitEvent>(&*wait, 0).is_err() {
-        count(Counter::LostGilWait);
-    }
 }
 
 /// The sampling timer fired: a loop thread running long off-await sends its stack.
@@ -563,7 +352,7 @@ pub fn on_cpu_sample() {
     let Some(timing) = (unsafe { LOOP_TIMING.get(tid) }) else {
         return;
     };
-    if timing.poll_exit_ns == 0 || timing.syscall_enter_ns != 0 {
+    if timing.poll_exit_ns == 0 {
         return;
     }
     let Some(config) = config() else { return };

@@ -1,74 +1,34 @@
 //! blockprobe's kernel side.
 //!
-//! Raw tracepoints (no kprobes) and uprobes that fire once per loop run, never per
-//! iteration (libuv's `uv_run`, asyncio's `_set_running_loop`): two raw syscall
-//! tracepoints see the
-//! epoll-family pollers, which time each asyncio loop thread's off-await intervals, blocking syscalls made inside those intervals are
-//! reported with the Python stack that made them, and scheduler process events keep the
-//! set of traced processes current. Knowledge of CPython lives in userspace, which hands
+//! No kprobes: the epoll-family pollers, hooked on their own ([`hooks`]), time each
+//! asyncio loop thread's off-await intervals; uprobes that fire once per loop run, never
+//! per iteration (libuv's `uv_run`, asyncio's `_set_running_loop`), see loops start and
+//! stop; the scheduler tracepoints split the intervals by cause and learn the blocking
+//! syscalls made inside them, reported with the Python stack that made them
+//! ([`blocking`]); and process events keep the set of traced processes current.
+//! Knowledge of CPython lives in userspace, which hands
 //! each process's stack-walk recipe to [`maps::PROCESSES`].
 #![no_std]
 #![no_main]
 
+mod blocking;
 mod emit;
+mod evidence;
+mod gil;
+mod hooks;
 mod loop_run;
 mod loop_thread;
 mod maps;
 mod process;
+mod regs;
 mod sched;
+mod task;
 mod walk;
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
     macros::{perf_event, raw_tracepoint, uprobe, uretprobe},
     programs::{PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
-use blockprobe_common::syscalls::{is_blocking, is_poller, nr::CLOSE};
-
-/// `raw_syscalls:sys_enter` (raw): pollers start a loop wait, blocking calls of loop
-/// threads are timed, and a loop closing its poller ends it. Every syscall on the host
-/// passes here: anything but a poller costs a few compares and, for blocking calls and
-/// `close`, one array load.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let nr: u64 = ctx.arg(1);
-    if is_poller(nr) {
-        loop_thread::on_poll_enter(nr as u32, ctx.arg(0));
-    } else if is_blocking(nr) && maps::is_loop_thread(emit::current_ids().1) {
-        loop_thread::on_block_enter(nr as u32, ctx.arg(0));
-    } else if nr == u64::from(CLOSE) {
-        let tid = emit::current_ids().1;
-        if maps::is_loop_thread(tid) {
-            loop_thread::on_close(tid, ctx.arg(0));
-        }
-    }
-    0
-}
-
-/// `raw_syscalls:sys_exit` (raw): a loop leaves its poller, or a timed call returns.
-/// Only loop threads get past the first check.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let tid = emit::current_ids().1;
-    if !maps::is_loop_thread(tid) {
-        return 0;
-    }
-    let Some(config) = maps::config() else {
-        return 0;
-    };
-    let regs: *const u8 = ctx.arg(0);
-    // SAFETY: `regs` is the kernel's pt_regs of the current syscall; the read is
-    // fault-tolerant and the offset comes from the kernel's BTF.
-    let nr = unsafe {
-        bpf_probe_read_kernel(regs.add(config.pt_regs_syscall_nr_offset as usize) as *const u64)
-    };
-    match nr {
-        Ok(nr) if is_poller(nr) => loop_thread::on_poll_exit(tid, ctx.arg(1), regs),
-        Ok(nr) if is_blocking(nr) => loop_thread::on_block_exit(ctx.arg(1), regs),
-        _ => {}
-    }
-    0
-}
 
 // The scheduler hooks are raw tracepoints: a classic tracepoint's program is skipped
 // while any BPF map syscall holds the CPU's `bpf_prog_active` (userspace reads counters

@@ -5,12 +5,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use blockprobe_common::{
+    blocking::BlockingCall,
     config::{GlobalConfig, PyProcess},
     counters::Counter,
     event::GilWaitEvent,
     maps::{
-        DEFAULT_LOOP_THREAD_WORDS, DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_FAMILY, MAX_GIL_WAITS,
-        MAX_PROCESSES, MAX_SHORT_CALLS, MAX_THREADS,
+        DEFAULT_LOOP_THREAD_WORDS, DEFAULT_RING_BYTES, MAX_ANNOUNCED, MAX_BLOCKING_CALLS,
+        MAX_FAMILY, MAX_GIL_WAITS, MAX_PROCESSES, MAX_SHORT_CALLS, MAX_THREADS,
     },
     thread::{LoopTiming, ShortCalls, ThreadClass},
 };
@@ -50,6 +51,15 @@ pub static GIL_WAITS: HashMap<u32, GilWaitEvent> = HashMap::with_max_entries(MAX
 /// See `blockprobe_common::maps::GIL_SCRATCH`.
 #[map]
 pub static GIL_SCRATCH: PerCpuArray<GilWaitEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `blockprobe_common::maps::BLOCKING_CALLS`.
+#[map]
+pub static BLOCKING_CALLS: LruHashMap<u32, BlockingCall> =
+    LruHashMap::with_max_entries(MAX_BLOCKING_CALLS, 0);
+
+/// See `blockprobe_common::maps::BLOCKING_SCRATCH`.
+#[map]
+pub static BLOCKING_SCRATCH: PerCpuArray<BlockingCall> = PerCpuArray::with_max_entries(1, 0);
 
 /// See `blockprobe_common::maps::SHORT_CALLS`.
 #[map]

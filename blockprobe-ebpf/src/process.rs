@@ -13,7 +13,7 @@ use crate::{
         ANNOUNCED, FAMILY, GIL_WAITS, LOOP_TIMING, PROCESSES, THREAD_CLASS, config, count,
         is_loop_thread, mark_loop_thread,
     },
-    sched::{task_tgid, task_tid},
+    task::{task_tgid, task_tid},
 };
 
 /// What [`announce_if_in_scope`] found.

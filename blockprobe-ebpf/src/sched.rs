@@ -6,15 +6,17 @@
 //!
 //! The kernel does not always report a switch-in (this kernel was seen to resume a
 //! sleeping thread from a hard interrupt with neither `sched_wakeup` nor `sched_switch`
-//! reaching BPF or tracefs). So the syscall programs that run on a loop thread also close
-//! a period left open: a running thread is not off CPU, and its sleep is not lost.
+//! reaching BPF or tracefs). So the poll programs and the next switch-out of a loop
+//! thread also close a period left open: its sleep is not lost.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
 use blockprobe_common::{cause, config::GlobalConfig};
 
 use crate::{
+    blocking,
     emit::now_ns,
     maps::{LOOP_TIMING, config, is_loop_thread},
+    task::task_tid,
 };
 
 /// Mask of the task-state bits; 0 means runnable.
@@ -26,39 +28,6 @@ const STOPPED_STATES: u32 = 0x4 | 0x8 | 0x8000;
 /// `JOBCTL_TRAP_FREEZE` (`include/linux/sched/jobctl.h`): the cgroup v2 freezer traps a
 /// task with this bit, in an ordinary interruptible sleep.
 const JOBCTL_TRAP_FREEZE: u64 = 1 << 23;
-
-/// The thread id of `task`, read at the offset userspace found in BTF.
-#[inline(always)]
-pub fn task_tid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
-    // SAFETY: `task` is a task_struct the tracepoint passed us; the read is fault-tolerant.
-    unsafe { bpf_probe_read_kernel(task.add(config.task_pid_offset as usize) as *const i32) }
-        .ok()
-        .map(|pid| pid as u32)
-}
-
-/// The process id of `task`, read at the offset userspace found in BTF.
-#[inline(always)]
-pub fn task_tgid(config: &GlobalConfig, task: *const u8) -> Option<u32> {
-    // SAFETY: as in `task_tid`.
-    unsafe { bpf_probe_read_kernel(task.add(config.task_tgid_offset as usize) as *const i32) }
-        .ok()
-        .map(|pid| pid as u32)
-}
-
-/// Adds the open off-CPU period of `timing` to its cause, as of `now`. Called when the
-/// thread is seen running: at switch-in, switch-out and in its own syscall programs.
-#[inline(always)]
-pub fn close_period(timing: &mut blockprobe_common::thread::LoopTiming, now: u64) {
-    let since = timing.off_cpu_since_ns;
-    if since == 0 {
-        return;
-    }
-    if let Some(slot) = timing.off_cpu_ns.get_mut(timing.off_cpu_cause as usize) {
-        *slot += now.saturating_sub(since);
-        timing.has_off_cpu = 1;
-    }
-    timing.off_cpu_since_ns = 0;
-}
 
 /// `sched_switch(preempt, prev, next)`: the previous task leaves the CPU, the next one
 /// takes it.
@@ -76,25 +45,24 @@ pub fn on_switch(ctx: &RawTracePointContext) {
         // SAFETY: the pointer comes from a successful lookup in a map we own.
         let timing = unsafe { &mut *timing };
         // A switch-in the kernel did not report: the thread ran until now.
-        close_period(timing, now);
+        timing.close_period(now);
         if timing.poll_exit_ns != 0 {
             // SAFETY: `prev` is the task being switched out; the read is fault-tolerant.
             let state = unsafe {
                 bpf_probe_read_kernel(prev.add(config.task_state_offset as usize) as *const u32)
             }
             .unwrap_or(0);
-            timing.off_cpu_since_ns = now;
-            timing.off_cpu_cause = if preempt & 1 != 0 {
+            let off_cpu_cause = if preempt & 1 != 0 {
                 cause::RUNQUEUE as u32
             } else if stopped(config, prev, state) {
                 cause::STOPPED as u32
             } else if state & TASK_STATE_MASK == 0 {
                 cause::RUNQUEUE as u32
-            } else if timing.syscall_enter_ns != 0 {
-                timing.syscall_cause
             } else {
-                cause::OTHER as u32
+                blocking::on_blocked(config, prev_tid, timing, now)
             };
+            timing.off_cpu_since_ns = now;
+            timing.off_cpu_cause = off_cpu_cause;
         }
     }
     if let Some(next_tid) = task_tid(config, next)
@@ -102,7 +70,7 @@ pub fn on_switch(ctx: &RawTracePointContext) {
         && let Some(timing) = LOOP_TIMING.get_ptr_mut(next_tid)
     {
         // SAFETY: as above.
-        close_period(unsafe { &mut *timing }, now);
+        unsafe { &mut *timing }.close_period(now);
     }
 }
 
@@ -141,7 +109,7 @@ pub fn on_wakeup(ctx: &RawTracePointContext) {
         return;
     }
     let now = now_ns();
-    close_period(timing, now);
+    timing.close_period(now);
     timing.off_cpu_since_ns = now;
     timing.off_cpu_cause = cause::RUNQUEUE as u32;
 }

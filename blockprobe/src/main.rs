@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod attribution;
+mod bpf_object;
 mod classify;
 mod cli;
 mod clock;
@@ -12,6 +13,7 @@ mod evidence;
 mod export;
 mod fleet;
 mod histogram;
+mod hooks;
 mod host;
 mod identity;
 mod kernel;

@@ -6,9 +6,9 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, RawTracePoint, UProbe,
@@ -25,7 +25,11 @@ use blockprobe_common::{
     thread::{LoopTiming, NO_FD, ThreadClass, class},
 };
 
-use crate::{proc_stat, tracefs};
+use crate::{
+    bpf_object::{program_mut, take},
+    hooks::{self, HookChoice},
+    proc_stat, tracefs,
+};
 
 /// `bpf_map_update_elem` flag: update an existing entry only.
 const BPF_EXIST: u64 = 2;
@@ -39,8 +43,6 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The BPF programs attached to raw tracepoints, each with its tracepoint.
 pub const RAW_TRACEPOINTS: &[(&str, &str)] = &[
-    ("sys_enter", "sys_enter"),
-    ("sys_exit", "sys_exit"),
     ("sched_switch", "sched_switch"),
     ("sched_wakeup", "sched_wakeup"),
     ("process_fork", "sched_process_fork"),
@@ -75,6 +77,8 @@ pub struct Probes {
     events: Option<RingBuf<MapData>>,
     /// The CPU sampler's link per sampled loop thread, with the thread's process.
     samplers: BTreeMap<u32, (u32, PerfEventLinkId)>,
+    /// How the pollers are hooked.
+    poll_hook: HookChoice,
     /// Files (device, inode) probed, with the first program probing each.
     probed_files: HashSet<(u64, u64, &'static str)>,
 }
@@ -117,13 +121,26 @@ impl Probes {
                     .is_some(),
             ),
         };
-        let mut ebpf = EbpfLoader::new()
+        // One parse of the kernel's BTF (~18 MiB while it lives) serves the loader's
+        // relocations and the fentry hooks. `EbpfLoader::new` parses its own: it is
+        // dropped, and its memory returned, before this one is made.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        release_freed_heap();
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = loader
+            .btf(btf.as_ref())
             .map_max_entries(maps::EVENTS, settings.ring_bytes)
             .map_max_entries(maps::LOOP_THREADS, loop_thread_words(pid_max().0))
             .load(BPF_OBJECT)
             .context(
                 "loading blockprobe's BPF programs (is this kernel ≥ 5.8 with BPF ring buffers?)",
             )?;
+        // Before the ring buffer is mapped, the BTF dropped and its memory returned
+        // before that: the start-up peak holds one BTF or the ring, not both.
+        let poll_hook = hooks::attach(&mut ebpf, btf.as_ref())?;
+        drop(btf);
+        release_freed_heap();
         let mut config_map: Array<_, GlobalConfig> =
             Array::try_from(take(&mut ebpf, maps::CONFIG)?)?;
         config_map
@@ -140,6 +157,7 @@ impl Probes {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             events: Some(RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?),
             samplers: BTreeMap::new(),
+            poll_hook,
             probed_files: HashSet::new(),
             _ebpf: ebpf,
         };
@@ -150,11 +168,8 @@ impl Probes {
 
     fn attach_all(&mut self) -> anyhow::Result<()> {
         let ebpf = &mut self._ebpf;
-        // Two raw syscall tracepoints see every syscall (one cheap switch on its number)
-        // instead of one classic tracepoint per syscall: cheaper per call, and quick to
-        // attach and detach.
-        // Raw tracepoints only: cheaper per event than classic ones, and never skipped
-        // while a BPF map syscall holds the CPU (classic tracepoint programs are).
+        // Raw tracepoints: cheaper per event than classic ones, and never skipped while a
+        // BPF map syscall holds the CPU (classic tracepoint programs are).
         for &(program, tracepoint) in RAW_TRACEPOINTS {
             let tp: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
             tp.load()
@@ -453,6 +468,16 @@ impl Probes {
         Ok(())
     }
 
+    /// How the pollers are hooked, chosen at attach.
+    pub fn poll_hook(&self) -> &HookChoice {
+        &self.poll_hook
+    }
+
+    /// How many program runs the kernel skipped so far (see [`hooks::skipped_runs`]).
+    pub fn skipped_runs(&self) -> anyhow::Result<u64> {
+        hooks::skipped_runs(&self._ebpf)
+    }
+
     /// Current totals of the kernel side's loss counters (summed over CPUs).
     pub fn counters(&self) -> anyhow::Result<Vec<(Counter, u64)>> {
         Counter::ALL
@@ -491,21 +516,6 @@ pub fn pid_max() -> (u32, bool) {
 /// `pid_max` (a tid beyond it, after `pid_max` is raised, is counted, not traced).
 pub fn loop_thread_words(pid_max: u32) -> u32 {
     pid_max.div_ceil(8).max(1)
-}
-
-/// The program `name` of the loaded object.
-fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("BPF program {name} missing from the object"))
-}
-
-/// Takes the map `name` out of the loaded object.
-fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("BPF map {name} missing from the object"))
 }
 
 /// Whether `err` (or an error it wraps) is the kernel's "no such process".

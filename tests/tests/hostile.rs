@@ -4,15 +4,16 @@
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, Frame, Proc, Python, Scenario, marker_line, nanos,
-    python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Frame, Proc, Python, Scenario, Stall, marker_line,
+    nanos, python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
 python_matrix!(
     deep_recursion_is_truncated_and_marked,
+    deep_recursion_blocking_before_its_process_is_traced,
     memory_that_never_answers_freezes_nothing,
-    memory_that_never_answers_at_attach_freezes_nothing
+    memory_that_never_answers_at_attach_freezes_nothing,
 );
 
 /// How many frames blockprobe walks (`blockprobe_common::stack::MAX_FRAMES`).
@@ -151,12 +152,63 @@ fn deep_recursion_is_truncated_and_marked(python: &Python) {
         "recurse",
         Duration::from_millis(200),
     );
-    let call = Frame::new(
+    check_truncated(&ran.ctx, &ran.script, &stall);
+}
+
+/// deep_recursion.py blocking 1 s, started under a host-wide `trace` that is held
+/// (SIGSTOP) until the script is inside its `time.sleep`: the kernel side times the call
+/// from its start, before blockprobe traced the process (no stack could be walked there),
+/// and the loop is not in the stack blockprobe walks from userspace once it does (the
+/// stack is deeper than the walk). The stall is still the sleep, with its syscall, its
+/// culprit and the truncated stack, walked while the call went on.
+fn deep_recursion_blocking_before_its_process_is_traced(python: &Python) {
+    require_root();
+    let ctx = Ctx::new();
+    let bp = ctx.spawn_trace_host();
+    bp.signal(Signal::SIGSTOP);
+    let name = "deep_recursion.py";
+    let mut cmd = python.command_at_once(&script(name));
+    cmd.env("DEEP_SLEEP_S", "1");
+    let started = unix_now_ns();
+    let py = ctx.spawn(name, &mut cmd);
+    let sleep_nr = match python.sleep_syscall() {
+        "clock_nanosleep" => "230",
+        _ => "270",
+    };
+    ctx.wait_for("the script's sleep", || {
+        let syscall = std::fs::read_to_string(format!("/proc/{}/syscall", py.pid())).ok()?;
+        (syscall.split(' ').next() == Some(sleep_nr)).then_some(())
+    });
+    bp.signal(Signal::SIGCONT);
+    let state = ctx.wait_finished(&py);
+    let finished = unix_now_ns();
+    let _ = ctx.wait_stalls(&bp, py.pid(), 1);
+    ctx.quit_script(&py);
+    ctx.stop_trace(&bp);
+    let stalls = bp.stalls(py.pid());
+    ctx.ensure(stalls.len() == 1, || {
+        format!("expected exactly one stall: {stalls:#?}")
+    });
+    let stall = &stalls[0];
+    let path = script(name);
+    let expect = ctx.expect_sleep(
+        &path,
         "recurse",
-        &ran.script,
-        marker_line(&ran.script, "CALL recurse"),
+        python.sleep_syscall(),
+        &state,
+        Duration::from_secs(1),
+        (started, finished),
     );
-    ran.ctx.ensure(
+    ctx.check_stall(stall, &expect);
+    check_truncated(&ctx, &path, stall);
+}
+
+/// `stall`'s stack is deep_recursion.py's blocking call, then recursive calls to the
+/// walk's depth, then `<truncated>`.
+#[track_caller]
+fn check_truncated(ctx: &CtxRef, script: &std::path::Path, stall: &Stall) {
+    let call = Frame::new("recurse", script, marker_line(script, "CALL recurse"));
+    ctx.ensure(
         stall.stack.len() == WALK_DEPTH + 1
             && stall.stack[1..WALK_DEPTH].iter().all(|f| *f == call)
             && stall.stack[WALK_DEPTH] == marker("<truncated>", ""),

@@ -353,3 +353,70 @@ fn trace_duration_stops_by_itself() {
     py.send("GO");
     ctx.quit_script(&py);
 }
+
+/// The hook blockprobe chose for the epoll syscalls is said at start, in the `ready`
+/// event, and in the report; tracing works with it. Where the kernel is locked down
+/// (this test VM: `lockdown=integrity` refuses BPF trampolines), that is the fallback:
+/// the `syscalls:` tracepoints, with fentry's refusal named. The example's three stalls
+/// are still found, with their syscall and culprit.
+#[test]
+fn ready_event_and_report_say_the_poll_hook() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let report = dir.path().join("report.json");
+    let mut cmd = Blockprobe::new(["run", "--format", "jsonl", "-o"]);
+    cmd.current_dir(workspace_root())
+        .arg(&report)
+        .arg("--")
+        .arg(&python.path)
+        .arg(EXAMPLE);
+    let bp = ctx.spawn("blockprobe run (jsonl)", &mut cmd);
+    bp.close_stdin();
+    let status = bp.wait_exit();
+    ctx.ensure(status.code() == Some(0), || {
+        format!("blockprobe run exited with {status}, expected the example's 0")
+    });
+    let events = bp.events();
+    let ready = events
+        .iter()
+        .find(|e| blockprobe_tests::kind(e) == "ready")
+        .unwrap_or_else(|| ctx.fail("no ready event"));
+    let hook = ready["poll_hook"].as_str().unwrap_or_default().to_owned();
+    let refused = ready["fentry_refused"].as_str();
+    let locked_down = std::fs::read_to_string("/sys/kernel/security/lockdown")
+        .is_ok_and(|l| !l.contains("[none]"));
+    match hook.as_str() {
+        "tracepoint" => ctx.ensure(refused.is_some_and(|r| !r.is_empty()), || {
+            format!("the fallback does not say why fentry was refused: {ready}")
+        }),
+        "fentry" => ctx.ensure(!locked_down && refused.is_none(), || {
+            format!("fentry chosen on a locked-down kernel, or with a refusal: {ready}")
+        }),
+        _ => ctx.fail(format!("unknown poll_hook in {ready}")),
+    }
+    if locked_down {
+        ctx.ensure(hook == "tracepoint", || {
+            format!("a locked-down kernel refuses fentry: {ready}")
+        });
+    }
+    let text = std::fs::read_to_string(&report).expect("the report was written");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
+    ctx.ensure(json["poll_hook"] == hook.as_str(), || {
+        format!(
+            "report poll_hook {} is not the ready event's {hook:?}",
+            json["poll_hook"]
+        )
+    });
+    let stalls = events
+        .iter()
+        .filter(|e| blockprobe_tests::kind(e) == "stall")
+        .filter(|e| {
+            e["syscall"] == "clock_nanosleep" && e["culprit"]["function"] == "load_user_profile"
+        })
+        .count();
+    ctx.ensure(stalls == EXAMPLE_STALLS, || {
+        format!("expected {EXAMPLE_STALLS} sleep stalls blamed on load_user_profile: {events:#?}")
+    });
+}

@@ -11,6 +11,7 @@
 //! leaves blockprobe's stdout untouched.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -98,6 +99,14 @@ enum Task {
         /// Repetitions of every workload under every mode.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Only this workload (repeatable): http, queue, map, dd, stalls; the results
+        /// then go to bench/results/partial.md.
+        #[arg(long = "workload", value_name = "KEY")]
+        workloads: Vec<String>,
+        /// Also measure this blockprobe binary host-wide (e.g. the previous release), in
+        /// the same run.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<PathBuf>,
     },
     /// Set up, lint, unit tests, build the debug and the static (`dist`) binaries, then the
     /// integration tests against them and real Pythons (needs root). The full matrix (every test on pyenv 3.9, 3.10, 3.12,
@@ -158,13 +167,22 @@ fn run(task: Task) -> Result<ExitCode> {
             let path = offsets::generate(&ws.root)?;
             eprintln!("gen-offsets: wrote {}", path.display());
         }
-        Task::Bench { reps } => {
+        Task::Bench {
+            reps,
+            workloads,
+            baseline,
+        } => {
             if !is_root() {
                 bail!("the benchmark loads BPF programs and needs root");
             }
             ws.setup()?;
             ws.build(true)?;
-            bench::run(&ws.root, &ws.binary(true), &bench::BenchOptions { reps })?;
+            let options = bench::BenchOptions {
+                reps,
+                workloads,
+                baseline,
+            };
+            bench::run(&ws.root, &ws.target, &ws.binary(true), &options)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -180,6 +180,11 @@ fn unpack(debs: &[PathBuf], root: &Path) -> Result<()> {
 
 /// Makes `python{minor}` in `root` use the unpacked loader and libraries.
 fn point_at_root(root: &Path, minor: &str) -> Result<()> {
+    use_glibc_of(root, &root.join(format!("usr/bin/python{minor}")))
+}
+
+/// Makes the program `binary` use the loader and libraries (glibc) unpacked in `root`.
+pub fn use_glibc_of(root: &Path, binary: &Path) -> Result<()> {
     let lib = root.join("usr/lib/x86_64-linux-gnu");
     checked(
         Command::new("patchelf")
@@ -189,7 +194,7 @@ fn point_at_root(root: &Path, minor: &str) -> Result<()> {
             .arg("--force-rpath")
             .arg("--set-rpath")
             .arg(&lib)
-            .arg(root.join(format!("usr/bin/python{minor}"))),
+            .arg(binary),
     )
 }
 

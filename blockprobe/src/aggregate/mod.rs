@@ -305,6 +305,7 @@ impl Aggregator {
             processes_dropped: self.processes_dropped,
             ended_unix_ns: run.started_unix_ns.saturating_add(run.duration_ns),
             kernel_release: String::new(),
+            poll_hook: String::new(),
             processes: self
                 .processes
                 .values()

@@ -59,7 +59,10 @@ pub fn prepare_with(
         live::sink_for(options.format)
     };
     let mut sink = wrap(sink);
-    sink.status(&Status::Ready)?;
+    sink.status(&Status::Ready {
+        poll_hook: probes.poll_hook().hook,
+        fentry_refused: probes.poll_hook().fentry_refused.clone(),
+    })?;
     Ok(Prepared {
         session: Session::new(
             probes,
@@ -74,6 +77,7 @@ pub fn prepare_with(
 
 /// Ends a session: writes the report file if asked, then prints the summary.
 pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> anyhow::Result<()> {
+    let poll_hook = session.poll_hook();
     let (aggregator, _sink, _clock) = session.into_parts();
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let mut report = aggregator.report(RunInfo {
@@ -87,6 +91,7 @@ pub fn finish(session: Session, options: &TraceOptions, started: SystemTime) -> 
         threshold_ns: nanos(options.threshold),
     });
     report.kernel_release = host::kernel_release();
+    report.poll_hook = poll_hook.name().to_owned();
     if let Some(path) = &options.output {
         report.write_atomic(path)?;
     }

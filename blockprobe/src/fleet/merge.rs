@@ -194,11 +194,25 @@ pub fn merge(reports: &[(String, Report)], limits: MergeLimits) -> Result<Report
         functions,
         ended_unix_ns: ended,
         kernel_release: summarize(sources.iter().map(|s| &s.kernel_release), "kernels"),
+        poll_hook: common(reports.iter().map(|(_, r)| r.poll_hook.as_str())),
         services,
         stacks,
         sources,
         warnings,
     })
+}
+
+/// The value every run agrees on, else `mixed` (empty values are unknown ones).
+fn common<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut known = values.filter(|v| !v.is_empty());
+    let Some(first) = known.next() else {
+        return String::new();
+    };
+    if known.all(|v| v == first) {
+        first.to_owned()
+    } else {
+        "mixed".to_owned()
+    }
 }
 
 fn threshold_text(ns: u64) -> String {
@@ -474,6 +488,10 @@ mod tests {
         let merged = m(&refs, 1);
         assert_eq!(merged.host, "h0, h1, h2, h3 and 3 more hosts");
         assert_eq!(merged.kernel_release, "6.1.0");
+        assert_eq!(common(["fentry", "", "fentry"].into_iter()), "fentry");
+        assert_eq!(common(["fentry", "tracepoint"].into_iter()), "mixed");
+        assert_eq!(common(["mixed", "fentry"].into_iter()), "mixed");
+        assert_eq!(common(std::iter::empty()), "");
         assert_eq!(merged.sources.len(), 7);
         // A merged report goes through a file and back unchanged.
         let json = serde_json::to_vec(&merged).unwrap();

@@ -15,8 +15,9 @@ const SECURITYFS: &str = "/sys/kernel/security";
 const LOCKDOWN: &str = "lockdown";
 
 /// The fentry item: whether a tiny fentry program loads and attaches (aya's probe, on
-/// `bpf_fentry_test1`), and the kernel's lockdown mode. blockprobe does not use fentry;
-/// where it works, it could lower the per-syscall cost of tracing.
+/// `bpf_fentry_test1`), and the kernel's lockdown mode. Where it works, blockprobe hooks
+/// the epoll syscalls with fentry/fexit, and no other syscall pays anything; else with
+/// their tracepoints, which send every syscall down the kernel's traced path.
 pub fn fentry() -> Finding {
     const ITEM: &str = "fentry";
     let lockdown = lockdown_mode();
@@ -24,7 +25,9 @@ pub fn fentry() -> Finding {
         Ok(true) => {
             return Finding::ok(
                 ITEM,
-                format!("a test fentry program loads and attaches; lockdown: {lockdown}"),
+                format!(
+                    "a test fentry program loads and attaches; lockdown: {lockdown}: the epoll syscalls are hooked by fentry"
+                ),
             );
         }
         Ok(false) => "this kernel has no BPF trampolines".to_owned(),
@@ -37,7 +40,7 @@ pub fn fentry() -> Finding {
         ITEM,
         Verdict::Note,
         format!("{refused}; lockdown: {lockdown}"),
-        "nothing to do: blockprobe uses tracepoints, not fentry",
+        "nothing to do: blockprobe hooks the epoll syscalls by their tracepoints instead (every syscall on the host then takes the kernel's slower traced path)",
     )
 }
 

@@ -24,7 +24,7 @@ const OLDEST_KERNEL: (u32, u32) = (5, 17);
 pub enum Verdict {
     /// As blockprobe needs it.
     Ok,
-    /// Not as it could be, and not needed (e.g. fentry, which blockprobe does not use).
+    /// Not as it could be, and not needed (e.g. fentry, for which tracepoints stand in).
     Note,
     /// Tracing works, with less (e.g. no culprits for CPU-bound stalls).
     Warn,

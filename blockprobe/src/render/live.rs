@@ -234,7 +234,19 @@ pub fn status_line(status: &Status) -> String {
                 .as_ref()
                 .map_or(String::new(), |f| format!(", at {}", frame_text(f)))
         ),
-        Status::Ready => "probes attached, tracing".to_owned(),
+        Status::Ready {
+            poll_hook,
+            fentry_refused,
+        } => format!(
+            "probes attached (epoll hooked by {}{}), tracing",
+            poll_hook.name(),
+            fentry_refused
+                .as_deref()
+                .map_or(String::new(), |why| format!(
+                    "; fentry refused: {}",
+                    escape(why)
+                ))
+        ),
     };
     format!("blockprobe: {text}")
 }
@@ -408,6 +420,7 @@ impl<E: Write> StallSink for QuietSink<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::PollHook;
     use crate::model::fixtures::{frame, stall};
     use crate::model::{Cause, CulpritFrom, FdKind};
 
@@ -879,7 +892,11 @@ mod tests {
         let mut sink = TextSink::new(out, Vec::new());
         for _ in 0..3 {
             sink.stall(&sample()).unwrap();
-            sink.status(&Status::Ready).unwrap();
+            sink.status(&Status::Ready {
+                poll_hook: PollHook::Tracepoint,
+                fentry_refused: None,
+            })
+            .unwrap();
         }
         let (out, err) = sink.into_inner();
         assert_eq!(

@@ -5,7 +5,7 @@
 //! {"schema":"blockprobe.report/v1","blockprobe_version":str,"host":str,
 //!  "started_unix_ns":int,"duration_ns":int,"threshold_ns":int,
 //!  "lost_events":int,"lost":{counter_name:int},"stalls_dropped":int,"processes_dropped":int,
-//!  "ended_unix_ns":int,"kernel_release":str,
+//!  "ended_unix_ns":int,"kernel_release":str,"poll_hook":str,
 //!  "processes":[{"pid":int,"comm":str,"python_version":str,"loop_threads":[int],
 //!                "cmdline":[str],"service":str,"cgroup":str,"container_id":str,
 //!                "app_root":str,"host":str}],
@@ -27,7 +27,7 @@
 //! ignore fields they do not know. The fields beyond the original v1 list
 //! (`blockprobe_version`, `started_unix_ns`, `lost`, `stalls_dropped`,
 //! `processes_dropped`, per-function `causes`, and the fleet fields: `ended_unix_ns`,
-//! `kernel_release`, the per-process identity after `loop_threads`, `stable_file`,
+//! `kernel_release`, `poll_hook`, the per-process identity after `loop_threads`, `stable_file`,
 //! `services`, `stacks`, `sources`) default when absent. `services` and `stacks` cover
 //! every stall, like `functions` (see [`crate::aggregate::tables`]); `sources` is only
 //! filled by `blockprobe merge`. `stalls` holds the longest stalls (at most the
@@ -106,6 +106,10 @@ pub struct Report {
     /// Kernel release of the host (`uname -r`).
     #[serde(default)]
     pub kernel_release: String,
+    /// How the epoll syscalls were hooked: `fentry` or `tracepoint` (`mixed` in a merged
+    /// report whose runs differ; empty when unknown).
+    #[serde(default)]
+    pub poll_hook: String,
     /// Per service label, by total stall time.
     #[serde(default)]
     pub services: Vec<ServiceReport>,

@@ -20,8 +20,9 @@ use blockprobe_common::{
 
 use super::{Session, Verdict, target_memory::marker};
 use crate::{
+    attribution::BlockedCall,
     classify,
-    model::Frame,
+    model::{Cause, Frame},
     proc_stat,
     python::PythonProcess,
     thread_now::{self, Activity},
@@ -33,6 +34,8 @@ struct Examined {
     tstate: u64,
     activity: Activity,
     stack: Vec<Frame>,
+    /// When its stack was walked (monotonic ns, just before).
+    walked_ns: u64,
     /// On 3.14+, whether the loop it runs is one of asyncio's selector loops (`None`:
     /// none runs, or it cannot be told).
     selector_loop: Option<bool>,
@@ -66,7 +69,8 @@ impl Session {
             let in_loop = classify::runs_loop(&thread.stack) || native.is_some();
             if let Some(timing) = self.probes.loop_timing(thread.tid) {
                 // Timed since its first poll, which announced its process: a loop, timed
-                // exactly, if it is inside one.
+                // exactly, if it is inside one (a stack deeper than the walk does not
+                // show it: its next poll tells).
                 if loop_poll || in_loop {
                     let now = self.clock.monotonic_ns();
                     let fd = (thread.polled_fd())
@@ -75,6 +79,7 @@ impl Session {
                     self.probes.classify_thread(thread.tid, true, fd, now)?;
                     self.adopted(pid, thread)?;
                 }
+                self.walked_in_call(pid, thread, &timing);
             } else if loop_poll {
                 let fd = thread.polled_fd().unwrap_or(NO_FD);
                 let now = self.clock.monotonic_ns();
@@ -87,10 +92,51 @@ impl Session {
                 self.probes.adopt_stuck_loop(thread.tid, timing)?;
                 (self.stuck_at_attach).insert(thread.tid, (pid, timing.poll_exit_ns));
                 self.adopted(pid, thread)?;
+                self.blocked_before_tracing(pid, thread, &timing, timing.poll_exit_ns);
                 self.await_stuck_notice(thread.tid);
             }
         }
         Ok(())
+    }
+
+    /// A timed `thread` of `pid` may be blocked in a call it entered before its process
+    /// was traced: the kernel side learned the call without a walk recipe and reports it,
+    /// when it ends, without a stack. Its stack, walked while it blocks, is the call's.
+    fn walked_in_call(&mut self, pid: u32, thread: &Examined, timing: &LoopTiming) {
+        if timing.syscall_enter_ns != 0
+            && !is_poller(u64::from(timing.syscall_nr))
+            && timing.syscall_enter_ns < thread.walked_ns
+        {
+            let (start, stack) = (timing.syscall_enter_ns, thread.stack.clone());
+            self.attributor.walked_call(pid, thread.tid, start, stack);
+        }
+    }
+
+    /// A loop `thread` of `pid` found stuck at attach may be blocked in a call it entered
+    /// before its process was traced, which the kernel side never saw begin. Its stack,
+    /// walked now while it blocks, is the call's; the call counts as evidence up to `now`
+    /// (a lower bound).
+    fn blocked_before_tracing(
+        &mut self,
+        pid: u32,
+        thread: &Examined,
+        timing: &LoopTiming,
+        now: u64,
+    ) {
+        if !timing.blocked_in_call() || is_poller(u64::from(timing.syscall_nr)) {
+            return;
+        }
+        let call = BlockedCall {
+            nr: timing.syscall_nr,
+            cause: Cause::from_index(timing.syscall_cause as usize),
+            start_ns: timing.syscall_enter_ns,
+            end_ns: now,
+            fd_kind: None,
+            stack: thread.stack.clone(),
+            task: None,
+            short: None,
+        };
+        self.attributor.blocked_call(pid, thread.tid, call);
     }
 
     /// `thread` of `pid` was made a loop thread: its reports are a loop's.
@@ -105,6 +151,7 @@ impl Session {
         let Some(namespaced) = self.processes.get(&pid).map(|t| t.ns_pid.is_some()) else {
             return Ok(Vec::new());
         };
+        let walked_ns = self.clock.monotonic_ns();
         let threads = (self.read_memory(pid, 1, PythonProcess::threads_now)?).unwrap_or_default();
         let mut examined = Vec::with_capacity(threads.len());
         for thread in threads {
@@ -124,6 +171,7 @@ impl Session {
                 tstate: thread.tstate,
                 activity,
                 stack,
+                walked_ns,
                 selector_loop: thread.selector_loop,
             });
         }

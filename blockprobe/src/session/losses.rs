@@ -12,6 +12,9 @@ use crate::aggregate::Aggregator;
 
 /// Loss name of events dropped in userspace because they could not be decoded.
 pub const UNDECODABLE_EVENT: &str = "undecodable_event";
+/// Loss name of BPF program runs the kernel skipped (`recursion_misses`): a poll hook on
+/// a classic tracepoint does not run while a BPF map syscall holds its CPU.
+pub const SKIPPED_RUN: &str = "skipped_run";
 /// Loss name of Python frames that could not be read (a frame pointer in the kernel's
 /// walk, or a code object when symbolizing): the stack keeps an `<unreadable>` frame.
 pub const UNREADABLE_FRAME: &str = "unreadable_frame";

@@ -14,7 +14,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use self::losses::{Losses, MEMORY_TIMEOUT, UNDECODABLE_EVENT, UNREADABLE_FRAME};
+use self::losses::{Losses, MEMORY_TIMEOUT, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
@@ -640,12 +640,18 @@ impl Session {
             (self.losses).counter_total(counter, total, &mut self.aggregator, &mut self.sink)?;
         }
         for (name, total) in [
+            (SKIPPED_RUN, self.probes.skipped_runs()?),
             (UNREADABLE_FRAME, self.unreadable_frames),
             (MEMORY_TIMEOUT, self.unanswered_stacks),
         ] {
             (self.losses).total(name, total, &mut self.aggregator, &mut self.sink)?;
         }
         Ok(())
+    }
+
+    /// How the kernel side hooks the epoll syscalls.
+    pub fn poll_hook(&self) -> crate::hooks::PollHook {
+        self.probes.poll_hook().hook
     }
 
     /// Ends the session: the aggregate so far and the sink, for the summary.

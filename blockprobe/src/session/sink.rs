@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::PollHook;
 use crate::model::{Frame, Stall};
 
 /// Why the tracer stopped following a process.
@@ -20,7 +21,7 @@ pub enum DetachReason {
 /// `{"event":"loop","pid":..,"tid":..}`, `{"event":"loop_gone","pid":..,"tid":..}`,
 /// `{"event":"detached","pid":..,"reason":"exit"|"exec"}`,
 /// `{"event":"lost","kind":..,"count":..}`,
-/// `{"event":"warning","pid":..,"message":..}` (`pid` when about one process), `{"event":"ready"}`,
+/// `{"event":"warning","pid":..,"message":..}` (`pid` when about one process), `{"event":"ready","poll_hook":"fentry"|"tracepoint","fentry_refused":..}`,
 /// `{"event":"stuck","pid":..,"tid":..,"stuck_ns":..,"at_least":true,"syscall":..,"culprit":{..}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -71,7 +72,13 @@ pub enum Status {
         culprit: Option<Frame>,
     },
     /// The probes are attached: from now on, loops that start polling are seen.
-    Ready,
+    Ready {
+        /// How the epoll syscalls are hooked.
+        poll_hook: PollHook,
+        /// Why fentry could not be used, when it could not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fentry_refused: Option<String>,
+    },
 }
 
 /// Where live events go. Implementations must be usable from the tracer's event loop:

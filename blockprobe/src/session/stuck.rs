@@ -100,7 +100,7 @@ impl Session {
 
     /// Says that loop `s` has been stuck for `stuck_ns`, where and in which call.
     fn say_stuck(&mut self, s: &StuckLoop, stuck_ns: u64) -> anyhow::Result<()> {
-        let in_syscall = s.timing.syscall_enter_ns != 0;
+        let in_syscall = s.timing.blocked_in_call();
         // A blocked thread's frames hold still; a running one's are read from its
         // latest sample, not raced (walked now only before its first sample).
         let sample = (!in_syscall)
@@ -155,7 +155,7 @@ impl Session {
             {
                 *slot += now.saturating_sub(timing.off_cpu_since_ns);
             }
-            if timing.syscall_enter_ns != 0 {
+            if timing.blocked_in_call() {
                 let call = BlockedCall {
                     task: None,
                     nr: timing.syscall_nr,
