@@ -83,8 +83,8 @@ pub enum Command {
         /// The report file written with -o.
         file: PathBuf,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = crate::commands::report::ReportFormat::Text)]
-        format: crate::commands::report::ReportFormat,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
         /// Write to this file (atomically) instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -119,8 +119,8 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_name = "N")]
         min_count: u64,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = crate::commands::diff::DiffFormat::Text)]
-        format: crate::commands::diff::DiffFormat,
+        #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+        format: DiffFormat,
         /// Compare stall time per second traced instead of total stall time: for reports
         /// of time windows of different lengths (not for a fixed workload).
         #[arg(long)]
@@ -474,4 +474,32 @@ mod tests {
             _ => panic!("not trace"),
         }
     }
+}
+
+/// Output format of `blockprobe report`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// The same summary `blockprobe run` prints at the end.
+    #[default]
+    Text,
+    /// The validated report as pretty-printed JSON (`blockprobe.report/v1`).
+    Json,
+    /// Folded stacks of blocking time (`service;outer;…;inner;[cause: syscall] NS`), for
+    /// inferno, flamegraph.pl or speedscope.
+    Folded,
+    /// An SVG flame graph of blocking time.
+    Svg,
+    /// A pprof profile (protobuf; sample types stalls/count and delay/nanoseconds), for
+    /// `go tool pprof`, Pyroscope or Grafana.
+    Pprof,
+}
+
+/// Output format of `blockprobe diff`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    /// Entries by impact, for people.
+    #[default]
+    Text,
+    /// Everything, as one JSON object (`blockprobe.diff/v1`).
+    Json,
 }

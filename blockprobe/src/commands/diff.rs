@@ -7,19 +7,10 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::cli::DiffFormat;
 use crate::fleet::diff::{DiffOptions, diff};
 use crate::render::{diff::render_text, ms};
 use crate::report::Report;
-
-/// Output format of `blockprobe diff`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DiffFormat {
-    /// Entries by impact, for people.
-    #[default]
-    Text,
-    /// Everything, as one JSON object (`blockprobe.diff/v1`).
-    Json,
-}
 
 /// Exit status when a regression crossed the gate.
 pub const EXIT_REGRESSION: i32 = 1;

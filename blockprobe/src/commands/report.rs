@@ -4,26 +4,9 @@
 use std::io::{self, IsTerminal as _, Write};
 use std::path::Path;
 
+use crate::cli::ReportFormat;
 use crate::render::summary::{SummaryOptions, write_summary};
 use crate::report::Report;
-
-/// Output format of `blockprobe report`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
-    /// The same summary `blockprobe run` prints at the end.
-    #[default]
-    Text,
-    /// The validated report as pretty-printed JSON (`blockprobe.report/v1`).
-    Json,
-    /// Folded stacks of blocking time (`service;outer;…;inner;[cause: syscall] NS`), for
-    /// inferno, flamegraph.pl or speedscope.
-    Folded,
-    /// An SVG flame graph of blocking time.
-    Svg,
-    /// A pprof profile (protobuf; sample types stalls/count and delay/nanoseconds), for
-    /// `go tool pprof`, Pyroscope or Grafana.
-    Pprof,
-}
 
 /// Loads the report at `path` and prints it to stdout, or writes it to `output`
 /// atomically. A closed stdout (e.g. piped into `head`) is not an error.
