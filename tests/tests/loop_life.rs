@@ -86,7 +86,7 @@ fn first_block_under_run(python: &Python, block: &FirstBlock) {
     let mut cmd = Blockprobe::run(python, &script(name), &[block.mode], &[]);
     let ran = drive_scenario(python, name, &mut cmd, 1);
     ran.expect_success();
-    let stalls = scripts_stalls(&ran.stalls(), &ran.script, "handler");
+    let stalls = scripts_stalls(&ran.stalls(), &ran.script);
     ran.ctx.ensure(stalls.len() == 1, || {
         format!("expected exactly one stall: {stalls:#?}")
     });
@@ -108,7 +108,7 @@ fn first_block_host_wide(python: &Python, block: &FirstBlock) {
     let _ = ctx.wait_stalls(&bp, py.pid(), 1);
     ctx.quit_script(&py);
     ctx.stop_trace(&bp);
-    let stalls = scripts_stalls(&bp.stalls(py.pid()), &script(name), "handler");
+    let stalls = scripts_stalls(&bp.stalls(py.pid()), &script(name));
     ctx.ensure(stalls.len() == 1, || {
         format!("expected exactly one stall: {stalls:#?}")
     });
@@ -176,19 +176,11 @@ fn check_duration(ctx: &CtxRef, stall: &Stall, measured: u64) {
     });
 }
 
-/// The stalls of `stalls` that are the script's: those blamed on `function` of `script`,
-/// and any other unless the host's CPU contention alone made it (a run-queue wait: a
-/// loaded test machine delays any iteration).
-fn scripts_stalls(stalls: &[Stall], script: &Path, function: &str) -> Vec<Stall> {
-    let file = script.to_string_lossy();
-    stalls
-        .iter()
-        .filter(|s| {
-            s.culprit
-                .as_ref()
-                .is_some_and(|c| c.function == function && c.file == file)
-                || s.cause != "runqueue"
-        })
+/// The stalls of `stalls` that are the script's: all but those the host's CPU contention
+/// alone made (see [`Stall::made_by_contention`]).
+fn scripts_stalls(stalls: &[Stall], script: &Path) -> Vec<Stall> {
+    (stalls.iter())
+        .filter(|s| !s.made_by_contention(script))
         .cloned()
         .collect()
 }
@@ -204,7 +196,7 @@ fn check_measured_stalls(
     script: &Path,
     function: &str,
 ) {
-    let stalls = scripts_stalls(stalls, script, function);
+    let stalls = scripts_stalls(stalls, script);
     ctx.ensure(stalls.len() == names.len(), || {
         format!("expected exactly {} stalls: {stalls:#?}", names.len())
     });
