@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use blockprobe_tests::{
-    Blockprobe, Ctx, CtxRef, Frame, Python, Ran, ScriptState, Stall, drive_scenario, kind,
+    Blockprobe, Ctx, CtxRef, Frame, Line, Python, Ran, ScriptState, Stall, drive_scenario, kind,
     marker_line, python_matrix, require_root, script,
 };
 
@@ -217,14 +217,40 @@ fn check_measured_stalls(
 }
 
 /// The first example: `asyncio.run(main())`, `main` sleeping 0.11, 0.22 and
-/// 0.33 s with `await asyncio.sleep(0.1)` between: all three stalls.
+/// 0.33 s with `await asyncio.sleep(0.1)` between: all three stalls. A uvloop loop runs
+/// its first callbacks before its first poll, so its first iteration is seen only when
+/// blockprobe attached before the loop began running (its `attached` event before the
+/// script's `RUN main` line); attached later, the first stall may be missing (a limit
+/// the README states), and the other two must be there. An asyncio loop polls first:
+/// all three, always.
 fn three_stalls_from_the_first_iteration(python: &Python) {
-    run_and_check(
-        python,
-        "first_steps.py",
-        &["step1", "step2", "step3"],
-        "main",
-    );
+    require_root();
+    let (name, function) = ("first_steps.py", "main");
+    let all = ["step1", "step2", "step3"];
+    let least = if python.runs_uvloop() { 2 } else { 3 };
+    let mut cmd = Blockprobe::run(python, &script(name), &[], &[]);
+    let ran = drive_scenario(python, name, &mut cmd, least);
+    ran.expect_success();
+    let stalls = ran.stalls();
+    let seen_all = scripts_stalls(&stalls, &ran.script).len() == all.len();
+    let names = if least == all.len() || attached_before_run(&ran) || seen_all {
+        &all[..]
+    } else {
+        eprintln!("attached after the loop began running: its first iteration was not seen");
+        &all[1..]
+    };
+    check_measured_stalls(&ran.ctx, &stalls, &ran.state, names, &ran.script, function);
+}
+
+/// Whether blockprobe said its process was attached before the script's `RUN main`.
+fn attached_before_run(ran: &Ran) -> bool {
+    let attached = |line: &Line| matches!(line, Line::Event(e, _) if kind(e) == "attached");
+    let run = |line: &Line| matches!(line, Line::Text(t) if t == "RUN main");
+    let lines = ran.bp.lines();
+    match (lines.iter().position(attached), lines.iter().position(run)) {
+        (Some(attached), Some(run)) => attached < run,
+        _ => false,
+    }
 }
 
 /// `asyncio.run` five times in one process, each unit blocking at once: five stalls.
