@@ -50,6 +50,10 @@ struct Starting {
     why: String,
     /// When to try again, and when to give up.
     patience: Patience,
+    /// Its threads the kernel side times since a poll announced the process: their
+    /// iteration under way is a stall once the process is traced, and their timing
+    /// stops if it never is.
+    timed: Vec<u32>,
 }
 
 /// Under load, how long events gather in the ring buffer after a read before the next
@@ -228,6 +232,7 @@ impl Session {
                         vacant.insert(Starting {
                             why,
                             patience: Patience::new(pid, count),
+                            timed: Vec::new(),
                         });
                     }
                 }
@@ -248,6 +253,10 @@ impl Session {
             ns_pid,
             ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
         });
+        // The recipe first: the first iteration of a loop that started meanwhile is
+        // timed already, and is a stall only if it ends after the kernel side can walk
+        // its stack (the probes below take tens of milliseconds, more on a busy host).
+        self.probes.trace_process(pid, recipe)?;
         self.processes.insert(
             pid,
             Traced {
@@ -258,12 +267,12 @@ impl Session {
                 uv_runs: Vec::new(),
             },
         );
-        // The loop-run probes first: once the kernel side times the process, a loop that
-        // stops is seen stopping.
+        // A loop that stops before these probes are in place stays off-await until its
+        // next poll, as one timed since the poll that announced its process does: a
+        // short window, against a first iteration lost while they attach.
         self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)?;
-        self.probes.trace_process(pid, recipe)?;
         self.time_parked_threads(pid)?;
         // Said once everything is in place: what the process does from now on is seen.
         self.sink.status(&Status::Attached {
@@ -400,7 +409,7 @@ impl Session {
     /// Attaches to `pid` if it is Python; an error becomes one warning, not a failure.
     fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
         if let Err(e) = self.attach(pid) {
-            self.starting.remove(&pid);
+            self.give_up_starting(pid);
             // A process that exited meanwhile (a pyenv shim) or that does not even look
             // like Python (an init we may not read) is no news.
             if looks_like_python(pid) && self.given_up.insert(pid) {
@@ -758,11 +767,27 @@ impl Session {
         if !by_poll {
             return Ok(());
         }
+        if let Some(starting) = self.starting.get_mut(&pid) {
+            // Still starting: timed on, so that an iteration under way when it becomes
+            // traceable is a stall (its stack is sent at its next poll).
+            starting.timed.push(tid);
+            return Ok(());
+        }
         if !self.processes.contains_key(&pid) {
             self.probes.stop_timing(tid);
             return Ok(());
         }
         self.sample(pid, tid)
+    }
+
+    /// Stops retrying `pid`, which will not be traced: its threads timed meanwhile are
+    /// timed no more. Why it was not traceable, if it was starting.
+    fn give_up_starting(&mut self, pid: u32) -> Option<String> {
+        let starting = self.starting.remove(&pid)?;
+        for tid in starting.timed {
+            self.probes.stop_timing(tid);
+        }
+        Some(starting.why)
     }
 
     /// Whether the reports of thread `tid` of `pid` are kept: it was not found to be
@@ -875,9 +900,7 @@ impl Session {
             .collect();
         for pid in due {
             if (self.starting.get(&pid)).is_some_and(|s| s.patience.exhausted()) {
-                let why = (self.starting.remove(&pid))
-                    .map(|s| s.why)
-                    .unwrap_or_default();
+                let why = self.give_up_starting(pid).unwrap_or_default();
                 self.warn(format!(
                     "pid {pid} is Python but still not traceable after {ATTACH_PATIENCE:?} of its CPU time ({why}); not traced"
                 ))?;
