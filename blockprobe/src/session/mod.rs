@@ -25,6 +25,7 @@ use crate::{
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
     classify,
     clock::Clock,
+    deadline,
     events::{self, Event},
     host::{self, IdentityOptions},
     model::{Cause, FdKind, Frame, ShortCalls, Stall, UNREADABLE},
@@ -218,8 +219,18 @@ impl Session {
                 Some(reason) => self.process_gone(pid, reason)?,
             }
         }
-        match PythonProcess::inspect(pid)? {
-            Inspection::NotPython => Ok(Attach::NotPython),
+        let inspected = match PythonProcess::inspect(pid) {
+            // Other processes' reads are hung, not this one's: a Python is tried again.
+            Err(e) if e.is::<deadline::Refused>() && looks_like_python(pid) => {
+                Inspection::NotReady(format!("{e:#}"))
+            }
+            inspected => inspected?,
+        };
+        match inspected {
+            Inspection::NotPython => {
+                self.give_up_starting(pid);
+                Ok(Attach::NotPython)
+            }
             Inspection::NotReady(why) => {
                 let count = self.starting.len() + usize::from(!self.starting.contains_key(&pid));
                 match self.starting.entry(pid) {
