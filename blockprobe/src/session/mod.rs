@@ -256,7 +256,12 @@ impl Session {
     /// Traces `pid`, which `python` describes (an inspection that found it ready).
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
-        let recipe = python.walk_config();
+        // The recipe first, and the timing of threads parked in a poll: the first
+        // iteration of a loop that started meanwhile is timed already, and is a stall
+        // only if it ends after the kernel side can walk its stack (what follows takes
+        // tens of milliseconds, more on a busy host).
+        self.probes.trace_process(pid, python.walk_config())?;
+        self.time_parked_threads(pid)?;
         let comm = host::comm(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
@@ -264,10 +269,6 @@ impl Session {
             ns_pid,
             ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
         });
-        // The recipe first: the first iteration of a loop that started meanwhile is
-        // timed already, and is a stall only if it ends after the kernel side can walk
-        // its stack (the probes below take tens of milliseconds, more on a busy host).
-        self.probes.trace_process(pid, recipe)?;
         self.processes.insert(
             pid,
             Traced {
@@ -284,7 +285,6 @@ impl Session {
         self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)?;
-        self.time_parked_threads(pid)?;
         // Said once everything is in place: what the process does from now on is seen.
         self.sink.status(&Status::Attached {
             pid,
