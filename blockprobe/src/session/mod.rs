@@ -256,12 +256,12 @@ impl Session {
     /// Traces `pid`, which `python` describes (an inspection that found it ready).
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
-        // The recipe first, and the timing of threads parked in a poll: the first
+        // The recipe first, and the timing and sampling of polling threads: the first
         // iteration of a loop that started meanwhile is timed already, and is a stall
         // only if it ends after the kernel side can walk its stack (what follows takes
         // tens of milliseconds, more on a busy host).
         self.probes.trace_process(pid, python.walk_config())?;
-        self.time_parked_threads(pid)?;
+        self.time_threads_at_attach(pid)?;
         let comm = host::comm(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
@@ -296,8 +296,10 @@ impl Session {
     }
 
     /// Times the threads of newly traced process `pid` that are parked in a poll call
-    /// (an idle loop waits there for its next iteration, which may be a stall).
-    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
+    /// (an idle loop waits there for its next iteration, which may be a stall), and
+    /// samples those the kernel side times already since a poll announced the process
+    /// (a first iteration under way may be CPU-bound: its samples name the culprit).
+    fn time_threads_at_attach(&mut self, pid: u32) -> anyhow::Result<()> {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Ok(());
         };
@@ -311,6 +313,8 @@ impl Session {
             };
             if thread_now::polled_fd(pid, tid).is_some() {
                 self.probes.time_parked_thread(tid)?;
+            } else if self.probes.loop_timing(tid).is_some() {
+                self.sample(pid, tid)?;
             }
         }
         Ok(())
