@@ -16,10 +16,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 
 /// Workers still running past their deadline, at most: beyond, work is refused.
 pub const MAX_HUNG: usize = 4;
+
+/// The error of work refused because [`MAX_HUNG`] earlier workers are still hung: it
+/// says nothing of the work's own target, which may be tried again once they finish.
+#[derive(Debug)]
+pub struct Refused {
+    what: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = &self.what;
+        write!(
+            f,
+            "{what}: refused, {MAX_HUNG} earlier such reads are still hung"
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Workers started and not finished yet.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
@@ -43,7 +62,7 @@ fn run_counted<T: Send + 'static>(
 ) -> anyhow::Result<T> {
     // Only this (single) caller starts workers: a count under the bound stays so.
     if running.load(Ordering::Acquire) >= MAX_HUNG {
-        bail!("{what}: refused, {MAX_HUNG} earlier such reads are still hung");
+        return Err(Refused { what: what.into() }.into());
     }
     running.fetch_add(1, Ordering::AcqRel);
     let (done, result) = mpsc::sync_channel(1);
@@ -164,6 +183,7 @@ impl<S: Send + 'static> Worker<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::bail;
 
     #[test]
     fn a_worker_keeps_its_state_and_refuses_work_while_a_job_hangs() {
@@ -227,6 +247,7 @@ mod tests {
         }
         let err = run_counted(&RUNNING, "reading g", limit, || Ok(())).unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
+        assert!(err.is::<Refused>(), "{err}");
         // Once the hung ones finish, work runs again.
         for _ in 0..MAX_HUNG {
             release.send(()).unwrap();

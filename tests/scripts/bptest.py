@@ -19,8 +19,10 @@ script:
    alive until then gives blockprobe the time to read this process's memory to symbolize
    the stalls it saw.
 
-``run_first`` runs a scenario as the very first thing its loop does (before any ticker
-or line), then says ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``.
+``run_first`` runs a scenario as the very first thing its loop does (after one line,
+``RUN main``, written just before the loop starts running: a test can tell whether the
+tracer had attached by then), then says ``LOOP``, ``READY`` and ``FINISHED`` and waits
+for ``QUIT``.
 
 Every line is written with one ``write()`` and flushed. Failures go to stderr, exit 2.
 Plain standard library only; with ``BPTEST_UVLOOP=1`` in the environment every loop is a
@@ -409,8 +411,9 @@ def finish_without_loop():
 
 
 def run_first(scenario):
-    """Runs ``await scenario()`` as the first thing the main loop does, then says
-    ``LOOP``, ``READY`` and ``FINISHED`` and waits for ``QUIT``."""
+    """Says ``RUN main`` just before the main loop starts, runs ``await scenario()`` as
+    the first thing that loop does, then says ``LOOP``, ``READY`` and ``FINISHED`` and
+    waits for ``QUIT``."""
 
     async def main():
         global _commands
@@ -421,4 +424,5 @@ def run_first(scenario):
         say("FINISHED")
         await _commands.wait_quit()
 
+    say("RUN main")
     run_main(main)

@@ -2,9 +2,13 @@
 
 At start-up the script pins itself (every later thread inherits it) to one CPU, the
 last it may use, and starts a busy-loop ``sh`` pinned to the same CPU (killed with this
-process). The coroutine then runs a fixed amount of pure-Python work, sized to take
-about 100 ms on an idle CPU: with two runnable tasks on one CPU the scheduler gives each
-about half, so the stall is about twice as long and about half of it is run-queue wait.
+process), stopped at once: it runs only while the coroutine works (continued at its
+start, stopped at its end), so no other iteration of the loop waits for it. The
+coroutine runs a fixed amount of pure-Python work, sized to take about 100 ms on an
+idle CPU: with two runnable tasks on one CPU the scheduler gives each about half, so
+the stall is about twice as long and about half of it is run-queue wait. It says its
+wall time (``DONE compute_report``) and the thread's CPU time in it
+(``DONE compute_report_cpu``).
 """
 
 import asyncio
@@ -45,14 +49,19 @@ def die_with_parent():
 HOG = subprocess.Popen(
     ["sh", "-c", "while :; do :; done"], preexec_fn=die_with_parent
 )
+os.kill(HOG.pid, signal.SIGSTOP)
 os.sched_setaffinity(HOG.pid, {CPU})
 bptest.say(f"HOG busy {HOG.pid} cpu {CPU}")
 
 
 async def compute_report():
-    started = time.monotonic_ns()
+    started, cpu_started = time.monotonic_ns(), time.thread_time_ns()
+    os.kill(HOG.pid, signal.SIGCONT)
     busy_work(ROUNDS)  # CALL compute_report
-    bptest.done("compute_report", time.monotonic_ns() - started)
+    os.kill(HOG.pid, signal.SIGSTOP)
+    ended, cpu_ended = time.monotonic_ns(), time.thread_time_ns()
+    bptest.done("compute_report", ended - started)
+    bptest.done("compute_report_cpu", cpu_ended - cpu_started)
 
 
 async def scenario():

@@ -83,6 +83,14 @@ impl Stall {
     pub fn runqueue_ns(&self) -> u64 {
         self.causes.get("runqueue").copied().unwrap_or(0)
     }
+
+    /// Whether the host's CPU contention alone made this stall: mostly a run-queue wait,
+    /// and not blamed on `script` (a loaded test machine delays any iteration of a loop,
+    /// past the threshold too; such a stall is real, but no scenario's).
+    pub fn made_by_contention(&self, script: &Path) -> bool {
+        let file = script.to_string_lossy();
+        self.cause == "runqueue" && self.culprit.as_ref().is_none_or(|c| c.file != file)
+    }
 }
 
 /// One line of a process's stdout.

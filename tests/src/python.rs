@@ -79,6 +79,12 @@ impl Python {
         self.with_uvloop_mode("by-hand", " + uvloop by hand")
     }
 
+    /// Whether bptest's loops are uvloop loops ([`Python::with_uvloop`],
+    /// [`Python::with_uvloop_by_hand`]).
+    pub fn runs_uvloop(&self) -> bool {
+        self.env.iter().any(|(k, _)| k == "BPTEST_UVLOOP")
+    }
+
     fn with_uvloop_mode(mut self, mode: &str, label: &str) -> Python {
         self.env.push(("BPTEST_UVLOOP".into(), mode.into()));
         self.label.push_str(label);

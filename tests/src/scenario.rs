@@ -42,16 +42,25 @@ impl Ran {
         self.bp.stalls(self.pid)
     }
 
+    /// The scenario's stalls: [`Ran::stalls`] but those the host's CPU contention alone
+    /// made ([`Stall::made_by_contention`]).
+    pub fn scenario_stalls(&self) -> Vec<Stall> {
+        (self.stalls().into_iter())
+            .filter(|s| !s.made_by_contention(&self.script))
+            .collect()
+    }
+
     /// What the script measured for `name`.
     #[track_caller]
     pub fn measured(&self, name: &str) -> u64 {
         self.ctx.measured(&self.state, name)
     }
 
-    /// The one stall of the run: fails unless there is exactly one for the script.
+    /// The one stall of the run: fails unless there is exactly one for the script
+    /// ([`Ran::scenario_stalls`]).
     #[track_caller]
     pub fn only_stall(&self) -> Stall {
-        let stalls = self.stalls();
+        let stalls = self.scenario_stalls();
         self.ctx.ensure(stalls.len() == 1, || {
             format!(
                 "expected exactly one stall for pid {}, got {stalls:#?}",

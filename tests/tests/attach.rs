@@ -26,10 +26,10 @@ fn trace_pid(python: &Python) {
 
 /// `trace -p PID` on a single-threaded script busy in Python (holding the GIL) when the
 /// tracer starts: while one thread holds the GIL, some interpreters (3.15) keep its thread
-/// state in two thread-local variables, and blockprobe must wait for the moment that tells
-/// them apart, not give up. The spin is its loop's: when blockprobe attaches during it,
-/// a stall under way, reported as such (`started_before_tracing`), blamed on the spinning
-/// coroutine.
+/// state in two thread-local variables, which blockprobe tells apart from the
+/// interpreter's code (or, where it cannot, by waiting for a GIL release), never giving
+/// up. The spin is its loop's: when blockprobe attaches during it, a stall under way,
+/// reported as such (`started_before_tracing`), blamed on the spinning coroutine.
 fn trace_pid_while_the_gil_is_held(python: &Python) {
     let (ctx, bp, pid) = trace_running_script(python, &["--spin-after-ready", "1.5"]);
     let spins: Vec<_> = (bp.stalls(pid).into_iter())

@@ -516,6 +516,12 @@ impl Session {
         if !by_poll {
             return Ok(());
         }
+        if let Some(starting) = self.starting.get_mut(&pid) {
+            // Still starting: timed on, so that an iteration under way when it becomes
+            // traceable is a stall (its stack is sent at its next poll).
+            starting.timed.push(tid);
+            return Ok(());
+        }
         if !self.processes.contains_key(&pid) {
             self.probes.stop_timing(tid);
             return Ok(());
@@ -607,9 +613,7 @@ impl Session {
             .collect();
         for pid in due {
             if (self.starting.get(&pid)).is_some_and(|s| s.patience.exhausted()) {
-                let why = (self.starting.remove(&pid))
-                    .map(|s| s.why)
-                    .unwrap_or_default();
+                let why = self.give_up_starting(pid).unwrap_or_default();
                 self.warn(format!(
                     "pid {pid} is Python but still not traceable after {ATTACH_PATIENCE:?} of its CPU time ({why}); not traced"
                 ))?;

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use super::{Session, Traced};
 use crate::{
-    host, namespaces,
+    deadline, host, namespaces,
     patience::Patience,
     proc_stat,
     python::{Inspection, PythonProcess, running_loop, uvloop},
@@ -24,6 +24,10 @@ pub(super) struct Starting {
     pub(super) why: String,
     /// When to try again, and when to give up.
     pub(super) patience: Patience,
+    /// Its threads the kernel side times since a poll announced the process: their
+    /// iteration under way is a stall once the process is traced, and their timing
+    /// stops if it never is.
+    pub(super) timed: Vec<u32>,
 }
 
 /// What happened when blockprobe tried to attach to a process.
@@ -49,8 +53,18 @@ impl Session {
                 Some(reason) => self.process_gone(pid, reason)?,
             }
         }
-        match PythonProcess::inspect(pid)? {
-            Inspection::NotPython => Ok(Attach::NotPython),
+        let inspected = match PythonProcess::inspect(pid) {
+            // Other processes' reads are hung, not this one's: a Python is tried again.
+            Err(e) if e.is::<deadline::Refused>() && looks_like_python(pid) => {
+                Inspection::NotReady(format!("{e:#}"))
+            }
+            inspected => inspected?,
+        };
+        match inspected {
+            Inspection::NotPython => {
+                self.give_up_starting(pid);
+                Ok(Attach::NotPython)
+            }
             Inspection::NotReady(why) => {
                 let count = self.starting.len() + usize::from(!self.starting.contains_key(&pid));
                 match self.starting.entry(pid) {
@@ -63,6 +77,7 @@ impl Session {
                         vacant.insert(Starting {
                             why,
                             patience: Patience::new(pid, count),
+                            timed: Vec::new(),
                         });
                     }
                 }
@@ -75,7 +90,12 @@ impl Session {
     /// Traces `pid`, which `python` describes (an inspection that found it ready).
     pub fn trace_ready(&mut self, pid: u32, python: PythonProcess) -> anyhow::Result<()> {
         self.starting.remove(&pid);
-        let recipe = python.walk_config();
+        // The recipe first, and the timing and sampling of polling threads: the first
+        // iteration of a loop that started meanwhile is timed already, and is a stall
+        // only if it ends after the kernel side can walk its stack (what follows takes
+        // tens of milliseconds, more on a busy host).
+        self.probes.trace_process(pid, python.walk_config())?;
+        self.time_threads_at_attach(pid)?;
         let comm = host::comm(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
@@ -93,13 +113,12 @@ impl Session {
                 uv_runs: Vec::new(),
             },
         );
-        // The loop-run probes first: once the kernel side times the process, a loop that
-        // stops is seen stopping.
+        // A loop that stops before these probes are in place stays off-await until its
+        // next poll, as one timed since the poll that announced its process does: a
+        // short window, against a first iteration lost while they attach.
         self.probe_running_loop_set(pid)?;
         self.probe_importable_uvloop(pid)?;
         self.probe_mapped_uvloop(pid)?;
-        self.probes.trace_process(pid, recipe)?;
-        self.time_parked_threads(pid)?;
         // Said once everything is in place: what the process does from now on is seen.
         self.sink.status(&Status::Attached {
             pid,
@@ -111,8 +130,10 @@ impl Session {
     }
 
     /// Times the threads of newly traced process `pid` that are parked in a poll call
-    /// (an idle loop waits there for its next iteration, which may be a stall).
-    fn time_parked_threads(&mut self, pid: u32) -> anyhow::Result<()> {
+    /// (an idle loop waits there for its next iteration, which may be a stall), and
+    /// samples those the kernel side times already since a poll announced the process
+    /// (a first iteration under way may be CPU-bound: its samples name the culprit).
+    fn time_threads_at_attach(&mut self, pid: u32) -> anyhow::Result<()> {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Ok(());
         };
@@ -126,6 +147,8 @@ impl Session {
             };
             if thread_now::polled_fd(pid, tid).is_some() {
                 self.probes.time_parked_thread(tid)?;
+            } else if self.probes.loop_timing(tid).is_some() {
+                self.sample(pid, tid)?;
             }
         }
         Ok(())
@@ -239,7 +262,7 @@ impl Session {
     /// Attaches to `pid` if it is Python; an error becomes one warning, not a failure.
     pub(super) fn attach_quietly(&mut self, pid: u32) -> anyhow::Result<()> {
         if let Err(e) = self.attach(pid) {
-            self.starting.remove(&pid);
+            self.give_up_starting(pid);
             // A process that exited meanwhile (a pyenv shim) or that does not even look
             // like Python (an init we may not read) is no news.
             if looks_like_python(pid) && self.given_up.insert(pid) {
@@ -247,6 +270,16 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Stops retrying `pid`, which will not be traced: its threads timed meanwhile are
+    /// timed no more. Why it was not traceable, if it was starting.
+    pub(super) fn give_up_starting(&mut self, pid: u32) -> Option<String> {
+        let starting = self.starting.remove(&pid)?;
+        for tid in starting.timed {
+            self.probes.stop_timing(tid);
+        }
+        Some(starting.why)
     }
 
     /// Forgets process `pid`, which exited or exec'd; says so when it was traced.
