@@ -313,6 +313,80 @@ fn memory_that_never_answers_at_attach_freezes_nothing(python: &Python) {
     });
 }
 
+/// hostile_files.py points its argument and environment areas into a page registered
+/// with userfaultfd that nobody serves, and binds a FIFO over its `_asyncio` module's
+/// file in a mount namespace of its own, before `trace -p`: attaching (its command line,
+/// the files its loops run from) waits for neither. A `warning` names the pid and what
+/// its module now is; its loop is found; its three stalls are reported with their
+/// durations, blamed on `blocked`; the report lists it with its command line unknown
+/// (empty); SIGTERM ends tracing at once with exit code 0.
+#[test]
+fn files_that_never_answer_freeze_nothing() {
+    check_files_that_never_answer(false);
+}
+
+/// [`files_that_never_answer_freeze_nothing`], traced host-wide (`trace` without `-p`).
+#[test]
+fn files_that_never_answer_freeze_nothing_host_wide() {
+    check_files_that_never_answer(true);
+}
+
+/// hostile_files.py traced by `trace -o` (host-wide when `host_wide`, else `-p`).
+fn check_files_that_never_answer(host_wide: bool) {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let target = ctx.spawn(
+        "hostile_files.py",
+        &mut python.command(&script("hostile_files.py")),
+    );
+    let ready = ctx.wait_ready(&target);
+    let pid = target.pid();
+    let pids = if host_wide { vec![] } else { vec![pid] };
+    let bp = ctx.spawn(
+        "blockprobe trace -o",
+        Blockprobe::trace(&pids).arg("-o").arg(&report_path),
+    );
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    ctx.ensure(
+        (bp.events_of("warning", pid).iter())
+            .filter_map(|w| w["message"].as_str())
+            .any(|m| m.contains("_asyncio") && m.contains("FIFO")),
+        || {
+            format!(
+                "a warning about pid {pid} should say its _asyncio module is now a FIFO: {:#?}",
+                bp.events_of("warning", pid)
+            )
+        },
+    );
+    target.send("GO");
+    let state = ctx.wait_finished(&target);
+    let stalls = ctx.wait_stalls(&bp, pid, 3);
+    for (n, stall) in stalls.iter().enumerate() {
+        let measured = ctx.measured(&state, &format!("blocked{n}"));
+        let low = measured - nanos(BELOW);
+        let high = measured + nanos(ABOVE) + stall.runqueue_ns() + ctx.stolen_ns();
+        ctx.ensure(
+            (low..=high).contains(&stall.duration_ns)
+                && stall.cause == "sleep"
+                && stall.culprit.as_ref().map(|f| f.function.as_str()) == Some("blocked"),
+            || format!("stall {n} should last [{low}, {high}] ns, a `sleep` in `blocked`: {stall:#?}"),
+        );
+    }
+    stop_at_once(&ctx, &bp);
+    let report = read_json(&ctx, &report_path);
+    let process = (report["processes"].as_array().into_iter().flatten())
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)));
+    ctx.ensure(
+        process.is_some_and(|p| p["cmdline"].as_array().is_some_and(Vec::is_empty)),
+        || format!("the report should list pid {pid} with an unknown (empty) command line: {process:#?}"),
+    );
+    ctx.quit_script(&target);
+}
+
 /// Whether blockprobe warned that the memory of `pid` did not answer in time.
 fn said_memory_did_not_answer(bp: &Proc, pid: u32) -> bool {
     (bp.events_of("warning", pid).iter())
