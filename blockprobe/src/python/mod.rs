@@ -25,6 +25,7 @@ mod mapped_file;
 pub mod maps;
 pub mod memory;
 pub mod origin;
+pub mod probe_site;
 mod process;
 pub mod running_loop;
 pub mod survey;
