@@ -373,7 +373,11 @@ fn check_files_that_never_answer(host_wide: bool) {
             (low..=high).contains(&stall.duration_ns)
                 && stall.cause == "sleep"
                 && stall.culprit.as_ref().map(|f| f.function.as_str()) == Some("blocked"),
-            || format!("stall {n} should last [{low}, {high}] ns, a `sleep` in `blocked`: {stall:#?}"),
+            || {
+                format!(
+                    "stall {n} should last [{low}, {high}] ns, a `sleep` in `blocked`: {stall:#?}"
+                )
+            },
         );
     }
     stop_at_once(&ctx, &bp);
