@@ -9,6 +9,10 @@ Before its loop starts (and before any tracer looks), it
   module (already imported and mapped): that path, seen through ``/proc/PID/root``, is
   now a FIFO, whose open for reading waits for a writer that never comes.
 
+With ``--hung-fuse``, instead, it mounts a FUSE file system whose daemon never answers
+(not even its first request, ``INIT``) on ``$VIRTUAL_ENV``, in a mount namespace of its
+own: a look into its virtualenv (for a uvloop it may import) waits as long as it lives.
+
 Then three 300 ms ``time.sleep`` calls, each in its own loop iteration (``blocked``).
 """
 
@@ -16,6 +20,7 @@ import _asyncio
 import ctypes
 import os
 import struct
+import sys
 import tempfile
 import time
 
@@ -62,15 +67,31 @@ def unanswered_arguments():
     check(rc == 0, "prctl(PR_SET_MM_MAP)")
 
 
-def fifo_over_asyncio():
-    """Binds a FIFO over the ``_asyncio`` module's file, in a mount namespace of its own."""
+def own_mount_namespace():
+    """Enters a mount namespace of its own, whose mounts nobody else sees."""
     check(libc.unshare(CLONE_NEWNS) == 0, "unshare(CLONE_NEWNS)")
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0, "mount private")
+
+
+def fifo_over_asyncio():
+    """Binds a FIFO over the ``_asyncio`` module's file, in a mount namespace of its own."""
+    own_mount_namespace()
     with tempfile.TemporaryDirectory() as tmp:
         fifo = os.path.join(tmp, "fifo")
         os.mkfifo(fifo)
         target = _asyncio.__file__.encode()
         check(libc.mount(fifo.encode(), target, None, MS_BIND, None) == 0, "bind the FIFO")
+
+
+def hung_fuse_on_virtualenv():
+    """Mounts a FUSE file system that never answers on ``$VIRTUAL_ENV``; the device stays
+    open (and unread) as long as the process lives."""
+    own_mount_namespace()
+    fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    options = f"fd={fuse},rootmode=40000,user_id=0,group_id=0".encode()
+    target = os.environ["VIRTUAL_ENV"].encode()
+    check(libc.mount(b"hung", target, b"fuse", 0, options) == 0, "mount fuse")
+    return fuse
 
 
 def blocked(n):
@@ -88,6 +109,10 @@ async def scenario():
 
 
 if __name__ == "__main__":
-    unanswered_arguments()
-    fifo_over_asyncio()
+    if "--hung-fuse" in sys.argv:
+        sys.argv.remove("--hung-fuse")
+        fuse = hung_fuse_on_virtualenv()
+    else:
+        unanswered_arguments()
+        fifo_over_asyncio()
     bptest.run(scenario)

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, Frame, Proc, Python, Scenario, marker_line, nanos,
-    python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, Frame, Proc, Python, Scenario, ScriptState, Stall, marker_line,
+    nanos, python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
@@ -365,8 +365,73 @@ fn check_files_that_never_answer(host_wide: bool) {
     target.send("GO");
     let state = ctx.wait_finished(&target);
     let stalls = ctx.wait_stalls(&bp, pid, 3);
+    check_blocked_stalls(&ctx, &state, &stalls);
+    stop_at_once(&ctx, &bp);
+    let report = read_json(&ctx, &report_path);
+    check_listed_without_cmdline(&ctx, &report, pid);
+    ctx.quit_script(&target);
+}
+
+/// hostile_files.py --hung-fuse mounts, on its `$VIRTUAL_ENV`, a FUSE file system whose
+/// daemon never answers, before `trace -p`: the look at its files at attach (among them
+/// its virtualenv, where a uvloop it may import would be) gives up after its deadline, a
+/// `warning` names the pid, the miss is counted (`file_timeout`), and the process is
+/// traced all the same: its loop found, its three stalls reported, blamed on `blocked`;
+/// the report lists it with its command line unknown (empty) and the count; SIGTERM,
+/// with that look still hung, ends tracing at once with exit code 0.
+#[test]
+fn a_hung_fuse_mount_freezes_nothing() {
+    require_root();
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let venv = tempfile::tempdir().expect("temporary directory");
+    let target = ctx.spawn(
+        "hostile_files.py --hung-fuse",
+        python
+            .command(&script("hostile_files.py"))
+            .arg("--hung-fuse")
+            .env("VIRTUAL_ENV", venv.path()),
+    );
+    let ready = ctx.wait_ready(&target);
+    let pid = target.pid();
+    let bp = ctx.spawn(
+        "blockprobe trace -p -o",
+        Blockprobe::trace(&[pid]).arg("-o").arg(&report_path),
+    );
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    ctx.ensure(
+        (bp.events_of("warning", pid).iter())
+            .filter_map(|w| w["message"].as_str())
+            .any(|m| m.contains("no answer after") && m.contains("file_timeout")),
+        || {
+            format!(
+                "a warning about pid {pid} should say its files did not answer: {:#?}",
+                bp.events_of("warning", pid)
+            )
+        },
+    );
+    target.send("GO");
+    let state = ctx.wait_finished(&target);
+    let stalls = ctx.wait_stalls(&bp, pid, 3);
+    check_blocked_stalls(&ctx, &state, &stalls);
+    stop_at_once(&ctx, &bp);
+    let report = read_json(&ctx, &report_path);
+    check_listed_without_cmdline(&ctx, &report, pid);
+    ctx.ensure(
+        bp.lost("file_timeout") >= 1 && report["lost"]["file_timeout"].as_u64() >= Some(1),
+        || format!("the look given up should be counted as file_timeout: {report:#}"),
+    );
+    ctx.quit_script(&target);
+}
+
+/// Fails unless `stalls` are hostile_files.py's three, each lasting what the script
+/// measured, a `sleep` blamed on `blocked`.
+fn check_blocked_stalls(ctx: &Ctx, state: &ScriptState, stalls: &[Stall]) {
     for (n, stall) in stalls.iter().enumerate() {
-        let measured = ctx.measured(&state, &format!("blocked{n}"));
+        let measured = ctx.measured(state, &format!("blocked{n}"));
         let low = measured - nanos(BELOW);
         let high = measured + nanos(ABOVE) + stall.runqueue_ns() + ctx.stolen_ns();
         ctx.ensure(
@@ -380,15 +445,16 @@ fn check_files_that_never_answer(host_wide: bool) {
             },
         );
     }
-    stop_at_once(&ctx, &bp);
-    let report = read_json(&ctx, &report_path);
+}
+
+/// Fails unless `report` lists `pid` with an unknown (empty) command line.
+fn check_listed_without_cmdline(ctx: &Ctx, report: &serde_json::Value, pid: u32) {
     let process = (report["processes"].as_array().into_iter().flatten())
         .find(|p| p["pid"].as_u64() == Some(u64::from(pid)));
     ctx.ensure(
         process.is_some_and(|p| p["cmdline"].as_array().is_some_and(Vec::is_empty)),
         || format!("the report should list pid {pid} with an unknown (empty) command line: {process:#?}"),
     );
-    ctx.quit_script(&target);
 }
 
 /// Whether blockprobe warned that the memory of `pid` did not answer in time.
