@@ -217,7 +217,7 @@ impl Probes {
     /// ([`ProbeSite::attach_path`]): neither the file's path nor its contents are read
     /// here, on the event pump.
     fn probe_file(&mut self, site: &ProbeSite, programs: &[&'static str]) -> anyhow::Result<bool> {
-        let (dev, ino) = site.identity()?;
+        let (dev, ino) = site.identity();
         if !(self.probed_files).insert((dev, ino, programs[0])) {
             return Ok(false);
         }

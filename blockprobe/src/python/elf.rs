@@ -211,12 +211,11 @@ pub fn mapped_function(
             None => None,
         }
     };
-    Ok(found.map(|(run, offset)| {
-        (
-            run,
-            ProbeSite::new(cache.into_file(), m.path.clone(), offset),
-        )
-    }))
+    let Some((run, offset)) = found else {
+        return Ok(None);
+    };
+    let site = ProbeSite::new(cache.into_file(), m.path.clone(), offset)?;
+    Ok(Some((run, site)))
 }
 
 /// Exported function `name` of ELF file `path` of process `pid`'s mount namespace (opened
@@ -227,7 +226,7 @@ pub fn exported_function(pid: u32, path: &str, name: &str) -> Option<ProbeSite> 
         let elf = Elf::parse(&cache).ok()?;
         exported(&elf, name)?.2
     };
-    Some(ProbeSite::new(cache.into_file(), path.to_owned(), offset))
+    ProbeSite::new(cache.into_file(), path.to_owned(), offset).ok()
 }
 
 /// The link-time address, size and file offset of function `name`, if the file exports

@@ -16,6 +16,9 @@ use anyhow::Context as _;
 pub struct ProbeSite {
     /// The file, open.
     file: File,
+    /// Its device and inode (read when found: a `stat` of a file on a hung file system
+    /// would wait on the pump).
+    identity: (u64, u64),
     /// Its path as the process sees it (for messages).
     pub path: String,
     /// The function's offset in the file.
@@ -23,15 +26,22 @@ pub struct ProbeSite {
 }
 
 impl ProbeSite {
-    /// The function at `offset` of `file`, opened as `path`.
-    pub fn new(file: File, path: String, offset: u64) -> Self {
-        ProbeSite { file, path, offset }
+    /// The function at `offset` of `file`, opened as `path` (its identity read now).
+    pub fn new(file: File, path: String, offset: u64) -> anyhow::Result<Self> {
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot stat {path}"))?;
+        Ok(ProbeSite {
+            identity: (meta.dev(), meta.ino()),
+            file,
+            path,
+            offset,
+        })
     }
 
     /// The file's device and inode: the same file however it is named.
-    pub fn identity(&self) -> anyhow::Result<(u64, u64)> {
-        let meta = (self.file.metadata()).with_context(|| format!("cannot stat {}", self.path))?;
-        Ok((meta.dev(), meta.ino()))
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 
     /// A path naming the open file itself, to attach the probe to.

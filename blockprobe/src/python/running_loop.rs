@@ -64,7 +64,8 @@ pub fn find(
             found.examined.push(identity);
             let cache = BoundedCache::new(file);
             let offset = file_offset(&cache).with_context(|| format!("in {path}"))?;
-            Ok(offset.map(|offset| ProbeSite::new(cache.into_file(), path.clone(), offset)))
+            (offset.map(|offset| ProbeSite::new(cache.into_file(), path.clone(), offset)))
+                .transpose()
         });
         match site {
             Ok(Some(site)) => found.sites.push(site),
