@@ -333,15 +333,49 @@ fn files_that_never_answer_freeze_nothing_host_wide() {
 
 /// hostile_files.py traced by `trace -o` (host-wide when `host_wide`, else `-p`).
 fn check_files_that_never_answer(host_wide: bool) {
-    require_root();
     let ctx = Ctx::new();
     let python = Python::pyenv("3.11.7");
+    let mut command = python.command(&script("hostile_files.py"));
+    trace_hostile_files(&ctx, &mut command, host_wide, &["_asyncio", "FIFO"]);
+}
+
+/// hostile_files.py --hung-fuse mounts, on its `$VIRTUAL_ENV`, a FUSE file system whose
+/// daemon never answers, before `trace -p`: the look at its files at attach (among them
+/// its virtualenv, where a uvloop it may import would be) gives up after its deadline, a
+/// `warning` names the pid, the miss is counted (`file_timeout`), and the process is
+/// traced all the same: its loop found, its three stalls reported, blamed on `blocked`;
+/// the report lists it with its command line unknown (empty) and the count; SIGTERM,
+/// with that look still hung, ends tracing at once with exit code 0.
+#[test]
+fn a_hung_fuse_mount_freezes_nothing() {
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let venv = tempfile::tempdir().expect("temporary directory");
+    let mut command = python.command(&script("hostile_files.py"));
+    command.arg("--hung-fuse").env("VIRTUAL_ENV", venv.path());
+    let warned = ["no answer after", "file_timeout"];
+    let (bp, report) = trace_hostile_files(&ctx, &mut command, false, &warned);
+    ctx.ensure(
+        bp.lost("file_timeout") >= 1 && report["lost"]["file_timeout"].as_u64() >= Some(1),
+        || format!("the look given up should be counted as file_timeout: {report:#}"),
+    );
+}
+
+/// Runs hostile_files.py as `command` says and traces it with `trace -o` (host-wide when
+/// `host_wide`, else `-p`); fails unless its loop is found, a `warning` about it holds
+/// each of `warned`, its three stalls are reported (see [`check_blocked_stalls`]),
+/// SIGTERM ends tracing at once, and the report lists it with an unknown (empty) command
+/// line. Returns blockprobe and its report.
+fn trace_hostile_files(
+    ctx: &Ctx,
+    command: &mut std::process::Command,
+    host_wide: bool,
+    warned: &[&str],
+) -> (Proc, serde_json::Value) {
+    require_root();
     let dir = tempfile::tempdir().expect("temporary directory");
     let report_path = dir.path().join("report.json");
-    let target = ctx.spawn(
-        "hostile_files.py",
-        &mut python.command(&script("hostile_files.py")),
-    );
+    let target = ctx.spawn("hostile_files.py", command);
     let ready = ctx.wait_ready(&target);
     let pid = target.pid();
     let pids = if host_wide { vec![] } else { vec![pid] };
@@ -354,10 +388,10 @@ fn check_files_that_never_answer(host_wide: bool) {
     ctx.ensure(
         (bp.events_of("warning", pid).iter())
             .filter_map(|w| w["message"].as_str())
-            .any(|m| m.contains("_asyncio") && m.contains("FIFO")),
+            .any(|m| warned.iter().all(|w| m.contains(w))),
         || {
             format!(
-                "a warning about pid {pid} should say its _asyncio module is now a FIFO: {:#?}",
+                "a warning about pid {pid} should say {warned:?}: {:#?}",
                 bp.events_of("warning", pid)
             )
         },
@@ -365,66 +399,12 @@ fn check_files_that_never_answer(host_wide: bool) {
     target.send("GO");
     let state = ctx.wait_finished(&target);
     let stalls = ctx.wait_stalls(&bp, pid, 3);
-    check_blocked_stalls(&ctx, &state, &stalls);
-    stop_at_once(&ctx, &bp);
-    let report = read_json(&ctx, &report_path);
-    check_listed_without_cmdline(&ctx, &report, pid);
+    check_blocked_stalls(ctx, &state, &stalls);
+    stop_at_once(ctx, &bp);
+    let report = read_json(ctx, &report_path);
+    check_listed_without_cmdline(ctx, &report, pid);
     ctx.quit_script(&target);
-}
-
-/// hostile_files.py --hung-fuse mounts, on its `$VIRTUAL_ENV`, a FUSE file system whose
-/// daemon never answers, before `trace -p`: the look at its files at attach (among them
-/// its virtualenv, where a uvloop it may import would be) gives up after its deadline, a
-/// `warning` names the pid, the miss is counted (`file_timeout`), and the process is
-/// traced all the same: its loop found, its three stalls reported, blamed on `blocked`;
-/// the report lists it with its command line unknown (empty) and the count; SIGTERM,
-/// with that look still hung, ends tracing at once with exit code 0.
-#[test]
-fn a_hung_fuse_mount_freezes_nothing() {
-    require_root();
-    let ctx = Ctx::new();
-    let python = Python::pyenv("3.11.7");
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let report_path = dir.path().join("report.json");
-    let venv = tempfile::tempdir().expect("temporary directory");
-    let target = ctx.spawn(
-        "hostile_files.py --hung-fuse",
-        python
-            .command(&script("hostile_files.py"))
-            .arg("--hung-fuse")
-            .env("VIRTUAL_ENV", venv.path()),
-    );
-    let ready = ctx.wait_ready(&target);
-    let pid = target.pid();
-    let bp = ctx.spawn(
-        "blockprobe trace -p -o",
-        Blockprobe::trace(&[pid]).arg("-o").arg(&report_path),
-    );
-    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
-    ctx.wait_loops_live(&bp, pid, &tids);
-    ctx.ensure(
-        (bp.events_of("warning", pid).iter())
-            .filter_map(|w| w["message"].as_str())
-            .any(|m| m.contains("no answer after") && m.contains("file_timeout")),
-        || {
-            format!(
-                "a warning about pid {pid} should say its files did not answer: {:#?}",
-                bp.events_of("warning", pid)
-            )
-        },
-    );
-    target.send("GO");
-    let state = ctx.wait_finished(&target);
-    let stalls = ctx.wait_stalls(&bp, pid, 3);
-    check_blocked_stalls(&ctx, &state, &stalls);
-    stop_at_once(&ctx, &bp);
-    let report = read_json(&ctx, &report_path);
-    check_listed_without_cmdline(&ctx, &report, pid);
-    ctx.ensure(
-        bp.lost("file_timeout") >= 1 && report["lost"]["file_timeout"].as_u64() >= Some(1),
-        || format!("the look given up should be counted as file_timeout: {report:#}"),
-    );
-    ctx.quit_script(&target);
+    (bp, report)
 }
 
 /// Fails unless `stalls` are hostile_files.py's three, each lasting what the script
