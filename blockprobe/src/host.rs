@@ -23,7 +23,8 @@ pub fn comm(pid: u32) -> String {
 
 /// What blockprobe records about a traced process, read from `/proc/PID` now, with the
 /// run's `options`. Missing pieces (the process may already be gone) are left
-/// empty.
+/// empty. Its command line is read from the process's memory by the kernel: call it off
+/// the event pump, within a deadline.
 pub fn process_info(
     options: &IdentityOptions,
     pid: u32,
@@ -38,6 +39,17 @@ pub fn process_info(
         .map(|text| cgroup_path(&text))
         .unwrap_or_default();
     describe(options, pid, comm, python_version, &argv, &cwd, &cgroup)
+}
+
+/// What is known of process `pid` when its files could not be read in time: its command
+/// line unknown (empty), so its service named after `comm`.
+pub fn unread_process_info(
+    options: &IdentityOptions,
+    pid: u32,
+    comm: String,
+    python_version: String,
+) -> ProcessInfo {
+    describe(options, pid, comm, python_version, &[], "", "")
 }
 
 /// [`process_info`] from what was read.

@@ -2,7 +2,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -28,7 +27,9 @@ use blockprobe_common::{
 use crate::{
     bpf_object::{program_mut, take},
     hooks::{self, HookChoice},
-    proc_stat, tracefs,
+    proc_stat,
+    python::probe_site::ProbeSite,
+    tracefs,
 };
 
 /// `bpf_map_update_elem` flag: update an existing entry only.
@@ -81,15 +82,6 @@ pub struct Probes {
     poll_hook: HookChoice,
     /// Files (device, inode) probed, with the first program probing each.
     probed_files: HashSet<(u64, u64, &'static str)>,
-}
-
-/// Where in a file a uprobe goes.
-#[derive(Clone, Copy)]
-enum Point<'a> {
-    /// At the function the file's symbol tables name so.
-    Symbol(&'a str),
-    /// At this offset in the file.
-    FileOffset(u64),
 }
 
 /// The programs probing a loop-run function (libuv's `uv_run`), at entry and return.
@@ -224,41 +216,34 @@ impl Probes {
         }
     }
 
-    /// Probes function `function` of ELF file `path` (a loop written in C: libuv's
-    /// `uv_run`) at entry and return; whether it was probed just now (see
-    /// [`Probes::probe_file`]).
-    pub fn probe_loop_runs(&mut self, path: &Path, function: &str) -> anyhow::Result<bool> {
-        self.probe_file(path, Point::Symbol(function), &LOOP_RUN_PROGRAMS)
-    }
-
-    /// Probes asyncio's `_set_running_loop`, at file offset `offset` of ELF file `path`;
+    /// Probes a loop written in C (libuv's `uv_run`) at `site`, at entry and return;
     /// whether it was probed just now (see [`Probes::probe_file`]).
-    pub fn probe_running_loop_set(&mut self, path: &Path, offset: u64) -> anyhow::Result<bool> {
-        self.probe_file(path, Point::FileOffset(offset), &RUNNING_LOOP_PROGRAMS)
+    pub fn probe_loop_runs(&mut self, site: &ProbeSite) -> anyhow::Result<bool> {
+        self.probe_file(site, &LOOP_RUN_PROGRAMS)
     }
 
-    /// Attaches uprobe `programs` at `location` of ELF file `path`, in every process that
-    /// maps the file (the programs ignore untraced ones), once per file however it is
-    /// named; whether they were attached just now.
-    fn probe_file(
-        &mut self,
-        path: &Path,
-        point: Point<'_>,
-        programs: &[&'static str],
-    ) -> anyhow::Result<bool> {
-        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-        if !(self.probed_files).insert((meta.dev(), meta.ino(), programs[0])) {
+    /// Probes asyncio's `_set_running_loop` at `site`; whether it was probed just now
+    /// (see [`Probes::probe_file`]).
+    pub fn probe_running_loop_set(&mut self, site: &ProbeSite) -> anyhow::Result<bool> {
+        self.probe_file(site, &RUNNING_LOOP_PROGRAMS)
+    }
+
+    /// Attaches uprobe `programs` at `site`, in every process that maps its file (the
+    /// programs ignore untraced ones), once per file however it is named; whether they
+    /// were attached just now. The kernel finds the file through the open one
+    /// ([`ProbeSite::attach_path`]): neither the file's path nor its contents are read
+    /// here, on the event pump.
+    fn probe_file(&mut self, site: &ProbeSite, programs: &[&'static str]) -> anyhow::Result<bool> {
+        let (dev, ino) = site.identity();
+        if !(self.probed_files).insert((dev, ino, programs[0])) {
             return Ok(false);
         }
         for &program in programs {
             let probe: &mut UProbe = program_mut(&mut self._ebpf, program)?.try_into()?;
-            let at = match point {
-                Point::Symbol(name) => UProbeAttachLocation::Symbol(name),
-                Point::FileOffset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
-            };
+            let at = UProbeAttachLocation::AbsoluteOffset(site.offset);
             probe
-                .attach(at, path, UProbeScope::AllProcesses)
-                .with_context(|| format!("attaching {program} to {}", path.display()))?;
+                .attach(at, site.attach_path(), UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {program} to {}", site.path))?;
         }
         Ok(true)
     }

@@ -1,6 +1,7 @@
 //! What `/proc/PID/stat` says of a process or thread: its state, when it started (which
 //! tells a process from a later one that reused its pid), whether it still runs, and the
-//! CPU time it used.
+//! CPU time it used. The kernel's own record of the task, never a read of its memory or
+//! files: read on the event pump.
 
 /// Index of the state letter among [`fields`].
 const STATE: usize = 0;

@@ -15,7 +15,8 @@ pub enum Activity {
     Other,
 }
 
-/// What thread `tid` of `pid` is doing now; `None` when it is gone.
+/// What thread `tid` of `pid` is doing now; `None` when it is gone. The kernel answers
+/// from the thread's saved registers, never reading its memory: safe on the event pump.
 pub fn activity(pid: u32, tid: u32) -> Option<Activity> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
     Some(parse_activity(&text))

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use blockprobe_tests::{
-    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Frame, Proc, Python, Scenario, Stall, marker_line,
-    nanos, python_matrix, read_json, require_root, run_sleep_scenario, script, unix_now_ns,
+    ABOVE, BELOW, Blockprobe, Ctx, CtxRef, Frame, Proc, Python, Scenario, ScriptState, Stall,
+    marker_line, nanos, python_matrix, read_json, require_root, run_sleep_scenario, script,
+    unix_now_ns,
 };
 use nix::sys::signal::Signal;
 
@@ -363,6 +364,130 @@ fn memory_that_never_answers_at_attach_freezes_nothing(python: &Python) {
     ctx.ensure(target.exited().is_none(), || {
         "the stuck process should live on".into()
     });
+}
+
+/// hostile_files.py points its argument and environment areas into a page registered
+/// with userfaultfd that nobody serves, and binds a FIFO over its `_asyncio` module's
+/// file in a mount namespace of its own, before `trace -p`: attaching (its command line,
+/// the files its loops run from) waits for neither. A `warning` names the pid and what
+/// its module now is; its loop is found; its three stalls are reported with their
+/// durations, blamed on `blocked`; the report lists it with its command line unknown
+/// (empty); SIGTERM ends tracing at once with exit code 0.
+#[test]
+fn files_that_never_answer_freeze_nothing() {
+    check_files_that_never_answer(false);
+}
+
+/// [`files_that_never_answer_freeze_nothing`], traced host-wide (`trace` without `-p`).
+#[test]
+fn files_that_never_answer_freeze_nothing_host_wide() {
+    check_files_that_never_answer(true);
+}
+
+/// hostile_files.py traced by `trace -o` (host-wide when `host_wide`, else `-p`).
+fn check_files_that_never_answer(host_wide: bool) {
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let mut command = python.command(&script("hostile_files.py"));
+    trace_hostile_files(&ctx, &mut command, host_wide, &["_asyncio", "FIFO"]);
+}
+
+/// hostile_files.py --hung-fuse mounts, on its `$VIRTUAL_ENV`, a FUSE file system whose
+/// daemon never answers, before `trace -p`: the look at its files at attach (among them
+/// its virtualenv, where a uvloop it may import would be) gives up after its deadline, a
+/// `warning` names the pid, the miss is counted (`file_timeout`), and the process is
+/// traced all the same: its loop found, its three stalls reported, blamed on `blocked`;
+/// the report lists it with its command line unknown (empty) and the count; SIGTERM,
+/// with that look still hung, ends tracing at once with exit code 0.
+#[test]
+fn a_hung_fuse_mount_freezes_nothing() {
+    let ctx = Ctx::new();
+    let python = Python::pyenv("3.11.7");
+    let venv = tempfile::tempdir().expect("temporary directory");
+    let mut command = python.command(&script("hostile_files.py"));
+    command.arg("--hung-fuse").env("VIRTUAL_ENV", venv.path());
+    let warned = ["no answer after", "file_timeout"];
+    let (bp, report) = trace_hostile_files(&ctx, &mut command, false, &warned);
+    ctx.ensure(
+        bp.lost("file_timeout") >= 1 && report["lost"]["file_timeout"].as_u64() >= Some(1),
+        || format!("the look given up should be counted as file_timeout: {report:#}"),
+    );
+}
+
+/// Runs hostile_files.py as `command` says and traces it with `trace -o` (host-wide when
+/// `host_wide`, else `-p`); fails unless its loop is found, a `warning` about it holds
+/// each of `warned`, its three stalls are reported (see [`check_blocked_stalls`]),
+/// SIGTERM ends tracing at once, and the report lists it with an unknown (empty) command
+/// line. Returns blockprobe and its report.
+fn trace_hostile_files(
+    ctx: &Ctx,
+    command: &mut std::process::Command,
+    host_wide: bool,
+    warned: &[&str],
+) -> (Proc, serde_json::Value) {
+    require_root();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let report_path = dir.path().join("report.json");
+    let target = ctx.spawn("hostile_files.py", command);
+    let ready = ctx.wait_ready(&target);
+    let pid = target.pid();
+    let pids = if host_wide { vec![] } else { vec![pid] };
+    let bp = ctx.spawn(
+        "blockprobe trace -o",
+        Blockprobe::trace(&pids).arg("-o").arg(&report_path),
+    );
+    let tids: Vec<u32> = ready.loops.iter().map(|(_, t)| *t).collect();
+    ctx.wait_loops_live(&bp, pid, &tids);
+    ctx.ensure(
+        (bp.events_of("warning", pid).iter())
+            .filter_map(|w| w["message"].as_str())
+            .any(|m| warned.iter().all(|w| m.contains(w))),
+        || {
+            format!(
+                "a warning about pid {pid} should say {warned:?}: {:#?}",
+                bp.events_of("warning", pid)
+            )
+        },
+    );
+    target.send("GO");
+    let state = ctx.wait_finished(&target);
+    let stalls = ctx.wait_stalls(&bp, pid, 3);
+    check_blocked_stalls(ctx, &state, &stalls);
+    stop_at_once(ctx, &bp);
+    let report = read_json(ctx, &report_path);
+    check_listed_without_cmdline(ctx, &report, pid);
+    ctx.quit_script(&target);
+    (bp, report)
+}
+
+/// Fails unless `stalls` are hostile_files.py's three, each lasting what the script
+/// measured, a `sleep` blamed on `blocked`.
+fn check_blocked_stalls(ctx: &Ctx, state: &ScriptState, stalls: &[Stall]) {
+    for (n, stall) in stalls.iter().enumerate() {
+        let measured = ctx.measured(state, &format!("blocked{n}"));
+        let low = measured - nanos(BELOW);
+        let high = measured + nanos(ABOVE) + stall.runqueue_ns() + ctx.stolen_ns();
+        ctx.ensure(
+            (low..=high).contains(&stall.duration_ns)
+                && stall.cause == "sleep"
+                && stall.culprit.as_ref().map(|f| f.function.as_str()) == Some("blocked"),
+            || {
+                format!(
+                    "stall {n} should last [{low}, {high}] ns, a `sleep` in `blocked`: {stall:#?}"
+                )
+            },
+        );
+    }
+}
+
+/// Fails unless `report` lists `pid` with an unknown (empty) command line.
+fn check_listed_without_cmdline(ctx: &Ctx, report: &serde_json::Value, pid: u32) {
+    let process = (report["processes"].as_array().into_iter().flatten())
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)));
+    ctx.ensure(
+        process.is_some_and(|p| p["cmdline"].as_array().is_some_and(Vec::is_empty)),
+        || format!("the report should list pid {pid} with an unknown (empty) command line: {process:#?}"),
+    );
 }
 
 /// Whether blockprobe warned that the memory of `pid` did not answer in time.

@@ -2,11 +2,18 @@
 //! the usual live output.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::Metrics;
+use crate::deadline;
 use crate::host::{self, IdentityOptions};
 use crate::model::Stall;
 use crate::session::sink::{StallSink, Status};
+
+/// The longest the labels of a newly traced process are waited for: the session read
+/// them just before, within its own deadline; a process that did not answer then is
+/// labelled by its command name.
+const IDENTITY_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Updates the metrics, then forwards to `inner`.
 pub struct MetricsSink {
@@ -55,9 +62,19 @@ impl StallSink for MetricsSink {
                 python_version,
                 ..
             } => {
-                // The process is alive now: read its identity as the report does.
-                let info =
-                    host::process_info(&self.identity, *pid, comm.clone(), python_version.clone());
+                // The process is alive now: read its identity as the report does, off this
+                // thread (its command line is read from its memory).
+                let (identity, pid) = (self.identity.clone(), *pid);
+                let (comm, version) = (comm.clone(), python_version.clone());
+                let (name, python) = (comm.clone(), version.clone());
+                let read = deadline::run(
+                    &format!("reading the command line of pid {pid}"),
+                    IDENTITY_DEADLINE,
+                    move || Ok(host::process_info(&identity, pid, name, python)),
+                );
+                let info = read.unwrap_or_else(|_| {
+                    host::unread_process_info(&self.identity, pid, comm, version)
+                });
                 self.lock().attach(&info);
             }
             Status::Loop { pid, tid } => self.lock().loop_thread(*pid, *tid),

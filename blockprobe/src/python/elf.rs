@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -13,6 +12,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol};
 
 use super::mapped_file;
 use super::maps::{Mapping, Maps, file_name};
+use super::probe_site::ProbeSite;
 use super::tls;
 use super::version::Version;
 
@@ -31,6 +31,11 @@ impl BoundedCache {
     /// Reads `file` through a cache.
     pub fn new(file: File) -> Self {
         BoundedCache(ReadCache::new(file))
+    }
+
+    /// The file read.
+    pub fn into_file(self) -> File {
+        self.0.into_inner()
     }
 }
 
@@ -185,44 +190,59 @@ pub fn mapped_section(pid: u32, m: &Mapping, name: &str) -> anyhow::Result<Optio
     Ok(Some(section.data()?.to_vec()))
 }
 
-/// Where exported function `name` of the ELF file behind mapping `m` lies in process
-/// `pid`'s memory (`maps`: its mappings), if the file exports it.
+/// Exported function `name` of the ELF file behind mapping `m` of process `pid`
+/// (`maps`: its mappings), if the file exports it: where it lies in the process's memory,
+/// and the file, open, with its offset there.
 pub fn mapped_function(
     pid: u32,
     maps: &Maps,
     m: &Mapping,
     name: &str,
-) -> anyhow::Result<Option<std::ops::Range<u64>>> {
+) -> anyhow::Result<Option<(Range<u64>, ProbeSite)>> {
     let cache = BoundedCache::new(mapped_file::open(pid, m)?);
-    let elf = ElfFile64::<object::Endianness, _>::parse(&cache)
-        .with_context(|| format!("cannot parse ELF file {}", m.path))?;
-    let Some(sym) = elf
-        .dynamic_symbols()
-        .find(|s| !s.is_undefined() && s.name() == Ok(name))
-    else {
+    let found = {
+        let elf =
+            Elf::parse(&cache).with_context(|| format!("cannot parse ELF file {}", m.path))?;
+        match exported(&elf, name) {
+            Some((address, size, offset)) => {
+                let start = address.wrapping_add(load_bias(&elf, maps, &m.path)?);
+                Some((start..start.wrapping_add(size.max(1)), offset))
+            }
+            None => None,
+        }
+    };
+    let Some((run, offset)) = found else {
         return Ok(None);
     };
-    let start = sym.address().wrapping_add(load_bias(&elf, maps, &m.path)?);
-    Ok(Some(start..start.wrapping_add(sym.size().max(1))))
+    let site = ProbeSite::new(cache.into_file(), m.path.clone(), offset)?;
+    Ok(Some((run, site)))
 }
 
-/// Whether ELF file `path` defines and exports function `name`. Opened non-blocking and
-/// read only when it is a regular file (a FIFO or device there is no library).
-pub fn defines_function(path: &Path, name: &str) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    else {
-        return false;
+/// Exported function `name` of ELF file `path` of process `pid`'s mount namespace (opened
+/// as [`mapped_file::open_path`] opens), if it is one and exports it.
+pub fn exported_function(pid: u32, path: &str, name: &str) -> Option<ProbeSite> {
+    let cache = BoundedCache::new(mapped_file::open_path(pid, path).ok()?);
+    let offset = {
+        let elf = Elf::parse(&cache).ok()?;
+        exported(&elf, name)?.2
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
-    let cache = BoundedCache::new(file);
-    ElfFile64::<object::Endianness, _>::parse(&cache).is_ok_and(|elf| {
-        elf.dynamic_symbols()
-            .any(|s| !s.is_undefined() && s.name() == Ok(name))
+    ProbeSite::new(cache.into_file(), path.to_owned(), offset).ok()
+}
+
+/// The link-time address, size and file offset of function `name`, if the file exports
+/// it.
+fn exported(elf: &Elf<'_>, name: &str) -> Option<(u64, u64, u64)> {
+    let sym = (elf.dynamic_symbols()).find(|s| !s.is_undefined() && s.name() == Ok(name))?;
+    let offset = file_offset_of(elf, sym.address())?;
+    Some((sym.address(), sym.size(), offset))
+}
+
+/// The file offset of link-time address `address`, in the loadable segment holding it.
+fn file_offset_of(elf: &Elf<'_>, address: u64) -> Option<u64> {
+    elf.segments().find_map(|seg| {
+        let within = address.checked_sub(seg.address())?;
+        let (offset, size) = seg.file_range();
+        (within < size).then_some(offset + within)
     })
 }
 
@@ -237,7 +257,8 @@ pub fn install_prefix(binary: &str) -> Option<&Path> {
     Path::new(binary).parent().and_then(Path::parent)
 }
 
-type Elf<'a> = ElfFile64<'a, object::Endianness, &'a BoundedCache>;
+/// An ELF file read through a [`BoundedCache`].
+pub(super) type Elf<'a> = ElfFile64<'a, object::Endianness, &'a BoundedCache>;
 
 /// Link-time addresses of `names`, in the same order: from `.dynsym` (small, and where
 /// the exported C API lives), or from `.symtab` when `.dynsym` has none of them.

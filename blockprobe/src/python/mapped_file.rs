@@ -1,4 +1,5 @@
-//! Opening the file behind a mapping of a process blockprobe does not trust.
+//! Opening the file behind a mapping of a process blockprobe does not trust, or a file
+//! of its mount namespace by path.
 //!
 //! The path in `/proc/PID/maps` is only a hint: between reading it and opening it, the
 //! process (or anyone) may rename a FIFO over it (an open that blocks for ever), an
@@ -10,7 +11,7 @@
 //! opened non-blocking and must be a regular file with the device and inode of the
 //! mapping.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
@@ -42,6 +43,15 @@ pub fn open(pid: u32, m: &Mapping) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Opens file `path` (absolute, as process `pid` sees it) inside the process's root, as
+/// a mapping's path is opened: never following a last symlink, never blocking, and only
+/// a regular file.
+pub fn open_path(pid: u32, path: &str) -> anyhow::Result<File> {
+    let file = open_in_root(Path::new(&format!("/proc/{pid}/root")), path)?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
 /// Opens `path` (absolute, as the process sees it) inside the root directory `root`:
 /// symlinks on the way resolve inside it, a symlink as last component is refused.
 fn open_in_root(root: &Path, path: &str) -> anyhow::Result<File> {
@@ -57,19 +67,7 @@ fn open_in_root(root: &Path, path: &str) -> anyhow::Result<File> {
 
 /// Fails unless `file` is a regular file with the device and inode of mapping `m`.
 fn check_is_mapped(file: &File, m: &Mapping) -> anyhow::Result<()> {
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", m.path))?;
-    if !meta.file_type().is_file() {
-        let kind = match meta.file_type() {
-            t if t.is_fifo() => "a FIFO",
-            t if t.is_dir() => "a directory",
-            t if t.is_char_device() || t.is_block_device() => "a device",
-            t if t.is_socket() => "a socket",
-            _ => "not a regular file",
-        };
-        bail!("{} is now {kind}, not the file the process maps", m.path);
-    }
+    let meta = check_regular(file, &m.path)?;
     let dev = (major(meta.dev()), minor(meta.dev()));
     if (dev, meta.ino()) != (m.dev, m.inode) {
         bail!(
@@ -84,6 +82,24 @@ fn check_is_mapped(file: &File, m: &Mapping) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The metadata of `file` (opened as `path`); fails unless it is a regular file.
+fn check_regular(file: &File, path: &str) -> anyhow::Result<Metadata> {
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {path}"))?;
+    if !meta.file_type().is_file() {
+        let kind = match meta.file_type() {
+            t if t.is_fifo() => "a FIFO",
+            t if t.is_dir() => "a directory",
+            t if t.is_char_device() || t.is_block_device() => "a device",
+            t if t.is_socket() => "a socket",
+            _ => "not a regular file",
+        };
+        bail!("{path} is now {kind}, not a file a process maps");
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -28,7 +28,9 @@ pub struct Mapping {
 pub struct Maps(Vec<Mapping>);
 
 impl Maps {
-    /// Reads the mappings of process `pid`.
+    /// Reads the mappings of process `pid`: the kernel's list of them (it holds the
+    /// process's map lock a moment), never a read of its memory or files, so it may be
+    /// read on the event pump.
     pub fn read(pid: u32) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .with_context(|| format!("cannot read /proc/{pid}/maps"))?;

@@ -11,6 +11,9 @@
 //!   `walk_now`, `threads_now` (tids, thread states, stacks now), `stack_runs`,
 //!   `running_loop_is_selector_loop`: reads of its memory, on its reader thread within
 //!   `READ_DEADLINE`
+//! - `running_loop::find`, `uvloop::importable`, `uvloop::mapped`: where to probe a
+//!   loop's runs in a process's files, each a `probe_site::ProbeSite` (the file held
+//!   open); they read its files, so the session runs them within a deadline
 //! - `origin::classify(file) -> origin::Origin`
 //! - `survey::survey(pid) -> anyhow::Result<survey::Survey>` (for `blockprobe check`)
 
@@ -25,6 +28,7 @@ mod mapped_file;
 pub mod maps;
 pub mod memory;
 pub mod origin;
+pub mod probe_site;
 mod process;
 pub mod running_loop;
 pub mod survey;

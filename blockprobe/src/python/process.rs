@@ -108,8 +108,8 @@ pub struct PythonProcess {
     gil_addr: u64,
     /// asyncio task offsets (3.14+), once the `_asyncio` module is loaded.
     asyncio: Option<AsyncioOffsets>,
-    /// Its file mappings as last read: by its inspection, or anew when looking for a
-    /// module it may have loaded since.
+    /// Its file mappings as last read: by its inspection, or anew when looking for the
+    /// `_asyncio` module it may have loaded since.
     maps: Maps,
     /// Reads the process's memory to walk and name its stacks, off the caller's thread
     /// (the memory may never answer), keeping what it learnt (the code cache).
@@ -223,15 +223,9 @@ impl PythonProcess {
     }
 
     /// The process's file mappings as last read: by its inspection (what attaching to it
-    /// looks through), or by [`Self::reread_maps`] or [`Self::refresh_asyncio`].
+    /// looks through), or by [`Self::refresh_asyncio`].
     pub fn maps(&self) -> &Maps {
         &self.maps
-    }
-
-    /// Reads the process's mappings anew: it may have loaded a module since.
-    pub fn reread_maps(&mut self) -> anyhow::Result<()> {
-        self.maps = Maps::read(self.pid)?;
-        Ok(())
     }
 
     /// How BPF finds and walks this process's Python stacks.

@@ -17,6 +17,7 @@ use std::{
 use super::elf;
 use super::maps::{Maps, file_name};
 use super::memory::ProcessMemory;
+use super::probe_site::ProbeSite;
 use super::version::Version;
 
 /// libuv's function that runs a loop.
@@ -27,10 +28,10 @@ pub const RUN_FUNCTION: &str = "uv_run";
 const STACK_SCAN_BYTES: usize = 64 << 10;
 
 /// A uvloop extension module (or libuv) mapped by a process.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MappedModule {
-    /// The file, opened from the host (through `/proc/PID/root`).
-    pub path: PathBuf,
+    /// `uv_run` in the file (the file mapped, open).
+    pub site: ProbeSite,
     /// Where `uv_run` lies in the process's memory.
     pub run: Range<u64>,
 }
@@ -57,19 +58,19 @@ fn is_libuv(path: &str) -> bool {
 pub fn mapped(pid: u32, maps: &Maps) -> anyhow::Result<Vec<MappedModule>> {
     let mut found: Vec<MappedModule> = Vec::new();
     for m in (maps.files()).filter(|m| is_loop_module(&m.path) || is_libuv(&m.path)) {
-        if let Some(run) = elf::mapped_function(pid, maps, m, RUN_FUNCTION)? {
-            let path = elf::host_path(pid, &m.path);
-            found.push(MappedModule { path, run });
+        if let Some((run, site)) = elf::mapped_function(pid, maps, m, RUN_FUNCTION)? {
+            found.push(MappedModule { site, run });
         }
     }
     Ok(found)
 }
 
-/// uvloop modules process `pid` (Python `version`, interpreter in `binary`) may import:
-/// `uvloop/loop.*.so` under its `PYTHONPATH` entries, its `VIRTUAL_ENV` and its
-/// interpreter's package directories, that define `uv_run`, or for a uvloop built
-/// against a shared libuv, that libuv. Paths are seen from the host.
-pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
+/// `uv_run` in the uvloop modules process `pid` (Python `version`, interpreter in
+/// `binary`) may import: `uvloop/loop.*.so` under its `PYTHONPATH` entries, its
+/// `VIRTUAL_ENV` and its interpreter's package directories, that define `uv_run`, or for
+/// a uvloop built against a shared libuv, that libuv. Its environment (`environ`, a read
+/// of its memory) and files are read here: off the event pump.
+pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<ProbeSite> {
     let lib = format!("python{}.{}", version.major, version.minor);
     let mut dirs: Vec<PathBuf> = Vec::new();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -86,22 +87,24 @@ pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
         dirs.push(prefix.join("lib/python3/dist-packages"));
         dirs.push(prefix.join("local/lib").join(&lib).join("dist-packages"));
     }
-    let mut found = Vec::new();
+    let mut found: Vec<ProbeSite> = Vec::new();
     let mut shared_libuv = false;
     for dir in dirs.iter().filter(|d| d.is_absolute()) {
-        let uvloop = elf::host_path(pid, &dir.join("uvloop").to_string_lossy());
-        let Ok(entries) = std::fs::read_dir(&uvloop) else {
+        let uvloop = dir.join("uvloop");
+        let Ok(entries) = std::fs::read_dir(elf::host_path(pid, &uvloop.to_string_lossy())) else {
             continue;
         };
         for entry in entries.flatten() {
-            let path = entry.path();
-            if !is_loop_module(&path.to_string_lossy()) || found.contains(&path) {
+            let path = uvloop
+                .join(entry.file_name())
+                .to_string_lossy()
+                .into_owned();
+            if !is_loop_module(&path) || found.iter().any(|site| site.path == path) {
                 continue;
             }
-            if elf::defines_function(&path, RUN_FUNCTION) {
-                found.push(path);
-            } else {
-                shared_libuv = true;
+            match elf::exported_function(pid, &path, RUN_FUNCTION) {
+                Some(site) => found.push(site),
+                None => shared_libuv = true,
             }
         }
     }
@@ -112,9 +115,9 @@ pub fn importable(pid: u32, binary: &str, version: Version) -> Vec<PathBuf> {
 }
 
 /// The shared libuv a uvloop built against the system's libuv (Debian's
-/// `python3-uvloop`) loads: `libuv.so.1` in the interpreter's or the system's library
-/// directories, seen from the host.
-fn system_libuv(pid: u32, binary: &str) -> Option<PathBuf> {
+/// `python3-uvloop`) loads: `uv_run` in `libuv.so.1` of the interpreter's or the
+/// system's library directories.
+fn system_libuv(pid: u32, binary: &str) -> Option<ProbeSite> {
     let prefix = elf::install_prefix(binary).unwrap_or(Path::new("/usr"));
     let dirs = [
         prefix.join("lib/x86_64-linux-gnu"),
@@ -122,9 +125,10 @@ fn system_libuv(pid: u32, binary: &str) -> Option<PathBuf> {
         PathBuf::from("/usr/lib/x86_64-linux-gnu"),
         PathBuf::from("/lib/x86_64-linux-gnu"),
     ];
-    dirs.iter()
-        .map(|dir| elf::host_path(pid, &dir.join("libuv.so.1").to_string_lossy()))
-        .find(|path| elf::defines_function(path, RUN_FUNCTION))
+    dirs.iter().find_map(|dir| {
+        let path = dir.join("libuv.so.1");
+        elf::exported_function(pid, &path.to_string_lossy(), RUN_FUNCTION)
+    })
 }
 
 /// Whether the native stack of a thread of the process behind `memory`, from stack

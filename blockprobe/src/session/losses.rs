@@ -24,6 +24,10 @@ pub const UNREADABLE_FRAME: &str = "unreadable_frame";
 /// `<unreadable>` frames.
 pub const MEMORY_TIMEOUT: &str = "memory_timeout";
 
+/// Loss name of looks at a traced process's files given up because they did not answer
+/// in time: its command line is unknown, or its loops' runs are found only at their polls.
+pub const FILE_TIMEOUT: &str = "file_timeout";
+
 /// What has been reported of the kernel's cumulative loss counters.
 #[derive(Debug, Default)]
 pub struct Losses {

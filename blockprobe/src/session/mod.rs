@@ -14,7 +14,9 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use self::losses::{Losses, MEMORY_TIMEOUT, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME};
+use self::losses::{
+    FILE_TIMEOUT, Losses, MEMORY_TIMEOUT, SKIPPED_RUN, UNDECODABLE_EVENT, UNREADABLE_FRAME,
+};
 use crate::{
     aggregate::Aggregator,
     attribution::{Attributor, BlockedCall, CpuSample, GilWait, StallWindow},
@@ -35,6 +37,7 @@ mod losses;
 mod processes;
 pub mod sink;
 mod stuck;
+mod target_files;
 mod target_memory;
 mod unwatched;
 
@@ -113,6 +116,9 @@ pub struct Session {
     /// Stacks left unread so far because their process's memory did not answer in time
     /// (reported with the loss counters).
     unanswered_stacks: u64,
+    /// Looks at traced processes' files given up so far because they did not answer in
+    /// time (reported with the loss counters).
+    unanswered_files: u64,
     /// When each stuck loop was last said to be stuck.
     notices: stuck::Notices,
     /// Loop threads found stuck as tracing of their process began, by tid: their pid
@@ -190,6 +196,7 @@ impl Session {
             loop_threads: HashMap::new(),
             unreadable_frames: 0,
             unanswered_stacks: 0,
+            unanswered_files: 0,
             notices: stuck::Notices::default(),
             stuck_at_attach: HashMap::new(),
             unwatched: unwatched::Unwatched::default(),
@@ -647,6 +654,7 @@ impl Session {
             (SKIPPED_RUN, self.probes.skipped_runs()?),
             (UNREADABLE_FRAME, self.unreadable_frames),
             (MEMORY_TIMEOUT, self.unanswered_stacks),
+            (FILE_TIMEOUT, self.unanswered_files),
         ] {
             (self.losses).total(name, total, &mut self.aggregator, &mut self.sink)?;
         }

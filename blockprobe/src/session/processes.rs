@@ -3,7 +3,7 @@
 //! parked in a poll) and noticing that it, or one of its loop threads, left (its exit or
 //! exec, also when the kernel side's event about it was lost).
 
-use std::{collections::hash_map::Entry, os::unix::fs::MetadataExt as _, time::Instant};
+use std::{collections::hash_map::Entry, time::Instant};
 
 use anyhow::Context as _;
 
@@ -12,7 +12,9 @@ use crate::{
     deadline, host, namespaces,
     patience::Patience,
     proc_stat,
-    python::{Inspection, PythonProcess, running_loop, uvloop},
+    python::{
+        Inspection, PythonProcess, probe_site::ProbeSite, running_loop, uvloop::MappedModule,
+    },
     report::ProcessInfo,
     session::sink::{DetachReason, Status},
     thread_now,
@@ -99,9 +101,10 @@ impl Session {
         let comm = host::comm(pid);
         let version = python.version().to_string();
         let ns_pid = namespaces::ns_pid(pid);
+        let files = self.read_attach_files(pid, &python, &comm)?;
         self.aggregator.register_process(ProcessInfo {
             ns_pid,
-            ..host::process_info(&self.identity, pid, comm.clone(), version.clone())
+            ..files.info
         });
         self.processes.insert(
             pid,
@@ -116,9 +119,11 @@ impl Session {
         // A loop that stops before these probes are in place stays off-await until its
         // next poll, as one timed since the poll that announced its process does: a
         // short window, against a first iteration lost while they attach.
-        self.probe_running_loop_set(pid)?;
-        self.probe_importable_uvloop(pid)?;
-        self.probe_mapped_uvloop(pid)?;
+        self.probe_running_loop_set(pid, files.asyncio)?;
+        for site in &files.importable_uvloop {
+            self.probe_loop_runs(pid, site)?;
+        }
+        self.probe_mapped_uvloop(pid, files.mapped_uvloop)?;
         // Said once everything is in place: what the process does from now on is seen.
         self.sink.status(&Status::Attached {
             pid,
@@ -154,50 +159,28 @@ impl Session {
         Ok(())
     }
 
-    /// Probes asyncio's `_set_running_loop` in the files of traced process `pid` that may
-    /// hold it (each file once): an asyncio loop's off-await time then ends when the loop
-    /// stops running. A file that holds `_asyncio` but whose function cannot be found or
-    /// probed is a warning: its loops' time between two runs counts until their next poll.
-    fn probe_running_loop_set(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get(&pid) else {
-            return Ok(());
-        };
-        let python = &traced.python;
-        let files = running_loop::candidate_files(
-            pid,
-            python.maps(),
-            python.binary_path(),
-            python.version(),
-        );
-        for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !self.asyncio_files.insert((meta.dev(), meta.ino())) {
-                continue;
-            }
-            let probed = running_loop::file_offset(&path).and_then(|offset| match offset {
-                Some(offset) => self.probes.probe_running_loop_set(&path, offset).map(Some),
-                None => Ok(None),
-            });
-            if let Err(e) = probed {
-                self.warn(format!(
+    /// Probes asyncio's `_set_running_loop` where it was `found` in the files of traced
+    /// process `pid` (each file once): an asyncio loop's off-await time then ends when the
+    /// loop stops running. A file that may hold `_asyncio` but could not be read, or whose
+    /// function could not be probed, is a warning: its loops' time between two runs counts
+    /// until their next poll.
+    fn probe_running_loop_set(
+        &mut self,
+        pid: u32,
+        found: running_loop::Found,
+    ) -> anyhow::Result<()> {
+        self.asyncio_files.extend(found.examined);
+        let probed = (found.sites.iter()).map(|site| self.probes.probe_running_loop_set(site));
+        let failures: Vec<anyhow::Error> = (probed.filter_map(Result::err))
+            .chain(found.failures)
+            .collect();
+        for e in failures {
+            self.warn_of(
+                pid,
+                format!(
                     "pid {pid}: asyncio loops stopped between runs count as blocked until their next poll: {e:#}"
-                ))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Probes the uvloop modules traced process `pid` may import, before it maps them: a
-    /// loop imported after tracing started is seen from its first run's start.
-    fn probe_importable_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get(&pid) else {
-            return Ok(());
-        };
-        let python = &traced.python;
-        for path in uvloop::importable(pid, python.binary_path(), python.version()) {
-            self.probe_loop_runs(pid, &path)?;
+                ),
+            )?;
         }
         Ok(())
     }
@@ -205,27 +188,21 @@ impl Session {
     /// Probes the uvloop modules traced process `pid` maps now, while it has none: its
     /// mappings are read anew (it may have imported uvloop since).
     pub(super) fn probe_newly_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        // A process that exited meanwhile has nothing to probe.
-        if traced.uv_runs.is_empty() && traced.python.reread_maps().is_ok() {
-            self.probe_mapped_uvloop(pid)?;
+        if (self.processes.get(&pid)).is_some_and(|traced| traced.uv_runs.is_empty()) {
+            let modules = self.read_mapped_uvloop(pid)?;
+            self.probe_mapped_uvloop(pid, modules)?;
         }
         Ok(())
     }
 
-    /// Probes the uvloop modules traced process `pid` has mapped (as its mappings were
-    /// last read), once it has any, and remembers where their `uv_run` lies.
-    fn probe_mapped_uvloop(&mut self, pid: u32) -> anyhow::Result<()> {
-        let Some(traced) = (self.processes.get(&pid)).filter(|t| t.uv_runs.is_empty()) else {
+    /// Probes `modules`, the uvloop modules traced process `pid` maps, once it has any,
+    /// and remembers where their `uv_run` lies.
+    fn probe_mapped_uvloop(&mut self, pid: u32, modules: Vec<MappedModule>) -> anyhow::Result<()> {
+        if !(self.processes.get(&pid)).is_some_and(|traced| traced.uv_runs.is_empty()) {
             return Ok(());
-        };
-        let Ok(modules) = uvloop::mapped(pid, traced.python.maps()) else {
-            return Ok(());
-        };
+        }
         for module in modules {
-            self.probe_loop_runs(pid, &module.path)?;
+            self.probe_loop_runs(pid, &module.site)?;
             if let Some(traced) = self.processes.get_mut(&pid) {
                 traced.uv_runs.push(module.run);
             }
@@ -233,13 +210,16 @@ impl Session {
         Ok(())
     }
 
-    /// Probes `uv_run` in uvloop module `path` of process `pid`; a failure is a warning.
-    fn probe_loop_runs(&mut self, pid: u32, path: &std::path::Path) -> anyhow::Result<()> {
-        if let Err(e) = self.probes.probe_loop_runs(path, uvloop::RUN_FUNCTION) {
-            self.warn(format!(
-                "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
-                path.display()
-            ))?;
+    /// Probes `uv_run` at `site` for process `pid`; a failure is a warning.
+    fn probe_loop_runs(&mut self, pid: u32, site: &ProbeSite) -> anyhow::Result<()> {
+        if let Err(e) = self.probes.probe_loop_runs(site) {
+            self.warn_of(
+                pid,
+                format!(
+                    "pid {pid}: uvloop loops of {} are found only at their polls: {e:#}",
+                    site.path
+                ),
+            )?;
         }
         Ok(())
     }
