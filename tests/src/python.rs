@@ -165,10 +165,19 @@ impl Python {
     /// The syscall `time.sleep()` blocks in: `clock_nanosleep` since 3.11, `select()`
     /// (glibc's `pselect6`) before.
     pub fn sleep_syscall(&self) -> &'static str {
+        self.sleep_syscall_with_nr().0
+    }
+
+    /// [`Self::sleep_syscall`]'s number on x86_64, as `/proc/PID/syscall` shows it.
+    pub fn sleep_syscall_nr(&self) -> u32 {
+        self.sleep_syscall_with_nr().1
+    }
+
+    fn sleep_syscall_with_nr(&self) -> (&'static str, u32) {
         if self.major_minor() >= (3, 11) {
-            "clock_nanosleep"
+            ("clock_nanosleep", 230)
         } else {
-            "pselect6"
+            ("pselect6", 270)
         }
     }
 

@@ -168,17 +168,15 @@ fn deep_recursion_blocking_before_its_process_is_traced(python: &Python) {
     let bp = ctx.spawn_trace_host();
     bp.signal(Signal::SIGSTOP);
     let name = "deep_recursion.py";
-    let mut cmd = python.command_at_once(&script(name));
+    let path = script(name);
+    let mut cmd = python.command_at_once(&path);
     cmd.env("DEEP_SLEEP_S", "1");
     let started = unix_now_ns();
     let py = ctx.spawn(name, &mut cmd);
-    let sleep_nr = match python.sleep_syscall() {
-        "clock_nanosleep" => "230",
-        _ => "270",
-    };
+    let sleep_nr = python.sleep_syscall_nr().to_string();
     ctx.wait_for("the script's sleep", || {
         let syscall = std::fs::read_to_string(format!("/proc/{}/syscall", py.pid())).ok()?;
-        (syscall.split(' ').next() == Some(sleep_nr)).then_some(())
+        (syscall.split(' ').next() == Some(sleep_nr.as_str())).then_some(())
     });
     bp.signal(Signal::SIGCONT);
     let state = ctx.wait_finished(&py);
@@ -191,7 +189,6 @@ fn deep_recursion_blocking_before_its_process_is_traced(python: &Python) {
         format!("expected exactly one stall: {stalls:#?}")
     });
     let stall = &stalls[0];
-    let path = script(name);
     let expect = ctx.expect_sleep(
         &path,
         "recurse",
